@@ -1,0 +1,33 @@
+"""Errors smx raises for bad input, and the exit codes the CLI documents.
+
+Exit codes
+----------
+0   success
+1   bad data (unreadable or malformed input, mismatched labels), or a result
+    with NaN/inf under ``--strict``
+2   usage error (unknown option, bad option value) -- click's own code
+130 interrupted (Ctrl-C)
+"""
+from __future__ import annotations
+
+import click
+
+EXIT_OK = 0
+EXIT_BAD_DATA = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class SmxError(click.ClickException):
+    """A one-line, user-facing error: what is wrong, where, and what to do.
+
+    The numerics and I/O modules raise it; only the CLI turns it into an exit.
+    It subclasses ``click.ClickException`` so click prints ``Error: <message>``
+    on stderr and exits with :data:`EXIT_BAD_DATA`.
+    """
+
+    exit_code = EXIT_BAD_DATA
+
+    def __init__(self, message: str):
+        # one line, always: a message that spans lines breaks log scrapers
+        super().__init__(" ".join(str(message).split()))

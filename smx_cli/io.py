@@ -1,0 +1,414 @@
+"""Reading logits and labels, writing results. Raises SmxError; never prints.
+
+Inputs: CSV/TSV text (delimiter sniffed, optional header of class names,
+``#`` comments, nan/inf tokens in any case), NPY (never unpickled), NPZ, and
+``-`` for standard input (text, or NPY/NPZ bytes told apart by their magic).
+
+Outputs are written atomically: to a temporary file in the target's directory,
+then renamed over it, so an interrupted write leaves the old file or nothing.
+"""
+from __future__ import annotations
+
+import io as _io
+import json
+import os
+import re
+import sys
+import tempfile
+import zipfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from smx_cli.errors import SmxError
+from smx_cli.precision import BFLOAT16
+
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK\x03\x04"
+DELIMITERS = {",": "comma", "\t": "tab", ";": "semicolon", " ": "whitespace"}
+_INF_TOKEN = re.compile(r"^\s*[+-]?(inf|infinity)\s*$", re.IGNORECASE)
+
+
+@dataclass
+class Loaded:
+    """An array read from a file, with what is known about its columns.
+
+    Attributes
+    ----------
+    values : ndarray
+        The data, in the file's dtype (float64 for text).
+    source : str
+        The file name as the user gave it (``<stdin>`` for ``-``).
+    class_names : list of str or None
+        Column names from a CSV header (or an NPZ ``classes`` array).
+    fmt : str
+        ``csv``, ``npy`` or ``npz``.
+    """
+
+    values: np.ndarray
+    source: str
+    class_names: list[str] | None = None
+    fmt: str = "csv"
+    text_columns: dict[int, list[str]] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------
+# reading
+
+
+def _read_bytes(path: str) -> tuple[bytes, str]:
+    if path == "-":
+        return sys.stdin.buffer.read(), "<stdin>"
+    if os.path.isdir(path):
+        raise SmxError(f"{path}: is a directory, not a file")
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(), path
+    except FileNotFoundError:
+        raise SmxError(f"{path}: no such file") from None
+    except PermissionError:
+        raise SmxError(f"{path}: permission denied") from None
+    except OSError as exc:
+        raise SmxError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def read_array(path: str, *, delimiter: str | None = None, header: bool | None = None,
+               key: str | None = None) -> Loaded:
+    """Read logits (or any numeric matrix) from CSV/TSV, NPY, NPZ or stdin.
+
+    Parameters
+    ----------
+    path : str
+        A file name, or ``-`` for standard input.
+    delimiter : str, optional
+        For text: ``,``, ``\\t``, ``;`` or ``" "`` (any whitespace). Sniffed
+        when omitted.
+    header : bool, optional
+        For text: whether the first row holds column names. Auto-detected
+        when omitted (a first row with any non-numeric token is a header).
+    key : str, optional
+        For NPZ: which array to read (default: the only one, or ``logits``).
+
+    Returns
+    -------
+    Loaded
+
+    Raises
+    ------
+    SmxError
+        With a one-line message naming the file and the line/column or index.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "x.csv")
+    >>> _ = open(p, "w").write("cat,dog\\n1,2\\n3,nan\\n")
+    >>> r = read_array(p)
+    >>> r.class_names, r.values.tolist()
+    (['cat', 'dog'], [[1.0, 2.0], [3.0, nan]])
+    """
+    data, source = _read_bytes(path)
+    if data.startswith(NPY_MAGIC):
+        return Loaded(_load_npy(data, source), source, None, "npy")
+    if data.startswith(ZIP_MAGIC):
+        values, names = _load_npz(data, source, key)
+        return Loaded(values, source, names, "npz")
+    values, names = parse_text(data, source, delimiter=delimiter, header=header)
+    return Loaded(values, source, names, "csv")
+
+
+def _check_numeric(arr: np.ndarray, source: str) -> np.ndarray:
+    kind = arr.dtype.kind
+    if arr.dtype == BFLOAT16:
+        return arr
+    if kind == "f":
+        if arr.dtype.itemsize > 8:
+            return arr.astype(np.float64)
+        return arr
+    if kind in "iu":
+        return arr
+    what = {"b": "booleans", "c": "complex numbers", "U": "strings", "S": "bytes",
+            "O": "Python objects", "V": "raw records", "M": "dates", "m": "time deltas"}
+    raise SmxError(f"{source}: holds {what.get(kind, kind)} (dtype {arr.dtype}); "
+                   "smx needs a real-valued (float or integer) array")
+
+
+def _load_npy(data: bytes, source: str) -> np.ndarray:
+    buf = _io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(buf)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(buf)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(buf)
+    except Exception as exc:  # noqa: BLE001 - any header fault is bad data
+        raise SmxError(f"{source}: not a valid NPY header ({exc})") from None
+    if dtype.hasobject:
+        raise SmxError(f"{source}: NPY holds Python objects (dtype {dtype}); smx never "
+                       "unpickles files -- save a numeric array instead")
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    available = len(data) - buf.tell()
+    if available < expected:
+        raise SmxError(f"{source}: truncated NPY: header says shape {tuple(shape)} "
+                       f"({expected} bytes) but the file holds {available} bytes of data")
+    buf.seek(0)
+    try:
+        arr = np.load(buf, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001
+        raise SmxError(f"{source}: cannot read NPY ({exc})") from None
+    return _check_numeric(arr, source)
+
+
+def _load_npz(data: bytes, source: str, key: str | None) -> tuple[np.ndarray, list[str] | None]:
+    try:
+        archive = np.load(_io.BytesIO(data), allow_pickle=False)
+        keys = list(archive.files)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise SmxError(f"{source}: not a valid NPZ archive ({exc})") from None
+    names = None
+    name_keys = [k for k in ("classes", "class_names") if k in keys]
+    arrays = [k for k in keys if k not in name_keys]
+    if key is None:
+        if len(arrays) == 1:
+            key = arrays[0]
+        elif "logits" in arrays:
+            key = "logits"
+        else:
+            raise SmxError(f"{source}: NPZ holds {len(arrays)} arrays "
+                           f"({', '.join(arrays) or 'none'}); choose one with --key")
+    if key not in keys:
+        raise SmxError(f"{source}: NPZ has no array {key!r} (it has: {', '.join(keys)})")
+    try:
+        arr = archive[key]
+        if name_keys:
+            cls = archive[name_keys[0]]
+            if cls.dtype.kind in "US" and cls.ndim == 1:
+                names = [str(c) for c in cls.tolist()]
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
+            raise SmxError(f"{source}: array {key!r} holds Python objects; smx never "
+                           "unpickles files -- save a numeric array instead") from None
+        raise SmxError(f"{source}: cannot read array {key!r} ({exc})") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise SmxError(f"{source}: corrupt NPZ member {key!r} ({exc})") from None
+    return _check_numeric(arr, f"{source}[{key}]"), names
+
+
+def _sniff_delimiter(lines: list[str]) -> str:
+    sample = lines[:20]
+    for d in (",", "\t", ";"):
+        counts = {line.count(d) for line in sample}
+        if min(counts) > 0:
+            return d
+    return " "
+
+
+def _split(line: str, delim: str) -> list[str]:
+    if delim == " ":
+        return line.split()
+    tokens = [t.strip() for t in line.split(delim)]
+    if len(tokens) > 1 and tokens[-1] == "":
+        tokens.pop()  # a trailing delimiter
+    return tokens
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_text(data: bytes | str, source: str, *, delimiter: str | None = None,
+               header: bool | None = None) -> tuple[np.ndarray, list[str] | None]:
+    """Parse delimited numeric text into a float64 (N, C) array.
+
+    Returns the array and the header's column names (None without header).
+    A one-column file is N rows of one class. Errors name the line (1-based,
+    as an editor shows it) and the column.
+    """
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise SmxError(f"{source}: not UTF-8 text (bad byte at offset {exc.start}); "
+                           "expected CSV/TSV text, NPY or NPZ") from None
+    else:
+        text = data
+    if "\x00" in text:
+        raise SmxError(f"{source}: contains NUL bytes; expected CSV/TSV text, NPY or NPZ")
+    numbered = []
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            numbered.append((lineno, line))
+    if not numbered:
+        raise SmxError(f"{source}: no data (the file is empty or holds only comments)")
+    delim = delimiter if delimiter is not None else _sniff_delimiter([ln for _, ln in numbered])
+    if delimiter is not None and delim not in DELIMITERS:
+        raise SmxError(f"delimiter must be one of ',', '\\t', ';', ' ' (got {delimiter!r})")
+    first_tokens = _split(numbered[0][1], delim)
+    if header is None:
+        header = not all(_is_number(t) for t in first_tokens)
+    names = None
+    if header:
+        names = first_tokens
+        numbered = numbered[1:]
+        if not numbered:
+            raise SmxError(f"{source}: only a header row, no data rows")
+    rows = [(lineno, _split(line, delim)) for lineno, line in numbered]
+    width = len(names) if names is not None else len(rows[0][1])
+    for lineno, tokens in rows:
+        if len(tokens) != width:
+            expect = "the header's" if names is not None else f"line {rows[0][0]}'s"
+            raise SmxError(f"{source}: line {lineno} has {len(tokens)} values, expected "
+                           f"{width} ({expect} count); fix the ragged row")
+    flat = [t for _, tokens in rows for t in tokens]
+    try:
+        values = np.array(flat, dtype=np.float64)
+    except ValueError:
+        values = None
+    if values is None:
+        for lineno, tokens in rows:
+            for col, tok in enumerate(tokens, start=1):
+                if not _is_number(tok):
+                    what = "an empty value" if tok == "" else f"{tok!r} is not a number"
+                    raise SmxError(f"{source}: line {lineno}, column {col}: {what}")
+    values = values.reshape(len(rows), width)
+    infs = np.flatnonzero(np.isinf(values.ravel()))
+    for idx in infs:
+        tok = flat[idx]
+        if not _INF_TOKEN.match(tok):
+            lineno = rows[idx // width][0]
+            raise SmxError(f"{source}: line {lineno}, column {idx % width + 1}: {tok!r} "
+                           "overflows float64 (|x| > 1.8e308); write inf if you mean it")
+    return values, names
+
+
+# ----------------------------------------------------------------------------
+# writing
+
+
+def shortest_strings(values: np.ndarray) -> list[str]:
+    """Each float in the shortest decimal form that reads back exactly.
+
+    float64 uses Python's repr; float32/float16 numpy's scalar repr (the
+    shortest string that round-trips in that format); bfloat16 the float32
+    form, which round-trips through float32. Non-finite values are written
+    ``nan``, ``inf``, ``-inf``.
+
+    Examples
+    --------
+    >>> shortest_strings(np.array([0.1, 1/3], dtype=np.float32))
+    ['0.1', '0.33333334']
+    """
+    flat = np.asarray(values).ravel()
+    if flat.dtype == np.float64 or flat.dtype.kind in "iub":
+        return [repr(v) for v in flat.tolist()]
+    if flat.dtype == BFLOAT16:
+        flat = flat.astype(np.float32)
+    return [str(v) for v in flat]
+
+
+@contextmanager
+def atomic_output(path: str, mode: str = "w"):
+    """Open a temporary file beside ``path``; rename it over ``path`` on success.
+
+    On any exception (including KeyboardInterrupt) the temporary file is
+    removed and ``path`` is left untouched.
+    """
+    target = os.path.abspath(path)
+    directory = os.path.dirname(target)
+    if not os.path.isdir(directory):
+        raise SmxError(f"{path}: directory {os.path.dirname(path) or '.'} does not exist")
+    if os.path.isdir(target):
+        raise SmxError(f"{path}: is a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".smx-", suffix=".part", dir=directory)
+    except OSError as exc:
+        raise SmxError(f"{path}: cannot write here ({exc.strerror or exc})") from None
+    try:
+        with os.fdopen(fd, mode, **({"newline": ""} if "b" not in mode else {})) as fh:
+            yield fh
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def output_format(path: str, fmt: str | None) -> str:
+    """The output format: ``fmt`` if given, else from the file extension."""
+    if fmt:
+        return fmt
+    ext = os.path.splitext(path)[1].lower()
+    by_ext = {".npy": "npy", ".csv": "csv", ".tsv": "tsv", ".txt": "csv", ".json": "json"}
+    if ext not in by_ext:
+        raise SmxError(f"{path}: cannot tell the format from {ext or 'no extension'}; "
+                       "use .npy, .csv, .tsv or .json, or --format")
+    return by_ext[ext]
+
+
+def csv_text(values: np.ndarray, columns: list[str] | None = None, delimiter: str = ",") -> str:
+    """A 2-D array as delimited text, floats in shortest exact form."""
+    values = np.atleast_2d(values)
+    strings = shortest_strings(values)
+    width = values.shape[1]
+    lines = []
+    if columns is not None:
+        lines.append(delimiter.join(_csv_field(c, delimiter) for c in columns))
+    for i in range(values.shape[0]):
+        lines.append(delimiter.join(strings[i * width:(i + 1) * width]))
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def _csv_field(name: str, delimiter: str) -> str:
+    name = str(name)
+    if delimiter in name or '"' in name or "\n" in name:
+        return '"' + name.replace('"', '""') + '"'
+    return name
+
+
+def json_number_rows(values: np.ndarray) -> str:
+    """A 2-D float array as a JSON list of lists, exact shortest numbers.
+
+    JSON has no NaN or infinity: those are written as the strings "nan",
+    "inf" and "-inf" (which smx reads back).
+    """
+    values = np.atleast_2d(values)
+    strings = shortest_strings(values)
+    width = values.shape[1]
+    fixed = [s if s not in ("nan", "inf", "-inf") else f'"{s}"' for s in strings]
+    rows = ["[" + ", ".join(fixed[i * width:(i + 1) * width]) + "]" for i in range(values.shape[0])]
+    return "[" + ",\n  ".join(rows) + "]"
+
+
+def json_document(meta: dict, arrays: dict[str, np.ndarray]) -> str:
+    """A JSON object: ``meta`` fields, then each array as exact number rows."""
+    body = json.dumps(meta, indent=2, allow_nan=False)[:-2]  # drop the closing "\n}"
+    parts = [body] if meta else ["{"]
+    for name, arr in arrays.items():
+        sep = "," if parts[-1] != "{" else ""
+        parts.append(f'{sep}\n  {json.dumps(name)}: {json_number_rows(arr)}')
+    return "".join(parts) + "\n}\n"
+
+
+def npy_bytes(values: np.ndarray) -> bytes:
+    """The NPY encoding of ``values`` (bfloat16 stored as float32)."""
+    if values.dtype == BFLOAT16:
+        values = values.astype(np.float32)
+    buf = _io.BytesIO()
+    np.save(buf, np.ascontiguousarray(values), allow_pickle=False)
+    return buf.getvalue()
+
+
+def same_file(a: str, b: str) -> bool:
+    """True when two paths name the same existing file."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)

@@ -1,0 +1,79 @@
+"""Option bundles shared by the commands: one decorator adds one family of flags."""
+from __future__ import annotations
+
+import click
+
+from smx_cli.precision import DTYPE_NAMES
+
+DELIMITER_NAMES = {"comma": ",", ",": ",", "tab": "\t", "\\t": "\t", "\t": "\t",
+                   "semicolon": ";", ";": ";", "space": " ", "whitespace": " ", " ": " "}
+
+
+def _delimiter(ctx, param, value):
+    if value is None:
+        return None
+    if value not in DELIMITER_NAMES:
+        raise click.BadParameter("use comma, tab, semicolon or whitespace (or , ; \\t)")
+    return DELIMITER_NAMES[value]
+
+
+def _compose(*decorators):
+    def wrap(fn):
+        for dec in reversed(decorators):
+            fn = dec(fn)
+        return fn
+    return wrap
+
+
+def input_options(fn):
+    """FILE argument plus the text/NPZ reading options."""
+    return _compose(
+        click.argument("file", metavar="FILE"),
+        click.option("--delimiter", callback=_delimiter, metavar="D",
+                     help="CSV/TSV delimiter: comma, tab, semicolon or whitespace "
+                          "[default: sniffed]"),
+        click.option("--header/--no-header", default=None,
+                     help="First row holds class names [default: auto-detected]"),
+        click.option("--key", metavar="NAME", help="NPZ: the array to read [default: the only one]"),
+        click.option("--axis", type=int, default=-1, show_default=True,
+                     help="The class axis of the input array"),
+    )(fn)
+
+
+def output_options(fn):
+    """Where results go: -o FILE and the stdout format."""
+    return _compose(
+        click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="FILE",
+                     help="Write the result to FILE (.npy, .csv, .tsv, .json by extension); "
+                          "written atomically"),
+        click.option("--format", "fmt", type=click.Choice(["table", "csv", "tsv", "json", "npy"]),
+                     default=None,
+                     help="Format of stdout (with -o: of FILE) [default: table on stdout]"),
+        click.option("--strict", is_flag=True,
+                     help="Exit 1 when the result holds NaN or inf (for CI checks)"),
+    )(fn)
+
+
+def display_options(fn):
+    """How much of the result the terminal table shows."""
+    return _compose(
+        click.option("--rows", "max_rows", type=click.IntRange(min=1), default=20, show_default=True,
+                     help="Rows shown in the table (the rest are counted, not shown)"),
+        click.option("--top-k", "top_k", type=click.IntRange(min=1), default=None,
+                     help="Show each row's K most likely classes [default: all classes when "
+                          "C <= 12, else the top 5]"),
+        click.option("--digits", type=click.IntRange(1, 17), default=6, show_default=True,
+                     help="Significant digits in the table"),
+    )(fn)
+
+
+def numerics_options(fn):
+    """Precision and temperature, shared by every command that computes."""
+    return _compose(
+        click.option("--dtype", type=click.Choice(DTYPE_NAMES), default=None,
+                     help="Emulate computing in this format: the input is rounded to it and "
+                          "every operation of the variant rounded as a framework would "
+                          "[default: the accurate result in the input's float format]"),
+        click.option("-t", "--temperature", type=float, default=1.0, show_default=True,
+                     help="Divide the logits by T > 0 first"),
+    )(fn)

@@ -1,0 +1,61 @@
+"""From a file name to (N, C) rows: read, check, move the class axis last.
+
+Shared by every command, so the axis is normalised once, where input enters.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from smx_cli.errors import SmxError
+from smx_cli.io import Loaded, read_array
+from smx_cli.softmax import as_rows
+
+
+@dataclass
+class Rows:
+    """Logits as (N, C) rows, and how to put results back in the input's layout."""
+
+    x2: np.ndarray
+    loaded: Loaded
+    axis: int
+    ndim: int
+    moved_shape: tuple[int, ...]
+
+    @property
+    def lead_shape(self) -> tuple[int, ...]:
+        """The input's shape without the class axis (for row labels)."""
+        return self.moved_shape[:-1]
+
+    @property
+    def class_names(self) -> list[str] | None:
+        names = self.loaded.class_names
+        if names is None or self.ndim != 2 or self.axis != 1:
+            return None
+        return names
+
+    @property
+    def row_names(self) -> list[str] | None:
+        """With --axis 0 on a table with a header, the rows are its columns."""
+        names = self.loaded.class_names
+        if names is not None and self.ndim == 2 and self.axis == 0:
+            return names
+        return None
+
+
+def load_rows(path: str, *, delimiter=None, header=None, key=None, axis: int = -1) -> Rows:
+    """Read ``path`` and return its rows of classes along ``axis``.
+
+    Raises
+    ------
+    SmxError
+        For unreadable input or an axis the array does not have.
+    """
+    loaded = read_array(path, delimiter=delimiter, header=header, key=key)
+    arr = loaded.values
+    try:
+        x2, moved_shape, ax = as_rows(arr, axis)
+    except ValueError as exc:
+        raise SmxError(f"{loaded.source}: {exc} (shape {arr.shape}); pass --axis") from None
+    return Rows(x2, loaded, ax, arr.ndim, moved_shape)
