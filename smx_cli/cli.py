@@ -41,6 +41,9 @@ def _register() -> None:
     from smx_cli.cmd_softmax import softmax_cmd
 
     cli.add_command(softmax_cmd)
+    from smx_cli.cmd_xent import xent_cmd
+
+    cli.add_command(xent_cmd)
 
 
 _register()

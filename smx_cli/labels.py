@@ -1,0 +1,199 @@
+"""Reading the true labels for cross-entropy: a file, or a column of the logits CSV.
+
+Labels come as class indices (one integer per line, NPY integers, or class
+names from the logits' header such as ``cat``), or as an N x C matrix of
+probability targets. Raises SmxError; never prints.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from smx_cli import io
+from smx_cli.errors import SmxError
+
+
+def _names_index(class_names: list[str] | None) -> dict[str, int]:
+    return {str(n): i for i, n in enumerate(class_names or [])}
+
+
+def _label_token(tok: str, names: dict[str, int], where: str) -> float:
+    if tok in names:
+        return float(names[tok])
+    try:
+        return float(tok)
+    except ValueError:
+        known = f" (classes: {', '.join(list(names)[:10])}{', ...' if len(names) > 10 else ''})" \
+            if names else ""
+        raise SmxError(f"{where}: label {tok!r} is neither a number nor a class name{known}") from None
+
+
+def labels_from_tokens(tokens: list[str], lines: list[int], source: str,
+                       class_names: list[str] | None) -> np.ndarray:
+    """One label per token: integers, integral floats, or class names."""
+    names = _names_index(class_names)
+    values = np.empty(len(tokens))
+    for i, (tok, line) in enumerate(zip(tokens, lines)):
+        values[i] = _label_token(tok.strip(), names, f"{source}: line {line}")
+    return values
+
+
+def read_labels(path: str, *, class_names: list[str] | None = None,
+                delimiter: str | None = None) -> np.ndarray:
+    """Read labels from ``path``: indices (N,) or probability targets (N, C).
+
+    Text with one value per line may hold integers or class names, after an
+    optional header line (``label``); text with several columns is a matrix
+    of probability targets. NPY/NPZ arrays are used as they are.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "y.csv")
+    >>> _ = open(p, "w").write("label\\ncat\\ndog\\n1\\n")
+    >>> read_labels(p, class_names=["cat", "dog"]).tolist()
+    [0.0, 1.0, 1.0]
+    """
+    data, source = io._read_bytes(path)  # noqa: SLF001 - same package
+    if data.startswith(io.NPY_MAGIC):
+        return io._load_npy(data, source)  # noqa: SLF001
+    if data.startswith(io.ZIP_MAGIC):
+        return io._load_npz(data, source, None)[0]  # noqa: SLF001
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SmxError(f"{source}: not UTF-8 text (bad byte at offset {exc.start})") from None
+    entries = []
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            entries.append((lineno, line))
+    if not entries:
+        raise SmxError(f"{source}: no labels (the file is empty or holds only comments)")
+    delim = delimiter if delimiter is not None else io._sniff_delimiter([e[1] for e in entries])  # noqa: SLF001
+    widths = {len(io._split(line, delim)) for _, line in entries[1:] or entries}  # noqa: SLF001
+    if widths == {1}:
+        names = _names_index(class_names)
+        first = io._split(entries[0][1], delim)  # noqa: SLF001
+        if len(first) == 1 and first[0] not in names and not io._is_number(first[0]):  # noqa: SLF001
+            entries = entries[1:]  # a header such as "label"
+        if not entries:
+            raise SmxError(f"{source}: only a header, no labels")
+        toks = []
+        for lineno, line in entries:
+            parts = io._split(line, delim)  # noqa: SLF001
+            if len(parts) != 1:
+                raise SmxError(f"{source}: line {lineno} has {len(parts)} values; expected one label")
+            toks.append(parts[0])
+        return labels_from_tokens(toks, [e[0] for e in entries], source, class_names)
+    values, _ = io.parse_text(data, source, delimiter=delimiter)
+    return values
+
+
+def split_label_column(path: str, column: str, *, delimiter: str | None = None,
+                       header: bool | None = None, key: str | None = None):
+    """Take the label column out of a logits file.
+
+    Returns ``(logits Loaded, label values)``. ``column`` is a header name or
+    a 0-based index. For text files the label column may hold class names
+    (the other columns' header names).
+    """
+    data, source = io._read_bytes(path)  # noqa: SLF001
+    if data.startswith(io.NPY_MAGIC) or data.startswith(io.ZIP_MAGIC):
+        loaded = io.read_array(path, key=key)
+        arr = loaded.values
+        if arr.ndim != 2:
+            raise SmxError(f"{source}: --label-column needs a 2-D array, got shape {arr.shape}")
+        idx = _column_index(column, None, arr.shape[1], source)
+        labels = arr[:, idx]
+        loaded.values = np.delete(arr, idx, axis=1)
+        return loaded, labels
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SmxError(f"{source}: not UTF-8 text (bad byte at offset {exc.start})") from None
+    raw_lines = text.splitlines()
+    content = [(i, ln.split("#", 1)[0].strip()) for i, ln in enumerate(raw_lines)]
+    content = [(i, ln) for i, ln in content if ln]
+    if not content:
+        raise SmxError(f"{source}: no data (the file is empty or holds only comments)")
+    delim = delimiter if delimiter is not None else io._sniff_delimiter([c[1] for c in content])  # noqa: SLF001
+    first = io._split(content[0][1], delim)  # noqa: SLF001
+    if header is None:
+        # a header if the first row has a token that is no number, apart from the label column
+        try_idx = _column_index(column, None, len(first), source, quiet=True)
+        others = [t for j, t in enumerate(first) if j != try_idx]
+        header = column in first or not all(io._is_number(t) for t in others)  # noqa: SLF001
+    names = first if header else None
+    idx = _column_index(column, names, len(first), source)
+    out_lines = list(raw_lines)
+    tokens, lines = [], []
+    for n, (i, line) in enumerate(content):
+        parts = io._split(line, delim)  # noqa: SLF001
+        if len(parts) != len(first):
+            raise SmxError(f"{source}: line {i + 1} has {len(parts)} values, expected {len(first)}")
+        if n > 0 or not header:
+            tokens.append(parts[idx])
+            lines.append(i + 1)
+        del parts[idx]
+        out_lines[i] = (delim if delim != " " else " ").join(parts)
+    class_names = [t for j, t in enumerate(first) if j != idx] if header else None
+    if not tokens:
+        raise SmxError(f"{source}: only a header row, no data rows")
+    values, names_out = io.parse_text("\n".join(out_lines), source, delimiter=delim, header=header)
+    loaded = io.Loaded(values, source, names_out if header else None, "csv")
+    labels = labels_from_tokens(tokens, lines, source, class_names)
+    return loaded, labels
+
+
+def _column_index(column: str, names: list[str] | None, width: int, source: str,
+                  quiet: bool = False) -> int | None:
+    if names is not None and column in names:
+        return names.index(column)
+    try:
+        idx = int(column)
+    except ValueError:
+        if quiet:
+            return None
+        have = f" (columns: {', '.join(names)})" if names else " (no header row)"
+        raise SmxError(f"{source}: no label column {column!r}{have}") from None
+    if not -width <= idx < width:
+        if quiet:
+            return None
+        raise SmxError(f"{source}: label column {idx} is out of range for {width} columns")
+    return idx % width
+
+
+def read_weights(spec: str, n_classes: int) -> np.ndarray:
+    """Class weights from a comma list (``1,2,0.5``) or a file (CSV/NPY).
+
+    Examples
+    --------
+    >>> read_weights("1,2,0.5", 3).tolist()
+    [1.0, 2.0, 0.5]
+    """
+    if "," in spec or _is_float(spec):
+        try:
+            w = np.array([float(v) for v in spec.split(",") if v.strip() != ""])
+        except ValueError:
+            raise SmxError(f"--weight {spec!r}: not a comma-separated list of numbers, "
+                           "nor a file") from None
+        source = "--weight"
+    else:
+        loaded = io.read_array(spec)
+        w = np.asarray(loaded.values, dtype=np.float64).ravel()
+        source = spec
+    if w.size != n_classes:
+        raise SmxError(f"{source}: {w.size} class weights for {n_classes} classes")
+    bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
+    if bad.size:
+        raise SmxError(f"{source}: weight {int(bad[0])} is {w[bad[0]]!r}; weights must be "
+                       "finite and >= 0")
+    return w
+
+
+def _is_float(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,121 @@
+"""Rich renderables for ``smx xent``: per-sample table, summary panel, gradients."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from rich import box
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from smx_cli.render import class_label, fmt_value
+from smx_cli.xent import XentResult
+
+
+def _num(v: float, digits: int = 6) -> str:
+    return fmt_value(float(v), digits)
+
+
+def sample_table(res: XentResult, order: np.ndarray, *, class_names=None, title=None,
+                 total_note: str | None = None, digits: int = 6) -> Table:
+    """One row per sample in ``order``: label, prediction, p(true), loss, margin."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("row", justify="right", style="dim")
+    table.add_column("true", justify="left", style="cyan")
+    table.add_column("pred", justify="left")
+    table.add_column("p(true)", justify="right")
+    table.add_column("loss", justify="right")
+    table.add_column("margin", justify="right")
+    table.add_column("ok", justify="center")
+    for i in order:
+        i = int(i)
+        if res.ignored[i]:
+            table.add_row(str(i), Text("ignored", style="dim"), class_label(int(res.predicted[i]), class_names),
+                          "", _num(res.loss[i], digits), "", Text("-", style="dim"))
+            continue
+        loss = res.loss[i]
+        loss_text = Text(_num(loss, digits), style="bold red" if not np.isfinite(loss) else "")
+        ok = Text("yes", style="green") if res.correct[i] else Text("NO", style="bold red")
+        table.add_row(str(i), class_label(int(res.true_class[i]), class_names),
+                      class_label(int(res.predicted[i]), class_names),
+                      _num(res.p_true[i], digits), loss_text,
+                      _num(res.margin[i], 4) if np.isfinite(res.margin[i]) or np.isinf(res.margin[i]) else "-",
+                      ok)
+    table.caption = total_note
+    return table
+
+
+def summary_panel(res: XentResult, *, eps: float, input_counts=None, source: str | None = None,
+                  n_classes: int = 0, options: str = "") -> Panel:
+    """Reduced loss, accuracy, entropy, perplexity, ignored and non-finite counts."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", justify="right")
+    grid.add_column()
+    n = len(res.loss)
+    grid.add_row("input", f"{n:,} samples x {n_classes:,} classes" + (f" from {source}" if source else ""))
+    if options:
+        grid.add_row("options", options)
+    if res.reduction == "none":
+        grid.add_row("loss", f"per sample (reduction none); mean {_num(res.mean_loss)}")
+    elif res.all_ignored and res.reduction == "mean":
+        grid.add_row("loss (mean)", Text("undefined: every label is the ignore index, so the mean "
+                                         "divides 0 by 0 (PyTorch returns nan)", style="bold red"))
+    else:
+        style = "bold red" if not math.isfinite(res.reduced) else "bold"
+        grid.add_row(f"loss ({res.reduction})", Text(_num(res.reduced, 10), style=style))
+    counted = res.counted
+    if counted:
+        acc = res.accuracy
+        grid.add_row("accuracy", f"{acc * 100:.2f} % ({int(res.correct.sum()):,} of {counted:,})")
+        if n_classes > 5:
+            grid.add_row("top-5 accuracy", f"{res.top5_accuracy * 100:.2f} %")
+        grid.add_row("mean entropy", f"{_num(res.mean_entropy)} nats")
+        grid.add_row("perplexity", f"{_num(res.perplexity)} (exp of the mean per-sample loss)")
+    grid.add_row("ignored", Text(f"{int(res.ignored.sum()):,} samples",
+                                 style="yellow" if res.ignored.any() else "green"))
+    vanished = int(((res.one_minus_p_true <= eps) & ~res.ignored).sum())
+    grid.add_row("vanished gradient", Text(
+        f"{vanished:,} samples with 1 - p(true) <= {eps:.3g}: their gradient is ~0",
+        style="yellow" if vanished else "green"))
+    inf_loss = int((~np.isfinite(res.loss) & ~res.ignored).sum())
+    if inf_loss:
+        grid.add_row("non-finite loss", Text(f"{inf_loss:,} samples (inf: p(true) is exactly 0; "
+                                             "nan: NaN in the input)", style="bold red"))
+    if input_counts is not None:
+        c = input_counts
+        text = Text()
+        text.append(f"NaN {c.nan:,}", style="red" if c.nan else "green")
+        text.append(f"  +inf {c.pos_inf:,}", style="magenta" if c.pos_inf else "green")
+        text.append(f"  -inf {c.neg_inf:,}", style="yellow" if c.neg_inf else "green")
+        grid.add_row("non-finite input", text)
+    bad = (not res.all_ignored and not math.isfinite(res.reduced) and res.reduction != "none") \
+        or inf_loss
+    title = "summary" + (": check the input" if bad else "")
+    return Panel(grid, title=title, title_align="left", border_style="red" if bad else "green",
+                 expand=False)
+
+
+def grad_table(grad: np.ndarray, order: np.ndarray, *, class_names=None, top_k: int = 5,
+               max_cols: int = 12, title: str | None = None, digits: int = 3) -> Table:
+    """dL/dlogits rows; all classes when C <= max_cols, else the top-k by |g|."""
+    n_classes = grad.shape[1]
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("row", justify="right", style="dim")
+    if n_classes <= max_cols:
+        for j in range(n_classes):
+            table.add_column(class_label(j, class_names), justify="right")
+        for i in order:
+            table.add_row(str(int(i)), *[_num(v, digits) for v in grad[int(i)]])
+    else:
+        k = min(top_k, n_classes)
+        for r in range(k):
+            table.add_column(f"#{r + 1} (class: grad)", justify="right")
+        table.add_column("|g| max", justify="right")
+        for i in order:
+            g = grad[int(i)]
+            idx = np.argsort(-np.abs(g), kind="stable")[:k]
+            cells = [f"{class_label(int(j), class_names)}: {_num(g[j], digits)}" for j in idx]
+            table.add_row(str(int(i)), *cells, _num(np.max(np.abs(g)), digits))
+        table.caption = f"{n_classes} classes: each row's {k} largest |gradient| entries"
+    return table
