@@ -1,0 +1,345 @@
+"""Gradients of softmax and log-softmax: Jacobians, vector-Jacobian products, checks.
+
+For p = softmax(x / T) the Jacobian is
+
+    dp_i/dx_j = p_i (delta_ij - p_j) / T
+
+so an entry whose probability is ~0 gets ~no gradient, and a saturated row
+(one p near 1) has every entry near 0: it stops learning. The log-softmax
+Jacobian is (delta_ij - p_j) / T, and the fused softmax + cross-entropy
+gradient p - onehot(y) stays of order 1 (see :mod:`smx_cli.xent`).
+
+Vector-Jacobian products never form the C x C matrix:
+
+    g J_softmax     = p * (g - <g, p>) / T
+    g J_log_softmax = (g - p * sum(g)) / T
+
+They are computed in float64 (long double for the inner products of float64
+inputs) in blocks of rows, and returned in the input's float format.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from smx_cli.precision import format_of, result_format
+from smx_cli.softmax import as_rows, check_temperature, compute, from_rows
+
+_BLOCK_ELEMENTS = 1 << 18
+_LONG = np.longdouble
+# largest Jacobian entry below which a row counts as saturated (no gradient)
+SATURATION_THRESHOLD = 1e-6
+# the max probability the temperature hint aims for
+HINT_TARGET = 0.99
+
+
+def _probs64(x2: np.ndarray, temperature: float) -> np.ndarray:
+    """Accurate probabilities in float64 (whatever the input format)."""
+    return compute(np.asarray(x2, dtype=np.float64), "stable", temperature).values
+
+
+def _blocks(n: int, width: int):
+    step = max(1, _BLOCK_ELEMENTS // max(width, 1))
+    for start in range(0, n, step):
+        yield slice(start, min(start + step, n))
+
+
+def softmax_jacobian(x, axis: int = -1, temperature: float = 1.0, kind: str = "softmax") -> np.ndarray:
+    """The Jacobian of softmax (or log-softmax) for every row, shape (..., C, C).
+
+    ``J[..., i, j] = d out_i / d x_j``. Forms C x C per row: for wide rows
+    use :func:`softmax_vjp` instead.
+
+    Parameters
+    ----------
+    x : array_like
+        Logits.
+    kind : {'softmax', 'log'}
+        ``softmax``: diag(p) - p p^T; ``log``: I - 1 p^T (divided by T).
+
+    Examples
+    --------
+    >>> J = softmax_jacobian([0.0, 20.0, 40.0])
+    >>> float(J.max())  # a saturated row: the largest entry is ~2e-9
+    2.0611536181902037e-09
+    """
+    a = np.asarray(x)
+    t = check_temperature(temperature)
+    x2, shape, ax = as_rows(a, axis)
+    p = _probs64(x2, t)
+    n, c = p.shape
+    if kind == "softmax":
+        jac = -p[:, :, None] * p[:, None, :]
+        # diagonal p_i (1 - p_i), with 1 - p_i free of cancellation for the largest p
+        jac[:, np.arange(c), np.arange(c)] = p * _one_minus(p)
+    elif kind == "log":
+        jac = np.broadcast_to(-p[:, None, :], (n, c, c)).copy()
+        jac[:, np.arange(c), np.arange(c)] += 1.0
+    else:
+        raise ValueError(f"kind must be 'softmax' or 'log', got {kind!r}")
+    jac /= t
+    fmt = result_format(x2.dtype)
+    return jac.astype(fmt.dtype).reshape(shape[:-1] + (c, c)) if a.ndim > 1 else \
+        jac.astype(fmt.dtype).reshape(c, c)
+
+
+def _one_minus(p: np.ndarray) -> np.ndarray:
+    """1 - p_i per entry; for each row's largest p, the sum of the others."""
+    out = 1.0 - p
+    if p.shape[1] > 1:
+        with np.errstate(invalid="ignore"):
+            k = np.argmax(np.where(np.isnan(p), -np.inf, p), axis=1)
+            rows = np.arange(p.shape[0])
+            rest = p.sum(axis=1) - p[rows, k]
+            others = np.where(np.isnan(p), 0.0, p)
+            others[rows, k] = 0.0
+            out[rows, k] = np.where(np.isnan(rest), np.nan, others.sum(axis=1))
+    return out
+
+
+def _vjp(x, g, axis: int, temperature: float, kind: str) -> np.ndarray:
+    a = np.asarray(x)
+    t = check_temperature(temperature)
+    x2, shape, ax = as_rows(a, axis)
+    g2, gshape, _ = as_rows(np.asarray(g), axis)
+    if g2.shape != x2.shape:
+        raise ValueError(f"upstream gradient has shape {np.asarray(g).shape}, the logits "
+                         f"{a.shape}: they must match")
+    fmt = result_format(x2.dtype)
+    wide = _LONG if fmt.name == "float64" else np.float64
+    n, c = x2.shape
+    out = np.empty((n, c), dtype=fmt.dtype)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for rows in _blocks(n, c):
+            p = _probs64(x2[rows], t)
+            gb = np.asarray(g2[rows], dtype=np.float64)
+            if kind == "softmax":
+                dot = np.einsum("ij,ij->i", gb.astype(wide), p.astype(wide))[:, None]
+                res = p * (gb - dot)
+            else:
+                total = gb.astype(wide).sum(axis=1, keepdims=True)
+                res = gb - p * total
+            out[rows] = (res / t).astype(fmt.dtype)
+    return from_rows(out, shape, ax, a.ndim)
+
+
+def softmax_vjp(x, g, axis: int = -1, temperature: float = 1.0) -> np.ndarray:
+    """g^T J of softmax at ``x``, without forming J: p * (g - <g, p>) / T.
+
+    This is what a framework's backward pass returns for the logits given the
+    upstream gradient ``g`` = dL/dp.
+
+    Examples
+    --------
+    >>> softmax_vjp([0.0, 0.0], [1.0, 0.0]).tolist()
+    [0.25, -0.25]
+    """
+    return _vjp(x, g, axis, temperature, "softmax")
+
+
+def log_softmax_vjp(x, g, axis: int = -1, temperature: float = 1.0) -> np.ndarray:
+    """g^T J of log-softmax at ``x``: (g - p * sum(g)) / T.
+
+    Examples
+    --------
+    >>> log_softmax_vjp([0.0, 0.0], [1.0, 0.0]).tolist()
+    [0.5, -0.5]
+    """
+    return _vjp(x, g, axis, temperature, "log")
+
+
+# ----------------------------------------------------------------------------
+# saturation diagnostics
+
+
+@dataclass
+class Saturation:
+    """How much gradient each row can still pass, and what would restore it.
+
+    Attributes
+    ----------
+    max_jacobian : ndarray (N,)
+        The largest |dp_i/dx_j| of the row: max_i p_i (1 - p_i) / T.
+    saturated : ndarray of bool (N,)
+        max_jacobian below ``threshold``.
+    underflow_share : float
+        Share of the finite logits whose Jacobian diagonal p_i (1 - p_i) is
+        positive but rounds to 0 in ``dtype``: their gradient is lost there.
+    hint_temperature : ndarray (N,)
+        The temperature that brings the row's max probability to 0.99
+        (NaN where it is already at most 0.99, or the row is not finite).
+    threshold : float
+    dtype : str
+    """
+
+    max_jacobian: np.ndarray
+    saturated: np.ndarray
+    underflow_share: float
+    hint_temperature: np.ndarray
+    threshold: float
+    dtype: str
+
+
+def saturation(x2: np.ndarray, temperature: float = 1.0, dtype: str | None = None,
+               threshold: float = SATURATION_THRESHOLD) -> Saturation:
+    """Vanishing-gradient diagnostics of (N, C) logits.
+
+    Examples
+    --------
+    >>> s = saturation(np.array([[0.0, 20.0, 40.0], [0.0, 1.0, 2.0]]))
+    >>> s.saturated.tolist()
+    [True, False]
+    >>> round(float(s.hint_temperature[0]), 3)  # T that brings max p to 0.99
+    4.343
+    """
+    x2 = np.asarray(x2)
+    t = check_temperature(temperature)
+    fmt = format_of(dtype) if dtype else result_format(x2.dtype)
+    n, c = x2.shape
+    max_j = np.full(n, np.nan)
+    lost = 0
+    live_total = 0
+    with np.errstate(all="ignore"):
+        for rows in _blocks(n, c):
+            p = _probs64(x2[rows], t)
+            diag = p * _one_minus(p) / t
+            max_j[rows] = np.max(diag, axis=1) if c else np.nan
+            live = np.isfinite(np.asarray(x2[rows], dtype=np.float64)) & np.isfinite(p)
+            rounded = diag.astype(fmt.dtype).astype(np.float64)
+            lost += int(np.count_nonzero((rounded == 0) & (diag > 0) & live))
+            # exact diagonal is > 0 for every finite logit of a finite row even when
+            # float64 itself underflowed: count those as lost too
+            lost += int(np.count_nonzero((diag == 0) & live & (c > 1)))
+            live_total += int(np.count_nonzero(live))
+    saturated = np.isfinite(max_j) & (max_j < threshold)
+    hint = hint_temperature(x2, t)
+    share = lost / live_total if live_total else 0.0
+    return Saturation(max_j, saturated, share, hint, threshold, fmt.name)
+
+
+def hint_temperature(x2: np.ndarray, temperature: float = 1.0, target: float = HINT_TARGET,
+                     iterations: int = 80) -> np.ndarray:
+    """Per row, the temperature T' (replacing ``temperature``) with max p = ``target``.
+
+    max softmax(x / T) falls monotonically from 1 (T -> 0) to 1/k (T -> inf,
+    k the number of tied maxima), so bisection on log T finds it. NaN where
+    the row already has max p <= target at ``temperature``, or is not finite.
+    """
+    x2 = np.asarray(x2, dtype=np.float64)
+    n, c = x2.shape
+    out = np.full(n, np.nan)
+    if c < 2:
+        return out
+    with np.errstate(all="ignore"):
+        finite = np.isfinite(x2).all(axis=1)
+        pmax = np.full(n, np.nan)
+        pmax[finite] = _probs64(x2[finite], temperature).max(axis=1)
+        todo = np.flatnonzero(finite & (pmax > target))
+        if not todo.size:
+            return out
+        xs = x2[todo]
+        spread = xs.max(axis=1) - xs.min(axis=1)
+        lo = np.full(len(todo), np.log(temperature))
+        hi = np.log(np.maximum(spread, 1e-300)) + 10.0  # at T = spread * e^10, p_max ~ 1/k
+        hi = np.maximum(hi, lo + 1.0)
+        for _ in range(iterations):
+            mid = (lo + hi) / 2
+            p = compute(xs / np.exp(mid)[:, None], "stable").values.max(axis=1)
+            above = p > target
+            lo = np.where(above, mid, lo)
+            hi = np.where(above, hi, mid)
+        out[todo] = np.exp(hi)
+    return out
+
+
+# ----------------------------------------------------------------------------
+# finite-difference checks
+
+
+@dataclass
+class GradCheck:
+    """Analytic gradient against central finite differences, for one function."""
+
+    function: str
+    rows_checked: int
+    entries_checked: int
+    max_abs_error: float
+    max_rel_error: float
+    rtol: float
+    atol: float
+    passed: bool
+
+
+def _central_difference(phi, x: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """d phi / d x_j by central differences with a relative step (float64)."""
+    h = np.cbrt(np.finfo(np.float64).eps) * np.maximum(np.abs(x[cols]), 1.0)
+    out = np.empty(len(cols))
+    for k, j in enumerate(cols):
+        xp = x.copy()
+        xm = x.copy()
+        xp[j] += h[k]
+        xm[j] -= h[k]
+        out[k] = (phi(xp) - phi(xm)) / (xp[j] - xm[j])
+    return out
+
+
+def check_grad(x2: np.ndarray, *, labels=None, temperature: float = 1.0, rows: int = 8,
+               cols: int = 32, seed: int = 0, rtol: float = 1e-5, atol: float = 1e-8,
+               functions=("softmax", "log", "xent")) -> list[GradCheck]:
+    """Check analytic gradients against central finite differences in float64.
+
+    For a sample of ``rows`` rows and up to ``cols`` columns of each, with a
+    random upstream vector g, compares the VJP g^T J of softmax and
+    log-softmax with the finite difference of <g, f(x)>, and the
+    cross-entropy gradient (when ``labels`` are given) with the finite
+    difference of the per-sample loss. An entry passes when
+    |analytic - fd| <= atol + rtol * max(|fd|, max |fd| of its row).
+
+    Examples
+    --------
+    >>> checks = check_grad(np.array([[1.0, 2.0, 3.0]]))
+    >>> all(c.passed for c in checks)
+    True
+    """
+    from smx_cli.xent import evaluate
+
+    x2 = np.asarray(x2, dtype=np.float64)
+    t = check_temperature(temperature)
+    rng = np.random.default_rng(seed)
+    n, c = x2.shape
+    finite_rows = np.flatnonzero(np.isfinite(x2).all(axis=1))
+    pick = rng.choice(finite_rows, size=min(rows, len(finite_rows)), replace=False) \
+        if len(finite_rows) else np.array([], dtype=int)
+    results = []
+    for name in functions:
+        if name == "xent" and labels is None:
+            continue
+        max_abs = max_rel = 0.0
+        entries = 0
+        ok = True
+        for i in pick:
+            x = x2[i].copy()
+            cidx = np.sort(rng.choice(c, size=min(cols, c), replace=False))
+            if name == "xent":
+                # d loss(x / T) / dx = grad_xent(x / T) / T
+                y = np.asarray(labels)[i:i + 1]
+                analytic = evaluate(x[None] / t, y, want_grad=True, reduction="sum").grad[0] / t
+                fd_fn = lambda v, y=y: evaluate(v[None] / t, y, reduction="sum").reduced  # noqa: E731
+            else:
+                g = rng.normal(size=c)
+                vjp = softmax_vjp if name == "softmax" else log_softmax_vjp
+                analytic = vjp(x, g, temperature=t)
+                kind = "stable" if name == "softmax" else "log"
+                fd_fn = lambda v, g=g, kind=kind: float(  # noqa: E731
+                    np.dot(g, compute(v[None], kind, t).values[0]))
+            fd = _central_difference(fd_fn, x, cidx)
+            err = np.abs(analytic[cidx] - fd)
+            scale = np.maximum(np.abs(fd), np.max(np.abs(fd)))
+            rel = err / np.where(scale > 0, scale, 1.0)
+            max_abs = max(max_abs, float(err.max()))
+            max_rel = max(max_rel, float(rel.max()))
+            ok &= bool(np.all(err <= atol + rtol * scale))
+            entries += len(cidx)
+        results.append(GradCheck(name, len(pick), entries, max_abs, max_rel, rtol, atol, ok))
+    return results
