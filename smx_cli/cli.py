@@ -38,12 +38,12 @@ def cli():
 
 
 def _register() -> None:
+    from smx_cli.cmd_compare import compare_cmd
     from smx_cli.cmd_softmax import softmax_cmd
-
-    cli.add_command(softmax_cmd)
     from smx_cli.cmd_xent import xent_cmd
 
-    cli.add_command(xent_cmd)
+    for command in (softmax_cmd, xent_cmd, compare_cmd):
+        cli.add_command(command)
 
 
 _register()

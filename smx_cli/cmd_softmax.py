@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import click
 from rich.console import Console
+from rich.measure import Measurement
 
 from smx_cli import render
 from smx_cli.diagnostics import diagnose
-from smx_cli.emit import Payload, check_output_path, write_file, write_stdout
+from smx_cli.emit import Payload, check_output_path, stdout_console, write_file, write_stdout
 from smx_cli.errors import SmxError
 from smx_cli.options import display_options, input_options, numerics_options, output_options
 from smx_cli.prepare import load_rows
@@ -65,7 +66,7 @@ def softmax_cmd(file, delimiter, header, key, axis, variant, dtype, temperature,
     if fmt and fmt != "table" and not output:
         write_stdout(payload, fmt)
     else:
-        console = Console(highlight=False)
+        console = stdout_console()
         kind = result.kind
         what = "log_softmax" if kind == "logprob" else "softmax"
         t = f"x/{temperature:g}" if temperature != 1 else "x"
@@ -74,13 +75,24 @@ def softmax_cmd(file, delimiter, header, key, axis, variant, dtype, temperature,
         tiny = result.fmt.smallest_normal
         common = dict(kind=kind, tiny=tiny, class_names=rows.class_names,
                       lead_shape=rows.lead_shape, max_rows=max_rows, title=title, digits=digits)
-        if top_k is not None or width > render.DEFAULT_MAX_COLS:
-            k = top_k or render.DEFAULT_TOP_K
-            reason = None if top_k else (f"{width} classes: showing each row's top {k} "
-                                         "(--top-k K to choose)")
-            table = render.topk_table(result.values, rows.x2, k, reason=reason, **common)
-        else:
+        table = None
+        if top_k is None and width <= render.DEFAULT_MAX_COLS:
             table = render.values_table(result.values, rows.x2, **common)
+            if _needed_width(console, table) > console.width:
+                # rich would squeeze every cell to "0.9…": show fewer columns instead
+                table = None
+                why = f"{width} classes do not fit in {console.width} columns"
+        elif top_k is None:
+            why = f"{width} classes"
+        if table is None and top_k is not None:
+            table = render.topk_table(result.values, rows.x2, top_k, **common)
+        elif table is None:
+            # the largest k <= DEFAULT_TOP_K whose table fits the terminal
+            for k in range(render.DEFAULT_TOP_K, 0, -1):
+                reason = f"{why}: showing each row's top {k} (--top-k K to choose)"
+                table = render.topk_table(result.values, rows.x2, k, reason=reason, **common)
+                if _needed_width(console, table) <= console.width:
+                    break
         console.print(table)
         console.print(render.diagnostics_panel(diag, rows.loaded.source))
         if output:
@@ -89,6 +101,11 @@ def softmax_cmd(file, delimiter, header, key, axis, variant, dtype, temperature,
         raise SmxError(f"--strict: the result holds NaN in {diag.output_nan_rows} row(s)")
     if strict and (diag.exp_overflow or diag.sum_overflow_rows):
         raise SmxError("--strict: exp overflowed to inf while computing")
+
+
+def _needed_width(console: Console, table) -> int:
+    """Columns ``table`` takes unsqueezed (rich clamps measures to the terminal)."""
+    return Measurement.get(console, console.options.update_width(10**5), table).maximum
 
 
 def _payload(rows, result, diag, source) -> Payload:
@@ -112,4 +129,4 @@ def _payload(rows, result, diag, source) -> Payload:
     columns = rows.class_names if rows.axis == rows.ndim - 1 or rows.ndim < 2 else rows.row_names
     if rows.ndim == 2 and rows.axis == 0:
         columns = None
-    return Payload(matrix, columns, meta, {"values": result.values})
+    return Payload(matrix, columns, meta, {"values": result.values}, array=values)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import click
 import numpy as np
+from rich.console import Console
 
 from smx_cli import io
 from smx_cli.errors import SmxError
@@ -27,10 +28,13 @@ class Payload:
     columns: list[str] | None
     json_meta: dict
     json_arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    # what NPY carries when it differs from ``matrix``: the result in the
+    # input's own shape (a 1-D or 0-d input must not come back as (1, C))
+    array: np.ndarray | None = None
 
     def encode(self, fmt: str) -> bytes:
         if fmt == "npy":
-            return io.npy_bytes(self.matrix)
+            return io.npy_bytes(self.matrix if self.array is None else self.array)
         if fmt in ("csv", "tsv"):
             if self.matrix.ndim > 2:
                 raise SmxError(f"{fmt.upper()} holds 2-D tables; this result has shape "
@@ -62,6 +66,24 @@ def write_file(path: str, payload: Payload, fmt: str | None) -> str:
     except OSError as exc:
         raise SmxError(f"{path}: cannot write ({exc.strerror or exc})") from None
     return fmt
+
+
+class _PipeConsole(Console):
+    """A stdout console that lets a closed pipe reach ``cli.main``.
+
+    rich's default exits with status 1 when the reader goes away
+    (``smx softmax x.csv | head -1``); smx stops quietly with status 0,
+    the same as for the machine formats.
+    """
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
+def stdout_console() -> Console:
+    """The console tables and panels are printed on."""
+    return _PipeConsole(highlight=False)
 
 
 def write_stdout(payload: Payload, fmt: str) -> None:

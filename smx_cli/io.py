@@ -196,10 +196,22 @@ def _load_npz(data: bytes, source: str, key: str | None) -> tuple[np.ndarray, li
 
 
 def _sniff_delimiter(lines: list[str]) -> str:
+    """Tab, semicolon or comma if every one of the first lines holds it (in that
+    order: semicolon files use the decimal comma); else whitespace if it splits
+    every line into the same number (> 1) of fields; else the first of tab,
+    semicolon, comma found on any line, so that a ragged row is reported as
+    ragged rather than turning the file into one column; else whitespace.
+    """
     sample = lines[:20]
-    for d in (",", "\t", ";"):
-        counts = {line.count(d) for line in sample}
-        if min(counts) > 0:
+    candidates = ("\t", ";", ",")
+    for d in candidates:
+        if all(d in line for line in sample):
+            return d
+    counts = {len(line.split()) for line in sample}
+    if len(counts) == 1 and counts.pop() > 1:
+        return " "
+    for d in candidates:
+        if any(d in line for line in sample):
             return d
     return " "
 
@@ -213,12 +225,23 @@ def _split(line: str, delim: str) -> list[str]:
     return tokens
 
 
+_NUMBER = re.compile(r"^[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf|infinity|nan)$",
+                     re.IGNORECASE | re.ASCII)
+
+
 def _is_number(token: str) -> bool:
-    try:
-        float(token)
-    except ValueError:
-        return False
-    return True
+    """A decimal number, or nan/inf/infinity with an optional sign, any case.
+
+    Stricter than ``float()``, which also takes ``1_000`` and other forms no
+    CSV writer produces.
+    """
+    return bool(_NUMBER.match(token))
+
+
+def _unquote(name: str) -> str:
+    if len(name) >= 2 and name[0] == name[-1] == '"':
+        return name[1:-1].replace('""', '"')
+    return name
 
 
 def parse_text(data: bytes | str, source: str, *, delimiter: str | None = None,
@@ -250,11 +273,15 @@ def parse_text(data: bytes | str, source: str, *, delimiter: str | None = None,
     if delimiter is not None and delim not in DELIMITERS:
         raise SmxError(f"delimiter must be one of ',', '\\t', ';', ' ' (got {delimiter!r})")
     first_tokens = _split(numbered[0][1], delim)
-    if header is None:
-        header = not all(_is_number(t) for t in first_tokens)
+    auto_header = header is None
+    if auto_header:
+        # a header has names (words) and no numbers; a first row that mixes
+        # numbers and words is data with a bad token, reported as such below
+        header = (not any(_is_number(t) for t in first_tokens)
+                  and any(any(ch.isalpha() for ch in t) for t in first_tokens))
     names = None
     if header:
-        names = first_tokens
+        names = [_unquote(t) for t in first_tokens]
         numbered = numbered[1:]
         if not numbered:
             raise SmxError(f"{source}: only a header row, no data rows")
@@ -266,16 +293,17 @@ def parse_text(data: bytes | str, source: str, *, delimiter: str | None = None,
             raise SmxError(f"{source}: line {lineno} has {len(tokens)} values, expected "
                            f"{width} ({expect} count); fix the ragged row")
     flat = [t for _, tokens in rows for t in tokens]
-    try:
-        values = np.array(flat, dtype=np.float64)
-    except ValueError:
-        values = None
-    if values is None:
-        for lineno, tokens in rows:
-            for col, tok in enumerate(tokens, start=1):
-                if not _is_number(tok):
-                    what = "an empty value" if tok == "" else f"{tok!r} is not a number"
-                    raise SmxError(f"{source}: line {lineno}, column {col}: {what}")
+    for lineno, tokens in rows:
+        for col, tok in enumerate(tokens, start=1):
+            if not _is_number(tok):
+                what = "an empty value" if tok == "" else f"{tok!r} is not a number"
+                hint = ""
+                if re.fullmatch(r"[+-]?\d+,\d+", tok):
+                    hint = " (a decimal comma? write 1.5, not 1,5)"
+                elif lineno == rows[0][0] and names is None and auto_header:
+                    hint = "; pass --header if the first row holds class names"
+                raise SmxError(f"{source}: line {lineno}, column {col}: {what}{hint}")
+    values = np.array(flat, dtype=np.float64)
     values = values.reshape(len(rows), width)
     infs = np.flatnonzero(np.isinf(values.ravel()))
     for idx in infs:
@@ -402,7 +430,8 @@ def npy_bytes(values: np.ndarray) -> bytes:
     if values.dtype == BFLOAT16:
         values = values.astype(np.float32)
     buf = _io.BytesIO()
-    np.save(buf, np.ascontiguousarray(values), allow_pickle=False)
+    # not ascontiguousarray: it turns a 0-d result into shape (1,)
+    np.save(buf, np.asarray(values, order="C"), allow_pickle=False)
     return buf.getvalue()
 
 

@@ -80,6 +80,38 @@ class Format:
         """Return ``a`` (already rounded) in the storage dtype."""
         return a.astype(self.dtype, copy=False)
 
+    def cast(self, a: np.ndarray) -> np.ndarray:
+        """Round ``a`` of any float dtype correctly to this format, in ``dtype``.
+
+        Unlike ``a.astype(dtype)`` for bfloat16 (ml_dtypes goes through
+        float32, rounding twice) or a detour through the compute dtype for
+        float16, this rounds a float64 value once, to nearest-even.
+        """
+        a = np.asarray(a)
+        if self.dtype == BFLOAT16 and a.dtype.itemsize > 4 and a.dtype.kind == "f":
+            return _float64_to_bfloat16(a)
+        with np.errstate(over="ignore"):  # beyond the range: inf, as intended
+            return a.astype(self.dtype)
+
+
+def _float64_to_bfloat16(a: np.ndarray) -> np.ndarray:
+    """float64 -> bfloat16 rounded once: round to odd in float32, then RNE.
+
+    Rounding to odd into a format with at least p + 2 bits makes the second
+    rounding (float32 -> bfloat16, p = 8) correct (Boldo & Melquiond 2008).
+    """
+    x = a.astype(np.float64)
+    with np.errstate(all="ignore"):
+        f = x.astype(np.float32)
+        wide = f.astype(np.float64)
+        inexact = (wide != x) & np.isfinite(x)
+        if inexact.any():
+            # truncate toward zero, then set the last bit: round to odd
+            away = inexact & (np.abs(wide) > np.abs(x))
+            f = np.where(away, np.nextafter(f, np.float32(0)), f).astype(np.float32)
+            f = (f.view(np.uint32) | inexact.astype(np.uint32)).view(np.float32)
+    return f.astype(BFLOAT16)
+
 
 FORMATS: dict[str, Format] = {
     "float16": Format("float16", np.dtype(np.float16), np.dtype(np.float32), 11),
@@ -102,7 +134,10 @@ def format_of(dtype) -> Format:
     """
     if isinstance(dtype, str) and dtype in FORMATS:
         return FORMATS[dtype]
-    dt = np.dtype(dtype)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"unknown format {dtype!r}; choose one of {', '.join(FORMATS)}") from None
     for fmt in FORMATS.values():
         if fmt.dtype == dt:
             return fmt

@@ -10,6 +10,8 @@ error e of d = fl(x - max) exactly (TwoSum, Knuth 1969) and fold it back as
 exp(d) * (1 + e): the textbook max-shift loses up to half an ulp of |x - max|,
 which exp turns into a relative error of |x - max| * u -- hundreds of ulps on
 wide-spread rows (Blanchard, Higham & Higham 2021, the 2(max - min)u term).
+The row sum is error-free split (a double-double), and exp(d) + exp(d) * e is
+divided by it as a double-double with one final rounding: measured <= 2.5 ulp.
 
 *Emulated* (``dtype="float16"`` etc.): the algorithm as a framework runs it in
 that format, each operation rounded to the format (see :mod:`smx_cli.precision`)
@@ -144,7 +146,9 @@ def as_rows(x, axis: int = -1) -> tuple[np.ndarray, tuple[int, ...], int]:
         raise ValueError(f"axis {axis} is out of range for an array of {a.ndim} dimension(s)")
     axis = axis % a.ndim
     moved = np.moveaxis(a, axis, -1)
-    return moved.reshape(-1, moved.shape[-1]), moved.shape, axis
+    # not reshape(-1, C): with C == 0 the row count cannot be inferred
+    n = int(np.prod(moved.shape[:-1], dtype=np.int64))
+    return moved.reshape(n, moved.shape[-1]), moved.shape, axis
 
 
 def from_rows(values: np.ndarray, moved_shape: tuple[int, ...], axis: int, ndim: int) -> np.ndarray:
@@ -210,14 +214,16 @@ def _shifted(xb: np.ndarray, shift: np.ndarray, t: float, compensate: bool):
     return d, e
 
 
-def _exact_row_sum(e: np.ndarray) -> np.ndarray:
-    """Row sums of non-negative float64 terms <= 1, with ~0.5 ulp error.
+def _split_row_sum(e: np.ndarray, extra: np.ndarray | None = None):
+    """Row sums of non-negative float64 terms <= 1 as a double-double (hi, lo).
 
     Error-free splitting (Rump, Ogita & Oishi 2008, ExtractVector): each term
     is cut into a high part on the grid 2**-k, whose sum is exact in any order
     because every partial sum is a multiple of 2**-k below 2**(53-k), and a
     low part below 2**-k whose sum's rounding error is negligible. numpy's
     plain pairwise sum errs by up to ~(C/8)u, which alone would cost 4+ ulps.
+    ``extra`` (small terms, e.g. the exp corrections) joins the low sum.
+    hi + lo is the sum to about 2**-100 relative; |lo| <= ulp(hi)/2.
     """
     width = e.shape[1]
     k = 52 - int(np.ceil(np.log2(width + 1)))
@@ -225,7 +231,54 @@ def _exact_row_sum(e: np.ndarray) -> np.ndarray:
     hi = e + sigma
     hi -= sigma
     lo = e - hi
-    return hi.sum(axis=1, keepdims=True) + lo.sum(axis=1, keepdims=True)
+    s_hi = hi.sum(axis=1, keepdims=True)
+    s_lo = lo.sum(axis=1, keepdims=True)
+    if extra is not None:
+        s_lo += extra.sum(axis=1, keepdims=True)
+    total = s_hi + s_lo  # Fast2Sum: |s_hi| >= |s_lo| once a term is 1
+    s_lo -= total - s_hi
+    return total, s_lo
+
+
+def _exact_row_sum(e: np.ndarray) -> np.ndarray:
+    """Row sums of non-negative float64 terms <= 1, correctly rounded to ~0.5 ulp."""
+    hi, lo = _split_row_sum(e)
+    return hi + lo
+
+
+def _two_prod(a: np.ndarray, b: np.ndarray):
+    """Dekker's TwoProduct with Veltkamp splitting: a*b = p + err exactly."""
+    p = a * b
+    a_s = a * _SPLITTER
+    a_hi = a_s - (a_s - a)
+    a_lo = a - a_hi
+    b_s = b * _SPLITTER
+    b_hi = b_s - (b_s - b)
+    b_lo = b - b_hi
+    err = ((a_hi * b_hi - p) + a_hi * b_lo + a_lo * b_hi) + a_lo * b_lo
+    return p, err
+
+
+def _dd_divide(num_hi: np.ndarray, num_lo: np.ndarray, den_hi: np.ndarray,
+               den_lo: np.ndarray) -> np.ndarray:
+    """(num_hi + num_lo) / (den_hi + den_lo), rounded about once.
+
+    q = fl(num_hi / den_hi) is corrected by the exact residual
+    num_hi - q * den_hi (TwoProduct), so the only error left is the last
+    rounding: dividing twice in float64 (the sum, then the quotient) costs
+    a full ulp more, which the 4-ulp budget cannot afford.
+    """
+    q = num_hi / den_hi
+    p, perr = _two_prod(q, den_hi)
+    r = num_hi - p  # exact (Sterbenz): p is within a few ulps of num_hi
+    r -= perr
+    r += num_lo
+    r -= q * den_lo
+    r /= den_hi
+    # underflowed or masked terms (num_hi == 0) and special rows give 0/NaN
+    # residuals that must not spoil q; special rows are refilled later
+    np.copyto(r, 0.0, where=~np.isfinite(r))
+    return q + r
 
 
 def _special_rows(out: np.ndarray, xb: np.ndarray, m: np.ndarray, bad: np.ndarray,
@@ -259,13 +312,20 @@ def _accurate_block(xb: np.ndarray, t: float, kind: str, masked: str, compensate
     shift = np.where(np.isfinite(m), m, 0.0) if bad.any() else m
     q, c = _shifted(xb, shift, t, compensate)
     e = np.exp(q)
-    if c is not None:
-        e += e * c  # exp(q + c) = exp(q) (1 + c) to O(c^2)
     total = _exact_row_sum if compensate else (lambda a: a.sum(axis=1, keepdims=True))
     if kind == "prob":
-        e /= total(e)
-        out = e
+        if c is None:
+            e /= e.sum(axis=1, keepdims=True)
+            out = e
+        else:
+            # exp(q + c) = exp(q) (1 + c) to O(c^2): keep exp(q) * c apart as
+            # the low word and divide the double-double by the sum once
+            e_lo = e * c
+            s_hi, s_lo = _split_row_sum(e, e_lo)
+            out = _dd_divide(e, e_lo, s_hi, s_lo)
     else:
+        if c is not None:
+            e += e * c
         # log p_i = (q_i - L) + c_i with L = log1p(sum_{j != k} e_j), k the argmax;
         # log p_k = -L keeps the dominant entry's relative accuracy
         k = np.argmax(q, axis=1)
@@ -303,17 +363,23 @@ def _online_block(xb: np.ndarray, t: float, masked: str, compensate: bool) -> np
         shift = np.where(np.isfinite(m_new), m_new, 0.0)
         q, c = _shifted(blk, shift, t, compensate)
         e = np.exp(q)
-        if c is not None:
-            e += e * c
-        s += _exact_row_sum(e) if compensate else e.sum(axis=1, keepdims=True)
+        if c is None:
+            s += e.sum(axis=1, keepdims=True)
+        else:
+            b_hi, b_lo = _split_row_sum(e, e * c)
+            s += b_hi.astype(_LONG)
+            s += b_lo.astype(_LONG)
         m = m_new
     bad = ~np.isfinite(m[:, 0])
     shift = np.where(np.isfinite(m), m, 0.0)
     q, c = _shifted(xb, shift, t, compensate)
     out = np.exp(q)
-    if c is not None:
-        out += out * c
-    out /= s.astype(np.float64)
+    if c is None:
+        out /= s.astype(np.float64)
+    else:
+        s_hi = s.astype(np.float64)
+        s_lo = (s - s_hi.astype(_LONG)).astype(np.float64)
+        out = _dd_divide(out, out * c, s_hi, s_lo)
     if bad.any():
         _special_rows(out, xb, m, bad, "prob", masked)
     return out
@@ -325,6 +391,8 @@ def _accurate(x2: np.ndarray, variant: str, t: float, masked: str) -> SoftmaxRes
     n, width = x2.shape
     out = np.empty((n, width), dtype=fmt.dtype)
     compensate = fmt.name == "float64"
+    if width == 0:  # rows of no classes: an empty result, like 0 rows
+        return SoftmaxResult(out, kind, fmt, False, variant, t)
     with np.errstate(all="ignore"):
         for rows in _row_blocks(n, width):
             xb = np.asarray(x2[rows], dtype=np.float64)
@@ -332,7 +400,7 @@ def _accurate(x2: np.ndarray, variant: str, t: float, masked: str) -> SoftmaxRes
                 res = _online_block(xb, t, masked, compensate)
             else:
                 res = _accurate_block(xb, t, kind, masked, compensate)
-            out[rows] = res
+            out[rows] = fmt.cast(res)  # one rounding (ml_dtypes' own rounds twice)
     return SoftmaxResult(out, kind, fmt, False, variant, t)
 
 
@@ -371,7 +439,7 @@ def _emulated_block(xb: np.ndarray, variant: str, t: float, fmt: Format,
     (the sum skips the maximum, log1p of it gives the log-sum-exp).
     """
     r = fmt.round
-    x = r(xb.astype(fmt.compute))
+    x = fmt.cast(xb).astype(fmt.compute)  # the input, rounded once to the format
     if t != 1.0:
         x = r(x / fmt.compute.type(t))
     if variant == "naive":
@@ -388,11 +456,15 @@ def _emulated_block(xb: np.ndarray, variant: str, t: float, fmt: Format,
     _count_exp(stats, d, e)
     rows = np.arange(x.shape[0])
     k = np.argmax(x, axis=1)
+    # exp(x_k - max) is 1 for a finite maximum, but NaN for +inf (inf - inf):
+    # a framework computes it, so the NaN must reach the row as it does there
+    ek = e[rows, k].copy()
     e[rows, k] = 0
     s = _rsum(e, fmt)  # sum over i != k
+    s[np.isnan(ek)] = np.nan
     stats.sum_overflow_rows += int(np.count_nonzero(np.isinf(s)))
     if variant == "stable":
-        e[rows, k] = 1
+        e[rows, k] = ek
         return r(e / r(1 + s))
     b = r(np.log1p(s))
     if variant == "log":
@@ -427,6 +499,8 @@ def _emulated(x2: np.ndarray, variant: str, t: float, fmt: Format, masked: str) 
     n, width = x2.shape
     out = np.empty((n, width), dtype=fmt.dtype)
     stats = KernelStats()
+    if width == 0:  # rows of no classes: an empty result, like 0 rows
+        return SoftmaxResult(out, kind, fmt, True, variant, t, stats)
     with np.errstate(all="ignore"):
         for rows in _row_blocks(n, width):
             xb = np.asarray(x2[rows])
@@ -545,7 +619,7 @@ def log_softmax(x, axis: int = -1, temperature: float = 1.0, dtype: str | None =
 
     Examples
     --------
-    >>> np.log(softmax([0.0, -40.0]))[0]
+    >>> float(np.log(softmax([0.0, -40.0]))[0])
     0.0
     >>> float(log_softmax([0.0, -40.0])[0])
     -4.248354255291589e-18
@@ -590,7 +664,7 @@ def logsumexp(x, axis: int = -1, temperature: float = 1.0) -> np.ndarray:
             e[rows, np.argmax(q, axis=1)] = 0.0
             out = (shift[:, 0] / t) + np.log1p(e.sum(axis=1))
             out = np.where(np.isfinite(m[:, 0]), out, m[:, 0])
-    out = out.astype(fmt.dtype)
+    out = fmt.cast(out)
     return out.reshape(shape[:-1]) if a.ndim > 1 else out.reshape(())
 
 
