@@ -1,0 +1,243 @@
+"""Pure functions: a :class:`~smx_cli.compare.Comparison` or
+:class:`~smx_cli.compare.Sweep` -> rich renderables. No printing."""
+from __future__ import annotations
+
+import math
+
+from rich import box
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from smx_cli.compare import ULP_OK, Comparison, Sweep, Thresholds
+
+VERDICT_STYLE = {"ok": "bold green", "inaccurate": "bold yellow", "broken": "bold red",
+                 "n/a": "dim"}
+#: at most this many worst rows are listed under the table
+MAX_WORST = 12
+BAR_WIDTH = 28
+#: the numeric columns of the comparison table, in order
+COLUMNS = ("ovfl", "unfl", "NaN", "failed", "max ulp", "med ulp", "err/u",
+           "|sum-1|", "|dlogp|")
+
+
+def fmt_num(v: float | None, digits: int = 3) -> str:
+    """A table number: '-' for None, 'inf'/'nan', else ``digits`` significant digits.
+
+    Numbers below 0.01 or from 1e5 up are written in exponent form with
+    ``digits - 1`` significant digits, so every cell stays short.
+
+    Examples
+    --------
+    >>> fmt_num(None), fmt_num(float("inf")), fmt_num(2.0547), fmt_num(0.00086808)
+    ('-', 'inf', '2.05', '8.7e-04')
+    """
+    if v is None:
+        return "-"
+    if math.isnan(v):
+        return "nan"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    if v == 0:
+        return "0"
+    if abs(v) < 0.01 or abs(v) >= 1e5:
+        return f"{v:.{max(digits - 2, 0)}e}"
+    return f"{v:.{digits}g}"
+
+
+def fmt_scale(s: float | None) -> str:
+    """A sweep scale as 1, 10, 100, 1e3, ...
+
+    Examples
+    --------
+    >>> fmt_scale(1.0), fmt_scale(100.0), fmt_scale(1e5)
+    ('1', '100', '1e5')
+    """
+    if s is None:
+        return "-"
+    if s < 1000:
+        return f"{s:g}"
+    return f"1e{round(math.log10(s))}"
+
+
+def _count(n: int) -> Text:
+    return Text(f"{n:,}", style="bold red" if n else "")
+
+
+def _value_text(v: float) -> Text:
+    text = fmt_num(v, 4)
+    if math.isnan(v):
+        return Text(text, style="bold red")
+    if math.isinf(v):
+        return Text(text, style="bold magenta")
+    return Text(text)
+
+
+def variant_name(variant: str) -> str:
+    """The label of a variant in tables (``smx`` is the accurate path)."""
+    return variant
+
+
+def comparison_table(c: Comparison, title: str) -> Table:
+    """One row per variant x format: counts, errors in ulps, verdict (coloured)."""
+    t = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False,
+              caption=_caption(c), caption_justify="left", padding=(0, 1, 0, 0))
+    t.add_column("dtype", no_wrap=True)
+    t.add_column("variant", no_wrap=True)
+    for name in COLUMNS:
+        t.add_column(name, justify="right", no_wrap=True)
+    t.add_column("verdict", no_wrap=True)
+    last = None
+    for r in c.reports:
+        if last is not None and r.dtype != last:
+            t.add_section()
+        t.add_row(
+            r.dtype if r.dtype != last else "", variant_name(r.variant),
+            _count(r.overflow_rows), _count(r.underflow), _count(r.nan),
+            _count(r.failed_rows),
+            fmt_num(r.max_ulp), fmt_num(r.median_ulp), fmt_num(r.max_row_error_u),
+            fmt_num(r.max_sum_error), fmt_num(r.max_logp_error),
+            Text(r.verdict, style=VERDICT_STYLE[r.verdict]),
+        )
+        last = r.dtype
+    return t
+
+
+def _caption(c: Comparison) -> str:
+    skipped = {r.dtype: (r.skipped_rows, r.out_of_range_rows) for r in c.reports}
+    lines = [
+        "smx: smx's accurate path. ovfl: rows where exp or the sum became inf; unfl: "
+        "p = 0 where the exact p is normal; NaN: entries; failed: rows with NaN/inf or all 0. On the rows that did not fail: max/median error in ulps of the dtype "
+        "(entries whose exact value is normal); err/u = max|p - p*| / (u max p*) per row, the "
+        "paper's measure; |sum-1|; |dlogp| = max |log p - log p*| (log: its log-probabilities).",
+        f"verdict: broken = a row failed; inaccurate = max ulp > {ULP_OK:g}; ok otherwise. "
+        "The input is rounded to each dtype first; the reference is exact for that rounded "
+        "input.",
+    ]
+    for dt, (n, oor) in skipped.items():
+        if n:
+            why = f", {oor:,} with logits beyond the {dt} range" if oor else ""
+            lines.append(f"{dt}: {n:,} row(s) not measured (NaN/+inf/fully masked{why}).")
+    return "\n".join(lines)
+
+
+def thresholds_line(ths: dict[str, Thresholds]) -> Text:
+    """One line: where exp(x) overflows in each format."""
+    parts = []
+    for th in ths.values():
+        extra = ""
+        if f"{th.exp_overflow_in_format:.2f}" != f"{th.exp_overflow:.2f}":
+            extra = f" ({th.exp_overflow_in_format:g} after rounding)"
+        parts.append(f"{th.exp_overflow:.2f} in {th.dtype}{extra}")
+    return Text("exp(x) overflows above x = " + ", ".join(parts), style="italic")
+
+
+def worst_rows_table(c: Comparison) -> Table | None:
+    """The worst row of each broken variant: input, output (NaN/inf visible), exact."""
+    broken = [r for r in c.reports if r.verdict == "broken" and r.worst is not None]
+    if not broken:
+        return None
+    t = Table(title="worst row of each broken variant", box=box.SIMPLE_HEAD,
+              title_justify="left", pad_edge=False)
+    for name in ("dtype", "variant", "row", "x (rounded)", "p computed", "p exact"):
+        t.add_column(name, justify="right" if name == "row" else "left")
+    for r in broken[:MAX_WORST]:
+        w = r.worst
+        cols = w.columns
+        shown = len(cols) < c.n_cols
+        t.add_row(r.dtype, variant_name(r.variant), str(w.index),
+                  _vector(w.input, cols if shown else None, style=False),
+                  _vector(w.output, cols if shown else None),
+                  _vector(w.reference, cols if shown else None, style=False))
+    if len(broken) > MAX_WORST:
+        t.caption = f"{len(broken) - MAX_WORST} more broken variant(s) not shown (--format json)"
+    return t
+
+
+def _vector(vals: list[float], cols: list[int] | None, style: bool = True) -> Text:
+    out = Text("[")
+    for k, v in enumerate(vals):
+        if k:
+            out.append(", ")
+        if cols is not None:
+            out.append(f"{cols[k]}:")
+        out.append_text(_value_text(v) if style else Text(fmt_num(v, 4)))
+    out.append("]")
+    return out
+
+
+def comparison_view(c: Comparison, title: str) -> Group:
+    """The whole compare-stability screen: table, thresholds, worst rows."""
+    parts = [comparison_table(c, title), thresholds_line(c.thresholds)]
+    worst = worst_rows_table(c)
+    if worst is not None:
+        parts += [Text(""), worst]
+    return Group(*parts)
+
+
+# ----------------------------------------------------------------------------
+# the sweep
+
+
+def sweep_table(s: Sweep, title: str) -> Table:
+    """Variants down, formats across: the scale at which each first breaks."""
+    dtypes = list(s.thresholds)
+    variants = list(dict.fromkeys(e.variant for e in s.entries))
+    t = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
+    t.add_column("breaks at scale")
+    for d in dtypes:
+        t.add_column(d, justify="right")
+    for v in variants:
+        cells = []
+        for d in dtypes:
+            e = s.entry(v, d)
+            if e.break_scale is None:
+                cells.append(Text(f"never (<= {fmt_scale(_measured_to(s, d))})", style="green"))
+            else:
+                cells.append(Text(f"{fmt_scale(e.break_scale)} {e.cause}", style="bold red"))
+        t.add_row(variant_name(v), *cells)
+    t.add_section()
+    t.add_row("exp overflows above",
+              *[f"{s.thresholds[d].exp_overflow:.2f}" for d in dtypes])
+    t.add_row("largest x with finite exp",
+              *[f"{s.thresholds[d].exp_overflow_in_format:g}" for d in dtypes])
+    t.add_row("format max", *[f"{s.thresholds[d].max:.4g}" for d in dtypes])
+    t.add_row("input out of range at", *[fmt_scale(s.out_of_range_scale[d]) for d in dtypes])
+    t.caption = ("max |x| per scale: " + ", ".join(
+        f"{fmt_scale(sc)}: {m:.3g}" for sc, m in zip(s.scales, s.max_logit))
+        + ". Rows whose logits leave the format's range are not measured.")
+    t.caption_justify = "left"
+    return t
+
+
+def _measured_to(s: Sweep, dtype: str) -> float:
+    """The last scale at which every row of ``dtype`` was in range and measured."""
+    oor = s.out_of_range_scale.get(dtype)
+    return s.scales[-1] if oor is None else max(oor / 10, 1.0)
+
+
+def sweep_chart(s: Sweep) -> Text:
+    """Unicode bars: the length is log10 of the scale each variant survives."""
+    top = max(math.log10(s.max_scale), 1.0)
+    out = Text()
+    out.append("log10 of the scale where each variant breaks (full bar: never, up to "
+               + fmt_scale(s.max_scale) + ")\n", style="bold")
+    label_w = max(len(f"{variant_name(e.variant)} {e.dtype}") for e in s.entries)
+    for e in s.entries:
+        label = f"{variant_name(e.variant)} {e.dtype}".ljust(label_w)
+        if e.break_scale is None:
+            n = BAR_WIDTH
+            bar, style = "█" * n + "▶", "green"
+            note = f" never (<= {fmt_scale(_measured_to(s, e.dtype))})"
+        else:
+            # the last scale that survived: one decade below the break
+            n = round(BAR_WIDTH * max(math.log10(e.break_scale), 0) / (top + 1))
+            bar, style, note = "█" * n + "✗", "red", f" breaks at {fmt_scale(e.break_scale)}"
+        out.append(label + " ")
+        out.append(bar.ljust(BAR_WIDTH + 1), style=style)
+        out.append(note + "\n")
+    return out
+
+
+def sweep_view(s: Sweep, title: str) -> Group:
+    return Group(sweep_table(s, title), sweep_chart(s))

@@ -1,0 +1,230 @@
+"""``smx compare-stability`` end to end: what the user sees, and the JSON scripts read."""
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import SAMPLES
+from smx_cli.cli import cli
+from smx_cli.compare import SEED_ROWS, compare_stability
+
+MNIST = os.path.join(SAMPLES, "mnist_lenet_logits.npy")
+
+
+def run(*args, input=None):
+    return CliRunner().invoke(cli, ["compare-stability", *args], input=input,
+                              catch_exceptions=False)
+
+
+def as_json(r):
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
+
+
+def result(doc, variant, dtype):
+    return next(x for x in doc["results"] if x["variant"] == variant and x["dtype"] == dtype)
+
+
+def table_rows(out):
+    """The comparison table's body as {(dtype, variant): [cells...]}."""
+    rows, dtype = {}, None
+    for line in out.splitlines():
+        if line.startswith("smx: "):      # the caption: the table is over
+            break
+        cells = line.split()
+        if not cells:
+            continue
+        if cells[0] in ("float16", "bfloat16", "float32", "float64") and len(cells) >= 12:
+            dtype, cells = cells[0], cells[1:]
+        if dtype and len(cells) == 11 and cells[0] in ("naive", "stable", "log", "online",
+                                                          "lse", "smx"):
+            rows[(dtype, cells[0])] = cells[1:]
+    return rows
+
+
+def test_no_file_tells_the_seed_story():
+    r = run()
+    assert r.exit_code == 0, r.output
+    out = r.stdout
+    assert "the seed examples [1,2,3] [1,2,5] [1000,2000,3000] [-1000,1,10000]" in out
+    rows = table_rows(out)
+    assert len(rows) == 24
+    for dt in ("float16", "bfloat16", "float32", "float64"):
+        assert rows[(dt, "naive")][-1] == "broken"
+        assert rows[(dt, "naive")][:4] == ["2", "0", "4", "2"]
+        assert rows[(dt, "stable")][-1] == "ok" and rows[(dt, "smx")][-1] == "ok"
+    # the worst rows show the NaN, and why
+    assert "worst row of each broken variant" in out
+    assert out.count("[nan, nan, nan]") == 4
+    assert "[1000, 2000, 3008]" in out                  # 3000 rounded to bfloat16
+    assert "11.09 in float16" in out and "88.5 after rounding" in out
+    assert "709.78 in float64" in out
+
+
+def test_table_numbers_match_json():
+    table = table_rows(run(MNIST, "--rows", "400").stdout)
+    doc = as_json(run(MNIST, "--rows", "400", "--format", "json"))
+    assert doc["rows"] == 400 and len(doc["results"]) == 24
+    for res in doc["results"]:
+        cells = table[(res["dtype"], res["variant"])]
+        assert [int(c.replace(",", "")) for c in cells[:4]] == [
+            res["overflow_rows"], res["underflow"], res["nan"], res["failed_rows"]]
+        for cell, key in zip(cells[4:9], ["max_ulp", "median_ulp", "max_row_error_u",
+                                          "max_sum_error", "max_logp_error"]):
+            assert float(cell) == pytest.approx(res[key], rel=0.06, abs=0), key
+        assert cells[9] == res["verdict"]
+
+
+def test_json_matches_the_library():
+    doc = as_json(run("--format", "json"))
+    lib = compare_stability(SEED_ROWS).to_dict()
+    assert doc["command"] == "compare-stability"
+    assert doc["results"] == json.loads(json.dumps(_plain(lib["results"])))
+    assert doc["thresholds"]["float16"]["exp_overflow_in_format"] == 11.0859375
+    w = result(doc, "naive", "float16")["worst"]
+    assert w["index"] == 2 and w["output"] == ["nan", "nan", "nan"]
+
+
+def _plain(obj):
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return "nan" if np.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def test_mnist_reproduces_the_paper_through_the_cli():
+    doc = as_json(run(MNIST, "--format", "json", "--dtypes", "float16,bfloat16",
+                      "--variants", "naive,stable,lse"))
+    assert result(doc, "naive", "float16")["overflow_rows"] == 475
+    assert result(doc, "stable", "float16")["overflow_rows"] == 0
+    assert result(doc, "naive", "bfloat16")["overflow_rows"] == 0
+    assert result(doc, "stable", "bfloat16")["overflow_rows"] == 0
+    st = result(doc, "stable", "float16")["max_row_error_u"]
+    ls = result(doc, "lse", "float16")["max_row_error_u"]
+    assert st < 2.5 < 7 < ls
+
+
+def test_variants_and_dtypes_select_rows():
+    doc = as_json(run("--variants", "naive, lse", "--dtypes", "float32", "--format", "json"))
+    assert [(x["variant"], x["dtype"]) for x in doc["results"]] == [("naive", "float32"),
+                                                                    ("lse", "float32")]
+    rows = table_rows(run("--variants", "stable", "--dtypes", "bfloat16,float16").stdout)
+    assert set(rows) == {("bfloat16", "stable"), ("float16", "stable")}
+
+
+def test_rows_limits_the_rows_checked():
+    doc = as_json(run("--rows", "2", "--format", "json"))
+    assert doc["rows"] == 2
+    naive = result(doc, "naive", "float16")
+    assert naive["rows"] == 2 and naive["overflow_rows"] == 0 and naive["verdict"] != "broken"
+
+
+def test_temperature_reaches_the_computation():
+    doc = as_json(run("--temperature", "1000", "--format", "json"))
+    assert doc["temperature"] == 1000
+    # [1000,2000,3000]/1000 = [1,2,3]: nothing overflows any more
+    assert all(x["overflow_rows"] == 0 for x in doc["results"])
+    r = run("-t", "1000")
+    assert "T=1000" in r.stdout
+
+
+def test_file_input_options(tmp_path):
+    p = tmp_path / "logits.tsv"
+    p.write_text("a\tb\tc\n0\t20\t1\n1\t2\t3\n")
+    doc = as_json(run(str(p), "--delimiter", "tab", "--header", "--format", "json",
+                      "--dtypes", "float16", "--variants", "naive"))
+    assert doc["classes"] == 3 and result(doc, "naive", "float16")["overflow_rows"] == 1
+    # --axis 0: the columns are the rows
+    doc = as_json(run(str(p), "--axis", "0", "--format", "json", "--dtypes", "float16",
+                      "--variants", "naive"))
+    assert doc["rows"] == 3 and doc["classes"] == 2
+    assert result(doc, "naive", "float16")["overflow_rows"] == 1
+
+
+def test_stdin():
+    doc = as_json(run("-", "--format", "json", "--dtypes", "float16", "--variants", "naive",
+                      input="0,12\n0,1\n"))
+    assert result(doc, "naive", "float16")["overflow_rows"] == 1
+
+
+def test_output_file_holds_the_same_json(tmp_path):
+    out = tmp_path / "report.json"
+    r = run("-o", str(out))
+    assert r.exit_code == 0 and "wrote" in r.stdout
+    assert json.loads(out.read_text()) == as_json(run("--format", "json"))
+
+
+def test_sweep_table_and_chart():
+    r = run("--sweep", "--dtypes", "float16,float64")
+    assert r.exit_code == 0, r.output
+    out = r.stdout
+    assert "standard-normal sample (seed 0)" in out
+    assert re.search(r"naive\s+10 overflow\s+1e3 overflow", out)
+    assert re.search(r"stable\s+never \(<= 1e4\)\s+never \(<= 1e6\)", out)
+    assert re.search(r"exp overflows above\s+11.09\s+709.78", out)
+    assert re.search(r"naive float16 +█+✗ +breaks at 10", out)
+    assert "▶ never" in out
+
+
+def test_sweep_json_on_a_file(tmp_path):
+    p = tmp_path / "x.csv"
+    p.write_text("0,2\n")
+    doc = as_json(run(str(p), "--sweep", "--format", "json", "--max-scale", "1e4"))
+    sw = doc["sweep"]
+    brk = {(e["variant"], e["dtype"]): e["break_scale"] for e in sw["entries"]}
+    assert brk[("naive", "float16")] == 10 and brk[("naive", "float64")] == 1000
+    assert brk[("stable", "float16")] is None
+    assert sw["scales"][-1] == 1e4
+
+
+def test_sweep_seed_changes_the_sample():
+    a = as_json(run("--sweep", "--format", "json", "--seed", "1", "--variants", "naive"))
+    b = as_json(run("--sweep", "--format", "json", "--seed", "2", "--variants", "naive"))
+    assert a["sweep"]["max_logit"] != b["sweep"]["max_logit"]
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["/no/such/file.csv"], "no such file"),
+    (["BAD"], None),
+])
+def test_bad_input_is_a_one_line_error(tmp_path, args, msg):
+    if args == ["BAD"]:
+        p = tmp_path / "bad.csv"
+        p.write_text("1,2,3\n4,x,6\n")
+        args = [str(p)]
+    r = run(*args)
+    assert r.exit_code == 1
+    assert r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:")
+    if msg:
+        assert msg in lines[0]
+
+
+def test_empty_input_is_an_error(tmp_path):
+    p = tmp_path / "empty.npy"
+    np.save(p, np.zeros((0, 3)))
+    r = run(str(p))
+    assert r.exit_code == 1 and "nothing to compare" in r.stderr
+
+
+@pytest.mark.parametrize("args", [["--variants", "fast"], ["--dtypes", "float8"],
+                                  ["--temperature", "0"], ["--temperature", "inf"],
+                                  ["--key", "a"], ["--rows", "0"], ["--format", "csv"]])
+def test_usage_errors_exit_2(args):
+    r = run(*args)
+    assert r.exit_code == 2, r.output
+
+
+def test_help_has_examples():
+    r = CliRunner().invoke(cli, ["compare-stability", "--help"])
+    assert r.exit_code == 0
+    assert "Examples:\n    smx compare-stability\n" in r.stdout
+    assert "[FILE]" in r.stdout
+    assert "compare-stability" in CliRunner().invoke(cli, ["--help"]).stdout
