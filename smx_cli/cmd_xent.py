@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import math
+import os
 
 import click
 import numpy as np
-from rich.console import Console
 
 from smx_cli import render_xent
 from smx_cli.diagnostics import count_inputs
-from smx_cli.emit import Payload, check_output_path, write_file, write_stdout
+from smx_cli.emit import Payload, check_output_path, stdout_console, write_file, write_stdout
 from smx_cli.errors import SmxError
 from smx_cli.labels import read_labels, read_weights, split_label_column
 from smx_cli.options import input_options
@@ -75,8 +75,11 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
         raise click.BadParameter("must be in [0, 1]", param_hint="'--label-smoothing'")
     if (labels_path is None) == (label_column is None):
         raise click.UsageError("give exactly one of --labels FILE or --label-column NAME|INDEX")
-    check_output_path(output, file, labels_path)
-    check_output_path(grad_out, file, labels_path)
+    if file == "-" and labels_path == "-":
+        raise click.UsageError("FILE and --labels cannot both be - (standard input)")
+    weight_file = weight if weight and os.path.exists(weight) else None
+    check_output_path(output, file, labels_path, weight_file)
+    check_output_path(grad_out, file, labels_path, weight_file)
     if output and grad_out and output == grad_out:
         raise SmxError(f"{output}: -o and --grad-out name the same file")
 
@@ -106,10 +109,12 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
     except ValueError as exc:
         raise SmxError(f"{labels_source}: {exc}") from None
 
-    meta = _summary(res, rows, reduction, label_smoothing, ignore_index, input_kind, weights)
+    fmt_eps = result_format(x2.dtype).eps
+    meta = _summary(res, rows, reduction, label_smoothing, ignore_index, input_kind, weights,
+                    fmt_eps)
     per_sample = _per_sample_matrix(res)
-    columns = ["row", "label", "predicted", "p_true", "loss", "margin", "correct", "ignored"]
-    payload = Payload(per_sample, columns, meta, {"samples": per_sample})
+    meta["columns"] = PER_SAMPLE_COLUMNS
+    payload = Payload(per_sample, PER_SAMPLE_COLUMNS, meta, {"per_sample": per_sample})
     if grad_out:
         write_file(grad_out, Payload(res.grad, class_names, {"command": "xent", "gradient":
                                      "dL/dlogits", "reduction": reduction}, {"grad": res.grad}),
@@ -118,8 +123,10 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
         write_file(output, payload, fmt)
     if fmt and fmt != "table" and not output:
         write_stdout(payload, fmt)
+        if meta["loss_undefined"] and not strict:
+            click.echo(f"Warning: {_undefined_reason(res)}", err=True)
     else:
-        console = Console(highlight=False)
+        console = stdout_console()
         n = len(res.loss)
         if worst:
             order = _worst(res, worst)
@@ -138,11 +145,11 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
                                                  max_cols=fit,
                                                  top_k=max(1, min(5, (console.width - 18) // 20)),
                                                  title=f"dL/dlogits (reduction {reduction})"))
-        fmt_eps = result_format(x2.dtype).eps
         console.print(render_xent.summary_panel(
             res, eps=fmt_eps, input_counts=count_inputs(x2), source=rows.loaded.source,
             n_classes=x2.shape[1], options=_options_text(reduction, label_smoothing, ignore_index,
-                                                         input_kind, weights)))
+                                                         input_kind, weights),
+            smoothed=label_smoothing > 0))
         for path in (output, grad_out):
             if path:
                 console.print(f"wrote {path}", style="dim")
@@ -150,7 +157,15 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
         bad = int((~np.isfinite(res.loss) & ~res.ignored).sum())
         if bad or (reduction != "none" and not math.isfinite(res.reduced)):
             raise SmxError(f"--strict: {bad} sample loss(es) are NaN or inf"
-                           if bad else "--strict: the reduced loss is NaN (every label ignored?)")
+                           if bad else f"--strict: {_undefined_reason(res)}")
+
+
+PER_SAMPLE_COLUMNS = ["row", "label", "predicted", "p_true", "loss", "margin", "correct",
+                      "ignored"]
+
+
+def _undefined_reason(res) -> str:
+    return f"the mean loss is undefined: {render_xent.undefined_reason(res)}"
 
 
 def _worst(res, k: int) -> np.ndarray:
@@ -185,7 +200,7 @@ def _finite_or_none(v: float):
     return v if math.isfinite(v) else None
 
 
-def _summary(res, rows, reduction, eps, ignore_index, input_kind, weights) -> dict:
+def _summary(res, rows, reduction, eps, ignore_index, input_kind, weights, fmt_eps) -> dict:
     return {
         "command": "xent",
         "source": rows.loaded.source,
@@ -199,12 +214,14 @@ def _summary(res, rows, reduction, eps, ignore_index, input_kind, weights) -> di
         "input_kind": input_kind,
         "weight": weights.tolist() if weights is not None else None,
         "loss": _finite_or_none(res.reduced) if reduction != "none" else None,
-        "loss_undefined": bool(reduction == "mean" and res.all_ignored),
+        "loss_undefined": bool(reduction == "mean" and res.denominator == 0),
         "mean_sample_loss": _finite_or_none(res.mean_loss),
         "accuracy": _finite_or_none(res.accuracy),
         "top5_accuracy": _finite_or_none(res.top5_accuracy) if rows.x2.shape[1] > 5 else None,
         "mean_entropy": _finite_or_none(res.mean_entropy),
         "perplexity": _finite_or_none(res.perplexity),
         "ignored": int(res.ignored.sum()),
+        "vanished_gradients": res.vanished(fmt_eps),
+        "vanished_eps": fmt_eps,
         "nonfinite_losses": int((~np.isfinite(res.loss) & ~res.ignored).sum()),
     }

@@ -186,7 +186,7 @@ def read_weights(spec: str, n_classes: int) -> np.ndarray:
         raise SmxError(f"{source}: {w.size} class weights for {n_classes} classes")
     bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
     if bad.size:
-        raise SmxError(f"{source}: weight {int(bad[0])} is {w[bad[0]]!r}; weights must be "
+        raise SmxError(f"{source}: weight {int(bad[0])} is {float(w[bad[0]])!r}; weights must be "
                        "finite and >= 0")
     return w
 

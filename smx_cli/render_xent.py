@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 from rich import box
+from rich.console import Group
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -13,12 +14,27 @@ from smx_cli.render import class_label, fmt_value
 from smx_cli.xent import XentResult
 
 
+def undefined_reason(res: XentResult) -> str:
+    """Why the mean loss is 0/0 (``res.denominator == 0``), in PyTorch's terms."""
+    if len(res.loss) == 0:
+        why = "there are no samples"
+    elif res.all_ignored:
+        why = "every label is the ignore index"
+    else:
+        why = "the class weights of the true labels sum to 0"
+    return f"{why}, so the mean divides 0 by 0 (PyTorch returns nan)"
+
+
+def _count(k: int, noun: str) -> str:
+    return f"{k:,} {noun}{'' if k == 1 else 's'}"
+
+
 def _num(v: float, digits: int = 6) -> str:
     return fmt_value(float(v), digits)
 
 
 def sample_table(res: XentResult, order: np.ndarray, *, class_names=None, title=None,
-                 total_note: str | None = None, digits: int = 6) -> Table:
+                 total_note: str | None = None, digits: int = 6):
     """One row per sample in ``order``: label, prediction, p(true), loss, margin."""
     table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
     table.add_column("row", justify="right", style="dim")
@@ -42,13 +58,19 @@ def sample_table(res: XentResult, order: np.ndarray, *, class_names=None, title=
                       _num(res.p_true[i], digits), loss_text,
                       _num(res.margin[i], 4) if np.isfinite(res.margin[i]) or np.isinf(res.margin[i]) else "-",
                       ok)
-    table.caption = total_note
-    return table
+    if total_note is None:
+        return table
+    # a note under the table, not a caption: a caption wraps to the table's width
+    return Group(table, Text(total_note, style="dim"))
 
 
 def summary_panel(res: XentResult, *, eps: float, input_counts=None, source: str | None = None,
-                  n_classes: int = 0, options: str = "") -> Panel:
-    """Reduced loss, accuracy, entropy, perplexity, ignored and non-finite counts."""
+                  n_classes: int = 0, options: str = "", smoothed: bool = False) -> Panel:
+    """Reduced loss, accuracy, entropy, perplexity, ignored and non-finite counts.
+
+    ``eps`` is the input format's machine epsilon: a sample whose softmax is
+    within it of the target has a vanished gradient in that format.
+    """
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", justify="right")
     grid.add_column()
@@ -58,9 +80,8 @@ def summary_panel(res: XentResult, *, eps: float, input_counts=None, source: str
         grid.add_row("options", options)
     if res.reduction == "none":
         grid.add_row("loss", f"per sample (reduction none); mean {_num(res.mean_loss)}")
-    elif res.all_ignored and res.reduction == "mean":
-        grid.add_row("loss (mean)", Text("undefined: every label is the ignore index, so the mean "
-                                         "divides 0 by 0 (PyTorch returns nan)", style="bold red"))
+    elif res.reduction == "mean" and res.denominator == 0:
+        grid.add_row("loss (mean)", Text(f"undefined: {undefined_reason(res)}", style="bold red"))
     else:
         style = "bold red" if not math.isfinite(res.reduced) else "bold"
         grid.add_row(f"loss ({res.reduction})", Text(_num(res.reduced, 10), style=style))
@@ -71,16 +92,18 @@ def summary_panel(res: XentResult, *, eps: float, input_counts=None, source: str
         if n_classes > 5:
             grid.add_row("top-5 accuracy", f"{res.top5_accuracy * 100:.2f} %")
         grid.add_row("mean entropy", f"{_num(res.mean_entropy)} nats")
-        grid.add_row("perplexity", f"{_num(res.perplexity)} (exp of the mean per-sample loss)")
-    grid.add_row("ignored", Text(f"{int(res.ignored.sum()):,} samples",
+        grid.add_row("perplexity", f"{_num(res.perplexity)} (exp of the mean -log p(true), "
+                     "without weights or smoothing)")
+    grid.add_row("ignored", Text(_count(int(res.ignored.sum()), "sample"),
                                  style="yellow" if res.ignored.any() else "green"))
-    vanished = int(((res.one_minus_p_true <= eps) & ~res.ignored).sum())
+    vanished = res.vanished(eps)
+    what = "1 - p(true)" if res.target_kind == "index" and not smoothed else "max |softmax - target|"
     grid.add_row("vanished gradient", Text(
-        f"{vanished:,} samples with 1 - p(true) <= {eps:.3g}: their gradient is ~0",
+        f"{_count(vanished, 'sample')} with {what} <= {eps:.3g}: their gradient is ~0",
         style="yellow" if vanished else "green"))
     inf_loss = int((~np.isfinite(res.loss) & ~res.ignored).sum())
     if inf_loss:
-        grid.add_row("non-finite loss", Text(f"{inf_loss:,} samples (inf: p(true) is exactly 0; "
+        grid.add_row("non-finite loss", Text(f"{_count(inf_loss, 'sample')} (inf: p(true) is exactly 0; "
                                              "nan: NaN in the input)", style="bold red"))
     if input_counts is not None:
         c = input_counts
@@ -89,8 +112,7 @@ def summary_panel(res: XentResult, *, eps: float, input_counts=None, source: str
         text.append(f"  +inf {c.pos_inf:,}", style="magenta" if c.pos_inf else "green")
         text.append(f"  -inf {c.neg_inf:,}", style="yellow" if c.neg_inf else "green")
         grid.add_row("non-finite input", text)
-    bad = (not res.all_ignored and not math.isfinite(res.reduced) and res.reduction != "none") \
-        or inf_loss
+    bad = (not math.isfinite(res.reduced) and res.reduction != "none") or inf_loss
     title = "summary" + (": check the input" if bad else "")
     return Panel(grid, title=title, title_align="left", border_style="red" if bad else "green",
                  expand=False)

@@ -60,7 +60,7 @@ class XentResult:
     predicted : ndarray (N,)
         Argmax of the predicted distribution.
     p_true : ndarray (N,)
-        Predicted probability of the true class.
+        Predicted probability of the true class (NaN where ignored).
     margin : ndarray (N,)
         logp[true] - max_{c != true} logp[c]: > 0 when correct (NaN with
         one class).
@@ -74,6 +74,15 @@ class XentResult:
         loss), when requested.
     denominator : float
         What ``mean`` divides by (sum of target weights, or N for prob targets).
+    nll : ndarray (N,)
+        The plain cross-entropy -sum_c t_ic logp_ic of each sample, without
+        weights or smoothing (-logp[true] for index targets; 0 if ignored):
+        what perplexity is the exponential of.
+    residual : ndarray (N,)
+        max_c |p_c - a_c / A| (the sample's gradient A p - a over A): how far
+        the softmax is from the (smoothed, weighted) target; NaN where the
+        sample has no weight (ignored, or weight 0). 1 - p_true without
+        smoothing.
     """
 
     loss: np.ndarray
@@ -91,6 +100,8 @@ class XentResult:
     one_minus_p_true: np.ndarray
     grad: np.ndarray | None
     denominator: float
+    nll: np.ndarray
+    residual: np.ndarray
 
     @property
     def all_ignored(self) -> bool:
@@ -117,12 +128,28 @@ class XentResult:
         return math.fsum(self.loss[~self.ignored].tolist()) / n if n else math.nan
 
     @property
+    def mean_nll(self) -> float:
+        """Mean plain cross-entropy (no weights, no smoothing) of counted samples."""
+        n = self.counted
+        return math.fsum(self.nll[~self.ignored].tolist()) / n if n else math.nan
+
+    @property
     def perplexity(self) -> float:
-        m = self.mean_loss
+        """exp of the mean plain cross-entropy: exp(mean -log p(true))."""
+        m = self.mean_nll
         try:
             return math.exp(m)
         except OverflowError:
             return math.inf
+
+    def vanished(self, eps: float) -> int:
+        """Counted samples whose gradient has vanished: softmax within ``eps`` of the target.
+
+        Without smoothing, for index targets: 1 - p(true) <= eps. With label
+        smoothing the gradient of a saturated sample does not vanish (it
+        pushes p towards the smoothed target), and such a sample is not counted.
+        """
+        return int(((self.residual <= eps) & ~self.ignored).sum())
 
     @property
     def mean_entropy(self) -> float:
@@ -138,7 +165,7 @@ def check_options(reduction: str, label_smoothing: float, input_kind: str) -> No
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
     if not (0.0 <= float(label_smoothing) <= 1.0):
-        raise ValueError(f"label smoothing must be in [0, 1], got {label_smoothing!r}")
+        raise ValueError(f"label smoothing must be in [0, 1], got {float(label_smoothing)!r}")
     if input_kind not in INPUT_KINDS:
         raise ValueError(f"input kind must be one of {', '.join(INPUT_KINDS)}, got {input_kind!r}")
 
@@ -152,7 +179,7 @@ def check_weight(weight, n_classes: int) -> np.ndarray | None:
     bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
     if bad.size:
         i = int(bad[0])
-        raise ValueError(f"weight[{i}] = {w[i]!r} is negative or not finite; class weights "
+        raise ValueError(f"weight[{i}] = {float(w[i])!r} is negative or not finite; class weights "
                          "must be finite and >= 0")
     return w
 
@@ -176,13 +203,13 @@ def check_target(target, n_rows: int, n_classes: int, ignore_index: int,
         bad = ~np.isfinite(t) | (t < 0)
         if bad.any():
             i, j = np.argwhere(bad)[0]
-            raise ValueError(f"probability target row {i}, class {j} is {t[i, j]!r}: "
+            raise ValueError(f"probability target row {i}, class {j} is {float(t[i, j])!r}: "
                              "targets must be finite and >= 0")
         sums = t.sum(axis=1)
         off = np.flatnonzero(np.abs(sums - 1) > tolerance)
         if off.size:
             i = int(off[0])
-            raise ValueError(f"probability target row {i} sums to {sums[i]!r}, not 1 "
+            raise ValueError(f"probability target row {i} sums to {float(sums[i])!r}, not 1 "
                              f"(tolerance {tolerance:g}); {off.size} row(s) are off")
         return "prob", t
     if t.ndim == 2 and t.shape[1] == 1:
@@ -196,9 +223,18 @@ def check_target(target, n_rows: int, n_classes: int, ignore_index: int,
         frac = np.flatnonzero(~np.isfinite(t) | (t != np.round(t)))
         if frac.size:
             i = int(frac[0])
-            raise ValueError(f"label {i} is {t[i]!r}, not an integer class index")
+            raise ValueError(f"label {i} is {float(t[i])!r}, not an integer class index")
+        # out of int64's range: name the value before converting wraps it
+        huge = np.flatnonzero(np.abs(t) >= 2.0**62)
+        if huge.size:
+            i = int(huge[0])
+            raise ValueError(f"label {i} is {float(t[i])!r}, outside [0, {n_classes}) and not the "
+                             f"ignore index {ignore_index}")
     elif t.dtype.kind not in "iub":
         raise ValueError(f"labels have dtype {t.dtype}: expected integer class indices")
+    elif t.dtype.kind == "u" and t.size and int(t.max()) >= 2**63:
+        i = int(np.argmax(t))
+        raise ValueError(f"label {i} is {int(t[i])}, outside [0, {n_classes})")
     labels = t.astype(np.int64)
     bad = np.flatnonzero(((labels < 0) | (labels >= n_classes)) & (labels != ignore_index))
     if bad.size:
@@ -218,14 +254,37 @@ def _integral(t: np.ndarray) -> bool:
 
 
 def _log_probs(xb: np.ndarray, input_kind: str) -> np.ndarray:
-    """float64 log-probabilities of a block, by input kind."""
+    """float64 log-probabilities of a block, by input kind.
+
+    Logits of any format are widened to float64 first (exactly), so the loss
+    is that of the given logits to float64 accuracy, not rounded to float32.
+    """
+    xb = np.asarray(xb, dtype=np.float64)
     if input_kind == "logits":
-        return compute(xb, "log").values.astype(np.float64, copy=False)
-    xb = xb.astype(np.float64)
+        return compute(xb, "log").values
     if input_kind == "log-probs":
         return xb
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.log(xb)  # an exact 0 gives -inf: an infinite loss, reported
+
+
+def _coefficients(kind, tb, lp_shape, ign, yy, w, eps, n_classes) -> np.ndarray:
+    """a such that loss_i = -sum_c a_ic logp_ic (0 rows for ignored samples).
+
+    index: a_ic = (1 - eps) w_y [c == y] + (eps / C) w_c;
+    prob:  a_ic = w_c ((1 - eps) t_ic + eps / C).
+    """
+    if kind == "index":
+        rows = np.arange(lp_shape[0])
+        a = np.zeros(lp_shape)
+        if eps > 0:
+            a += (eps / n_classes) * (w if w is not None else 1.0)
+        wy = w[yy] if w is not None else 1.0
+        a[rows, yy] += (1 - eps) * wy
+        a[ign] = 0.0
+        return a
+    ts = tb * (1 - eps) + eps / n_classes if eps > 0 else tb
+    return ts * w if w is not None else ts.copy()
 
 
 def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
@@ -237,11 +296,21 @@ def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
     dL/dlogits (for ``input_kind='logits'``; for log-probs and probs the
     gradient is with respect to the logits those came from).
 
+    Notes
+    -----
+    Each loss is -sum_c a_ic logp_ic with the coefficients a of the module
+    docstring; a term with a_ic = 0 counts 0 even where logp_ic = -inf (a
+    probability of exactly 0 on a class the target gives no mass), where
+    PyTorch's 0 * -inf gives NaN. The gradient of that sample's loss is
+    A p - a with A = sum_c a_c, evaluated as p_c (A - a_c) - a_c (1 - p_c)
+    with 1 - p_c = -expm1(logp_c), so a saturated sample (p_true near 1)
+    keeps the relative accuracy of its tiny gradient.
+
     Examples
     --------
     >>> r = evaluate(np.array([[2.0, 0.0], [0.0, 3.0]]), [0, 0])
     >>> r.correct.tolist(), round(r.reduced, 6)
-    ([True, False], 1.59019)
+    ([True, False], 1.587758)
     """
     check_options(reduction, label_smoothing, input_kind)
     x2 = np.asarray(x2)
@@ -255,6 +324,7 @@ def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
     eps = float(label_smoothing)
 
     loss = np.zeros(n)
+    nll = np.zeros(n)
     predicted = np.zeros(n, dtype=np.int64)
     p_true = np.zeros(n)
     one_minus = np.zeros(n)
@@ -263,65 +333,71 @@ def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
     top5 = np.zeros(n, dtype=bool)
     true_class = np.full(n, -1, dtype=np.int64)
     ignored = np.zeros(n, dtype=bool)
+    residual = np.full(n, np.nan)
+    has_nan = np.zeros(n, dtype=bool)
     grad = np.empty((n, n_classes)) if want_grad else None
-    w_all = float(w.sum()) if w is not None else float(n_classes)
     k5 = min(5, n_classes)
 
     step = max(1, _BLOCK_ELEMENTS // n_classes)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         for start in range(0, n, step):
             sl = slice(start, min(start + step, n))
-            lp = _log_probs(np.asarray(x2[sl]), input_kind)
+            lp = _log_probs(x2[sl], input_kind)
             rows = np.arange(lp.shape[0])
             if kind == "index":
                 y = t[sl]
                 ign = y == ignore_index
                 yy = np.where(ign, 0, y)
-                lp_y = lp[rows, yy]
-                wy = w[yy] if w is not None else np.ones(len(yy))
-                nll = -wy * lp_y
-                if eps > 0:
-                    smooth = -(lp @ w if w is not None else lp.sum(axis=1))
-                    li = (1 - eps) * nll + (eps / n_classes) * smooth
-                else:
-                    li = nll
-                li = np.where(ign, 0.0, li)
+                tb = None
             else:
                 tb = t[sl]
                 ign = np.zeros(lp.shape[0], dtype=bool)
                 yy = np.argmax(tb, axis=1)
-                ts = tb * (1 - eps) + eps / n_classes if eps > 0 else tb
-                wt = ts * w if w is not None else ts
-                li = -(wt * lp).sum(axis=1)
-                lp_y = lp[rows, yy]
-            loss[sl] = li
+            lp_y = lp[rows, yy]
+            # plain class-index NLL: one coefficient per row, no N x C matrix needed
+            sparse = kind == "index" and eps == 0 and not want_grad
+            if sparse:
+                wy = w[yy] if w is not None else np.ones(len(yy))
+                wy = np.where(ign, 0.0, wy)
+                loss[sl] = np.where(wy > 0, -wy * lp_y, 0.0)
+            else:
+                a = _coefficients(kind, tb, lp.shape, ign, yy, w, eps, n_classes)
+                # a_ic = 0 contributes 0, also where logp_ic = -inf
+                loss[sl] = -np.where(a > 0, a * lp, 0.0).sum(axis=1)
+            if kind == "index":
+                nll[sl] = np.where(ign, 0.0, -lp_y)
+            else:
+                nll[sl] = -np.where(tb > 0, tb * lp, 0.0).sum(axis=1)
             ignored[sl] = ign
             true_class[sl] = np.where(ign, -1, yy)
+            nan_row = np.isnan(lp).any(axis=1)
             pred = np.argmax(np.where(np.isnan(lp), -np.inf, lp), axis=1)
             predicted[sl] = pred
-            p_true[sl] = np.exp(lp_y)
-            one_minus[sl] = -np.expm1(lp_y)
+            # undefined for an ignored sample (it has no true class): NaN, not class 0's
+            p_true[sl] = np.where(ign, np.nan, np.exp(lp_y))
+            one_minus[sl] = np.where(ign, np.nan, -np.expm1(lp_y))
             p = np.exp(lp)
             entropy[sl] = -np.where(p > 0, p * lp, 0.0).sum(axis=1)
             if n_classes > 1:
                 others = lp.copy()
                 others[rows, yy] = -np.inf
-                margin[sl] = lp_y - others.max(axis=1)
+                margin[sl] = np.where(ign, np.nan, lp_y - others.max(axis=1))
             # true class among the k5 largest: fewer than k5 classes beat it
-            top5[sl] = (lp > lp_y[:, None]).sum(axis=1) < k5
-            if grad is not None:
-                g = grad[sl]
-                if kind == "index":
-                    # (1-eps) w_y (p - e_y) + (eps/C) (W p - w)
-                    np.multiply(p, ((1 - eps) * wy + (eps / n_classes) * w_all)[:, None], out=g)
-                    g[rows, yy] -= (1 - eps) * wy
-                    if eps > 0:
-                        g -= (eps / n_classes) * (w if w is not None else 1.0)
-                    g[ign] = 0.0
-                else:
-                    # sum_c w_c t'_c (p - e_c) = (sum_c w_c t'_c) p - w * t'
-                    np.multiply(p, wt.sum(axis=1)[:, None], out=g)
-                    g -= wt
+            top5[sl] = ((lp > lp_y[:, None]).sum(axis=1) < k5) & ~nan_row
+            if sparse:
+                # g / A = p - e_y: its largest entry is 1 - p_y
+                residual[sl] = np.where(wy > 0, one_minus[sl], np.nan)
+            else:
+                # the sample's own gradient A p - a, without cancellation at p ~ 1
+                a_sum = a.sum(axis=1)
+                g = p * (a_sum[:, None] - a)
+                g -= np.where(a > 0, a * -np.expm1(lp), 0.0)
+                # how far the softmax is from the target: max |p - a/A| (0: vanished)
+                residual[sl] = np.where(a_sum > 0, np.abs(g).max(axis=1) / a_sum, np.nan)
+                if grad is not None:
+                    grad[sl] = g
+            top5[sl] &= ~ign
+            has_nan[sl] = nan_row
 
     if kind == "index":
         counted = ~ignored
@@ -339,11 +415,14 @@ def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
     if grad is not None and reduction == "mean":
         if denominator:
             grad /= denominator
+        elif ignored.all():
+            grad[:] = 0.0  # every sample ignored: PyTorch's gradient is 0 (the loss NaN)
         else:
-            grad[:] = np.nan
-    correct = (predicted == true_class) & ~ignored
+            grad[:] = np.nan  # 0/0: the target classes' weights sum to 0
+    correct = (predicted == true_class) & ~ignored & ~has_nan
     return XentResult(loss, reduced, reduction, kind, true_class, predicted, p_true, margin,
-                      correct, ignored, top5, entropy, one_minus, grad, denominator)
+                      correct, ignored, top5, entropy, one_minus, grad, denominator, nll,
+                      residual)
 
 
 def cross_entropy(logits, target, weight=None, ignore_index: int = -100, reduction: str = "mean",
