@@ -2,18 +2,24 @@
 from __future__ import annotations
 
 import click
+import numpy as np
 from rich.console import Console
 from rich.measure import Measurement
 
-from smx_cli import render
+from smx_cli import grad as grad_mod
+from smx_cli import render, render_grad, variants
 from smx_cli.diagnostics import diagnose
 from smx_cli.emit import Payload, check_output_path, stdout_console, write_file, write_stdout
 from smx_cli.errors import SmxError
 from smx_cli.options import display_options, input_options, numerics_options, output_options
+from smx_cli.family import FAMILY_HELP
+from smx_cli.io import read_array
+from smx_cli.masks import read_mask
 from smx_cli.prepare import load_rows
-from smx_cli.softmax import MASKED_POLICIES, VARIANT_HELP, VARIANTS, compute, from_rows
+from smx_cli.softmax import MASKED_POLICIES, VARIANT_HELP, as_rows, from_rows
 
-_VARIANT_LINES = "\n".join(f"  {name:<7} {text}" for name, text in VARIANT_HELP.items())
+_VARIANT_LINES = "\n".join(f"  {name:<9} {text}"
+                           for name, text in {**VARIANT_HELP, **FAMILY_HELP}.items())
 
 
 @click.command("softmax", epilog=f"""\b
@@ -26,6 +32,15 @@ exact value in the input's float format (float64 for CSV); naive and lse
 run as written in that format. --dtype rounds every step to the format.
 A row with +inf shares its mass among the +inf entries; a NaN makes its
 row NaN; a fully masked row (all -inf) gives NaN, or 0 with --masked zeros.
+With --mask FILE (true = keep), masked classes get 0 and a fully masked row
+gives zeros, never NaN. hardmax splits ties evenly. The sparse maps under
+--dtype round their input and output to the format (thresholds in float64).
+
+\b
+Gradients: --grad shows each displayed row's Jacobian (the top-k block when
+wide) and a saturation panel; --upstream G gives the vector-Jacobian product
+g J without forming J (--grad-out writes it); --check-grad compares the
+gradients with central finite differences in float64.
 
 \b
 Examples:
@@ -33,17 +48,41 @@ Examples:
   smx softmax samples/seeds.csv --dtype float16 --variant naive
   smx softmax samples/mnist_lenet_logits.npy --top-k 3 --rows 5
   smx softmax - --format csv < logits.csv > probs.csv
-  smx softmax logits.npy -o probs.npy""")
+  smx softmax logits.npy -o probs.npy
+  smx softmax samples/seeds.csv --variant sparsemax
+  smx softmax samples/seeds.csv --variant gumbel --samples 3 --seed 0 --hard
+  smx softmax samples/seeds.csv --grad --check-grad""")
 @input_options
-@click.option("--variant", type=click.Choice(VARIANTS), default="stable", show_default=True,
-              help="Which softmax algorithm (see below)")
+@click.option("--variant", type=click.Choice(variants.ALL_VARIANTS), default="stable",
+              show_default=True, help="Which member of the softmax family (see below)")
 @numerics_options
 @click.option("--masked", type=click.Choice(MASKED_POLICIES), default="nan", show_default=True,
               help="Result for a fully masked row (all -inf): NaN like PyTorch, or zeros")
+@click.option("--mask", "mask_path", metavar="FILE",
+              help="Keep-mask (N x C, or one row for all): true keeps a class, false masks it")
+@click.option("--alpha", type=float, default=1.5, show_default=True,
+              help="entmax: alpha > 1 (2 = sparsemax, -> 1 = softmax)")
+@click.option("--tau", type=float, default=1.0, show_default=True,
+              help="gumbel: the Gumbel-softmax temperature")
+@click.option("--hard", is_flag=True, help="gumbel: one-hot samples (straight-through)")
+@click.option("--samples", type=click.IntRange(min=1), default=1, show_default=True,
+              help="gumbel: samples per row")
+@click.option("--seed", type=int, default=None, help="gumbel: random seed for reproducible draws")
+@click.option("--grad", "show_grad", is_flag=True,
+              help="Show Jacobians of the displayed rows and the saturation panel")
+@click.option("--grad-rows", type=click.IntRange(min=1), default=3, show_default=True,
+              help="How many rows' Jacobians --grad shows")
+@click.option("--upstream", metavar="FILE",
+              help="dL/d(output), shaped like the logits: show the vector-Jacobian product")
+@click.option("--grad-out", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write the vector-Jacobian product of --upstream to FILE")
+@click.option("--check-grad", is_flag=True,
+              help="Check the gradients against central finite differences (float64)")
 @output_options
 @display_options
 def softmax_cmd(file, delimiter, header, key, axis, variant, dtype, temperature, masked,
-                output, fmt, strict, max_rows, top_k, digits):
+                mask_path, alpha, tau, hard, samples, seed, show_grad, grad_rows, upstream,
+                grad_out, check_grad, output, fmt, strict, max_rows, top_k, digits):
     """Softmax of each row of logits in FILE (CSV, TSV, NPY, NPZ, or - for stdin).
 
     Shows the probabilities (log-probabilities for --variant log) with
@@ -52,14 +91,35 @@ def softmax_cmd(file, delimiter, header, key, axis, variant, dtype, temperature,
     """
     if not temperature > 0 or temperature == float("inf"):
         raise click.BadParameter("must be a finite number > 0", param_hint="'--temperature'")
-    check_output_path(output, file)
+    if grad_out and not upstream:
+        raise click.UsageError("--grad-out writes the vector-Jacobian product: give --upstream FILE")
+    if variant == "entmax" and not (alpha > 1 and alpha != float("inf")):
+        raise click.BadParameter("must be a finite number > 1", param_hint="'--alpha'")
+    if not (tau > 0 and tau != float("inf")):
+        raise click.BadParameter("must be a finite number > 0", param_hint="'--tau'")
+    check_output_path(output, file, mask_path, upstream)
+    check_output_path(grad_out, file, mask_path, upstream)
     rows = load_rows(file, delimiter=delimiter, header=header, key=key, axis=axis)
+    mask = read_mask(mask_path, rows.x2.shape) if mask_path else None
+    opts = variants.VariantOptions(alpha=alpha, tau=tau, hard=hard, samples=samples, seed=seed)
     try:
-        result = compute(rows.x2, variant, temperature, dtype, masked)
+        run = variants.run(rows.x2, variant, temperature=temperature, dtype=dtype, masked=masked,
+                           mask=mask, options=opts)
     except ValueError as exc:
         raise SmxError(str(exc)) from None
-    diag = diagnose(rows.x2, result)
-    payload = _payload(rows, result, diag, file)
+    result = run.result
+    lead_shape = rows.lead_shape if run.samples == 1 else (run.samples,) + tuple(rows.lead_shape)
+    diag = diagnose(run.logits, result, sparse=variant in variants.SPARSE_OUTPUT or (variant == "gumbel" and hard))
+    payload = _payload(rows, result, diag, run)
+    vjp = None
+    if upstream:
+        vjp = _vjp(upstream, rows, run, variant, temperature, opts)
+        if grad_out:
+            write_file(grad_out, Payload(vjp, rows.class_names,
+                                         {"command": "softmax", "gradient": "upstream @ Jacobian",
+                                          "variant": variant}, {"vjp": vjp},
+                                         array=from_rows(vjp, rows.moved_shape, rows.axis, rows.ndim)),
+                       None)
 
     if output:
         write_file(output, payload, fmt)
@@ -68,16 +128,17 @@ def softmax_cmd(file, delimiter, header, key, axis, variant, dtype, temperature,
     else:
         console = stdout_console()
         kind = result.kind
-        what = "log_softmax" if kind == "logprob" else "softmax"
+        what = "log_softmax" if kind == "logprob" else (
+            "softmax" if variant in ("stable", "naive", "online", "lse") else variant)
         t = f"x/{temperature:g}" if temperature != 1 else "x"
         title = f"{what}({t}) of {rows.loaded.source}"
         width = rows.x2.shape[1]
         tiny = result.fmt.smallest_normal
         common = dict(kind=kind, tiny=tiny, class_names=rows.class_names,
-                      lead_shape=rows.lead_shape, max_rows=max_rows, title=title, digits=digits)
+                      lead_shape=lead_shape, max_rows=max_rows, title=title, digits=digits)
         table = None
         if top_k is None and width <= render.DEFAULT_MAX_COLS:
-            table = render.values_table(result.values, rows.x2, **common)
+            table = render.values_table(result.values, run.logits, **common)
             if _needed_width(console, table) > console.width:
                 # rich would squeeze every cell to "0.9…": show fewer columns instead
                 table = None
@@ -85,18 +146,22 @@ def softmax_cmd(file, delimiter, header, key, axis, variant, dtype, temperature,
         elif top_k is None:
             why = f"{width} classes"
         if table is None and top_k is not None:
-            table = render.topk_table(result.values, rows.x2, top_k, **common)
+            table = render.topk_table(result.values, run.logits, top_k, **common)
         elif table is None:
             # the largest k <= DEFAULT_TOP_K whose table fits the terminal
             for k in range(render.DEFAULT_TOP_K, 0, -1):
                 reason = f"{why}: showing each row's top {k} (--top-k K to choose)"
-                table = render.topk_table(result.values, rows.x2, k, reason=reason, **common)
+                table = render.topk_table(result.values, run.logits, k, reason=reason, **common)
                 if _needed_width(console, table) <= console.width:
                     break
         console.print(table)
-        console.print(render.diagnostics_panel(diag, rows.loaded.source))
-        if output:
-            console.print(f"wrote {output}", style="dim")
+        console.print(render.diagnostics_panel(diag, rows.loaded.source, support=run.support))
+        if show_grad or upstream or check_grad:
+            _show_gradients(console, rows, run, variant, temperature, dtype, opts, lead_shape,
+                            show_grad, grad_rows, vjp, check_grad, max_rows)
+        for path in (output, grad_out):
+            if path:
+                console.print(f"wrote {path}", style="dim")
     if strict and diag.output_nan:
         raise SmxError(f"--strict: the result holds NaN in {diag.output_nan_rows} row(s)")
     if strict and (diag.exp_overflow or diag.sum_overflow_rows):
@@ -108,8 +173,72 @@ def _needed_width(console: Console, table) -> int:
     return Measurement.get(console, console.options.update_width(10**5), table).maximum
 
 
-def _payload(rows, result, diag, source) -> Payload:
-    values = from_rows(result.values, rows.moved_shape, rows.axis, rows.ndim)
+def _vjp(upstream, rows, run, variant, temperature, opts):
+    """The VJP of --upstream, validated against the logits' layout."""
+    g_loaded = read_array(upstream)
+    try:
+        g2, _, _ = as_rows(g_loaded.values, rows.axis if rows.ndim > 1 else -1)
+    except ValueError as exc:
+        raise SmxError(f"{g_loaded.source}: {exc}") from None
+    if g2.shape != rows.x2.shape or g_loaded.values.ndim != max(rows.ndim, 1) and rows.ndim > 0:
+        raise SmxError(f"{g_loaded.source}: upstream gradient has shape {g_loaded.values.shape}, "
+                       f"the logits {rows.loaded.values.shape}: they must match")
+    if run.samples > 1:
+        raise SmxError("--upstream takes one Gumbel sample per row: drop --samples")
+    return variants.vjp(variant, run.logits, run.result.values, g2, temperature=temperature,
+                        options=opts, soft=run.soft)
+
+
+def _show_gradients(console, rows, run, variant, temperature, dtype, opts, lead_shape,
+                    show_grad, grad_rows, vjp, check_grad, max_rows):
+    values = run.result.values
+    x = run.logits
+    n, c = values.shape
+    if show_grad:
+        kind = "log" if variant == "log" else "softmax"
+        fit = max(2, min(12, (console.width - 10) // 10))
+        for i in range(min(n, grad_rows)):
+            p_row = np.asarray(values[i], dtype=np.float64)
+            if kind == "log":
+                p_row = np.exp(p_row)
+            if variant == "gumbel" and run.soft is not None:
+                p_row = run.soft[i]
+            idx = np.arange(c) if c <= fit else np.sort(np.argsort(-p_row, kind="stable")[:min(fit, 5)])
+            jac = variants.jacobian_block(variant, p_row, idx, temperature=temperature, options=opts)
+            largest, fro = variants.jacobian_summary(variant, p_row, temperature=temperature,
+                                                     options=opts)
+            console.print(render_grad.jacobian_table(
+                jac, idx, row=i, lead_shape=lead_shape, class_names=rows.class_names, kind=kind,
+                largest=largest, frobenius=fro, total_classes=c))
+        if n > grad_rows:
+            console.print(f"Jacobians shown for the first {grad_rows} of {n:,} rows "
+                          "(--grad-rows N for more)", style="dim")
+    if vjp is not None:
+        console.print(render_grad.matrix_table(
+            vjp, title="vector-Jacobian product: upstream @ J", class_names=rows.class_names,
+            lead_shape=lead_shape, max_rows=max_rows))
+    sat = None
+    if variant not in ("sparsemax", "entmax15", "entmax", "hardmax"):
+        x_sat = x if variant != "gumbel" else x  # gumbel: the logits' own saturation
+        sat = grad_mod.saturation(x_sat, temperature * (opts.tau if variant == "gumbel" else 1.0),
+                                  dtype)
+    checks = variants.check_gradients(variant, x, temperature=temperature, options=opts) \
+        if check_grad else None
+    if sat is not None:
+        console.print(render_grad.gradient_panel(sat, checks, lead_shape=lead_shape))
+    elif checks:
+        console.print(render_grad.gradient_panel(
+            grad_mod.saturation(x, temperature, dtype), checks, lead_shape=lead_shape))
+    if checks and not all(ch.passed for ch in checks):
+        raise SmxError("--check-grad: an analytic gradient disagrees with finite differences")
+
+
+def _payload(rows, result, diag, run) -> Payload:
+    if run.samples > 1:
+        per = result.values.reshape((run.samples,) + rows.x2.shape)
+        values = np.stack([from_rows(v, rows.moved_shape, rows.axis, rows.ndim) for v in per])
+    else:
+        values = from_rows(result.values, rows.moved_shape, rows.axis, rows.ndim)
     meta = {
         "command": "softmax",
         "source": rows.loaded.source,
@@ -122,8 +251,12 @@ def _payload(rows, result, diag, source) -> Payload:
         "axis": rows.axis,
         "classes": rows.class_names,
         "diagnostics": diag.to_dict(),
+        "support": run.support.tolist() if run.support is not None else None,
+        "samples": run.samples,
     }
     matrix = values if values.ndim >= 1 else values.reshape(1)
+    if run.samples > 1:
+        matrix = result.values  # sample-major rows for the text formats
     if matrix.ndim == 1:
         matrix = matrix.reshape(1, -1)
     columns = rows.class_names if rows.axis == rows.ndim - 1 or rows.ndim < 2 else rows.row_names

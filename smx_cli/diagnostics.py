@@ -52,6 +52,7 @@ class SoftmaxDiagnostics:
     min_value: float | None
     max_value: float | None
     argmax_counts: list[tuple[int, int]] = field(default_factory=list)
+    exact_zeros: int = 0
 
     @property
     def clean(self) -> bool:
@@ -95,12 +96,15 @@ def count_inputs(x2: np.ndarray) -> InputCounts:
     )
 
 
-def diagnose(x2: np.ndarray, result: SoftmaxResult, top_classes: int = 5) -> SoftmaxDiagnostics:
+def diagnose(x2: np.ndarray, result: SoftmaxResult, top_classes: int = 5,
+             sparse: bool = False) -> SoftmaxDiagnostics:
     """Diagnose one softmax ``result`` computed from logits ``x2``.
 
     Underflow counts entries that came out 0 (probabilities) or -inf
     (log-probabilities) although their logit was finite in a row whose
-    maximum is finite: their exact value is positive. A row's sum is "off"
+    maximum is finite: their exact value is positive. For ``sparse`` maps
+    (sparsemax, entmax, hardmax) zeros are exact by design: they are counted
+    as ``exact_zeros`` instead. A row's sum is "off"
     when |sum(p) - 1| exceeds a few epsilons of the result format (computed
     in float64, or long double for float64 results).
 
@@ -149,7 +153,8 @@ def diagnose(x2: np.ndarray, result: SoftmaxResult, top_classes: int = 5) -> Sof
         exp_overflow=result.stats.exp_overflow,
         exp_underflow=result.stats.exp_underflow,
         sum_overflow_rows=result.stats.sum_overflow_rows,
-        underflow_to_zero=int(zero.sum()), subnormal=int(subnormal.sum()),
+        underflow_to_zero=0 if sparse else int(zero.sum()),
+        exact_zeros=int(zero.sum()) if sparse else 0, subnormal=int(subnormal.sum()),
         output_nan=int(out_nan.sum()), output_nan_rows=int(nan_rows.sum()),
         produced_nan_rows=int(produced.sum()),
         sum_off_rows=int(off.sum()),

@@ -75,7 +75,7 @@ def softmax_jacobian(x, axis: int = -1, temperature: float = 1.0, kind: str = "s
         jac[:, np.arange(c), np.arange(c)] = p * _one_minus(p)
     elif kind == "log":
         jac = np.broadcast_to(-p[:, None, :], (n, c, c)).copy()
-        jac[:, np.arange(c), np.arange(c)] += 1.0
+        jac[:, np.arange(c), np.arange(c)] = _one_minus(p)
     else:
         raise ValueError(f"kind must be 'softmax' or 'log', got {kind!r}")
     jac /= t

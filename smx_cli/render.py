@@ -134,8 +134,9 @@ def _count_line(count: int, what: str, style_bad: str = "yellow") -> Text:
     return Text(f"{count:,} {what}", style=style_bad if count else "green")
 
 
-def diagnostics_panel(d: SoftmaxDiagnostics, source: str | None = None) -> Panel:
-    """The diagnostics panel under a softmax table."""
+def diagnostics_panel(d: SoftmaxDiagnostics, source: str | None = None,
+                      support: np.ndarray | None = None) -> Panel:
+    """The diagnostics panel under a softmax table (``support``: sparse maps' sizes)."""
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", justify="right")
     grid.add_column()
@@ -154,8 +155,14 @@ def diagnostics_panel(d: SoftmaxDiagnostics, source: str | None = None) -> Panel
     grid.add_row("exp overflow", _count_line(d.exp_overflow, "entries became inf", "bold red"))
     if d.sum_overflow_rows:
         grid.add_row("sum overflow", _count_line(d.sum_overflow_rows, "rows summed to inf", "bold red"))
-    under = "entries underflowed to 0" if d.kind == "prob" else "entries underflowed to -inf"
-    grid.add_row("underflow", _count_line(d.underflow_to_zero, f"{under} (exact value > 0)"))
+    if support is not None and len(support):
+        grid.add_row("support", f"{int(support.min()):,} .. {int(support.max()):,} classes per row "
+                     f"(mean {float(np.mean(support)):.3g}); {d.exact_zeros:,} exact zeros")
+    elif d.exact_zeros:
+        grid.add_row("exact zeros", f"{d.exact_zeros:,} entries (by design of {d.variant})")
+    else:
+        under = "entries underflowed to 0" if d.kind == "prob" else "entries underflowed to -inf"
+        grid.add_row("underflow", _count_line(d.underflow_to_zero, f"{under} (exact value > 0)"))
     if d.subnormal:
         grid.add_row("subnormal", _count_line(d.subnormal, f"entries below {d.dtype}'s normal range"))
     nan_text = _count_line(d.output_nan, f"NaN entries in {d.output_nan_rows:,} rows", "bold red")
