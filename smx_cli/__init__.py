@@ -8,29 +8,41 @@ The Python API is the one the ``smx`` commands use::
     >>> float(smx_cli.cross_entropy([[30.0, 0.0]], [0]))  # log(softmax) would say 0
     9.357622968839737e-14
 """
-from importlib.metadata import PackageNotFoundError, version
+from importlib import import_module
 
-from smx_cli.diagnostics import SoftmaxDiagnostics, diagnose
-from smx_cli.errors import SmxError
-from smx_cli.family import entmax15, entmax_bisect, gumbel_softmax, hardmax, sparsemax
-from smx_cli.grad import (check_grad, log_softmax_vjp, saturation, softmax_jacobian,
-                          softmax_vjp)
-from smx_cli.io import read_array
-from smx_cli.precision import FORMATS, ulp_error
-from smx_cli.reference import exact_softmax
-from smx_cli.softmax import VARIANTS, compute, log_softmax, logsumexp, softmax
-from smx_cli.xent import cross_entropy, cross_entropy_grad, nll_loss
+# The API is loaded on first use (PEP 562), so that `smx --help` and the
+# console script do not import numpy before they need it.
+_API = {
+    "softmax": "softmax", "log_softmax": "softmax", "logsumexp": "softmax",
+    "compute": "softmax", "VARIANTS": "softmax",
+    "cross_entropy": "xent", "nll_loss": "xent", "cross_entropy_grad": "xent",
+    "softmax_jacobian": "grad", "softmax_vjp": "grad", "log_softmax_vjp": "grad",
+    "check_grad": "grad", "saturation": "grad",
+    "hardmax": "family", "sparsemax": "family", "entmax15": "family",
+    "entmax_bisect": "family", "gumbel_softmax": "family",
+    "diagnose": "diagnostics", "SoftmaxDiagnostics": "diagnostics",
+    "read_array": "io", "exact_softmax": "reference", "ulp_error": "precision",
+    "FORMATS": "precision", "SmxError": "errors",
+}
+__all__ = [*_API, "__version__"]
 
-try:
-    __version__ = version("smx-cli")
-except PackageNotFoundError:  # running from a source tree
-    __version__ = "0+unknown"
 
-__all__ = [
-    "softmax", "log_softmax", "logsumexp", "compute", "VARIANTS", "FORMATS",
-    "cross_entropy", "nll_loss", "cross_entropy_grad",
-    "softmax_jacobian", "softmax_vjp", "log_softmax_vjp", "check_grad", "saturation",
-    "hardmax", "sparsemax", "entmax15", "entmax_bisect", "gumbel_softmax",
-    "diagnose", "SoftmaxDiagnostics", "read_array", "exact_softmax", "ulp_error",
-    "SmxError", "__version__",
-]
+def __getattr__(name: str):
+    if name in _API:
+        value = getattr(import_module(f"smx_cli.{_API[name]}"), name)
+        globals()[name] = value
+        return value
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("smx-cli")
+        except PackageNotFoundError:  # running from a source tree
+            v = "0+unknown"
+        globals()["__version__"] = v
+        return v
+    raise AttributeError(f"module 'smx_cli' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

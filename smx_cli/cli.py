@@ -4,6 +4,7 @@ Each command lives in its own ``cmd_*`` module and is registered here.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
@@ -24,7 +25,38 @@ Errors are one line on stderr naming the file, line/column or index.
 Colour follows the terminal; NO_COLOR=1 turns it off."""
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+# name -> (module, attribute, one-line help). Commands are imported only when
+# run or asked for help, so `smx --help` does not pay for numpy and rich.
+COMMANDS = {
+    "softmax": ("smx_cli.cmd_softmax", "softmax_cmd",
+                "Softmax of each row of logits, with diagnostics and gradients."),
+    "xent": ("smx_cli.cmd_xent", "xent_cmd",
+             "Cross-entropy against true labels, with PyTorch's semantics."),
+    "compare-stability": ("smx_cli.cmd_compare", "compare_cmd",
+                          "Every softmax variant x precision against the exact result."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group that imports a command's module on first use."""
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(COMMANDS), key=list(COMMANDS).index)
+
+    def get_command(self, ctx, name):
+        if name in COMMANDS and name not in self.commands:
+            module, attr, _ = COMMANDS[name]
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
              epilog=EPILOG)
 @click.version_option(package_name="smx-cli", prog_name="smx")
 def cli():
@@ -35,18 +67,6 @@ def cli():
     float16/bfloat16/float32/float64 framework, and shows probabilities with
     overflow, underflow and NaN diagnostics, or writes them for the next tool.
     """
-
-
-def _register() -> None:
-    from smx_cli.cmd_compare import compare_cmd
-    from smx_cli.cmd_softmax import softmax_cmd
-    from smx_cli.cmd_xent import xent_cmd
-
-    for command in (softmax_cmd, xent_cmd, compare_cmd):
-        cli.add_command(command)
-
-
-_register()
 
 
 def main() -> None:
