@@ -86,9 +86,10 @@ def bench_softmax(quick: bool, repeat: int, log: bool = False):
         variant = "log" if log else "stable"
         res = {"case": ("log_softmax " if log else "softmax ") + name}
         res["smx"] = median_ms(lambda: compute(x, variant), repeat)
-        if hasattr(smx_cli, "softmax") and "fast" in compute.__code__.co_varnames:
-            res["smx fast"] = median_ms(lambda: compute(x, variant, fast=True), repeat)
         out = np.empty_like(x)
+        res["smx out="] = median_ms(lambda: compute(x, variant, out=out), repeat)
+        res["smx fast"] = median_ms(lambda: compute(x, variant, fast=True), repeat)
+        res["smx fast out="] = median_ms(lambda: compute(x, variant, fast=True, out=out), repeat)
         res["np.copyto"] = median_ms(lambda: np.copyto(out, x), repeat)
         res["numpy naive"] = median_ms(lambda: (numpy_naive_log if log else numpy_naive)(x), repeat)
         if sps is not None:
@@ -129,18 +130,22 @@ x = np.empty((n, c), dtype=np.float32)
 for s in range(0, n, 256):
     x[s:s + 256] = rng.standard_normal((min(256, n - s), c), dtype=np.float32)
 y = np.random.default_rng(1).integers(0, c, n)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def _kb(key):  # VmHWM/VmRSS: ru_maxrss of a forked child starts at its parent's peak
+    return int([l for l in open("/proc/self/status") if l.startswith(key)][0].split()[1])
+base = _kb("VmHWM")
 if kind == "smx-xent":
     from smx_cli.xent import cross_entropy; cross_entropy(x, y)
 elif kind == "torch-xent":
-    import torch, torch.nn.functional as F; base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    import torch, torch.nn.functional as F; base = _kb("VmHWM")
     F.cross_entropy(torch.from_numpy(x), torch.from_numpy(y))
 elif kind == "smx-softmax":
     from smx_cli.softmax import compute; compute(x)
+elif kind == "smx-softmax-fast":
+    from smx_cli.softmax import compute; compute(x, fast=True)
 elif kind == "torch-softmax":
-    import torch; base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    import torch; base = _kb("VmHWM")
     torch.softmax(torch.from_numpy(x), -1)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = _kb("VmHWM")
 print(json.dumps({"extra_mb": (peak - base) / 1024}))
 """
 
@@ -154,7 +159,7 @@ def peak_extra_mb(kind: str, n: int, c: int) -> float:
 def bench_memory(quick: bool):
     n, c = (256, 2048) if quick else (4096, 32000)
     rows = []
-    for kind in ("smx-xent", "torch-xent", "smx-softmax", "torch-softmax"):
+    for kind in ("smx-xent", "torch-xent", "smx-softmax", "smx-softmax-fast", "torch-softmax"):
         if kind.startswith("torch") and torch is None:
             continue
         rows.append({"case": f"{kind} {n}x{c} peak extra MB", "MB": peak_extra_mb(kind, n, c)})
@@ -207,7 +212,7 @@ def bench_e2e(quick: bool):
                  "s": wall, "copy s": copy_s, "ratio": wall / copy_s, "peak RSS MB": peak})
     csv_rows = 2000 if quick else 64000
     csv_path = os.path.join(out_dir, "big.csv")
-    if not os.path.exists(csv_path):
+    if not os.path.exists(csv_path) or os.path.getsize(csv_path) < csv_rows * 200 * 8:
         x = np.random.default_rng(2).normal(0, 3, (csv_rows, 200)).astype(np.float32)
         with open(csv_path, "w") as fh:
             fh.write(smx_cli.io.csv_text(x))
@@ -219,6 +224,65 @@ def bench_e2e(quick: bool):
                         (["softmax", os.path.join(ROOT, "samples", "seeds.csv")], "smx softmax 4-row CSV")):
         times = [run_cli(args)[0] for _ in range(5)]
         rows.append({"case": f"start-up: {label}", "ms": statistics.median(times) * 1e3})
+    return rows
+
+
+_STREAM_CHILD = r"""
+import json, resource, sys, time, os
+import numpy as np
+from smx_cli import stream
+from smx_cli.softmax import compute
+kind, src, dst = sys.argv[1], sys.argv[2], sys.argv[3]
+t0 = time.perf_counter()
+if kind == "copy":
+    stream.blocked_copy(src, dst)
+elif kind == "npy":
+    stream.stream_npy(src, dst, lambda xb: compute(xb).values)
+elif kind == "npy-fast":
+    stream.stream_npy(src, dst, lambda xb: compute(xb, fast=True).values)
+elif kind == "csv-read":
+    rows = sum(len(b) for b in stream.iter_csv_blocks(src, block_bytes=16 << 20))
+elif kind == "csv-write":
+    x = np.concatenate(list(stream.iter_csv_blocks(src)))
+    x = x.astype(np.float32)
+    t0 = time.perf_counter()
+    stream.write_csv_blocks(dst, (x[i:i + 20000] for i in range(0, len(x), 20000)))
+elif kind == "csv-csv":
+    stream.stream_csv(src, dst, lambda b: compute(b.astype(np.float32)).values)
+wall = time.perf_counter() - t0
+# VmHWM, not ru_maxrss: a forked child's ru_maxrss starts at its parent's peak
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
+print(json.dumps({"wall": wall, "peak_mb": int(hwm) / 1024}))
+"""
+
+
+def stream_child(kind: str, src: str, dst: str) -> tuple[float, float]:
+    out = subprocess.run([sys.executable, "-c", _STREAM_CHILD, kind, src, dst],
+                         capture_output=True, text=True, cwd=ROOT, check=True)
+    res = json.loads(out.stdout)
+    return res["wall"], res["peak_mb"]
+
+
+def bench_stream(quick: bool):
+    """The streaming engine (smx_cli.stream) on the e2e files, each in a fresh process."""
+    out_dir = os.path.join(HERE, "out")
+    npy, csv_path = os.path.join(out_dir, "big.npy"), os.path.join(out_dir, "big.csv")
+    rows = []
+    if os.path.exists(npy):
+        gb = os.path.getsize(npy) / 1e9
+        copy_s, copy_mb = min((stream_child("copy", npy, os.path.join(out_dir, "copy.npy"))
+                               for _ in range(2)), key=lambda r: r[0])
+        rows.append({"case": f"blocked copy NPY {gb:.2f} GB", "s": copy_s, "peak RSS MB": copy_mb})
+        for kind in ("npy", "npy-fast"):
+            wall, peak = stream_child(kind, npy, os.path.join(out_dir, "probs.npy"))
+            rows.append({"case": f"stream_npy softmax{' fast' if 'fast' in kind else ''} {gb:.2f} GB",
+                         "s": wall, "ratio vs copy": wall / copy_s, "peak RSS MB": peak})
+    if os.path.exists(csv_path):
+        mb = os.path.getsize(csv_path) / 1e6
+        for kind in ("csv-read", "csv-write", "csv-csv"):
+            wall, peak = stream_child(kind, csv_path, os.path.join(out_dir, "probs.csv"))
+            rows.append({"case": f"{kind} {mb:.0f} MB", "s": wall, "MB/s": mb / wall,
+                         "peak RSS MB": peak})
     return rows
 
 
@@ -234,7 +298,8 @@ def print_rows(title: str, rows: list[dict], markdown: bool):
     cols = []
     for r in rows:
         cols += [k for k in r if k not in cols]
-    ratio_cols = [k for k in cols if k not in ("case", "smx") and "smx" in rows[0] and
+    ratio_cols = [k for k in cols if k not in ("case", "smx") and not k.startswith("smx ")
+                  and "smx" in rows[0] and
                   all(isinstance(r.get(k), float) for r in rows)]
     if "smx" in cols:
         for r in rows:
@@ -242,9 +307,14 @@ def print_rows(title: str, rows: list[dict], markdown: bool):
                 if k in r and r[k]:
                     r[f"smx/{k}"] = r["smx"] / r[k]
             if "smx fast" in r:
-                for k in ("torch", "np.copyto"):
+                for k in ("torch", "np.copyto", "scipy"):
                     if k in r:
                         r[f"fast/{k}"] = r["smx fast"] / r[k]
+            if "smx out=" in r and "torch out=" in r:
+                r["out=/torch out="] = r["smx out="] / r["torch out="]
+                r["fast out=/torch out="] = r["smx fast out="] / r["torch out="]
+            if "smx fast out=" in r and "np.copyto" in r:
+                r["fast out=/np.copyto"] = r["smx fast out="] / r["np.copyto"]
         cols = []
         for r in rows:
             cols += [k for k in r if k not in cols]
@@ -266,7 +336,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="small shapes (a smoke run)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--only", default="softmax,log,xent,memory",
-                    help="comma list of: softmax, log, xent, memory, e2e")
+                    help="comma list of: softmax, log, xent, memory, e2e (e2e includes the "
+                         "streaming engine)")
     ap.add_argument("--e2e", action="store_true", help="also the end-to-end CLI runs")
     ap.add_argument("--markdown", action="store_true", help="print Markdown tables")
     args = ap.parse_args(argv)
@@ -286,6 +357,8 @@ def main(argv=None):
         print_rows("peak memory", bench_memory(args.quick), args.markdown)
     if "e2e" in only:
         print_rows("end to end", bench_e2e(args.quick), args.markdown)
+        print_rows("streaming engine (smx_cli.stream, not yet wired into the CLI)",
+                   bench_stream(args.quick), args.markdown)
 
 
 if __name__ == "__main__":

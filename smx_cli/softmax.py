@@ -35,7 +35,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from smx_cli.precision import FORMATS, Format, format_of, result_format
+from smx_cli import kernels
+from smx_cli.kernels import FAST_ULP_NOTE
+from smx_cli.precision import BFLOAT16, FORMATS, Format, format_of, result_format
 
 VARIANTS = ("stable", "naive", "log", "online", "lse")
 VARIANT_HELP = {
@@ -99,6 +101,8 @@ class SoftmaxResult:
     variant : str
     temperature : float
     stats : KernelStats
+    fast : bool
+        True when computed by the opt-in fast mode (input-format arithmetic).
     """
 
     values: np.ndarray
@@ -108,6 +112,7 @@ class SoftmaxResult:
     variant: str
     temperature: float
     stats: KernelStats = field(default_factory=KernelStats)
+    fast: bool = False
 
 
 # ----------------------------------------------------------------------------
@@ -385,23 +390,83 @@ def _online_block(xb: np.ndarray, t: float, masked: str, compensate: bool) -> np
     return out
 
 
-def _accurate(x2: np.ndarray, variant: str, t: float, masked: str) -> SoftmaxResult:
+def _plain_rows(x2: np.ndarray, out: np.ndarray, rows: np.ndarray, variant: str, t: float,
+                masked: str, fmt: Format) -> None:
+    """Recompute ``rows`` of ``out`` with the plain accurate kernel (special rows)."""
+    xb = np.asarray(x2[rows], dtype=np.float64)
+    compensate = fmt.name == "float64"
+    if variant == "online":
+        res = _online_block(xb, t, masked, compensate)
+    else:
+        res = _accurate_block(xb, t, "logprob" if variant == "log" else "prob", masked, compensate)
+    out[rows] = fmt.cast(res)
+
+
+def _output(out: np.ndarray | None, shape: tuple[int, int], fmt: Format) -> np.ndarray:
+    if out is None:
+        return np.empty(shape, dtype=fmt.dtype)
+    if not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != fmt.dtype:
+        raise ValueError(f"out must be an array of shape {shape} and dtype {fmt.dtype}")
+    return out
+
+
+def _accurate(x2: np.ndarray, variant: str, t: float, masked: str,
+              threads: int | None = None, out: np.ndarray | None = None) -> SoftmaxResult:
     fmt = result_format(x2.dtype)
     kind = "logprob" if variant == "log" else "prob"
     n, width = x2.shape
-    out = np.empty((n, width), dtype=fmt.dtype)
-    compensate = fmt.name == "float64"
-    if width == 0:  # rows of no classes: an empty result, like 0 rows
+    out = _output(out, (n, width), fmt)
+    if width == 0 or n == 0:  # rows of no classes: an empty result, like 0 rows
         return SoftmaxResult(out, kind, fmt, False, variant, t)
+
+    def fix(rows):
+        _plain_rows(x2, out, rows, variant, t, masked, fmt)
+
     with np.errstate(all="ignore"):
-        for rows in _row_blocks(n, width):
-            xb = np.asarray(x2[rows], dtype=np.float64)
-            if variant == "online":
-                res = _online_block(xb, t, masked, compensate)
-            else:
-                res = _accurate_block(xb, t, kind, masked, compensate)
-            out[rows] = fmt.cast(res)  # one rounding (ml_dtypes' own rounds twice)
+        if variant == "online" or (fmt.name == "float64" and t != 1.0):
+            # the plain kernels, blocked and threaded
+            kernels.run_blocks(n, width, lambda s0, s1: fix(slice(s0, s1)), threads,
+                               _BLOCK_ELEMENTS // 4)
+        elif fmt.name == "float64":
+            kernels.run(x2, out, lambda xb, ob, ax: kernels.f64_block(xb, ob, ax, kind),
+                        fix, threads, np.float64)
+        else:
+            src = _Bf16AsF32(x2) if x2.dtype == BFLOAT16 else x2
+            kernels.run(src, out, lambda xb, ob, ax: kernels.lowp_block(xb, ob, ax, t, kind, fmt),
+                        fix, threads, np.float64, kernels.BLOCK_ELEMENTS * 2)
     return SoftmaxResult(out, kind, fmt, False, variant, t)
+
+
+def _fast(x2: np.ndarray, variant: str, t: float, masked: str,
+          threads: int | None = None, out: np.ndarray | None = None) -> SoftmaxResult:
+    fmt = result_format(x2.dtype)
+    kind = "logprob" if variant == "log" else "prob"
+    n, width = x2.shape
+    out = _output(out, (n, width), fmt)
+    if width == 0 or n == 0:
+        return SoftmaxResult(out, kind, fmt, False, variant, t, fast=True)
+
+    def fix(rows):
+        _plain_rows(x2, out, rows, variant, t, masked, fmt)
+
+    src = _Bf16AsF32(x2) if x2.dtype == BFLOAT16 else x2
+    wdt = np.float64 if fmt.name == "float64" else np.float32
+    with np.errstate(all="ignore"):
+        kernels.run(src, out, lambda xb, ob, ax: kernels.fast_block(xb, ob, ax, t, kind, fmt),
+                    fix, threads, wdt, kernels.BLOCK_ELEMENTS * 4)
+    return SoftmaxResult(out, kind, fmt, False, variant, t, fast=True)
+
+
+class _Bf16AsF32:
+    """A bfloat16 (N, C) array whose row slices come back as float32 (exact)."""
+
+    def __init__(self, a: np.ndarray):
+        self.a = a
+        self.shape = a.shape
+        self.dtype = np.dtype(np.float32)
+
+    def __getitem__(self, key):
+        return np.asarray(self.a[key], dtype=np.float32)
 
 
 # ----------------------------------------------------------------------------
@@ -518,7 +583,8 @@ def _emulated(x2: np.ndarray, variant: str, t: float, fmt: Format, masked: str) 
 
 
 def compute(x2: np.ndarray, variant: str = "stable", temperature: float = 1.0,
-            dtype: str | None = None, masked: str = "nan") -> SoftmaxResult:
+            dtype: str | None = None, masked: str = "nan", *, fast: bool = False,
+            threads: int | None = None, out: np.ndarray | None = None) -> SoftmaxResult:
     """Run one variant over (N, C) rows; the engine behind every command.
 
     Parameters
@@ -534,10 +600,35 @@ def compute(x2: np.ndarray, variant: str = "stable", temperature: float = 1.0,
         run in that format's arithmetic); a format name to emulate it.
     masked : {'nan', 'zeros'}
         What a fully masked row (every entry -inf) gives.
+    fast : bool
+        Opt-in fast mode for ``stable`` and ``log``: computed in the input's
+        format (float16/bfloat16 in float32) with the plain max-shift, not
+        within 4 ulps. Measured accuracy: see Notes. Not combinable with
+        ``dtype``.
+    threads : int or None
+        Threads for the row blocks (default: the machine's cores).
+    out : ndarray or None
+        A preallocated (N, C) array of the result's dtype to write into (accurate
+        and fast paths only; not with ``dtype`` emulation).
+        Reusing one saves the page faults of a fresh allocation, which cost
+        more than the kernel itself on big inputs.
 
     Returns
     -------
     SoftmaxResult
+
+    Notes
+    -----
+    The accurate paths are blocked (about 256 KB of float64 per block),
+    threaded and, for rows of at most 64 classes, transposed; every path gives
+    the same result to within the 4-ulp contract whatever ``threads``.
+
+    Fast mode's accuracy, measured against
+    :func:`smx_cli.reference.exact_softmax` (``bench/ulps.py``; worst measured 0.9 of the bound): softmax
+    entries within 2 + |x_i - max| / T + log2(C) ulps of the input format
+    (the rounding of x - max in the format is amplified by exp), log-softmax
+    entries within the same bound in ulps of max(|logp_i|, 1) (the dominant
+    entry's log is only absolutely accurate).
 
     Examples
     --------
@@ -551,14 +642,22 @@ def compute(x2: np.ndarray, variant: str = "stable", temperature: float = 1.0,
     x2 = _floating(np.asarray(x2))
     if x2.ndim != 2:
         raise ValueError(f"compute takes (N, C) rows, got shape {x2.shape}")
+    if fast:
+        if dtype is not None or variant not in ("stable", "log"):
+            raise ValueError("fast mode computes stable or log in the input's format; "
+                             "it does not combine with dtype emulation or other variants")
+        return _fast(x2, variant, t, masked, threads, out)
     if dtype is None and variant in ACCURATE_VARIANTS:
-        return _accurate(x2, variant, t, masked)
+        return _accurate(x2, variant, t, masked, threads, out)
+    if out is not None:
+        raise ValueError("out is supported by the accurate and fast paths, not by emulation")
     fmt = format_of(dtype) if dtype is not None else result_format(x2.dtype)
     return _emulated(x2, variant, t, fmt, masked)
 
 
 def softmax(x, axis: int = -1, variant: str = "stable", temperature: float = 1.0,
-            dtype: str | None = None, masked: str = "nan") -> np.ndarray:
+            dtype: str | None = None, masked: str = "nan", *, fast: bool = False,
+            threads: int | None = None) -> np.ndarray:
     """Softmax of ``x`` along ``axis``, accurate to a few ulps by default.
 
     Parameters
@@ -577,6 +676,12 @@ def softmax(x, axis: int = -1, variant: str = "stable", temperature: float = 1.0
         A name: emulate computing in that format (input rounded to it).
     masked : {'nan', 'zeros'}
         Result for a row whose entries are all -inf (PyTorch gives NaN).
+    fast : bool
+        Opt-in fast mode (``stable`` only): the input's own arithmetic with
+        the plain max-shift, within 2 + |x_i - max|/T + log2(C) ulps
+        (measured) instead of 4. See :func:`compute`.
+    threads : int or None
+        Threads (default: the machine's cores).
 
     Returns
     -------
@@ -597,25 +702,31 @@ def softmax(x, axis: int = -1, variant: str = "stable", temperature: float = 1.0
     array([0., 0., 1.])
     >>> softmax([1000.0, 2000.0, 3000.0], variant="naive")
     array([nan, nan, nan])
+    >>> softmax(np.array([1.0, 2.0, 3.0], dtype=np.float32), fast=True).round(4)
+    array([0.09  , 0.2447, 0.6652], dtype=float32)
     """
     a = np.asarray(x)
     if variant == "log":
         with np.errstate(over="ignore"):
-            return np.exp(log_softmax(a, axis, temperature, dtype, masked))
+            return np.exp(log_softmax(a, axis, temperature, dtype, masked, fast=fast,
+                                      threads=threads))
     x2, shape, ax = as_rows(a, axis)
-    res = compute(x2, variant, temperature, dtype, masked)
+    res = compute(x2, variant, temperature, dtype, masked, fast=fast, threads=threads)
     return from_rows(res.values, shape, ax, a.ndim)
 
 
 def log_softmax(x, axis: int = -1, temperature: float = 1.0, dtype: str | None = None,
-                masked: str = "nan") -> np.ndarray:
+                masked: str = "nan", *, fast: bool = False,
+                threads: int | None = None) -> np.ndarray:
     """Log-softmax of ``x`` along ``axis``; the dominant entry stays accurate.
 
     ``log(softmax(x))`` loses everything for a dominant entry: its
     probability rounds to 1 and the log to 0. Here log p_max is computed as
     -log1p(sum_{i != max} exp(x_i - max)), so it keeps its relative accuracy.
 
-    Parameters are those of :func:`softmax`.
+    Parameters are those of :func:`softmax`; ``fast=True`` computes
+    x - max - log(sum(exp(x - max))) in the input's format (the dominant
+    entry then only to absolute accuracy).
 
     Examples
     --------
@@ -623,10 +734,12 @@ def log_softmax(x, axis: int = -1, temperature: float = 1.0, dtype: str | None =
     0.0
     >>> float(log_softmax([0.0, -40.0])[0])
     -4.248354255291589e-18
+    >>> float(log_softmax([0.0, -40.0], fast=True)[0])
+    0.0
     """
     a = np.asarray(x)
     x2, shape, ax = as_rows(a, axis)
-    res = compute(x2, "log", temperature, dtype, masked)
+    res = compute(x2, "log", temperature, dtype, masked, fast=fast, threads=threads)
     return from_rows(res.values, shape, ax, a.ndim)
 
 
@@ -670,5 +783,5 @@ def logsumexp(x, axis: int = -1, temperature: float = 1.0) -> np.ndarray:
 
 __all__ = [
     "VARIANTS", "softmax", "log_softmax", "logsumexp", "compute", "SoftmaxResult",
-    "KernelStats", "as_rows", "from_rows", "FORMATS",
+    "KernelStats", "as_rows", "from_rows", "FORMATS", "FAST_ULP_NOTE",
 ]
