@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from smx_cli import kernels
 from smx_cli.softmax import compute
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -253,7 +254,7 @@ def _integral(t: np.ndarray) -> bool:
 # the computation
 
 
-def _log_probs(xb: np.ndarray, input_kind: str) -> np.ndarray:
+def _log_probs(xb: np.ndarray, input_kind: str, threads: int | None = None) -> np.ndarray:
     """float64 log-probabilities of a block, by input kind.
 
     Logits of any format are widened to float64 first (exactly), so the loss
@@ -261,7 +262,7 @@ def _log_probs(xb: np.ndarray, input_kind: str) -> np.ndarray:
     """
     xb = np.asarray(xb, dtype=np.float64)
     if input_kind == "logits":
-        return compute(xb, "log").values
+        return compute(xb, "log", threads=threads).values
     if input_kind == "log-probs":
         return xb
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -289,7 +290,8 @@ def _coefficients(kind, tb, lp_shape, ign, yy, w, eps, n_classes) -> np.ndarray:
 
 def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
              reduction: str = "mean", label_smoothing: float = 0.0,
-             input_kind: str = "logits", want_grad: bool = False) -> XentResult:
+             input_kind: str = "logits", want_grad: bool = False,
+             threads: int | None = None) -> XentResult:
     """Cross-entropy of (N, C) ``x2`` against ``target``, with every statistic.
 
     Parameters are those of :func:`cross_entropy`; ``want_grad`` also returns
@@ -338,66 +340,120 @@ def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
     grad = np.empty((n, n_classes)) if want_grad else None
     k5 = min(5, n_classes)
 
-    step = max(1, _BLOCK_ELEMENTS // n_classes)
+    def general(sl, threads=None):
+        """Every statistic of the rows ``sl`` (a slice or index array) from log-probs."""
+        lp = _log_probs(x2[sl], input_kind, threads)
+        rows = np.arange(lp.shape[0])
+        if kind == "index":
+            y = t[sl]
+            ign = y == ignore_index
+            yy = np.where(ign, 0, y)
+            tb = None
+        else:
+            tb = t[sl]
+            ign = np.zeros(lp.shape[0], dtype=bool)
+            yy = np.argmax(tb, axis=1)
+        lp_y = lp[rows, yy]
+        # plain class-index NLL: one coefficient per row, no N x C matrix needed
+        sparse = kind == "index" and eps == 0 and not want_grad
+        if sparse:
+            wy = w[yy] if w is not None else np.ones(len(yy))
+            wy = np.where(ign, 0.0, wy)
+            loss[sl] = np.where(wy > 0, -wy * lp_y, 0.0)
+        else:
+            a = _coefficients(kind, tb, lp.shape, ign, yy, w, eps, n_classes)
+            # a_ic = 0 contributes 0, also where logp_ic = -inf
+            loss[sl] = -np.where(a > 0, a * lp, 0.0).sum(axis=1)
+        if kind == "index":
+            nll[sl] = np.where(ign, 0.0, -lp_y)
+        else:
+            nll[sl] = -np.where(tb > 0, tb * lp, 0.0).sum(axis=1)
+        ignored[sl] = ign
+        true_class[sl] = np.where(ign, -1, yy)
+        nan_row = np.isnan(lp).any(axis=1)
+        pred = np.argmax(np.where(np.isnan(lp), -np.inf, lp), axis=1)
+        predicted[sl] = pred
+        # undefined for an ignored sample (it has no true class): NaN, not class 0's
+        p_true[sl] = np.where(ign, np.nan, np.exp(lp_y))
+        one_minus[sl] = np.where(ign, np.nan, -np.expm1(lp_y))
+        p = np.exp(lp)
+        entropy[sl] = -np.where(p > 0, p * lp, 0.0).sum(axis=1)
+        if n_classes > 1:
+            others = lp.copy()
+            others[rows, yy] = -np.inf
+            margin[sl] = np.where(ign, np.nan, lp_y - others.max(axis=1))
+        # true class among the k5 largest: fewer than k5 classes beat it
+        top5[sl] = ((lp > lp_y[:, None]).sum(axis=1) < k5) & ~nan_row
+        if sparse:
+            # g / A = p - e_y: its largest entry is 1 - p_y
+            residual[sl] = np.where(wy > 0, one_minus[sl], np.nan)
+        else:
+            # the sample's own gradient A p - a, without cancellation at p ~ 1
+            a_sum = a.sum(axis=1)
+            g = p * (a_sum[:, None] - a)
+            g -= np.where(a > 0, a * -np.expm1(lp), 0.0)
+            # how far the softmax is from the target: max |p - a/A| (0: vanished)
+            residual[sl] = np.where(a_sum > 0, np.abs(g).max(axis=1) / a_sum, np.nan)
+            if grad is not None:
+                grad[sl] = g
+        top5[sl] &= ~ign
+        has_nan[sl] = nan_row
+
+    def fused(s0: int, s1: int) -> None:
+        """Class-index loss of 16/32-bit logits rows s0:s1 in one sweep, no log-prob matrix.
+
+        With k the argmax, d = x - x_k (exact in float64), e = exp(d) with
+        e_k = 0 and L = log1p(sum e): logp_c = d_c - L (logp_k = -L), the
+        entropy L - sum_c e_c d_c / (1 + sum e), and the margin d_y (y != k)
+        or -log(max e) (y = k). Rows with a non-finite entry go to ``general``.
+        """
+        xb = x2[s0:s1]
+        b = s1 - s0
+        rows = np.arange(b)
+        k = np.argmax(xb, axis=1)
+        m = xb[rows, k].astype(np.float64)
+        y = t[s0:s1]
+        ign = y == ignore_index
+        yy = np.where(ign, 0, y)
+        d = kernels.work("xent_d", (b, n_classes))
+        np.subtract(xb, m[:, None], out=d, casting="unsafe")
+        e = kernels.work("xent_e", (b, n_classes))
+        np.exp(d, out=e)
+        e[rows, k] = 0.0
+        rest = e.sum(axis=1)
+        lse = np.log1p(rest)
+        d_y = d[rows, yy]
+        lp_y = np.where(yy == k, -lse, d_y - lse)
+        dot = np.einsum("ij,ij->i", e, d)
+        bad = ~np.isfinite(m) | ~np.isfinite(dot) | ~np.isfinite(rest)
+        sl = slice(s0, s1)
+        wy = np.where(ign, 0.0, w[yy] if w is not None else 1.0)
+        loss[sl] = np.where(wy > 0, -wy * lp_y, 0.0)
+        nll[sl] = np.where(ign, 0.0, -lp_y)
+        ignored[sl] = ign
+        true_class[sl] = np.where(ign, -1, yy)
+        predicted[sl] = k
+        p_true[sl] = np.where(ign, np.nan, np.exp(lp_y))
+        om = np.where(ign, np.nan, -np.expm1(lp_y))
+        one_minus[sl] = om
+        entropy[sl] = lse - dot / (1.0 + rest)
+        if n_classes > 1:
+            margin[sl] = np.where(ign, np.nan, np.where(yy == k, -np.log(e.max(axis=1)), d_y))
+        top5[sl] = (np.count_nonzero(d > d_y[:, None], axis=1) < k5) & ~ign
+        residual[sl] = np.where(wy > 0, om, np.nan)
+        has_nan[sl] = False
+        if bad.any():
+            general(s0 + np.flatnonzero(bad), threads=1)
+
+    use_fused = (kind == "index" and input_kind == "logits" and eps == 0 and not want_grad
+                 and x2.dtype.kind == "f" and x2.dtype.itemsize <= 4)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        for start in range(0, n, step):
-            sl = slice(start, min(start + step, n))
-            lp = _log_probs(x2[sl], input_kind)
-            rows = np.arange(lp.shape[0])
-            if kind == "index":
-                y = t[sl]
-                ign = y == ignore_index
-                yy = np.where(ign, 0, y)
-                tb = None
-            else:
-                tb = t[sl]
-                ign = np.zeros(lp.shape[0], dtype=bool)
-                yy = np.argmax(tb, axis=1)
-            lp_y = lp[rows, yy]
-            # plain class-index NLL: one coefficient per row, no N x C matrix needed
-            sparse = kind == "index" and eps == 0 and not want_grad
-            if sparse:
-                wy = w[yy] if w is not None else np.ones(len(yy))
-                wy = np.where(ign, 0.0, wy)
-                loss[sl] = np.where(wy > 0, -wy * lp_y, 0.0)
-            else:
-                a = _coefficients(kind, tb, lp.shape, ign, yy, w, eps, n_classes)
-                # a_ic = 0 contributes 0, also where logp_ic = -inf
-                loss[sl] = -np.where(a > 0, a * lp, 0.0).sum(axis=1)
-            if kind == "index":
-                nll[sl] = np.where(ign, 0.0, -lp_y)
-            else:
-                nll[sl] = -np.where(tb > 0, tb * lp, 0.0).sum(axis=1)
-            ignored[sl] = ign
-            true_class[sl] = np.where(ign, -1, yy)
-            nan_row = np.isnan(lp).any(axis=1)
-            pred = np.argmax(np.where(np.isnan(lp), -np.inf, lp), axis=1)
-            predicted[sl] = pred
-            # undefined for an ignored sample (it has no true class): NaN, not class 0's
-            p_true[sl] = np.where(ign, np.nan, np.exp(lp_y))
-            one_minus[sl] = np.where(ign, np.nan, -np.expm1(lp_y))
-            p = np.exp(lp)
-            entropy[sl] = -np.where(p > 0, p * lp, 0.0).sum(axis=1)
-            if n_classes > 1:
-                others = lp.copy()
-                others[rows, yy] = -np.inf
-                margin[sl] = np.where(ign, np.nan, lp_y - others.max(axis=1))
-            # true class among the k5 largest: fewer than k5 classes beat it
-            top5[sl] = ((lp > lp_y[:, None]).sum(axis=1) < k5) & ~nan_row
-            if sparse:
-                # g / A = p - e_y: its largest entry is 1 - p_y
-                residual[sl] = np.where(wy > 0, one_minus[sl], np.nan)
-            else:
-                # the sample's own gradient A p - a, without cancellation at p ~ 1
-                a_sum = a.sum(axis=1)
-                g = p * (a_sum[:, None] - a)
-                g -= np.where(a > 0, a * -np.expm1(lp), 0.0)
-                # how far the softmax is from the target: max |p - a/A| (0: vanished)
-                residual[sl] = np.where(a_sum > 0, np.abs(g).max(axis=1) / a_sum, np.nan)
-                if grad is not None:
-                    grad[sl] = g
-            top5[sl] &= ~ign
-            has_nan[sl] = nan_row
+        if use_fused:
+            kernels.run_blocks(n, n_classes, fused, threads, block_elements=1 << 17)
+        else:
+            step = max(1, _BLOCK_ELEMENTS // n_classes)
+            for start in range(0, n, step):
+                general(slice(start, min(start + step, n)))
 
     if kind == "index":
         counted = ~ignored

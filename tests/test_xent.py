@@ -175,9 +175,10 @@ def test_adversarial_rows_match_reference(dtype, reduction, eps, weighted):
                                               logps_of(x))
         assert np.all(np.isfinite(r.loss)) and np.all(np.isfinite(r.grad))
         assert max(rel(g, ref) for g, ref in zip(r.loss, losses)) <= 1e-12
-        # without the gradient (a faster path for plain NLL): the same losses
-        assert np.array_equal(cross_entropy(x, y, weight=w, reduction="none",
-                                            label_smoothing=eps), r.loss)
+        # without the gradient (a fused path for plain NLL of 16/32-bit logits): the same
+        # losses to the last few bits (both are accurate; they round differently)
+        np.testing.assert_allclose(cross_entropy(x, y, weight=w, reduction="none",
+                                                 label_smoothing=eps), r.loss, rtol=4e-16, atol=0)
         if reduction != "none":
             assert rel(r.reduced, reduced) <= 1e-12
         for i in range(len(y)):
