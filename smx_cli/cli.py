@@ -6,23 +6,31 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
+import warnings
 
 import click
+from click.utils import PacifyFlushWrapper
 
-from smx_cli.errors import EXIT_BAD_DATA, EXIT_INTERRUPTED
+from smx_cli.errors import (EXIT_BAD_DATA, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED,
+                            StdoutClosed, Terminated)
 
 EPILOG = """\b
 Exit codes:
-  0    success
-  1    bad data (unreadable or malformed input, mismatched labels),
-       or NaN/inf in the result under --strict
+  0    success (also when stdout is closed early: smx ... | head -1)
+  1    bad data: a missing, unreadable or malformed file, mismatched
+       labels or weights, an output that cannot be written; or NaN/inf
+       in the result under --strict
   2    usage error (unknown option, bad option value)
-  130  interrupted (Ctrl-C)
+  130  interrupted (Ctrl-C); 143 terminated (SIGTERM)
 
 \b
-Errors are one line on stderr naming the file, line/column or index.
-Colour follows the terminal; NO_COLOR=1 turns it off."""
+Every error is one line on stderr: what is wrong, where (file, line and
+column for text, index for arrays) and what to do. Files given with -o are
+written atomically (temporary file, then rename): an interrupted run
+leaves the old file or none. Colour follows the terminal; NO_COLOR=1
+turns it off; SMX_DEBUG=1 shows tracebacks of internal errors."""
 
 
 # name -> (module, attribute, one-line help). Commands are imported only when
@@ -69,37 +77,96 @@ def cli():
     """
 
 
-def main() -> None:
-    """Console-script entry point: run ``cli`` and map every outcome to an exit code."""
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _usage_line(exc: click.UsageError) -> str:
+    """A usage error as one line: click's message and where to read more."""
+    msg = _one_line(exc.format_message())
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None:
+        msg += f" (see '{ctx.command_path} --help')"
+    return msg
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail."""
     try:
-        rv = cli.main(prog_name="smx", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("smx: interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    except KeyboardInterrupt:
-        click.echo("smx: interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except BrokenPipeError:
-        # the reader went away (smx ... | head): stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        sys.exit(0)
+    except (OSError, ValueError):
+        pass
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise Terminated
+
+
+def main() -> None:
+    """Console-script entry point: run ``cli`` and map every outcome to an exit code.
+
+    0 ok (a closed stdout included), 1 bad data or a --strict failure (one
+    ``Error:`` line on stderr), 2 usage (one line), 130 Ctrl-C, 143 SIGTERM;
+    an unexpected exception is one line too, never a traceback (unless
+    ``SMX_DEBUG=1``).
+    """
+    try:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError):  # not the main thread: leave the default
+        pass
+    if not sys.warnoptions and not os.environ.get("SMX_DEBUG"):
+        # numpy's floating-point warnings (e.g. casting a signalling NaN) are
+        # not for users: NaN/inf are counted in the diagnostics, and stderr
+        # holds one line per error. SMX_DEBUG=1 or python -W shows them.
+        warnings.simplefilter("ignore")
+    try:
+        rv = cli.main(prog_name="smx", standalone_mode=False)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("smx: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except Terminated:
+        click.echo("smx: terminated", err=True)
+        sys.exit(EXIT_TERMINATED)
+    except click.UsageError as exc:
+        click.echo(f"Error: {_usage_line(exc)}", err=True)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        click.echo(f"Error: {_one_line(exc.format_message())}", err=True)
+        sys.exit(exc.exit_code)
+    except (StdoutClosed, BrokenPipeError):
+        # the reader went away (smx ... | head): stop quietly
+        _quiet_stdout()
+        sys.exit(EXIT_OK)
+    except SystemExit as exc:
+        # click turns a broken pipe it meets itself into exit 1 after wrapping
+        # stdout in PacifyFlushWrapper: that is a closed pipe, not an error
+        if exc.code == 1 and isinstance(sys.stdout, PacifyFlushWrapper):
+            _quiet_stdout()
+            sys.exit(EXIT_OK)
+        raise
     except MemoryError:
-        click.echo("Error: out of memory; try a smaller input or fewer rows", err=True)
+        click.echo("Error: out of memory; try a smaller input (--rows, or split the file)",
+                   err=True)
+        sys.exit(EXIT_BAD_DATA)
+    except OSError as exc:
+        # an I/O failure outside the readers and writers (they raise SmxError):
+        # e.g. stdout on a full disk
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        click.echo(f"Error: input/output error{where}: {exc.strerror or _one_line(exc)}; "
+                   "check the disk and the files named", err=True)
         sys.exit(EXIT_BAD_DATA)
     except Exception as exc:  # noqa: BLE001 - never show a traceback to a user
         if os.environ.get("SMX_DEBUG"):
             raise
-        msg = " ".join(str(exc).split())
-        click.echo(f"Error: internal error: {type(exc).__name__}: {msg} "
+        click.echo(f"Error: internal error: {type(exc).__name__}: {_one_line(exc)} "
                    "(please report it; SMX_DEBUG=1 shows the traceback)", err=True)
         sys.exit(EXIT_BAD_DATA)
     try:
         sys.stdout.flush()
     except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    sys.exit(rv if isinstance(rv, int) else 0)
+        _quiet_stdout()
+    except OSError as exc:
+        click.echo(f"Error: cannot write to standard output ({exc.strerror or exc})", err=True)
+        sys.exit(EXIT_BAD_DATA)
+    sys.exit(rv if isinstance(rv, int) else EXIT_OK)

@@ -7,17 +7,18 @@ import math
 import click
 import numpy as np
 from rich.console import Console
+from rich.measure import Measurement
 
 from smx_cli import io
 from smx_cli.compare import (ALL_VARIANTS, DEFAULT_DTYPES, MAX_SCALE, SEED_LABEL, SEED_ROWS,
                              VARIANT_LABELS, check_names, compare_stability, normal_sample,
                              sweep)
-from smx_cli.emit import check_output_path
+from smx_cli.emit import check_output_path, stdout_console, write_stdout_bytes
 from smx_cli.errors import SmxError
 from smx_cli.options import input_options
 from smx_cli.precision import FORMATS
 from smx_cli.prepare import load_rows
-from smx_cli.render_compare import comparison_view, sweep_view
+from smx_cli.render_compare import COLUMNS, DROP_ORDER, comparison_table, comparison_view, sweep_view
 
 _VARIANT_LINES = "\n".join(f"  {name:<7} {text}" for name, text in VARIANT_LABELS.items())
 
@@ -117,8 +118,8 @@ def compare_cmd(file, delimiter, header, key, axis, variants, dtypes, temperatur
         raise click.BadParameter("must be a finite number > 0", param_hint="'--temperature'")
     if file is None and (delimiter or header is not None or key or axis != -1):
         raise click.UsageError("--delimiter, --header, --key and --axis need a FILE")
+    check_output_path(output, file or "-")
     if file is not None:
-        check_output_path(output, file)
         rows = load_rows(file, delimiter=delimiter, header=header, key=key, axis=axis)
         x2, source = rows.x2, rows.loaded.source
     elif do_sweep:
@@ -146,7 +147,7 @@ def compare_cmd(file, delimiter, header, key, axis, variants, dtypes, temperatur
             result = compare_stability(x2, variants, dtypes, temperature)
             meta.update(result.to_dict())
             title = f"compare-stability: {source} ({x2.shape[0]:,} x {x2.shape[1]:,}{t})"
-            view = comparison_view(result, title)
+            view = None
     except ValueError as exc:
         raise SmxError(str(exc)) from None
     doc = json.dumps(_jsonable(meta), indent=2, allow_nan=False) + "\n"
@@ -156,11 +157,35 @@ def compare_cmd(file, delimiter, header, key, axis, variants, dtypes, temperatur
             with io.atomic_output(output, "w") as fh:
                 fh.write(doc)
         except OSError as exc:
-            raise SmxError(f"{output}: cannot write ({exc.strerror or exc})") from None
+            raise SmxError(f"{output}: cannot write ({exc.strerror or exc}); nothing was "
+                           "written -- free space or choose another -o") from None
     if fmt == "json":
-        click.echo(doc, nl=False)
+        write_stdout_bytes(doc.encode())
     else:
-        console = Console(highlight=False)
+        console = stdout_console()
+        if view is None:
+            view = comparison_view(result, title, fit_columns(console, result, title))
         console.print(view)
         if output:
             console.print(f"wrote {output}", style="dim")
+
+
+def fit_columns(console: Console, result, title: str) -> tuple[str, ...]:
+    """The numeric columns of the comparison table that fit ``console``.
+
+    rich would squeeze every cell of a table wider than the terminal to
+    "0.…"; instead drop whole columns, least important first
+    (:data:`~smx_cli.render_compare.DROP_ORDER`), until the rest fits.
+    """
+    columns = COLUMNS
+    for name in (None, *DROP_ORDER):
+        if name is not None:
+            columns = tuple(c for c in columns if c != name)
+        if _needed_width(console, comparison_table(result, title, columns)) <= console.width:
+            break
+    return columns
+
+
+def _needed_width(console: Console, table) -> int:
+    """Columns ``table`` takes unsqueezed (rich clamps measures to the terminal)."""
+    return Measurement.get(console, console.options.update_width(10**5), table).maximum

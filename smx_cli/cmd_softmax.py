@@ -1,6 +1,10 @@
 """``smx softmax``: probabilities (or log-probabilities) with diagnostics."""
 from __future__ import annotations
 
+import os
+import sys
+from contextlib import contextmanager
+
 import click
 import numpy as np
 from rich.console import Console
@@ -8,12 +12,14 @@ from rich.measure import Measurement
 
 from smx_cli import grad as grad_mod
 from smx_cli import render, render_grad, variants
-from smx_cli.diagnostics import diagnose
+from smx_cli import stream
+from smx_cli.diagnostics import Accumulator, diagnose
 from smx_cli.emit import Payload, check_output_path, stdout_console, write_file, write_stdout
 from smx_cli.errors import SmxError
 from smx_cli.options import display_options, input_options, numerics_options, output_options
 from smx_cli.family import FAMILY_HELP
-from smx_cli.io import read_array
+from smx_cli.io import NPY_MAGIC, output_format, read_array
+from smx_cli.kernels import FAST_ULP_NOTE
 from smx_cli.masks import read_mask
 from smx_cli.prepare import load_rows
 from smx_cli.softmax import MASKED_POLICIES, VARIANT_HELP, as_rows, from_rows
@@ -78,11 +84,15 @@ Examples:
               help="Write the vector-Jacobian product of --upstream to FILE")
 @click.option("--check-grad", is_flag=True,
               help="Check the gradients against central finite differences (float64)")
+@click.option("--fast", is_flag=True,
+              help="Opt-in speed over accuracy (stable and log): " + FAST_ULP_NOTE)
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Worker threads [default: the machine's cores]")
 @output_options
 @display_options
 def softmax_cmd(file, delimiter, header, key, axis, variant, dtype, temperature, masked,
                 mask_path, alpha, tau, hard, samples, seed, show_grad, grad_rows, upstream,
-                grad_out, check_grad, output, fmt, strict, max_rows, top_k, digits):
+                grad_out, check_grad, fast, threads, output, fmt, strict, max_rows, top_k, digits):
     """Softmax of each row of logits in FILE (CSV, TSV, NPY, NPZ, or - for stdin).
 
     Shows the probabilities (log-probabilities for --variant log) with
@@ -99,12 +109,15 @@ def softmax_cmd(file, delimiter, header, key, axis, variant, dtype, temperature,
         raise click.BadParameter("must be a finite number > 0", param_hint="'--tau'")
     check_output_path(output, file, mask_path, upstream)
     check_output_path(grad_out, file, mask_path, upstream)
+    opts = variants.VariantOptions(alpha=alpha, tau=tau, hard=hard, samples=samples, seed=seed)
+    if _streamable(file, axis, output, fmt, variant, mask_path, show_grad or upstream or check_grad):
+        return _streamed(file, variant, temperature, dtype, masked, opts, fast, threads, output,
+                         strict, max_rows, top_k, digits)
     rows = load_rows(file, delimiter=delimiter, header=header, key=key, axis=axis)
     mask = read_mask(mask_path, rows.x2.shape) if mask_path else None
-    opts = variants.VariantOptions(alpha=alpha, tau=tau, hard=hard, samples=samples, seed=seed)
     try:
         run = variants.run(rows.x2, variant, temperature=temperature, dtype=dtype, masked=masked,
-                           mask=mask, options=opts)
+                           mask=mask, options=opts, fast=fast, threads=threads)
     except ValueError as exc:
         raise SmxError(str(exc)) from None
     result = run.result
@@ -127,34 +140,8 @@ def softmax_cmd(file, delimiter, header, key, axis, variant, dtype, temperature,
         write_stdout(payload, fmt)
     else:
         console = stdout_console()
-        kind = result.kind
-        what = "log_softmax" if kind == "logprob" else (
-            "softmax" if variant in ("stable", "naive", "online", "lse") else variant)
-        t = f"x/{temperature:g}" if temperature != 1 else "x"
-        title = f"{what}({t}) of {rows.loaded.source}"
-        width = rows.x2.shape[1]
-        tiny = result.fmt.smallest_normal
-        common = dict(kind=kind, tiny=tiny, class_names=rows.class_names,
-                      lead_shape=lead_shape, max_rows=max_rows, title=title, digits=digits)
-        table = None
-        if top_k is None and width <= render.DEFAULT_MAX_COLS:
-            table = render.values_table(result.values, run.logits, **common)
-            if _needed_width(console, table) > console.width:
-                # rich would squeeze every cell to "0.9…": show fewer columns instead
-                table = None
-                why = f"{width} classes do not fit in {console.width} columns"
-        elif top_k is None:
-            why = f"{width} classes"
-        if table is None and top_k is not None:
-            table = render.topk_table(result.values, run.logits, top_k, **common)
-        elif table is None:
-            # the largest k <= DEFAULT_TOP_K whose table fits the terminal
-            for k in range(render.DEFAULT_TOP_K, 0, -1):
-                reason = f"{why}: showing each row's top {k} (--top-k K to choose)"
-                table = render.topk_table(result.values, run.logits, k, reason=reason, **common)
-                if _needed_width(console, table) <= console.width:
-                    break
-        console.print(table)
+        _show_values(console, result.values, run.logits, result, variant, temperature,
+                     rows.loaded.source, rows.class_names, lead_shape, max_rows, top_k, digits)
         console.print(render.diagnostics_panel(diag, rows.loaded.source, support=run.support))
         if show_grad or upstream or check_grad:
             _show_gradients(console, rows, run, variant, temperature, dtype, opts, lead_shape,
@@ -162,10 +149,156 @@ def softmax_cmd(file, delimiter, header, key, axis, variant, dtype, temperature,
         for path in (output, grad_out):
             if path:
                 console.print(f"wrote {path}", style="dim")
-    if strict and diag.output_nan:
+    if strict:
+        _check_strict(diag)
+
+
+def _check_strict(diag) -> None:
+    if diag.output_nan:
         raise SmxError(f"--strict: the result holds NaN in {diag.output_nan_rows} row(s)")
-    if strict and (diag.exp_overflow or diag.sum_overflow_rows):
+    if diag.exp_overflow or diag.sum_overflow_rows:
         raise SmxError("--strict: exp overflowed to inf while computing")
+
+
+def _show_values(console, values, logits, result, variant, temperature, source, class_names,
+                 lead_shape, max_rows, top_k, digits) -> None:
+    """The values table (all classes when they fit, else each row's top k)."""
+    kind = result.kind
+    what = "log_softmax" if kind == "logprob" else (
+        "softmax" if variant in ("stable", "naive", "online", "lse") else variant)
+    t = f"x/{temperature:g}" if temperature != 1 else "x"
+    title = f"{what}({t}) of {source}"
+    width = values.shape[1]
+    common = dict(kind=kind, tiny=result.fmt.smallest_normal, class_names=class_names,
+                  lead_shape=lead_shape, max_rows=max_rows, title=title, digits=digits)
+    table = None
+    why = f"{width} classes"
+    if top_k is None and width <= render.DEFAULT_MAX_COLS:
+        table = render.values_table(values, logits, **common)
+        if _needed_width(console, table) > console.width:
+            # rich would squeeze every cell to "0.9…": show fewer columns instead
+            table = None
+            why = f"{width} classes do not fit in {console.width} columns"
+    if table is None and top_k is not None:
+        table = render.topk_table(values, logits, top_k, **common)
+    elif table is None:
+        # the largest k <= DEFAULT_TOP_K whose table fits the terminal
+        for k in range(render.DEFAULT_TOP_K, 0, -1):
+            reason = f"{why}: showing each row's top {k} (--top-k K to choose)"
+            table = render.topk_table(values, logits, k, reason=reason, **common)
+            if _needed_width(console, table) <= console.width:
+                break
+    console.print(table)
+
+
+# inputs at least this big get a progress bar (when stderr is a terminal)
+_PROGRESS_BYTES = 64 << 20
+
+
+def _streamable(file, axis, output, fmt, variant, mask_path, gradients) -> bool:
+    """Whether this run can stream an NPY file in row blocks (bounded memory).
+
+    Row-local work only: an NPY file (not stdin) along its last axis, no
+    mask or gradients, no Gumbel draws (their random stream is per call),
+    and output to a .npy file or none.
+    """
+    if file == "-" or mask_path or gradients or variant == "gumbel":
+        return False
+    if fmt not in (None, "table") and not output:
+        return False
+    if output and output_format(output, fmt if fmt != "table" else None) != "npy":
+        return False
+    try:
+        with open(file, "rb") as fh:
+            if fh.read(6) != NPY_MAGIC:
+                return False
+        shape, dtype = stream.npy_info(file)
+        if not os.path.isfile(file):
+            return False
+    except (OSError, ValueError):
+        return False  # the whole-array reader reports it properly
+    if dtype.hasobject or dtype.kind not in "fiu" or len(shape) < 1:
+        return False
+    return axis in (-1, len(shape) - 1)
+
+
+def _streamed(file, variant, temperature, dtype, masked, opts, fast, threads, output, strict,
+              max_rows, top_k, digits) -> None:
+    """Softmax of an NPY file block by block: output, diagnostics and the shown rows."""
+    shape, in_dtype = stream.npy_info(file)
+    acc = None
+    head_x, head_y = [], []
+    kept = [0]
+    state = {}
+
+    def block(xb):
+        nonlocal acc
+        try:
+            run = variants.run(xb, variant, temperature=temperature, dtype=dtype, masked=masked,
+                               options=opts, fast=fast, threads=threads)
+        except ValueError as exc:
+            raise SmxError(str(exc)) from None
+        res = run.result
+        if acc is None:
+            acc = Accumulator(variant, res.fmt, res.kind, res.emulated,
+                              sparse=variant in variants.SPARSE_OUTPUT)
+            state["result"] = res
+        acc.add(run.logits, res.values, res.stats)
+        if kept[0] < max_rows:
+            take = min(max_rows - kept[0], len(xb))
+            head_x.append(np.array(run.logits[:take]))
+            head_y.append(np.array(res.values[:take]))
+            kept[0] += take
+        support = run.support
+        if support is not None:
+            state.setdefault("support", []).append(support)
+        return res.values
+
+    total_bytes = int(np.prod(shape, dtype=np.int64)) * in_dtype.itemsize
+    with _progress(total_bytes) as advance:
+        try:
+            if output:
+                stream.stream_npy(file, output, block, progress=advance)
+            else:
+                for s0, n, xb in stream.iter_npy_blocks(file):
+                    block(xb)
+                    advance(s0 + len(xb), n)
+        except stream.StreamError as exc:
+            raise SmxError(str(exc)) from None
+        except OSError as exc:
+            raise SmxError(f"{output or file}: {exc.strerror or exc}") from None
+    diag = acc.result()
+    console = stdout_console()
+    res = state["result"]
+    values = np.concatenate(head_y) if head_y else np.zeros((0, shape[-1] if shape else 1))
+    logits = np.concatenate(head_x) if head_x else values
+    n_rows = diag.inputs.rows
+    lead = tuple(shape[:-1]) if len(shape) > 1 else None
+    _show_values(console, values, logits, res, variant, temperature, file, None, lead,
+                 max_rows, top_k, digits)
+    if n_rows > len(values):
+        console.print(f"{n_rows - len(values):,} more rows not shown (--rows N to see more, "
+                      "-o FILE for all); the file was streamed in row blocks", style="dim")
+    support = np.concatenate(state["support"]) if "support" in state else None
+    console.print(render.diagnostics_panel(diag, file, support=support))
+    if output:
+        console.print(f"wrote {output}", style="dim")
+    if strict:
+        _check_strict(diag)
+
+
+@contextmanager
+def _progress(total_bytes: int):
+    """A rich progress bar on stderr for big jobs on a terminal; else a no-op."""
+    if total_bytes < _PROGRESS_BYTES or not sys.stderr.isatty():
+        yield lambda done, total: None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("smx"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("rows", total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 def _needed_width(console: Console, table) -> int:

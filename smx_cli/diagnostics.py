@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from smx_cli.softmax import SoftmaxResult
+from smx_cli.softmax import KernelStats, SoftmaxResult
 
 
 @dataclass
@@ -96,6 +96,113 @@ def count_inputs(x2: np.ndarray) -> InputCounts:
     )
 
 
+class Accumulator:
+    """Diagnostics gathered block by block, so memory does not grow with the input.
+
+    ``add`` takes (rows, C) logits and the matching result rows; ``result``
+    gives the same :class:`SoftmaxDiagnostics` as one :func:`diagnose` call on
+    the whole array.
+
+    Examples
+    --------
+    >>> from smx_cli.softmax import compute
+    >>> x = np.array([[1.0, 2.0], [3.0, -np.inf], [np.nan, 0.0]])
+    >>> acc = Accumulator("stable", compute(x).fmt, "prob", False)
+    >>> for i in range(3):
+    ...     acc.add(x[i:i + 1], compute(x[i:i + 1]).values)
+    >>> acc.result().inputs.nan_rows == diagnose(x, compute(x)).inputs.nan_rows
+    True
+    """
+
+    def __init__(self, variant: str, fmt, kind: str, emulated: bool, sparse: bool = False):
+        self.variant, self.fmt, self.kind = variant, fmt, kind
+        self.emulated, self.sparse = emulated, sparse
+        self.rows = self.classes = 0
+        self.counts = dict.fromkeys(
+            ("nan", "pos_inf", "neg_inf", "nan_rows", "inf_rows", "masked_rows", "zero",
+             "subnormal", "out_nan", "nan_rows_out", "produced", "off"), 0)
+        self.max_err = 0.0
+        self.vmin = np.inf
+        self.vmax = -np.inf
+        self.argmax = None
+        self.stats = KernelStats()
+
+    def add(self, x2: np.ndarray, values: np.ndarray, stats: KernelStats | None = None) -> None:
+        """Count one block of rows."""
+        if stats is not None:
+            self.stats.add(stats)
+        c = self.counts
+        inp = count_inputs(x2)
+        self.rows += inp.rows
+        self.classes = inp.classes
+        for key in ("nan", "pos_inf", "neg_inf", "nan_rows", "inf_rows", "masked_rows"):
+            c[key] += getattr(inp, key)
+        x = np.asarray(x2).astype(np.float64, copy=False)
+        y = np.asarray(values).astype(np.float64)
+        n, width = y.shape
+        if not n:
+            return
+        with np.errstate(all="ignore"):
+            row_max = x.max(axis=1) if width else np.full(n, -np.inf)
+            live = np.isfinite(x) & np.isfinite(row_max)[:, None]
+            prob = np.exp(y) if self.kind == "logprob" else y
+            c["zero"] += int(np.count_nonzero((prob == 0) & live))
+            c["subnormal"] += int(np.count_nonzero((prob > 0) & (prob < self.fmt.smallest_normal)
+                                                   & live))
+            out_nan = np.isnan(y)
+            nan_rows = out_nan.any(axis=1)
+            c["out_nan"] += int(out_nan.sum())
+            c["nan_rows_out"] += int(nan_rows.sum())
+            input_nan_rows = np.isnan(x).any(axis=1)
+            masked_rows = np.isneginf(x).all(axis=1) & (width > 0)
+            c["produced"] += int((nan_rows & ~input_nan_rows & ~masked_rows).sum())
+            wide = np.longdouble if self.fmt.name == "float64" else np.float64
+            sums = prob.astype(wide).sum(axis=1) if width else np.ones(n)
+            finite_out = ~nan_rows & (width > 0)
+            err = np.abs(sums - 1).astype(np.float64)
+            c["off"] += int((finite_out & (err > SUM_TOLERANCE * self.fmt.eps)).sum())
+            if finite_out.any():
+                self.max_err = max(self.max_err, float(err[finite_out].max()))
+            finite_vals = np.where(np.isfinite(y), y, np.nan)
+            if np.isfinite(finite_vals).any():
+                self.vmin = min(self.vmin, float(np.nanmin(finite_vals)))
+                self.vmax = max(self.vmax, float(np.nanmax(finite_vals)))
+            if width:
+                pred = np.argmax(np.where(out_nan, -np.inf, y), axis=1)[finite_out]
+                counts = np.bincount(pred, minlength=width)
+                self.argmax = counts if self.argmax is None else self.argmax + counts
+
+    def result(self, top_classes: int = 5) -> SoftmaxDiagnostics:
+        c = self.counts
+        inputs = InputCounts(self.rows, self.classes, c["nan"], c["pos_inf"], c["neg_inf"],
+                             c["nan_rows"], c["inf_rows"], c["masked_rows"])
+        top = []
+        if self.argmax is not None:
+            order = np.argsort(-self.argmax, kind="stable")[:top_classes]
+            top = [(int(j), int(self.argmax[j])) for j in order if self.argmax[j] > 0]
+        return SoftmaxDiagnostics(
+            inputs=inputs, variant=self.variant, dtype=self.fmt.name, emulated=self.emulated,
+            kind=self.kind,
+            exp_overflow=self.stats.exp_overflow, exp_underflow=self.stats.exp_underflow,
+            sum_overflow_rows=self.stats.sum_overflow_rows,
+            underflow_to_zero=0 if self.sparse else c["zero"],
+            exact_zeros=c["zero"] if self.sparse else 0, subnormal=c["subnormal"],
+            output_nan=c["out_nan"], output_nan_rows=c["nan_rows_out"],
+            produced_nan_rows=c["produced"], sum_off_rows=c["off"],
+            max_sum_error=self.max_err, sum_tolerance=SUM_TOLERANCE,
+            min_value=self.vmin if np.isfinite(self.vmin) else None,
+            max_value=self.vmax if np.isfinite(self.vmax) else None,
+            argmax_counts=top,
+        )
+
+
+# a correctly rounded row sums to 1 within u (each p_i errs by at most u p_i);
+# the emulated sum and the log -> prob conversion add a little
+SUM_TOLERANCE = 4.0
+# rows per diagnostics block: about 1M elements of float64 temporaries
+_DIAG_BLOCK = 1 << 20
+
+
 def diagnose(x2: np.ndarray, result: SoftmaxResult, top_classes: int = 5,
              sparse: bool = False) -> SoftmaxDiagnostics:
     """Diagnose one softmax ``result`` computed from logits ``x2``.
@@ -104,9 +211,9 @@ def diagnose(x2: np.ndarray, result: SoftmaxResult, top_classes: int = 5,
     (log-probabilities) although their logit was finite in a row whose
     maximum is finite: their exact value is positive. For ``sparse`` maps
     (sparsemax, entmax, hardmax) zeros are exact by design: they are counted
-    as ``exact_zeros`` instead. A row's sum is "off"
-    when |sum(p) - 1| exceeds a few epsilons of the result format (computed
-    in float64, or long double for float64 results).
+    as ``exact_zeros`` instead. A row's sum is "off" when |sum(p) - 1|
+    exceeds a few epsilons of the result format (computed in float64, or long
+    double for float64 results). Works in row blocks (bounded memory).
 
     Examples
     --------
@@ -116,51 +223,13 @@ def diagnose(x2: np.ndarray, result: SoftmaxResult, top_classes: int = 5,
     >>> d.exp_overflow, d.output_nan_rows
     (3, 1)
     """
-    inputs = count_inputs(x2)
-    x = np.asarray(x2).astype(np.float64, copy=False)
-    y = result.values.astype(np.float64)
-    fmt = result.fmt
-    n, width = y.shape
-    with np.errstate(all="ignore"):
-        row_max = x.max(axis=1) if width else np.full(n, -np.inf)
-        finite_row = np.isfinite(row_max)
-        live = np.isfinite(x) & finite_row[:, None]
-        prob = np.exp(y) if result.kind == "logprob" else y
-        zero = (prob == 0) & live
-        tiny = fmt.smallest_normal
-        subnormal = (prob > 0) & (prob < tiny) & live
-        out_nan = np.isnan(y)
-        nan_rows = out_nan.any(axis=1)
-        input_nan_rows = np.isnan(x).any(axis=1)
-        masked_rows = np.isneginf(x).all(axis=1) & (width > 0)
-        produced = nan_rows & ~input_nan_rows & ~masked_rows
-        acc = np.longdouble if fmt.name == "float64" else np.float64
-        sums = prob.astype(acc).sum(axis=1) if width else np.ones(n)
-        finite_out = ~nan_rows & (width > 0)
-        err = np.abs(sums - 1).astype(np.float64)
-        # a correctly rounded row sums to 1 within u (each p_i errs by at most
-        # u p_i); the emulated sum and the log->prob conversion add a little
-        tol = 4.0
-        off = finite_out & (err > tol * fmt.eps)
-        valid = y[~out_nan]
-        finite_vals = valid[np.isfinite(valid)]
-        pred = np.argmax(np.where(np.isnan(y), -np.inf, y), axis=1)[finite_out] if width else []
-        classes, counts = np.unique(pred, return_counts=True) if len(pred) else ([], [])
-        order = np.argsort(counts)[::-1][:top_classes] if len(counts) else []
-    return SoftmaxDiagnostics(
-        inputs=inputs, variant=result.variant, dtype=fmt.name, emulated=result.emulated,
-        kind=result.kind,
-        exp_overflow=result.stats.exp_overflow,
-        exp_underflow=result.stats.exp_underflow,
-        sum_overflow_rows=result.stats.sum_overflow_rows,
-        underflow_to_zero=0 if sparse else int(zero.sum()),
-        exact_zeros=int(zero.sum()) if sparse else 0, subnormal=int(subnormal.sum()),
-        output_nan=int(out_nan.sum()), output_nan_rows=int(nan_rows.sum()),
-        produced_nan_rows=int(produced.sum()),
-        sum_off_rows=int(off.sum()),
-        max_sum_error=float(err[finite_out].max()) if finite_out.any() else 0.0,
-        sum_tolerance=tol,
-        min_value=float(finite_vals.min()) if finite_vals.size else None,
-        max_value=float(finite_vals.max()) if finite_vals.size else None,
-        argmax_counts=[(int(classes[i]), int(counts[i])) for i in order],
-    )
+    acc = Accumulator(result.variant, result.fmt, result.kind, result.emulated, sparse)
+    acc.stats.add(result.stats)
+    x2 = np.asarray(x2)
+    n, width = result.values.shape
+    step = max(1, _DIAG_BLOCK // max(width, 1))
+    for s0 in range(0, max(n, 1), step):
+        acc.add(x2[s0:s0 + step], result.values[s0:s0 + step])
+        if n == 0:
+            break
+    return acc.result(top_classes)

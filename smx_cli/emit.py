@@ -13,7 +13,7 @@ import numpy as np
 from rich.console import Console
 
 from smx_cli import io
-from smx_cli.errors import SmxError
+from smx_cli.errors import SmxError, StdoutClosed
 
 
 @dataclass
@@ -36,21 +36,37 @@ class Payload:
         if fmt == "npy":
             return io.npy_bytes(self.matrix if self.array is None else self.array)
         if fmt in ("csv", "tsv"):
-            if self.matrix.ndim > 2:
-                raise SmxError(f"{fmt.upper()} holds 2-D tables; this result has shape "
-                               f"{self.matrix.shape}: write .npy instead")
-            return io.csv_text(self.matrix, self.columns, "," if fmt == "csv" else "\t").encode()
+            return io.csv_text(self.table(), self.columns, "," if fmt == "csv" else "\t").encode()
         if fmt == "json":
             arrays = self.json_arrays or {"values": self.matrix.reshape(-1, self.matrix.shape[-1])
                                           if self.matrix.ndim else self.matrix.reshape(1, 1)}
             return io.json_document(self.json_meta, arrays).encode()
         raise SmxError(f"unknown output format {fmt!r}")
 
+    def table(self) -> np.ndarray:
+        """``matrix`` as a 2-D table for CSV/TSV.
+
+        An N-d result (N > 2) has its class axis (``json_meta['axis']``, else
+        the last) moved last and the other axes flattened into rows, in C
+        order: row ``i`` of the table is ``moveaxis(result, axis, -1)
+        .reshape(-1, C)[i]``. NPY keeps the shape.
+        """
+        m = self.matrix
+        if m.ndim <= 2:
+            return m
+        axis = self.json_meta.get("axis", -1)
+        if not isinstance(axis, int) or not -m.ndim <= axis < m.ndim:
+            axis = -1
+        m = np.moveaxis(m, axis, -1)
+        return m.reshape(-1, m.shape[-1]) if m.size else m.reshape(0, m.shape[-1])
+
 
 def check_output_path(output: str | None, input_path: str, *others: str | None) -> None:
-    """Refuse -o pointing at an input file: it would be destroyed before being read."""
+    """Refuse -o pointing at an input file (it would be destroyed before being read),
+    into a missing directory, or at a directory or device -- before any work."""
     if output is None:
         return
+    io.check_output_target(output)
     for src in (input_path, *others):
         if src and src != "-" and io.same_file(output, src):
             raise SmxError(f"{output}: refusing to overwrite the input file; choose another -o")
@@ -62,14 +78,15 @@ def write_file(path: str, payload: Payload, fmt: str | None) -> str:
     data = payload.encode(fmt)
     try:
         with io.atomic_output(path, "wb") as fh:
-            fh.write(data)
+            io.write_chunks(fh, data)
     except OSError as exc:
-        raise SmxError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        raise SmxError(f"{path}: cannot write ({exc.strerror or exc}); nothing was written -- "
+                       "free space or choose another -o") from None
     return fmt
 
 
 class _PipeConsole(Console):
-    """A stdout console that lets a closed pipe reach ``cli.main``.
+    """A stdout console that reports a closed pipe to ``cli.main``.
 
     rich's default exits with status 1 when the reader goes away
     (``smx softmax x.csv | head -1``); smx stops quietly with status 0,
@@ -78,7 +95,7 @@ class _PipeConsole(Console):
 
     def on_broken_pipe(self) -> None:
         self.quiet = True
-        raise BrokenPipeError
+        raise StdoutClosed
 
 
 def stdout_console() -> Console:
@@ -86,8 +103,21 @@ def stdout_console() -> Console:
     return _PipeConsole(highlight=False)
 
 
+def write_stdout_bytes(data: bytes) -> None:
+    """Write ``data`` to stdout; a closed pipe raises :class:`StdoutClosed`."""
+    out = click.get_binary_stream("stdout")
+    try:
+        io.write_chunks(out, data)
+        out.flush()
+    except BrokenPipeError:
+        raise StdoutClosed from None
+    except OSError as exc:
+        raise SmxError(f"cannot write to standard output ({exc.strerror or exc}); "
+                       "free space or redirect it elsewhere") from None
+
+
 def write_stdout(payload: Payload, fmt: str) -> None:
     data = payload.encode(fmt)
     if fmt == "npy" and sys.stdout.isatty():
         raise SmxError("refusing to write binary NPY to a terminal; redirect stdout or use -o")
-    click.get_binary_stream("stdout").write(data)
+    write_stdout_bytes(data)

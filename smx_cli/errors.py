@@ -6,7 +6,12 @@ Exit codes
 1   bad data (unreadable or malformed input, mismatched labels), or a result
     with NaN/inf under ``--strict``
 2   usage error (unknown option, bad option value) -- click's own code
-130 interrupted (Ctrl-C)
+130 interrupted (Ctrl-C, SIGINT)
+143 terminated (SIGTERM)
+
+Every error is one line on stderr, ``Error: <file>: <what>; <what to do>``.
+A closed stdout (``smx ... | head -1``) is not an error: smx stops quietly
+with status 0.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ EXIT_OK = 0
 EXIT_BAD_DATA = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 
 class SmxError(click.ClickException):
@@ -31,3 +37,15 @@ class SmxError(click.ClickException):
     def __init__(self, message: str):
         # one line, always: a message that spans lines breaks log scrapers
         super().__init__(" ".join(str(message).split()))
+
+
+class StdoutClosed(Exception):
+    """The reader of stdout went away (``smx ... | head -1``): stop quietly.
+
+    Deliberately not an ``OSError``: click turns a broken pipe into exit 1,
+    and smx exits 0 without a message instead.
+    """
+
+
+class Terminated(BaseException):
+    """Raised from the SIGTERM handler so that cleanup (temporary files) runs."""

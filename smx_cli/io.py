@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import io as _io
 import json
+import math
 import os
 import re
+import stat
 import sys
 import tempfile
+import warnings
 import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -61,14 +64,19 @@ def _read_bytes(path: str) -> tuple[bytes, str]:
     if path == "-":
         return sys.stdin.buffer.read(), "<stdin>"
     if os.path.isdir(path):
-        raise SmxError(f"{path}: is a directory, not a file")
+        raise SmxError(f"{path}: is a directory, not a file; give a file inside it")
+    try:
+        if stat.S_ISCHR(os.stat(path).st_mode) or stat.S_ISBLK(os.stat(path).st_mode):
+            raise SmxError(f"{path}: is a device, not a file; give a file, or - for stdin")
+    except OSError:
+        pass  # reported by open() below
     try:
         with open(path, "rb") as fh:
             return fh.read(), path
     except FileNotFoundError:
-        raise SmxError(f"{path}: no such file") from None
+        raise SmxError(f"{path}: no such file; check the name (or give - for stdin)") from None
     except PermissionError:
-        raise SmxError(f"{path}: permission denied") from None
+        raise SmxError(f"{path}: permission denied; check the file's permissions (ls -l)") from None
     except OSError as exc:
         raise SmxError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
@@ -118,54 +126,105 @@ def read_array(path: str, *, delimiter: str | None = None, header: bool | None =
     return Loaded(values, source, names, "csv")
 
 
+_KIND_NAMES = {"b": "booleans", "c": "complex numbers", "U": "strings", "S": "bytes",
+               "O": "Python objects", "V": "raw records", "M": "dates", "m": "time deltas"}
+
+
+def _check_dtype(dtype: np.dtype, source: str) -> None:
+    """Refuse what is not a real number (from the header, before reading data)."""
+    if dtype == BFLOAT16 or dtype.kind in "fiu":
+        return
+    raise SmxError(f"{source}: holds {_KIND_NAMES.get(dtype.kind, dtype.kind)} (dtype {dtype}); "
+                   "smx needs a real-valued (float or integer) array -- convert it, e.g. "
+                   "x.astype('float64'), and save it again")
+
+
 def _check_numeric(arr: np.ndarray, source: str) -> np.ndarray:
-    kind = arr.dtype.kind
-    if arr.dtype == BFLOAT16:
-        return arr
-    if kind == "f":
-        if arr.dtype.itemsize > 8:
-            return arr.astype(np.float64)
-        return arr
-    if kind in "iu":
-        return arr
-    what = {"b": "booleans", "c": "complex numbers", "U": "strings", "S": "bytes",
-            "O": "Python objects", "V": "raw records", "M": "dates", "m": "time deltas"}
-    raise SmxError(f"{source}: holds {what.get(kind, kind)} (dtype {arr.dtype}); "
-                   "smx needs a real-valued (float or integer) array")
+    """A real-valued array in native byte order (long double becomes float64)."""
+    _check_dtype(arr.dtype, source)
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > 8:
+        return arr.astype(np.float64)
+    if not arr.dtype.isnative:
+        return arr.astype(arr.dtype.newbyteorder("="))
+    return arr
 
 
-def _load_npy(data: bytes, source: str) -> np.ndarray:
-    buf = _io.BytesIO(data)
+def _npy_header(buf, source: str):
+    """The (shape, fortran_order, dtype) of the NPY at ``buf``'s position."""
     try:
-        version = np.lib.format.read_magic(buf)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(buf)
-        else:
-            shape, _, dtype = np.lib.format.read_array_header_2_0(buf)
+        with warnings.catch_warnings():
+            # numpy warns (on stderr) about Python 2 headers, ast about odd
+            # literals: a header is either valid or an error, never a warning
+            warnings.simplefilter("ignore")
+            return _npy_header_unchecked(buf)
     except Exception as exc:  # noqa: BLE001 - any header fault is bad data
-        raise SmxError(f"{source}: not a valid NPY header ({exc})") from None
+        msg = " ".join(str(exc).split())
+        raise SmxError(f"{source}: not a valid NPY header ({msg}); the file is damaged or "
+                       "not written by numpy.save") from None
+
+
+def _npy_header_unchecked(buf):
+    version = np.lib.format.read_magic(buf)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(buf)
+    if version in ((2, 0), (3, 0)):
+        return np.lib.format.read_array_header_2_0(buf)
+    raise ValueError(f"unknown NPY version {version[0]}.{version[1]}")
+
+
+def _load_npy(data: bytes, source: str, numeric: bool = True) -> np.ndarray:
+    """Decode NPY bytes: the header is checked before any data is touched.
+
+    Object dtypes are refused from the header alone, so a pickle payload is
+    never handed to ``pickle``; the data must be exactly as long as the header's
+    shape says (shorter: truncated; longer: a damaged or foreign file).
+    """
+    buf = _io.BytesIO(data)
+    shape, fortran, dtype = _npy_header(buf, source)
     if dtype.hasobject:
         raise SmxError(f"{source}: NPY holds Python objects (dtype {dtype}); smx never "
                        "unpickles files -- save a numeric array instead")
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if dtype.subdtype is not None:  # e.g. '(3,)f8': the sub-shape is part of the array's
+        dtype, sub = dtype.subdtype
+        shape = tuple(shape) + tuple(sub)
+    if numeric:
+        _check_dtype(dtype, source)
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
     available = len(data) - buf.tell()
     if available < expected:
         raise SmxError(f"{source}: truncated NPY: header says shape {tuple(shape)} "
-                       f"({expected} bytes) but the file holds {available} bytes of data")
-    buf.seek(0)
+                       f"({expected} bytes) but the file holds {available} bytes of data; "
+                       "write the file again")
+    if available > expected:
+        raise SmxError(f"{source}: damaged NPY: header says shape {tuple(shape)} "
+                       f"({expected} bytes) but the file holds {available} bytes of data; "
+                       "write the file again")
     try:
-        arr = np.load(buf, allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001
-        raise SmxError(f"{source}: cannot read NPY ({exc})") from None
-    return _check_numeric(arr, source)
+        arr = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=buf.tell())
+        arr = arr.reshape(shape, order="F" if fortran else "C").copy(order="K")
+    except Exception as exc:  # noqa: BLE001 - e.g. a dtype numpy cannot build from bytes
+        msg = " ".join(str(exc).split())
+        raise SmxError(f"{source}: cannot read NPY data ({msg})") from None
+    return _check_numeric(arr, source) if numeric else arr
 
 
 def _load_npz(data: bytes, source: str, key: str | None) -> tuple[np.ndarray, list[str] | None]:
+    """Read one array (and optional class names) from NPZ bytes.
+
+    Members are read with :mod:`zipfile`, their NPY header checked against
+    the member's size before its data is decompressed, so a damaged archive
+    or a header claiming a huge shape fails fast instead of allocating.
+    """
     try:
-        archive = np.load(_io.BytesIO(data), allow_pickle=False)
-        keys = list(archive.files)
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise SmxError(f"{source}: not a valid NPZ archive ({exc})") from None
+        archive = zipfile.ZipFile(_io.BytesIO(data))
+        members = {i.filename[:-4] if i.filename.endswith(".npy") else i.filename: i
+                   for i in archive.infolist() if not i.is_dir()}
+    except Exception as exc:  # noqa: BLE001 - zipfile trips over damaged archives in many ways
+
+        msg = " ".join(str(exc).split())
+        raise SmxError(f"{source}: not a valid NPZ archive ({msg}); the file is damaged or "
+                       "not written by numpy.savez") from None
+    keys = list(members)
     names = None
     name_keys = [k for k in ("classes", "class_names") if k in keys]
     arrays = [k for k in keys if k not in name_keys]
@@ -178,21 +237,52 @@ def _load_npz(data: bytes, source: str, key: str | None) -> tuple[np.ndarray, li
             raise SmxError(f"{source}: NPZ holds {len(arrays)} arrays "
                            f"({', '.join(arrays) or 'none'}); choose one with --key")
     if key not in keys:
-        raise SmxError(f"{source}: NPZ has no array {key!r} (it has: {', '.join(keys)})")
-    try:
-        arr = archive[key]
-        if name_keys:
-            cls = archive[name_keys[0]]
-            if cls.dtype.kind in "US" and cls.ndim == 1:
+        raise SmxError(f"{source}: NPZ has no array {key!r} (it has: {', '.join(keys) or 'none'}); "
+                       "choose one with --key")
+    arr = _npz_member(archive, members[key], f"{source}[{key}]")
+    if name_keys:
+        try:
+            cls = _npz_member(archive, members[name_keys[0]], f"{source}[{name_keys[0]}]",
+                              numeric=False)
+        except SmxError:
+            cls = None  # class names are a nicety: a bad names array is ignored
+        if (cls is not None and cls.dtype.kind in "US" and cls.ndim == 1 and arr.ndim >= 1
+                and cls.shape[0] == arr.shape[-1]):
+            try:
                 names = [str(c) for c in cls.tolist()]
-    except ValueError as exc:
-        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
-            raise SmxError(f"{source}: array {key!r} holds Python objects; smx never "
-                           "unpickles files -- save a numeric array instead") from None
-        raise SmxError(f"{source}: cannot read array {key!r} ({exc})") from None
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise SmxError(f"{source}: corrupt NPZ member {key!r} ({exc})") from None
-    return _check_numeric(arr, f"{source}[{key}]"), names
+            except Exception:  # noqa: BLE001 - e.g. code points beyond U+10FFFF
+                names = None
+    return arr, names
+
+
+def _npz_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str,
+                numeric: bool = True) -> np.ndarray:
+    try:
+        with archive.open(info) as fh:
+            head = fh.read(min(info.file_size, 65536 + 16))
+            if not head.startswith(NPY_MAGIC):
+                raise SmxError(f"{where}: NPZ member is not an NPY array; the archive was not "
+                               "written by numpy.savez")
+            hbuf = _io.BytesIO(head)
+            shape, _, dtype = _npy_header(hbuf, where)
+            if dtype.hasobject:
+                raise SmxError(f"{where}: array holds Python objects (dtype {dtype}); smx never "
+                               "unpickles files -- save a numeric array instead")
+            # the header's size must match the member's before decompressing it all
+            expected = hbuf.tell() + math.prod(shape) * dtype.itemsize
+            if expected != info.file_size:
+                what = "truncated" if expected > info.file_size else "damaged"
+                raise SmxError(f"{where}: {what} NPZ member: header says shape {tuple(shape)} "
+                               f"but the member holds {info.file_size} bytes; write the "
+                               "file again")
+            body = head + fh.read()
+    except SmxError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - zipfile/zlib fail in many ways on damaged data
+
+        msg = " ".join(str(exc).split())
+        raise SmxError(f"{where}: corrupt NPZ member ({msg}); write the file again") from None
+    return _load_npy(body, where, numeric=numeric)
 
 
 def _sniff_delimiter(lines: list[str]) -> str:
@@ -268,7 +358,8 @@ def parse_text(data: bytes | str, source: str, *, delimiter: str | None = None,
         if line:
             numbered.append((lineno, line))
     if not numbered:
-        raise SmxError(f"{source}: no data (the file is empty or holds only comments)")
+        raise SmxError(f"{source}: no data (the file is empty or holds only comments); give rows of "
+                       "logits, one row per sample")
     delim = delimiter if delimiter is not None else _sniff_delimiter([ln for _, ln in numbered])
     if delimiter is not None and delim not in DELIMITERS:
         raise SmxError(f"delimiter must be one of ',', '\\t', ';', ' ' (got {delimiter!r})")
@@ -280,11 +371,13 @@ def parse_text(data: bytes | str, source: str, *, delimiter: str | None = None,
         header = (not any(_is_number(t) for t in first_tokens)
                   and any(any(ch.isalpha() for ch in t) for t in first_tokens))
     names = None
+    numbered_first = numbered[0][1][:40]
     if header:
         names = [_unquote(t) for t in first_tokens]
         numbered = numbered[1:]
         if not numbered:
-            raise SmxError(f"{source}: only a header row, no data rows")
+            hint = "; pass --no-header if that row is data" if auto_header else ""
+            raise SmxError(f"{source}: only a header row ({numbered_first!r}), no data rows{hint}")
     rows = [(lineno, _split(line, delim)) for lineno, line in numbered]
     width = len(names) if names is not None else len(rows[0][1])
     for lineno, tokens in rows:
@@ -302,6 +395,8 @@ def parse_text(data: bytes | str, source: str, *, delimiter: str | None = None,
                     hint = " (a decimal comma? write 1.5, not 1,5)"
                 elif lineno == rows[0][0] and names is None and auto_header:
                     hint = "; pass --header if the first row holds class names"
+                if not hint:
+                    hint = "; fix or remove it (nan, inf and -inf are allowed)"
                 raise SmxError(f"{source}: line {lineno}, column {col}: {what}{hint}")
     values = np.array(flat, dtype=np.float64)
     values = values.reshape(len(rows), width)
@@ -340,26 +435,105 @@ def shortest_strings(values: np.ndarray) -> list[str]:
     return [str(v) for v in flat]
 
 
+#: temporary files are named ``.smx-<pid>-<random>.part`` beside the target
+TEMP_PREFIX = ".smx-"
+TEMP_SUFFIX = ".part"
+_TEMP_NAME = re.compile(r"^\.smx-(\d+)-[A-Za-z0-9_]+\.part$")
+#: large writes go out in pieces of this size (an interrupt lands between two)
+WRITE_CHUNK = 1 << 22
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process, or we cannot tell: leave its file alone
+    return True
+
+
+def remove_stale_temps(directory: str) -> list[str]:
+    """Delete temporary files a killed ``smx`` left in ``directory``.
+
+    ``SIGKILL`` (or a power cut) stops ``smx`` before it can remove its
+    ``.smx-<pid>-*.part`` file. The next write into the same directory
+    removes every such file whose process no longer runs; a file of a
+    running ``smx`` (a concurrent write) is left alone. Returns the names
+    removed.
+    """
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        m = _TEMP_NAME.match(name)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            try:
+                os.unlink(os.path.join(directory, name))
+                removed.append(name)
+            except OSError:
+                pass
+    return removed
+
+
+def _new_file_mode(target: str) -> int:
+    """The mode the output gets: the replaced file's, else 0666 minus the umask."""
+    try:
+        return os.stat(target).st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def check_output_target(path: str) -> str:
+    """Refuse an output path that cannot be written atomically; return its directory.
+
+    Called before any work (so a long computation does not end in "directory
+    does not exist") and again when writing.
+    """
+    target = os.path.abspath(path)
+    directory = os.path.dirname(target)
+    if not os.path.isdir(directory):
+        shown = os.path.dirname(path) or "."
+        what = "is not a directory" if os.path.exists(directory) else "does not exist"
+        raise SmxError(f"{path}: directory {shown} {what}; create it or choose another -o")
+    if os.path.isdir(target):
+        raise SmxError(f"{path}: is a directory; give a file name")
+    if os.path.exists(target) and not os.path.isfile(target):
+        raise SmxError(f"{path}: is not a regular file (a device or pipe); smx writes files "
+                       "atomically -- redirect stdout with --format instead")
+    return directory
+
+
 @contextmanager
 def atomic_output(path: str, mode: str = "w"):
     """Open a temporary file beside ``path``; rename it over ``path`` on success.
 
     On any exception (including KeyboardInterrupt) the temporary file is
-    removed and ``path`` is left untouched.
+    removed and ``path`` is left untouched: a reader sees the old file or the
+    complete new one, never a truncated one. The temporary file is named
+    ``.smx-<pid>-<random>.part``; one left by a killed process (SIGKILL
+    cannot be caught) is removed by the next write into that directory. The
+    new file keeps the mode of the file it replaces (else 0666 minus umask).
     """
-    target = os.path.abspath(path)
-    directory = os.path.dirname(target)
-    if not os.path.isdir(directory):
-        raise SmxError(f"{path}: directory {os.path.dirname(path) or '.'} does not exist")
-    if os.path.isdir(target):
-        raise SmxError(f"{path}: is a directory")
+    directory = check_output_target(path)
+    target = os.path.join(directory, os.path.basename(os.path.abspath(path)))
+    remove_stale_temps(directory)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".smx-", suffix=".part", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=TEMP_SUFFIX,
+                                   dir=directory)
     except OSError as exc:
-        raise SmxError(f"{path}: cannot write here ({exc.strerror or exc})") from None
+        raise SmxError(f"{path}: cannot write in {os.path.dirname(path) or '.'} "
+                       f"({exc.strerror or exc}); choose another -o") from None
     try:
         with os.fdopen(fd, mode, **({"newline": ""} if "b" not in mode else {})) as fh:
             yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, _new_file_mode(target))
         os.replace(tmp, target)
     except BaseException:
         try:
@@ -367,6 +541,13 @@ def atomic_output(path: str, mode: str = "w"):
         except OSError:
             pass
         raise
+
+
+def write_chunks(fh, data: bytes, chunk: int = WRITE_CHUNK) -> None:
+    """Write ``data`` in pieces, so that Ctrl-C is handled during a large write."""
+    view = memoryview(data)
+    for start in range(0, len(view), chunk):
+        fh.write(view[start:start + chunk])
 
 
 def output_format(path: str, fmt: str | None) -> str:

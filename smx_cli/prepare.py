@@ -57,5 +57,7 @@ def load_rows(path: str, *, delimiter=None, header=None, key=None, axis: int = -
     try:
         x2, moved_shape, ax = as_rows(arr, axis)
     except ValueError as exc:
-        raise SmxError(f"{loaded.source}: {exc} (shape {arr.shape}); pass --axis") from None
+        nd = max(arr.ndim, 1)
+        raise SmxError(f"{loaded.source}: {exc} (shape {arr.shape}); give --axis between "
+                       f"{-nd} and {nd - 1} (the class axis; the other axes are rows)") from None
     return Rows(x2, loaded, ax, arr.ndim, moved_shape)

@@ -19,6 +19,9 @@ BAR_WIDTH = 28
 #: the numeric columns of the comparison table, in order
 COLUMNS = ("ovfl", "unfl", "NaN", "failed", "max ulp", "med ulp", "err/u",
            "|sum-1|", "|dlogp|")
+#: which numeric columns go first when the table does not fit the terminal
+#: (the counts of failures, max ulp and the verdict always stay)
+DROP_ORDER = ("med ulp", "|dlogp|", "err/u", "|sum-1|", "unfl", "NaN")
 
 
 def fmt_num(v: float | None, digits: int = 3) -> str:
@@ -78,32 +81,41 @@ def variant_name(variant: str) -> str:
     return variant
 
 
-def comparison_table(c: Comparison, title: str) -> Table:
-    """One row per variant x format: counts, errors in ulps, verdict (coloured)."""
+def comparison_table(c: Comparison, title: str, columns: tuple[str, ...] = COLUMNS) -> Table:
+    """One row per variant x format: counts, errors in ulps, verdict (coloured).
+
+    ``columns`` picks the numeric columns shown (a subset of :data:`COLUMNS`,
+    for narrow terminals); the caption names the ones left out.
+    """
     t = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False,
-              caption=_caption(c), caption_justify="left", padding=(0, 1, 0, 0))
+              caption=_caption(c, [n for n in COLUMNS if n not in columns]),
+              caption_justify="left", padding=(0, 1, 0, 0))
     t.add_column("dtype", no_wrap=True)
     t.add_column("variant", no_wrap=True)
-    for name in COLUMNS:
+    shown = [n for n in COLUMNS if n in columns]
+    for name in shown:
         t.add_column(name, justify="right", no_wrap=True)
     t.add_column("verdict", no_wrap=True)
     last = None
     for r in c.reports:
         if last is not None and r.dtype != last:
             t.add_section()
+        cells = {
+            "ovfl": _count(r.overflow_rows), "unfl": _count(r.underflow), "NaN": _count(r.nan),
+            "failed": _count(r.failed_rows), "max ulp": fmt_num(r.max_ulp),
+            "med ulp": fmt_num(r.median_ulp), "err/u": fmt_num(r.max_row_error_u),
+            "|sum-1|": fmt_num(r.max_sum_error), "|dlogp|": fmt_num(r.max_logp_error),
+        }
         t.add_row(
             r.dtype if r.dtype != last else "", variant_name(r.variant),
-            _count(r.overflow_rows), _count(r.underflow), _count(r.nan),
-            _count(r.failed_rows),
-            fmt_num(r.max_ulp), fmt_num(r.median_ulp), fmt_num(r.max_row_error_u),
-            fmt_num(r.max_sum_error), fmt_num(r.max_logp_error),
+            *[cells[name] for name in shown],
             Text(r.verdict, style=VERDICT_STYLE[r.verdict]),
         )
         last = r.dtype
     return t
 
 
-def _caption(c: Comparison) -> str:
+def _caption(c: Comparison, dropped: list[str] | None = None) -> str:
     skipped = {r.dtype: (r.skipped_rows, r.out_of_range_rows) for r in c.reports}
     lines = [
         "smx: smx's accurate path. ovfl: rows where exp or the sum became inf; unfl: "
@@ -114,6 +126,9 @@ def _caption(c: Comparison) -> str:
         "The input is rounded to each dtype first; the reference is exact for that rounded "
         "input.",
     ]
+    if dropped:
+        lines.append(f"Not shown to fit the terminal: {', '.join(dropped)} (a wider terminal, "
+                     "COLUMNS=N, or --format json shows them).")
     for dt, (n, oor) in skipped.items():
         if n:
             why = f", {oor:,} with logits beyond the {dt} range" if oor else ""
@@ -166,9 +181,9 @@ def _vector(vals: list[float], cols: list[int] | None, style: bool = True) -> Te
     return out
 
 
-def comparison_view(c: Comparison, title: str) -> Group:
+def comparison_view(c: Comparison, title: str, columns: tuple[str, ...] = COLUMNS) -> Group:
     """The whole compare-stability screen: table, thresholds, worst rows."""
-    parts = [comparison_table(c, title), thresholds_line(c.thresholds)]
+    parts = [comparison_table(c, title, columns), thresholds_line(c.thresholds)]
     worst = worst_rows_table(c)
     if worst is not None:
         parts += [Text(""), worst]
@@ -186,7 +201,7 @@ def sweep_table(s: Sweep, title: str) -> Table:
     t = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
     t.add_column("breaks at scale")
     for d in dtypes:
-        t.add_column(d, justify="right")
+        t.add_column(d, justify="right", no_wrap=True)
     for v in variants:
         cells = []
         for d in dtypes:

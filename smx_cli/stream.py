@@ -100,6 +100,77 @@ def block_rows_for(n_cols: int, itemsize: int, block_bytes: int) -> int:
     return max(1, block_bytes // max(1, n_cols * itemsize))
 
 
+def npy_info(path: str) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype an NPY file's header declares (nothing else is read).
+
+    Raises :class:`StreamError` when the file's size does not match the
+    header (truncated, or with trailing bytes).
+    """
+    with open(path, "rb") as fh:
+        shape, dtype, _ = read_npy_header(fh)
+        start = fh.tell()
+    expected = start + int(np.prod(shape, dtype=object)) * dtype.itemsize
+    size = os.path.getsize(path)
+    if size != expected:
+        what = "truncated NPY" if size < expected else "NPY with trailing bytes"
+        raise StreamError(f"{path}: {what}: the header says shape {tuple(shape)} "
+                          f"({expected - start} bytes) but the file holds {size - start}")
+    return shape, dtype
+
+
+def iter_npy_blocks(in_path: str, *, block_bytes: int = DEFAULT_BLOCK_BYTES
+                    ) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Yield ``(start, total_rows, block)`` over an NPY file's rows, in bounded memory.
+
+    The array is seen as (N, C) rows of its last axis (a 1-D array is one
+    row, a 0-d one a single value). ``block`` is a view of one reused buffer,
+    in native byte order: copy what you keep. A (0, C) block is yielded once
+    for an empty array. Raises :class:`StreamError` for a truncated file.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "x.npy")
+    >>> np.save(p, np.arange(6.0).reshape(3, 2))
+    >>> [(s, b.tolist()) for s, _, b in iter_npy_blocks(p, block_bytes=32)]
+    [(0, [[0.0, 1.0], [2.0, 3.0]]), (2, [[4.0, 5.0]])]
+    """
+    with open(in_path, "rb") as fi:
+        shape, dtype, fortran = read_npy_header(fi)
+        data_start = fi.tell()
+        if len(shape) == 0:
+            shape1 = (1, 1)
+        elif len(shape) == 1:
+            shape1 = (1, shape[0])
+        else:
+            shape1 = (int(np.prod(shape[:-1], dtype=np.int64)), shape[-1])
+        n, c = shape1
+        native = dtype.newbyteorder("=") if dtype.byteorder not in "=|" else dtype
+        step = block_rows_for(c, dtype.itemsize, block_bytes)
+        mm = None
+        if fortran and len(shape) >= 2 and n and c:
+            mm = np.memmap(in_path, dtype=dtype, mode="r", offset=data_start,
+                           shape=shape, order="F").reshape(shape1, order="F")
+        buf = np.empty(min(step, max(n, 1)) * c, dtype=dtype)
+        for s0 in range(0, max(n, 1), step):
+            s1 = min(s0 + step, n)
+            rows = s1 - s0
+            if mm is not None:
+                xb = np.ascontiguousarray(mm[s0:s1])
+            else:
+                view = buf[:rows * c]
+                got = fi.readinto(memoryview(view).cast("B")) if rows * c else 0
+                if got != view.nbytes:
+                    raise StreamError(f"{in_path}: the data ends early "
+                                      f"(row {s0 + got // max(1, c * dtype.itemsize)} of {n})")
+                xb = view.reshape(rows, c)
+            if native is not dtype:
+                xb = xb.astype(native)
+            yield s0, n, xb
+            if n == 0:
+                break
+
+
 def stream_npy(in_path: str, out_path: str, fn: Callable[[np.ndarray], np.ndarray], *,
                block_bytes: int = DEFAULT_BLOCK_BYTES, progress: Progress | None = None
                ) -> tuple[int, ...]:
@@ -139,61 +210,32 @@ def stream_npy(in_path: str, out_path: str, fn: Callable[[np.ndarray], np.ndarra
     >>> np.load(os.path.join(d, "p.npy")).round(4)
     array([[0.09  , 0.2447, 0.6652]])
     """
-    with open(in_path, "rb") as fi:
-        shape, dtype, fortran = read_npy_header(fi)
-        data_start = fi.tell()
-        if len(shape) == 0:
-            shape1 = (1, 1)
-        elif len(shape) == 1:
-            shape1 = (1, shape[0])
-        else:
-            shape1 = (int(np.prod(shape[:-1], dtype=np.int64)), shape[-1])
-        n, c = shape1
-        lead = tuple(shape[:-1]) if len(shape) >= 2 else ()
-        native = dtype.newbyteorder("=") if dtype.byteorder not in "=|" else dtype
-        step = block_rows_for(c, dtype.itemsize, block_bytes)
-        mm = None
-        if fortran and len(shape) >= 2 and n and c:
-            mm = np.memmap(in_path, dtype=dtype, mode="r", offset=data_start,
-                           shape=shape, order="F").reshape(shape1, order="F")
-        buf = np.empty(min(step, max(n, 1)) * c, dtype=dtype)
-        with atomic_path(out_path) as tmp, open(tmp, "wb") as fo:
-            header_done = False
-            out_shape = None
-            for s0 in range(0, max(n, 1), step):
-                s1 = min(s0 + step, n)
-                rows = s1 - s0
-                if mm is not None:
-                    xb = np.ascontiguousarray(mm[s0:s1])
-                else:
-                    view = buf[:rows * c]
-                    got = fi.readinto(memoryview(view).cast("B")) if rows * c else 0
-                    if got != view.nbytes:
-                        raise StreamError(f"{in_path}: the data ends early "
-                                          f"(row {s0 + got // max(1, c * dtype.itemsize)} of {n})")
-                    xb = view.reshape(rows, c)
-                if native is not dtype:
-                    xb = xb.astype(native)
-                res = np.asarray(fn(xb))
-                if res.ndim == 1:
-                    res = res.reshape(rows, -1) if rows else res.reshape(0, -1 if res.size else 0)
-                if res.shape[0] != rows:
-                    raise ValueError(f"the block function returned {res.shape[0]} rows for {rows}")
-                if not header_done:
-                    out_dtype = res.dtype
-                    if out_dtype.name == "bfloat16":
-                        out_dtype = np.dtype(np.float32)
-                    out_shape = lead + (res.shape[1],)
-                    _write_header(fo, out_shape, out_dtype)
-                    header_done = True
-                if res.shape[1] != out_shape[-1]:
-                    raise ValueError("the block function changed its column count")
-                if res.size:
-                    fo.write(memoryview(np.ascontiguousarray(res, dtype=out_dtype)).cast("B"))
-                if progress is not None:
-                    progress(s1, n)
-                if n == 0:
-                    break
+    shape, _ = npy_info(in_path)
+    lead = tuple(shape[:-1]) if len(shape) >= 2 else ()
+    from smx_cli import io as smx_io  # atomic, Ctrl-C-safe output shared with every command
+
+    with smx_io.atomic_output(out_path, "wb") as fo:
+        out_shape = None
+        out_dtype = None
+        for s0, n, xb in iter_npy_blocks(in_path, block_bytes=block_bytes):
+            rows = xb.shape[0]
+            res = np.asarray(fn(xb))
+            if res.ndim == 1:
+                res = res.reshape(rows, -1) if rows else res.reshape(0, -1 if res.size else 0)
+            if res.shape[0] != rows:
+                raise ValueError(f"the block function returned {res.shape[0]} rows for {rows}")
+            if out_shape is None:
+                out_dtype = res.dtype
+                if out_dtype.name == "bfloat16":
+                    out_dtype = np.dtype(np.float32)
+                out_shape = lead + (res.shape[1],)
+                _write_header(fo, out_shape, out_dtype)
+            if res.shape[1] != out_shape[-1]:
+                raise ValueError("the block function changed its column count")
+            if res.size:
+                smx_io.write_chunks(fo, memoryview(np.ascontiguousarray(res, dtype=out_dtype)).cast("B"))
+            if progress is not None:
+                progress(s0 + rows, n)
     return out_shape
 
 

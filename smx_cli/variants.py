@@ -74,7 +74,8 @@ def apply_mask(x2: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
 
 def run(x2: np.ndarray, variant: str = "stable", *, temperature: float = 1.0,
         dtype: str | None = None, masked: str = "nan", mask: np.ndarray | None = None,
-        options: VariantOptions | None = None) -> VariantRun:
+        options: VariantOptions | None = None, fast: bool = False,
+        threads: int | None = None) -> VariantRun:
     """Compute any variant of the family over (N, C) rows.
 
     With a ``mask`` (True = keep), masked entries get probability 0 and a
@@ -96,7 +97,10 @@ def run(x2: np.ndarray, variant: str = "stable", *, temperature: float = 1.0,
         masked = "zeros"
     x = apply_mask(x2, mask)
     if variant in SOFTMAX_VARIANTS:
-        return VariantRun(compute(x, variant, temperature, dtype, masked), None, None, x)
+        res = compute(x, variant, temperature, dtype, masked, fast=fast, threads=threads)
+        return VariantRun(res, None, None, x)
+    if fast:
+        raise ValueError(f"fast mode applies to the stable and log variants, not {variant}")
     if not (np.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     fmt = format_of(dtype) if dtype else result_format(np.asarray(x).dtype)

@@ -228,3 +228,27 @@ def test_help_has_examples():
     assert "Examples:\n    smx compare-stability\n" in r.stdout
     assert "[FILE]" in r.stdout
     assert "compare-stability" in CliRunner().invoke(cli, ["--help"]).stdout
+
+
+def test_table_fits_80_columns_without_squeezed_cells():
+    """At 80 columns (non-TTY default) whole columns are dropped, not every cell
+    squeezed to "0.…"; the caption says which, and a wide terminal shows all."""
+    from click.testing import CliRunner
+
+    from smx_cli.cli import cli
+
+    r = CliRunner().invoke(cli, ["compare-stability"], env={"COLUMNS": "80"})
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert max(len(ln) for ln in lines) <= 80
+    assert "…" not in r.stdout
+    header = next(ln for ln in lines if "variant" in ln and "verdict" in ln)
+    for name in ("dtype", "ovfl", "failed", "max ulp", "verdict"):
+        assert name in header
+    assert "med ulp" not in header and "Not shown to fit the terminal: med ulp" in r.stdout
+    assert re.search(r"float16\s+naive\s+2\s", r.stdout)
+    wide = CliRunner().invoke(cli, ["compare-stability"], env={"COLUMNS": "200"})
+    header = next(ln for ln in wide.stdout.splitlines() if "variant" in ln and "verdict" in ln)
+    assert "med ulp" in header and "|dlogp|" in header and "Not shown" not in wide.stdout
+    r = CliRunner().invoke(cli, ["compare-stability", "--sweep"], env={"COLUMNS": "80"})
+    assert max(len(ln) for ln in r.stdout.splitlines()) <= 80 and "…" not in r.stdout
