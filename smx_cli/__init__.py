@@ -13,8 +13,8 @@ from importlib import import_module
 # The API is loaded on first use (PEP 562), so that `smx --help` and the
 # console script do not import numpy before they need it.
 _API = {
-    "softmax": "softmax", "log_softmax": "softmax", "logsumexp": "softmax",
-    "compute": "softmax", "VARIANTS": "softmax",
+    "softmax": "softmax_ops", "log_softmax": "softmax_ops", "logsumexp": "softmax_ops",
+    "compute": "softmax_ops", "VARIANTS": "softmax_ops",
     "cross_entropy": "xent", "nll_loss": "xent", "cross_entropy_grad": "xent",
     "softmax_jacobian": "grad", "softmax_vjp": "grad", "log_softmax_vjp": "grad",
     "check_grad": "grad", "saturation": "grad",

@@ -22,7 +22,7 @@ from smx_cli.io import NPY_MAGIC, output_format, read_array
 from smx_cli.kernels import FAST_ULP_NOTE
 from smx_cli.masks import read_mask
 from smx_cli.prepare import load_rows
-from smx_cli.softmax import MASKED_POLICIES, VARIANT_HELP, as_rows, from_rows
+from smx_cli.softmax_ops import MASKED_POLICIES, VARIANT_HELP, as_rows, from_rows
 
 _VARIANT_LINES = "\n".join(f"  {name:<9} {text}"
                            for name, text in {**VARIANT_HELP, **FAMILY_HELP}.items())

@@ -15,7 +15,7 @@ from smx_cli.labels import read_labels, read_weights, split_label_column
 from smx_cli.options import input_options
 from smx_cli.precision import result_format
 from smx_cli.prepare import Rows, load_rows
-from smx_cli.softmax import as_rows
+from smx_cli.softmax_ops import as_rows
 from smx_cli.xent import INPUT_KINDS, REDUCTIONS, evaluate
 
 

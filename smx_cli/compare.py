@@ -4,7 +4,7 @@ The numerics behind ``smx compare-stability``; no printing, no click, no rich.
 
 For each format the input is first rounded to that format, so that a
 comparison measures the *algorithm*, not the rounding of its input. Each
-variant then runs emulated in the format (:func:`smx_cli.softmax.compute` with
+variant then runs emulated in the format (:func:`smx_cli.softmax_ops.compute` with
 ``dtype=name``: every operation rounded, 16-bit sums left to right as in the
 ``chop`` scripts of Blanchard, Higham & Higham 2021), and its probabilities are
 compared with the exact softmax of the *rounded* input
@@ -44,7 +44,7 @@ import numpy as np
 
 from smx_cli.precision import FORMATS, Format, ulp_error
 from smx_cli.reference import exact_softmax
-from smx_cli.softmax import compute
+from smx_cli.softmax_ops import compute
 
 TEXTBOOK = ("naive", "stable", "log", "online", "lse")
 ACCURATE = "smx"

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from smx_cli.softmax import KernelStats, SoftmaxResult
+from smx_cli.softmax_ops import KernelStats, SoftmaxResult
 
 
 @dataclass
@@ -105,7 +105,7 @@ class Accumulator:
 
     Examples
     --------
-    >>> from smx_cli.softmax import compute
+    >>> from smx_cli.softmax_ops import compute
     >>> x = np.array([[1.0, 2.0], [3.0, -np.inf], [np.nan, 0.0]])
     >>> acc = Accumulator("stable", compute(x).fmt, "prob", False)
     >>> for i in range(3):
@@ -217,7 +217,7 @@ def diagnose(x2: np.ndarray, result: SoftmaxResult, top_classes: int = 5,
 
     Examples
     --------
-    >>> from smx_cli.softmax import compute
+    >>> from smx_cli.softmax_ops import compute
     >>> x = np.array([[1000.0, 2000.0, 3000.0]])
     >>> d = diagnose(x, compute(x, "naive"))
     >>> d.exp_overflow, d.output_nan_rows

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from smx_cli.precision import format_of, result_format
-from smx_cli.softmax import as_rows, check_temperature, compute, from_rows
+from smx_cli.softmax_ops import as_rows, check_temperature, compute, from_rows
 
 _BLOCK_ELEMENTS = 1 << 18
 _LONG = np.longdouble

@@ -1,9 +1,9 @@
 """One entry point for every member of the softmax family, and its gradients.
 
-:func:`run` dispatches a variant name to :mod:`smx_cli.softmax` (naive, stable,
+:func:`run` dispatches a variant name to :mod:`smx_cli.softmax_ops` (naive, stable,
 log, online, lse) or :mod:`smx_cli.family` (hardmax, sparsemax, entmax15,
 entmax, gumbel), applies an optional mask, and returns a
-:class:`~smx_cli.softmax.SoftmaxResult` plus what only some variants have
+:class:`~smx_cli.softmax_ops.SoftmaxResult` plus what only some variants have
 (support sizes, the soft sample behind a hard Gumbel draw).
 :func:`vjp` and :func:`jacobian` give each variant's gradient in closed form.
 """
@@ -15,8 +15,8 @@ import numpy as np
 
 from smx_cli import family, grad
 from smx_cli.precision import format_of, result_format
-from smx_cli.softmax import VARIANTS as SOFTMAX_VARIANTS
-from smx_cli.softmax import KernelStats, SoftmaxResult, compute
+from smx_cli.softmax_ops import VARIANTS as SOFTMAX_VARIANTS
+from smx_cli.softmax_ops import KernelStats, SoftmaxResult, compute
 
 ALL_VARIANTS = SOFTMAX_VARIANTS + family.SPARSE_VARIANTS
 # variants whose zeros are exact by design, not underflow

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from smx_cli import kernels
-from smx_cli.softmax import compute
+from smx_cli.softmax_ops import compute
 
 REDUCTIONS = ("mean", "sum", "none")
 INPUT_KINDS = ("logits", "log-probs", "probs")

@@ -16,7 +16,7 @@ from smx_cli.compare import (ALL_VARIANTS, SEED_ROWS, ULP_OK, WORST_COLUMNS, che
                              scales_up_to, sweep, thresholds)
 from smx_cli.precision import FORMATS, ulp_error
 from smx_cli.reference import exact_softmax
-from smx_cli.softmax import compute
+from smx_cli.softmax_ops import compute
 
 MNIST = os.path.join(SAMPLES, "mnist_lenet_logits.npy")
 

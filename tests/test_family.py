@@ -5,7 +5,7 @@ from scipy.optimize import brentq
 
 from smx_cli.family import (apply_mask, entmax15, entmax_bisect, gumbel_softmax, hardmax,
                             sparse_jacobian, sparse_vjp, sparsemax)
-from smx_cli.softmax import softmax
+from smx_cli.softmax_ops import softmax
 
 RNG = np.random.default_rng(11)
 ROWS = np.concatenate([RNG.normal(0, s, (40, 9)) for s in (0.1, 1, 5, 50)]

@@ -24,14 +24,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from smx_cli.softmax import VARIANTS as ALL_VARIANTS
-from smx_cli.softmax import compute, log_softmax, logsumexp, softmax
+from smx_cli.softmax_ops import VARIANTS as ALL_VARIANTS
+from smx_cli.softmax_ops import compute, log_softmax, logsumexp, softmax
 from smx_cli.xent import cross_entropy
 
-# the API functions, imported from their modules: `smx_cli.softmax` itself is
-# the submodule, not the function, once `smx_cli.softmax` (the module) has been
-# imported before the lazy attribute was first read (see the lazy API in
-# smx_cli/__init__.py)
 
 settings.register_profile("ci", max_examples=60, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])

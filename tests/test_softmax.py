@@ -22,7 +22,7 @@ import scipy.special
 
 from smx_cli.precision import FORMATS, ulp_error
 from smx_cli.reference import exact_softmax
-from smx_cli.softmax import ONLINE_BLOCK, _BLOCK_ELEMENTS, compute, log_softmax, logsumexp, softmax
+from smx_cli.softmax_ops import ONLINE_BLOCK, _BLOCK_ELEMENTS, compute, log_softmax, logsumexp, softmax
 
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 ACCURATE = ("stable", "log", "online")

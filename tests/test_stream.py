@@ -6,7 +6,7 @@ import pytest
 
 from smx_cli import stream
 from smx_cli.io import csv_text, shortest_strings
-from smx_cli.softmax import compute
+from smx_cli.softmax_ops import compute
 
 
 def files(d):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from smx_cli import family, grad, variants
-from smx_cli.softmax import softmax
+from smx_cli.softmax_ops import softmax
 
 RNG = np.random.default_rng(21)
 

@@ -13,7 +13,7 @@ import pytest
 
 from smx_cli import labels as labels_mod
 from smx_cli import xent
-from smx_cli.softmax import log_softmax
+from smx_cli.softmax_ops import log_softmax
 from smx_cli.xent import cross_entropy, cross_entropy_grad, evaluate, nll_loss
 
 RNG = np.random.default_rng(20240603)
