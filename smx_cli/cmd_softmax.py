@@ -193,6 +193,8 @@ def _show_values(console, values, logits, result, variant, temperature, source, 
 
 # inputs at least this big get a progress bar (when stderr is a terminal)
 _PROGRESS_BYTES = 64 << 20
+# input bytes per streamed block: peak memory is a few times this
+_STREAM_BLOCK = 32 << 20
 
 
 def _streamable(file, axis, output, fmt, variant, mask_path, gradients) -> bool:
@@ -258,9 +260,9 @@ def _streamed(file, variant, temperature, dtype, masked, opts, fast, threads, ou
     with _progress(total_bytes) as advance:
         try:
             if output:
-                stream.stream_npy(file, output, block, progress=advance)
+                stream.stream_npy(file, output, block, progress=advance, block_bytes=_STREAM_BLOCK)
             else:
-                for s0, n, xb in stream.iter_npy_blocks(file):
+                for s0, n, xb in stream.iter_npy_blocks(file, block_bytes=_STREAM_BLOCK):
                     block(xb)
                     advance(s0 + len(xb), n)
         except stream.StreamError as exc:

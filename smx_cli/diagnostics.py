@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from smx_cli.softmax_ops import KernelStats, SoftmaxResult
+from smx_cli.softmax_ops import KernelStats, SoftmaxResult, _split_row_sum
 
 
 @dataclass
@@ -128,13 +128,77 @@ class Accumulator:
         self.stats = KernelStats()
 
     def add(self, x2: np.ndarray, values: np.ndarray, stats: KernelStats | None = None) -> None:
-        """Count one block of rows."""
+        """Count one block of rows (cut into cache-sized pieces; memory stays small)."""
         if stats is not None:
             self.stats.add(stats)
+        x2 = np.asarray(x2)
+        values = np.asarray(values)
+        n = values.shape[0]
+        width = values.shape[1] if values.ndim == 2 else 0
+        self.classes = width
+        step = max(1, _DIAG_BLOCK // max(width, 1))
+        with np.errstate(all="ignore"):
+            for s0 in range(0, n, step):
+                self._add(x2[s0:s0 + step], values[s0:s0 + step])
+
+    def _add(self, x: np.ndarray, y: np.ndarray) -> None:
+        n, width = y.shape
+        self.rows += n
+        if not width:
+            return
+        # rows whose logits and results are all finite (nearly all of them) need
+        # only a few passes in their own dtype; the rest get the careful count
+        ysum = y.sum(axis=1, dtype=np.float64)
+        clean = np.isfinite(x.sum(axis=1, dtype=np.float64)) & np.isfinite(ysum)
+        if clean.all():
+            self._add_clean(x, y, ysum)
+        else:
+            if clean.any():
+                self._add_clean(x[clean], y[clean], ysum[clean])
+            self._add_special(x[~clean], y[~clean])
+
+    def _add_clean(self, x: np.ndarray, y: np.ndarray, ysum: np.ndarray) -> None:
+        c = self.counts
+        tiny = self.fmt.smallest_normal
+        if self.kind == "logprob":
+            c["zero"] += int(np.count_nonzero(np.isneginf(y)))
+            c["subnormal"] += int(np.count_nonzero((y < np.log(tiny)) & ~np.isneginf(y)))
+            prob = np.exp(y.astype(np.float64))
+        else:
+            zeros = int(np.count_nonzero(y == 0))
+            c["zero"] += zeros
+            c["subnormal"] += int(np.count_nonzero(y < tiny)) - zeros
+            prob = y
+        if self.kind == "prob" and self.fmt.name != "float64":
+            # float64 sums of <= 32-bit probabilities: already accurate enough
+            err = np.abs(ysum - 1)
+            self.counts["off"] += int(np.count_nonzero(err > SUM_TOLERANCE * self.fmt.eps))
+            self.max_err = max(self.max_err, float(err.max()))
+        else:
+            self._sums(prob, np.ones(len(y), dtype=bool))
+        top = np.argmax(y, axis=1)
+        self.vmin = min(self.vmin, float(y.min()))
+        self.vmax = max(self.vmax, float(y[np.arange(len(y)), top].max()))
+        counts = np.bincount(top, minlength=y.shape[1])
+        self.argmax = counts if self.argmax is None else self.argmax + counts
+
+    def _sums(self, prob: np.ndarray, rows: np.ndarray) -> None:
+        """|sum(p) - 1| of the given rows, accurate to far below the tolerance."""
+        if not rows.any():
+            return
+        p = prob[rows]
+        if self.fmt.name == "float64":
+            # an error-free split sum: numpy's own sum errs by up to ~(C/8) u
+            hi, lo = _split_row_sum(np.asarray(p, dtype=np.float64))
+            err = np.abs((hi[:, 0] - 1) + lo[:, 0])  # hi - 1 is exact near 1 (Sterbenz)
+        else:
+            err = np.abs(p.sum(axis=1, dtype=np.float64) - 1)
+        self.counts["off"] += int(np.count_nonzero(err > SUM_TOLERANCE * self.fmt.eps))
+        self.max_err = max(self.max_err, float(err.max()))
+
+    def _add_special(self, x2: np.ndarray, values: np.ndarray) -> None:
         c = self.counts
         inp = count_inputs(x2)
-        self.rows += inp.rows
-        self.classes = inp.classes
         for key in ("nan", "pos_inf", "neg_inf", "nan_rows", "inf_rows", "masked_rows"):
             c[key] += getattr(inp, key)
         x = np.asarray(x2).astype(np.float64, copy=False)
@@ -142,35 +206,28 @@ class Accumulator:
         n, width = y.shape
         if not n:
             return
-        with np.errstate(all="ignore"):
-            row_max = x.max(axis=1) if width else np.full(n, -np.inf)
-            live = np.isfinite(x) & np.isfinite(row_max)[:, None]
-            prob = np.exp(y) if self.kind == "logprob" else y
-            c["zero"] += int(np.count_nonzero((prob == 0) & live))
-            c["subnormal"] += int(np.count_nonzero((prob > 0) & (prob < self.fmt.smallest_normal)
-                                                   & live))
-            out_nan = np.isnan(y)
-            nan_rows = out_nan.any(axis=1)
-            c["out_nan"] += int(out_nan.sum())
-            c["nan_rows_out"] += int(nan_rows.sum())
-            input_nan_rows = np.isnan(x).any(axis=1)
-            masked_rows = np.isneginf(x).all(axis=1) & (width > 0)
-            c["produced"] += int((nan_rows & ~input_nan_rows & ~masked_rows).sum())
-            wide = np.longdouble if self.fmt.name == "float64" else np.float64
-            sums = prob.astype(wide).sum(axis=1) if width else np.ones(n)
-            finite_out = ~nan_rows & (width > 0)
-            err = np.abs(sums - 1).astype(np.float64)
-            c["off"] += int((finite_out & (err > SUM_TOLERANCE * self.fmt.eps)).sum())
-            if finite_out.any():
-                self.max_err = max(self.max_err, float(err[finite_out].max()))
-            finite_vals = np.where(np.isfinite(y), y, np.nan)
-            if np.isfinite(finite_vals).any():
-                self.vmin = min(self.vmin, float(np.nanmin(finite_vals)))
-                self.vmax = max(self.vmax, float(np.nanmax(finite_vals)))
-            if width:
-                pred = np.argmax(np.where(out_nan, -np.inf, y), axis=1)[finite_out]
-                counts = np.bincount(pred, minlength=width)
-                self.argmax = counts if self.argmax is None else self.argmax + counts
+        row_max = x.max(axis=1)
+        live = np.isfinite(x) & np.isfinite(row_max)[:, None]
+        prob = np.exp(y) if self.kind == "logprob" else y
+        c["zero"] += int(np.count_nonzero((prob == 0) & live))
+        c["subnormal"] += int(np.count_nonzero((prob > 0) & (prob < self.fmt.smallest_normal)
+                                               & live))
+        out_nan = np.isnan(y)
+        nan_rows = out_nan.any(axis=1)
+        c["out_nan"] += int(out_nan.sum())
+        c["nan_rows_out"] += int(nan_rows.sum())
+        input_nan_rows = np.isnan(x).any(axis=1)
+        masked_rows = np.isneginf(x).all(axis=1)
+        c["produced"] += int((nan_rows & ~input_nan_rows & ~masked_rows).sum())
+        self._sums(prob, ~nan_rows)
+        finite_vals = np.where(np.isfinite(y), y, np.nan)
+        if np.isfinite(finite_vals).any():
+            self.vmin = min(self.vmin, float(np.nanmin(finite_vals)))
+            self.vmax = max(self.vmax, float(np.nanmax(finite_vals)))
+        finite_out = ~nan_rows
+        pred = np.argmax(np.where(out_nan, -np.inf, y), axis=1)[finite_out]
+        counts = np.bincount(pred, minlength=width)
+        self.argmax = counts if self.argmax is None else self.argmax + counts
 
     def result(self, top_classes: int = 5) -> SoftmaxDiagnostics:
         c = self.counts
@@ -225,11 +282,5 @@ def diagnose(x2: np.ndarray, result: SoftmaxResult, top_classes: int = 5,
     """
     acc = Accumulator(result.variant, result.fmt, result.kind, result.emulated, sparse)
     acc.stats.add(result.stats)
-    x2 = np.asarray(x2)
-    n, width = result.values.shape
-    step = max(1, _DIAG_BLOCK // max(width, 1))
-    for s0 in range(0, max(n, 1), step):
-        acc.add(x2[s0:s0 + step], result.values[s0:s0 + step])
-        if n == 0:
-            break
+    acc.add(x2, result.values)
     return acc.result(top_classes)
