@@ -31,7 +31,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 import smx_cli  # noqa: E402
-from smx_cli.softmax import compute  # noqa: E402
+from smx_cli.softmax_ops import compute  # noqa: E402
 from smx_cli.xent import cross_entropy  # noqa: E402
 
 try:
@@ -139,9 +139,9 @@ elif kind == "torch-xent":
     import torch, torch.nn.functional as F; base = _kb("VmHWM")
     F.cross_entropy(torch.from_numpy(x), torch.from_numpy(y))
 elif kind == "smx-softmax":
-    from smx_cli.softmax import compute; compute(x)
+    from smx_cli.softmax_ops import compute; compute(x)
 elif kind == "smx-softmax-fast":
-    from smx_cli.softmax import compute; compute(x, fast=True)
+    from smx_cli.softmax_ops import compute; compute(x, fast=True)
 elif kind == "torch-softmax":
     import torch; base = _kb("VmHWM")
     torch.softmax(torch.from_numpy(x), -1)
@@ -231,7 +231,7 @@ _STREAM_CHILD = r"""
 import json, resource, sys, time, os
 import numpy as np
 from smx_cli import stream
-from smx_cli.softmax import compute
+from smx_cli.softmax_ops import compute
 kind, src, dst = sys.argv[1], sys.argv[2], sys.argv[3]
 t0 = time.perf_counter()
 if kind == "copy":

@@ -1,7 +1,7 @@
 """Fast mode's measured accuracy: max error / (2 + |x - max| + log2 C) ulps, per format."""
 import numpy as np, sys
 import os; sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from smx_cli.softmax import compute
+from smx_cli.softmax_ops import compute
 from smx_cli.reference import exact_softmax
 from smx_cli.precision import ulp_error, FORMATS, format_of
 import ml_dtypes
