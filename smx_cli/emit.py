@@ -75,8 +75,14 @@ def check_output_path(output: str | None, input_path: str, *others: str | None) 
 def write_file(path: str, payload: Payload, fmt: str | None) -> str:
     """Write ``payload`` to ``path`` atomically; returns the format used."""
     fmt = io.output_format(path, fmt if fmt != "table" else None)
-    data = payload.encode(fmt)
     try:
+        if fmt == "npy":
+            # header, then the array's own memory in chunks: no encoded copy of a big result
+            arr = payload.matrix if payload.array is None else payload.array
+            with io.atomic_output(path, "wb") as fh:
+                io.write_npy(fh, arr)
+            return fmt
+        data = payload.encode(fmt)
         with io.atomic_output(path, "wb") as fh:
             io.write_chunks(fh, data)
     except OSError as exc:

@@ -226,11 +226,20 @@ def hint_temperature(x2: np.ndarray, temperature: float = 1.0, target: float = H
     k the number of tied maxima), so bisection on log T finds it. NaN where
     the row already has max p <= target at ``temperature``, or is not finite.
     """
-    x2 = np.asarray(x2, dtype=np.float64)
+    x2 = np.asarray(x2)
     n, c = x2.shape
     out = np.full(n, np.nan)
     if c < 2:
         return out
+    for rows in _blocks(n, c):  # bounded memory: float64 copies of one block at a time
+        out[rows] = _hint_block(np.asarray(x2[rows], dtype=np.float64), temperature, target,
+                                iterations)
+    return out
+
+
+def _hint_block(x2: np.ndarray, temperature: float, target: float, iterations: int) -> np.ndarray:
+    n = x2.shape[0]
+    out = np.full(n, np.nan)
     with np.errstate(all="ignore"):
         finite = np.isfinite(x2).all(axis=1)
         pmax = np.full(n, np.nan)

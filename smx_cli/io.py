@@ -201,7 +201,8 @@ def _load_npy(data: bytes, source: str, numeric: bool = True) -> np.ndarray:
                        "write the file again")
     try:
         arr = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=buf.tell())
-        arr = arr.reshape(shape, order="F" if fortran else "C").copy(order="K")
+        # a read-only view of the bytes: no second copy of a big file in memory
+        arr = arr.reshape(shape, order="F" if fortran else "C")
     except Exception as exc:  # noqa: BLE001 - e.g. a dtype numpy cannot build from bytes
         msg = " ".join(str(exc).split())
         raise SmxError(f"{source}: cannot read NPY data ({msg})") from None
@@ -604,6 +605,26 @@ def json_document(meta: dict, arrays: dict[str, np.ndarray]) -> str:
         sep = "," if parts[-1] != "{" else ""
         parts.append(f'{sep}\n  {json.dumps(name)}: {json_number_rows(arr)}')
     return "".join(parts) + "\n}\n"
+
+
+def write_npy(fh, values: np.ndarray) -> None:
+    """Write ``values`` as NPY to the binary file ``fh`` without an encoded copy.
+
+    Same bytes as :func:`npy_bytes` (bfloat16 stored as float32); the data
+    goes out in chunks straight from the array's memory.
+    """
+    if values.dtype == BFLOAT16:
+        values = values.astype(np.float32)
+    arr = np.asarray(values, order="C")
+    if not arr.flags.c_contiguous:
+        arr = arr.copy(order="C")
+    header = np.lib.format.header_data_from_array_1_0(arr)
+    try:
+        np.lib.format.write_array_header_1_0(fh, header)
+    except ValueError:  # a header too long for version 1.0
+        np.lib.format.write_array_header_2_0(fh, header)
+    if arr.size:
+        write_chunks(fh, memoryview(arr.reshape(-1)).cast("B"))
 
 
 def npy_bytes(values: np.ndarray) -> bytes:

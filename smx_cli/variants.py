@@ -155,19 +155,20 @@ def vjp(variant: str, x2: np.ndarray, probs: np.ndarray, g: np.ndarray, *,
     gradient of its soft sample (straight-through).
     """
     opts = options or VariantOptions()
-    g = np.asarray(g, dtype=np.float64)
     alpha = alpha_of(variant, opts)
+    if variant in ("log", "stable", "naive", "online", "lse"):
+        # blocked inside, in float64 per block: g is not widened as a whole
+        fn = grad.log_softmax_vjp if variant == "log" else grad.softmax_vjp
+        return fn(x2, g, temperature=temperature)
+    g = np.asarray(g, dtype=np.float64)
     if alpha is not None:
         return family.sparse_vjp(probs, g, alpha) / temperature
     if variant == "hardmax":
         return np.zeros_like(g)
-    if variant == "gumbel":
-        p = soft if soft is not None else np.asarray(probs, dtype=np.float64)
-        t = temperature * opts.tau
-        return p * (g - (g * p).sum(axis=1, keepdims=True)) / t
-    if variant == "log":
-        return grad.log_softmax_vjp(x2, g, temperature=temperature)
-    return grad.softmax_vjp(x2, g, temperature=temperature)
+    # gumbel: the gradient of the (soft) sample, straight-through for a hard one
+    p = soft if soft is not None else np.asarray(probs, dtype=np.float64)
+    t = temperature * opts.tau
+    return p * (g - (g * p).sum(axis=1, keepdims=True)) / t
 
 
 def jacobian(variant: str, x_row: np.ndarray, p_row: np.ndarray, *, temperature: float = 1.0,
