@@ -200,14 +200,7 @@ def _shifted(xb: np.ndarray, shift: np.ndarray, t: float, compensate: bool):
     e -= bv
     if t != 1.0:
         q = d / t
-        p = q * t
-        qs = q * _SPLITTER
-        q_hi = qs - (qs - q)
-        q_lo = q - q_hi
-        ts = t * _SPLITTER
-        t_hi = ts - (ts - t)
-        t_lo = t - t_hi
-        perr = ((q_hi * t_hi - p) + q_hi * t_lo + q_lo * t_hi) + q_lo * t_lo
+        p, perr = _two_prod(q, np.float64(t))
         # d - q*t = (d - p) - perr exactly; d - p is exact (Sterbenz)
         r = d - p
         r -= perr

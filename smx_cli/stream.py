@@ -25,7 +25,6 @@ from __future__ import annotations
 import io
 import os
 import tempfile
-from contextlib import contextmanager
 from typing import Callable, Iterator
 
 import numpy as np
@@ -39,27 +38,6 @@ Progress = Callable[[int, int], None]
 
 class StreamError(ValueError):
     """A file the streaming engine cannot read (bad header, short data, ...)."""
-
-
-@contextmanager
-def atomic_path(path: str):
-    """Yield a temporary path beside ``path``; move it over ``path`` on success.
-
-    On any exception (KeyboardInterrupt included) the temporary file is
-    removed and ``path`` is not touched.
-    """
-    target = os.path.abspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=".smx-", suffix=".part", dir=os.path.dirname(target))
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 # ----------------------------------------------------------------------------
@@ -387,7 +365,9 @@ def write_csv_blocks(out_path: str, blocks, *, delimiter: str = ",",
     '0.5,0.5\\n1.0,0.0\\n'
     """
     rows = 0
-    with atomic_path(out_path) as tmp, open(tmp, "w", newline="") as fo:
+    from smx_cli import io as smx_io  # atomic, Ctrl-C-safe output shared with every command
+
+    with smx_io.atomic_output(out_path, "w") as fo:
         if columns is not None:
             fo.write(delimiter.join(columns) + "\n")
         for b in blocks:
