@@ -18,7 +18,8 @@ from smx_cli.emit import Payload, check_output_path, stdout_console, write_file,
 from smx_cli.errors import SmxError
 from smx_cli.options import display_options, input_options, numerics_options, output_options
 from smx_cli.family import FAMILY_HELP
-from smx_cli.io import NPY_MAGIC, output_format, read_array
+from smx_cli import io as io_mod
+from smx_cli.io import NPY_MAGIC, ZIP_MAGIC, output_format, read_array
 from smx_cli.kernels import FAST_ULP_NOTE
 from smx_cli.masks import read_mask
 from smx_cli.prepare import load_rows
@@ -110,9 +111,11 @@ def softmax_cmd(file, delimiter, header, key, axis, variant, dtype, temperature,
     check_output_path(output, file, mask_path, upstream)
     check_output_path(grad_out, file, mask_path, upstream)
     opts = variants.VariantOptions(alpha=alpha, tau=tau, hard=hard, samples=samples, seed=seed)
-    if _streamable(file, axis, output, fmt, variant, mask_path, show_grad or upstream or check_grad):
-        return _streamed(file, variant, temperature, dtype, masked, opts, fast, threads, output,
-                         strict, max_rows, top_k, digits)
+    source_kind = _streamable(file, axis, key, output, fmt, variant, mask_path,
+                              show_grad or upstream or check_grad)
+    if source_kind:
+        return _streamed(file, source_kind, variant, temperature, dtype, masked, opts, fast,
+                         threads, output, fmt, strict, max_rows, top_k, digits, delimiter, header)
     rows = load_rows(file, delimiter=delimiter, header=header, key=key, axis=axis)
     mask = read_mask(mask_path, rows.x2.shape) if mask_path else None
     try:
@@ -195,39 +198,52 @@ def _show_values(console, values, logits, result, variant, temperature, source, 
 _PROGRESS_BYTES = 64 << 20
 # input bytes per streamed block: peak memory is a few times this
 _STREAM_BLOCK = 32 << 20
+# CSV/TSV inputs at least this big are parsed and written in row blocks
+_TEXT_STREAM_BYTES = 16 << 20
+_TEXT_BLOCK = 8 << 20
 
 
-def _streamable(file, axis, output, fmt, variant, mask_path, gradients) -> bool:
-    """Whether this run can stream an NPY file in row blocks (bounded memory).
+def _streamable(file, axis, key, output, fmt, variant, mask_path, gradients) -> str | None:
+    """Whether this run can stream its input in row blocks (bounded memory): how.
 
-    Row-local work only: an NPY file (not stdin) along its last axis, no
-    mask or gradients, no Gumbel draws (their random stream is per call),
-    and output to a .npy file or none.
+    Row-local work only (no mask or gradients, no Gumbel draws, whose random
+    stream is per call) along the last axis, from a file (not stdin):
+    ``"npy"`` for an NPY file with output to .npy or none; ``"text"`` for a
+    CSV/TSV file of at least 16 MB with output to .csv/.tsv or none.
+    Anything else returns None and takes the whole-array path.
     """
-    if file == "-" or mask_path or gradients or variant == "gumbel":
-        return False
+    if file == "-" or mask_path or gradients or variant == "gumbel" or key:
+        return None
     if fmt not in (None, "table") and not output:
-        return False
-    if output and output_format(output, fmt if fmt != "table" else None) != "npy":
-        return False
+        return None
+    out_fmt = output_format(output, fmt if fmt != "table" else None) if output else None
     try:
-        with open(file, "rb") as fh:
-            if fh.read(6) != NPY_MAGIC:
-                return False
-        shape, dtype = stream.npy_info(file)
         if not os.path.isfile(file):
-            return False
+            return None
+        with open(file, "rb") as fh:
+            magic = fh.read(6)
+        if magic == NPY_MAGIC:
+            shape, dtype = stream.npy_info(file)
+        elif magic.startswith(ZIP_MAGIC[:4]):
+            return None
+        else:
+            big = os.path.getsize(file) >= _TEXT_STREAM_BYTES
+            ok = big and out_fmt in (None, "csv", "tsv") and axis in (-1, 1)
+            return "text" if ok else None
     except (OSError, ValueError):
-        return False  # the whole-array reader reports it properly
+        return None  # the whole-array reader reports it properly
+    if out_fmt not in (None, "npy"):
+        return None
     if dtype.hasobject or dtype.kind not in "fiu" or len(shape) < 1:
-        return False
-    return axis in (-1, len(shape) - 1)
+        return None
+    return "npy" if axis in (-1, len(shape) - 1) else None
 
 
-def _streamed(file, variant, temperature, dtype, masked, opts, fast, threads, output, strict,
-              max_rows, top_k, digits) -> None:
-    """Softmax of an NPY file block by block: output, diagnostics and the shown rows."""
-    shape, in_dtype = stream.npy_info(file)
+def _streamed(file, source_kind, variant, temperature, dtype, masked, opts, fast, threads,
+              output, fmt, strict, max_rows, top_k, digits, delimiter, header) -> None:
+    """Softmax of a file block by block: output, diagnostics and the shown rows."""
+    if source_kind == "npy":
+        shape, in_dtype = stream.npy_info(file)
     acc = None
     head_x, head_y = [], []
     kept = [0]
@@ -256,6 +272,11 @@ def _streamed(file, variant, temperature, dtype, masked, opts, fast, threads, ou
             state.setdefault("support", []).append(support)
         return res.values
 
+    if source_kind == "text":
+        names = _stream_text(file, output, fmt, block, delimiter, header)
+        shape = (acc.rows if acc else 0, acc.classes if acc else 1)
+        return _show_streamed(file, acc, state, head_x, head_y, shape, names, variant,
+                              temperature, output, strict, max_rows, top_k, digits)
     total_bytes = int(np.prod(shape, dtype=np.int64)) * in_dtype.itemsize
     with _progress(total_bytes) as advance:
         try:
@@ -269,6 +290,36 @@ def _streamed(file, variant, temperature, dtype, masked, opts, fast, threads, ou
             raise SmxError(str(exc)) from None
         except OSError as exc:
             raise SmxError(f"{output or file}: {exc.strerror or exc}") from None
+    return _show_streamed(file, acc, state, head_x, head_y, shape, None, variant, temperature,
+                          output, strict, max_rows, top_k, digits)
+
+
+def _stream_text(file, output, fmt, block, delimiter, header):
+    """Feed a big CSV/TSV file to ``block`` in row blocks; write CSV/TSV output as it comes."""
+    names = None
+    blocks = io_mod.iter_text_blocks(file, delimiter=delimiter, header=header,
+                                     block_bytes=_TEXT_BLOCK)
+    if not output:
+        for values, names in blocks:
+            block(values)
+        return names
+    out_delim = "\t" if output_format(output, fmt if fmt != "table" else None) == "tsv" else ","
+    try:
+        with io_mod.atomic_output(output, "w") as fh:
+            first = True
+            for values, names in blocks:
+                result = block(values)
+                if first and names is not None:
+                    fh.write(out_delim.join(io_mod._csv_field(c, out_delim) for c in names) + "\n")  # noqa: SLF001
+                first = False
+                fh.write(io_mod.csv_text(result, None, out_delim))
+    except OSError as exc:
+        raise SmxError(f"{output}: {exc.strerror or exc}; nothing was written") from None
+    return names
+
+
+def _show_streamed(file, acc, state, head_x, head_y, shape, names, variant, temperature, output,
+                   strict, max_rows, top_k, digits) -> None:
     diag = acc.result()
     console = stdout_console()
     res = state["result"]
@@ -276,7 +327,7 @@ def _streamed(file, variant, temperature, dtype, masked, opts, fast, threads, ou
     logits = np.concatenate(head_x) if head_x else values
     n_rows = diag.inputs.rows
     lead = tuple(shape[:-1]) if len(shape) > 1 else None
-    _show_values(console, values, logits, res, variant, temperature, file, None, lead,
+    _show_values(console, values, logits, res, variant, temperature, file, names, lead,
                  max_rows, top_k, digits)
     if n_rows > len(values):
         console.print(f"{n_rows - len(values):,} more rows not shown (--rows N to see more, "

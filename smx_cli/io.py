@@ -336,12 +336,15 @@ def _unquote(name: str) -> str:
 
 
 def parse_text(data: bytes | str, source: str, *, delimiter: str | None = None,
-               header: bool | None = None) -> tuple[np.ndarray, list[str] | None]:
+               header: bool | None = None, first_line: int = 1,
+               width: int | None = None) -> tuple[np.ndarray, list[str] | None]:
     """Parse delimited numeric text into a float64 (N, C) array.
 
     Returns the array and the header's column names (None without header).
     A one-column file is N rows of one class. Errors name the line (1-based,
-    as an editor shows it) and the column.
+    as an editor shows it) and the column. ``first_line`` is the line number
+    of the text's first line and ``width`` the expected number of values per
+    row, for a block of a longer file (see :func:`iter_text_blocks`).
     """
     if isinstance(data, bytes):
         try:
@@ -354,7 +357,7 @@ def parse_text(data: bytes | str, source: str, *, delimiter: str | None = None,
     if "\x00" in text:
         raise SmxError(f"{source}: contains NUL bytes; expected CSV/TSV text, NPY or NPZ")
     numbered = []
-    for lineno, raw in enumerate(text.splitlines(), start=1):
+    for lineno, raw in enumerate(text.splitlines(), start=first_line):
         line = raw.split("#", 1)[0].strip()
         if line:
             numbered.append((lineno, line))
@@ -380,14 +383,25 @@ def parse_text(data: bytes | str, source: str, *, delimiter: str | None = None,
             hint = "; pass --no-header if that row is data" if auto_header else ""
             raise SmxError(f"{source}: only a header row ({numbered_first!r}), no data rows{hint}")
     rows = [(lineno, _split(line, delim)) for lineno, line in numbered]
-    width = len(names) if names is not None else len(rows[0][1])
+    expect = "the header's" if names is not None else f"line {rows[0][0]}'s"
+    if width is not None:
+        expect = "the earlier rows'"
+    else:
+        width = len(names) if names is not None else len(rows[0][1])
     for lineno, tokens in rows:
         if len(tokens) != width:
-            expect = "the header's" if names is not None else f"line {rows[0][0]}'s"
             raise SmxError(f"{source}: line {lineno} has {len(tokens)} values, expected "
                            f"{width} ({expect} count); fix the ragged row")
     flat = [t for _, tokens in rows for t in tokens]
-    for lineno, tokens in rows:
+    values = None
+    if text.isascii() and "_" not in text:
+        # numpy's parser agrees with Python's float() on ASCII tokens without
+        # underscores; anything it rejects is located by the loop below
+        try:
+            values = np.array(flat, dtype=np.float64)
+        except ValueError:
+            values = None
+    for lineno, tokens in rows if values is None else ():
         for col, tok in enumerate(tokens, start=1):
             if not _is_number(tok):
                 what = "an empty value" if tok == "" else f"{tok!r} is not a number"
@@ -399,7 +413,8 @@ def parse_text(data: bytes | str, source: str, *, delimiter: str | None = None,
                 if not hint:
                     hint = "; fix or remove it (nan, inf and -inf are allowed)"
                 raise SmxError(f"{source}: line {lineno}, column {col}: {what}{hint}")
-    values = np.array(flat, dtype=np.float64)
+    if values is None:
+        values = np.array(flat, dtype=np.float64)
     values = values.reshape(len(rows), width)
     infs = np.flatnonzero(np.isinf(values.ravel()))
     for idx in infs:
@@ -409,6 +424,66 @@ def parse_text(data: bytes | str, source: str, *, delimiter: str | None = None,
             raise SmxError(f"{source}: line {lineno}, column {idx % width + 1}: {tok!r} "
                            "overflows float64 (|x| > 1.8e308); write inf if you mean it")
     return values, names
+
+
+def _content_lines(chunk: bytes) -> int:
+    return sum(1 for ln in chunk.splitlines() if ln.split(b"#", 1)[0].strip())
+
+
+def iter_text_blocks(path: str, *, delimiter: str | None = None, header: bool | None = None,
+                     block_bytes: int = 16 << 20):
+    """Yield ``(values, class_names)`` blocks of a big CSV/TSV file, in bounded memory.
+
+    The text is cut at line ends into blocks of about ``block_bytes``; the
+    first block settles the delimiter, the header and the width, every later
+    one is parsed with them, so errors still name the file's own line and
+    column. Raises SmxError as :func:`parse_text` does.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "x.csv")
+    >>> _ = open(p, "w").write("a,b\\n1,2\\n3,4\\n5,6\\n")
+    >>> [(v.tolist(), n) for v, n in iter_text_blocks(p, block_bytes=6)]
+    [([[1.0, 2.0], [3.0, 4.0]], ['a', 'b']), ([[5.0, 6.0]], ['a', 'b'])]
+    """
+    names = None
+    width = None
+    line = 1
+    first = True
+    with open(path, "rb") as fh:
+        rest = b""
+        while True:
+            data = fh.read(block_bytes)
+            chunk = rest + data
+            if data:
+                cut = chunk.rfind(b"\n") + 1
+                # the first block must reach past a header to its first data row
+                if cut == 0 or (first and _content_lines(chunk[:cut]) < 2):
+                    rest = chunk
+                    continue
+                chunk, rest = chunk[:cut], chunk[cut:]
+            else:
+                rest = b""
+            if not chunk:
+                break
+            if first:
+                values, names = parse_text(chunk, path, delimiter=delimiter, header=header)
+                text = chunk.decode("utf-8-sig", errors="replace")
+                if delimiter is None:
+                    lines = [ln.split("#", 1)[0].strip() for ln in text.splitlines()]
+                    delimiter = _sniff_delimiter([ln for ln in lines if ln])
+                width = values.shape[1]
+                first = False
+            elif _content_lines(chunk):
+                values, _ = parse_text(chunk, path, delimiter=delimiter, header=False,
+                                       first_line=line, width=width)
+            else:
+                values = np.empty((0, width))  # only comments or blank lines
+            line += chunk.count(b"\n")
+            yield values, names
+            if not data:
+                break
 
 
 # ----------------------------------------------------------------------------

@@ -73,3 +73,43 @@ def test_streamed_3d_input_keeps_its_shape(tmp_path, monkeypatch):
     got = np.load(out)
     assert got.shape == (4, 5, 6)
     np.testing.assert_array_equal(got, compute(x.reshape(-1, 6)).values.reshape(4, 5, 6))
+
+
+def test_big_csv_streams_with_header_comments_and_exact_output(tmp_path, monkeypatch):
+    monkeypatch.setattr(cmd_softmax, "_TEXT_STREAM_BYTES", 0)
+    monkeypatch.setattr(cmd_softmax, "_TEXT_BLOCK", 200)  # many blocks
+    x = np.random.default_rng(3).normal(0, 5, (60, 4))
+    lines = ["a,b,c,d", "# a comment"]
+    for i, row in enumerate(x):
+        lines.append(",".join(repr(float(v)) for v in row))
+        if i == 30:
+            lines.append("")
+    src = tmp_path / "x.csv"
+    src.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "p.csv"
+    r = CliRunner().invoke(cli, ["softmax", str(src), "-o", str(out), "--rows", "2"])
+    assert r.exit_code == 0, r.stderr
+    assert "streamed in row blocks" in r.stdout
+    text = out.read_text().splitlines()
+    assert text[0] == "a,b,c,d"
+    got = np.array([[float(v) for v in ln.split(",")] for ln in text[1:]])
+    np.testing.assert_array_equal(got, compute(x).values)
+
+
+def test_big_csv_error_names_the_files_own_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(cmd_softmax, "_TEXT_STREAM_BYTES", 0)
+    monkeypatch.setattr(cmd_softmax, "_TEXT_BLOCK", 64)
+    lines = [f"{i},{i + 1},{i + 2}" for i in range(40)]
+    lines[33] = "1,oops,3"
+    src = tmp_path / "x.csv"
+    src.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "p.csv"
+    r = CliRunner().invoke(cli, ["softmax", str(src), "-o", str(out)])
+    assert r.exit_code == 1
+    assert "line 34, column 2" in r.stderr and "'oops'" in r.stderr
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["x.csv"]
+    lines[33] = "1,2,3"
+    lines[36] = "1,2"
+    src.write_text("\n".join(lines) + "\n")
+    r = CliRunner().invoke(cli, ["softmax", str(src)])
+    assert r.exit_code == 1 and "line 37 has 2 values, expected 3" in r.stderr
