@@ -1,22 +1,27 @@
 """``smx xent``: cross-entropy with PyTorch's semantics, per-sample report, gradients."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import sys
+from contextlib import contextmanager
 
 import click
 import numpy as np
 
-from smx_cli import render_xent
-from smx_cli.diagnostics import count_inputs
+from smx_cli import grad as grad_mod
+from smx_cli import render_xent, stream
+from smx_cli.diagnostics import InputCounts, count_inputs
 from smx_cli.emit import Payload, check_output_path, stdout_console, write_file, write_stdout
 from smx_cli.errors import SmxError
+from smx_cli.io import NPY_MAGIC
 from smx_cli.labels import read_labels, read_weights, split_label_column
 from smx_cli.options import input_options
 from smx_cli.precision import result_format
 from smx_cli.prepare import Rows, load_rows
 from smx_cli.softmax_ops import as_rows
-from smx_cli.xent import INPUT_KINDS, REDUCTIONS, evaluate
+from smx_cli.xent import INPUT_KINDS, REDUCTIONS, evaluate, evaluate_blocks
 
 
 @click.command("xent", epilog="""\b
@@ -32,7 +37,8 @@ Examples:
   smx xent samples/mnist_lenet_logits.csv --labels samples/mnist_lenet_labels.csv --worst 5
   smx xent logits.csv --label-column label --label-smoothing 0.1 --reduction sum
   smx xent logits.npy --labels y.npy --grad --rows 3 --grad-out grad.npy
-  smx xent logits.npy --labels y.npy -o losses.csv""")
+  smx xent logits.npy --labels y.npy -o losses.csv
+  smx xent samples/mnist_lenet_logits.npy --labels samples/mnist_lenet_labels.npy --check-grad""")
 @input_options
 @click.option("--labels", "labels_path", metavar="FILE",
               help="True labels: one class index or class name per line (CSV/TSV/NPY), or "
@@ -60,16 +66,22 @@ Examples:
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "tsv", "json"]), default=None,
               help="Format of stdout (with -o: of FILE) [default: table]")
 @click.option("--strict", is_flag=True, help="Exit 1 when a loss is NaN or inf")
+@click.option("--check-grad", is_flag=True,
+              help="Check dL/dlogits (with these options) against central finite differences "
+                   "in float64 on a sample of rows; exit 1 if they disagree")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Worker threads [default: the machine's cores]")
 def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, reduction,
              label_smoothing, weight, ignore_index, input_kind, worst, max_rows, show_grad,
-             grad_out, output, fmt, strict):
+             grad_out, output, fmt, strict, check_grad, threads):
     """Cross-entropy of the logits in FILE against the true labels.
 
     Reports each sample's loss, predicted class, p(true) and margin, and a
     summary: the reduced loss, accuracy, top-5 accuracy, mean entropy,
     perplexity and ignored samples. Never log(softmax(x)): a confidently
     correct sample keeps its tiny true loss, a confidently wrong one a finite
-    large loss.
+    large loss. A 2-D NPY file is read in row blocks (memory does not grow
+    with it) unless --grad, --grad-out or --check-grad need the whole array.
     """
     if not 0.0 <= label_smoothing <= 1.0:
         raise click.BadParameter("must be in [0, 1]", param_hint="'--label-smoothing'")
@@ -82,7 +94,107 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
     check_output_path(grad_out, file, labels_path, weight_file)
     if output and grad_out and output == grad_out:
         raise SmxError(f"{output}: -o and --grad-out name the same file")
+    want_grad = bool(show_grad or grad_out)
+    opts = dict(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+                input_kind=input_kind)
 
+    shape = _streamable(file, axis, key, label_column, want_grad or check_grad)
+    if shape is not None:
+        res, source, dtype, counts, weights = _streamed(file, shape, labels_path, weight, opts,
+                                                        threads)
+        class_names = None
+        checks = None
+    else:
+        rows, labels = _load(file, delimiter, header, key, axis, label_column)
+        x2 = rows.x2
+        source = rows.loaded.source
+        class_names = rows.class_names
+        dtype = x2.dtype
+        if label_column is None:
+            labels = read_labels(labels_path, class_names=class_names)
+        labels_source = labels_path or f"{source} column {label_column}"
+        weights = read_weights(weight, x2.shape[1]) if weight else None
+        try:
+            res = evaluate(x2, labels, weight=weights, want_grad=want_grad, threads=threads,
+                           **opts)
+        except ValueError as exc:
+            raise SmxError(f"{labels_source}: {exc}") from None
+        counts = _count_inputs(x2)
+        checks = _check_gradient(x2, labels, res, weights, opts) if check_grad else None
+        if grad_out:
+            write_file(grad_out, Payload(res.grad, class_names, {
+                "command": "xent", "gradient": "dL/dlogits", "reduction": reduction},
+                {"grad": res.grad}), None)
+    n_classes = int(shape[1]) if shape is not None else int(x2.shape[1])
+
+    fmt_eps = result_format(dtype).eps
+    meta = _summary(res, source, n_classes, class_names, reduction, label_smoothing, ignore_index,
+                    input_kind, weights, fmt_eps)
+    if checks is not None:
+        meta["grad_check"] = [dataclasses.asdict(c) for c in checks]
+    per_sample = _per_sample_matrix(res)
+    meta["columns"] = PER_SAMPLE_COLUMNS
+    payload = Payload(per_sample, PER_SAMPLE_COLUMNS, meta, {"per_sample": per_sample})
+    if output:
+        write_file(output, payload, fmt)
+    if fmt and fmt != "table" and not output:
+        write_stdout(payload, fmt)
+        if meta["loss_undefined"] and not strict:
+            click.echo(f"Warning: {_undefined_reason(res)}", err=True)
+    else:
+        console = stdout_console()
+        n = len(res.loss)
+        if worst:
+            order = _worst(res, worst)
+            note = f"the {len(order)} highest-loss samples of {n:,}"
+            title = f"worst {len(order)} samples of {source}"
+        else:
+            order = np.arange(min(n, max_rows))
+            note = (f"{n - len(order):,} more samples not shown (--rows N, --worst K, or -o FILE)"
+                    if n > len(order) else None)
+            title = f"cross-entropy of {source}"
+        console.print(render_xent.sample_table(res, order, class_names=class_names, title=title,
+                                               total_note=note))
+        if show_grad:
+            fit = max(2, (console.width - 8) // 11)
+            console.print(render_xent.grad_table(res.grad, order, class_names=class_names,
+                                                 max_cols=fit,
+                                                 top_k=max(1, min(5, (console.width - 18) // 20)),
+                                                 title=f"dL/dlogits (reduction {reduction})"))
+        console.print(render_xent.summary_panel(
+            res, eps=fmt_eps, input_counts=counts, source=source,
+            n_classes=n_classes, options=_options_text(reduction, label_smoothing, ignore_index,
+                                                       input_kind, weights),
+            smoothed=label_smoothing > 0))
+        if checks is not None:
+            console.print(render_xent.grad_check_panel(checks, reduction=reduction,
+                                                       input_kind=input_kind))
+        for path in (output, grad_out):
+            if path:
+                console.print(f"wrote {path}", style="dim")
+    if checks is not None and not all(c.passed for c in checks):
+        c = checks[0]
+        raise SmxError(f"--check-grad: the cross-entropy gradient disagrees with finite "
+                       f"differences (max |error| {c.max_abs_error:.3g}, relative "
+                       f"{c.max_rel_error:.3g}; tolerance {c.atol:.3g} + {c.rtol:g} |fd|)")
+    if strict:
+        bad = int((~np.isfinite(res.loss) & ~res.ignored).sum())
+        if bad or (reduction != "none" and not math.isfinite(res.reduced)):
+            raise SmxError(f"--strict: {bad} sample loss(es) are NaN or inf"
+                           if bad else f"--strict: {_undefined_reason(res)}")
+
+
+# input bytes per streamed block: with float64 work on it, peak memory is a few times this
+_STREAM_BLOCK = 16 << 20
+# inputs at least this big get a progress bar (when stderr is a terminal)
+_PROGRESS_BYTES = 64 << 20
+# elements per block when counting non-finite inputs of a whole array
+_COUNT_BLOCK = 1 << 20
+
+
+def _load(file, delimiter, header, key, axis, label_column):
+    """The whole logits array as rows, and the labels of --label-column (else None)."""
+    labels = None
     if label_column is not None:
         loaded, labels = split_label_column(file, label_column, delimiter=delimiter,
                                             header=header, key=key)
@@ -96,68 +208,128 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
     if rows.ndim > 2:
         raise SmxError(f"{rows.loaded.source}: xent takes a 2-D N x C array, got shape "
                        f"{rows.loaded.values.shape}; reshape it to rows of classes")
-    x2 = rows.x2
-    class_names = rows.class_names
-    if label_column is None:
-        labels = read_labels(labels_path, class_names=class_names)
-    labels_source = labels_path or f"{rows.loaded.source} column {label_column}"
-    weights = read_weights(weight, x2.shape[1]) if weight else None
-    try:
-        res = evaluate(x2, labels, weight=weights, ignore_index=ignore_index,
-                       reduction=reduction, label_smoothing=label_smoothing,
-                       input_kind=input_kind, want_grad=bool(show_grad or grad_out))
-    except ValueError as exc:
-        raise SmxError(f"{labels_source}: {exc}") from None
+    return rows, labels
 
-    fmt_eps = result_format(x2.dtype).eps
-    meta = _summary(res, rows, reduction, label_smoothing, ignore_index, input_kind, weights,
-                    fmt_eps)
-    per_sample = _per_sample_matrix(res)
-    meta["columns"] = PER_SAMPLE_COLUMNS
-    payload = Payload(per_sample, PER_SAMPLE_COLUMNS, meta, {"per_sample": per_sample})
-    if grad_out:
-        write_file(grad_out, Payload(res.grad, class_names, {"command": "xent", "gradient":
-                                     "dL/dlogits", "reduction": reduction}, {"grad": res.grad}),
-                   None)
-    if output:
-        write_file(output, payload, fmt)
-    if fmt and fmt != "table" and not output:
-        write_stdout(payload, fmt)
-        if meta["loss_undefined"] and not strict:
-            click.echo(f"Warning: {_undefined_reason(res)}", err=True)
-    else:
-        console = stdout_console()
-        n = len(res.loss)
-        if worst:
-            order = _worst(res, worst)
-            note = f"the {len(order)} highest-loss samples of {n:,}"
-            title = f"worst {len(order)} samples of {rows.loaded.source}"
-        else:
-            order = np.arange(min(n, max_rows))
-            note = (f"{n - len(order):,} more samples not shown (--rows N, --worst K, or -o FILE)"
-                    if n > len(order) else None)
-            title = f"cross-entropy of {rows.loaded.source}"
-        console.print(render_xent.sample_table(res, order, class_names=class_names, title=title,
-                                               total_note=note))
-        if show_grad:
-            fit = max(2, (console.width - 8) // 11)
-            console.print(render_xent.grad_table(res.grad, order, class_names=class_names,
-                                                 max_cols=fit,
-                                                 top_k=max(1, min(5, (console.width - 18) // 20)),
-                                                 title=f"dL/dlogits (reduction {reduction})"))
-        console.print(render_xent.summary_panel(
-            res, eps=fmt_eps, input_counts=count_inputs(x2), source=rows.loaded.source,
-            n_classes=x2.shape[1], options=_options_text(reduction, label_smoothing, ignore_index,
-                                                         input_kind, weights),
-            smoothed=label_smoothing > 0))
-        for path in (output, grad_out):
-            if path:
-                console.print(f"wrote {path}", style="dim")
-    if strict:
-        bad = int((~np.isfinite(res.loss) & ~res.ignored).sum())
-        if bad or (reduction != "none" and not math.isfinite(res.reduced)):
-            raise SmxError(f"--strict: {bad} sample loss(es) are NaN or inf"
-                           if bad else f"--strict: {_undefined_reason(res)}")
+
+def _streamable(file, axis, key, label_column, whole) -> tuple[int, int] | None:
+    """The (N, C) shape when this run can read FILE in row blocks; else None.
+
+    A 2-D NPY file (not stdin, not NPZ) with rows along its last axis, of
+    integers or floats of at most 64 bits, with the labels in their own
+    file, and no option that needs the whole array (``whole``: --grad,
+    --grad-out, --check-grad). Anything odd (a damaged header, 0 rows or 0
+    classes) takes the whole-array path, which reports it as it always has.
+    """
+    if file == "-" or key or label_column is not None or whole:
+        return None
+    try:
+        if not os.path.isfile(file):
+            return None
+        with open(file, "rb") as fh:
+            if fh.read(len(NPY_MAGIC)) != NPY_MAGIC:
+                return None
+        shape, dtype = stream.npy_info(file)
+    except (OSError, ValueError):
+        return None
+    if len(shape) != 2 or axis not in (-1, 1) or 0 in shape:
+        return None
+    if dtype.hasobject or dtype.kind not in "fiu" or dtype.itemsize > 8 or dtype.subdtype:
+        return None
+    return int(shape[0]), int(shape[1])
+
+
+def _streamed(file, shape, labels_path, weight, opts, threads):
+    """Cross-entropy of an NPY file read block by block: (result, source, dtype, counts, weights)."""
+    n, c = shape
+    labels = read_labels(labels_path)
+    weights = read_weights(weight, c) if weight else None
+    _, in_dtype = stream.npy_info(file)
+    tally = _InputTally()
+    with _progress(n * c * in_dtype.itemsize) as advance:
+        def on_block(start, xb):
+            tally.add(xb)
+            advance(start + len(xb), n)
+
+        blocks = ((s0, xb) for s0, _, xb in stream.iter_npy_blocks(file,
+                                                                   block_bytes=_STREAM_BLOCK))
+        try:
+            res = evaluate_blocks(blocks, n, c, labels, weight=weights, threads=threads,
+                                  on_block=on_block, **opts)
+        except stream.StreamError as exc:
+            raise SmxError(str(exc)) from None
+        except ValueError as exc:
+            raise SmxError(f"{labels_path}: {exc}") from None
+        except OSError as exc:
+            raise SmxError(f"{file}: {exc.strerror or exc}") from None
+    return res, file, in_dtype.newbyteorder("="), tally.counts, weights
+
+
+class _InputTally:
+    """Non-finite input counts summed over row blocks (equal to one count_inputs call)."""
+
+    def __init__(self):
+        self.counts = None
+
+    def add(self, xb) -> None:
+        c = None
+        if xb.dtype.kind == "f" and xb.size:
+            # min/max propagate NaN: both finite means no NaN or inf anywhere (the
+            # common case, two passes without temporaries instead of count_inputs' copies)
+            lo, hi = xb.min(), xb.max()
+            if np.isfinite(lo) and np.isfinite(hi):
+                c = InputCounts(xb.shape[0], xb.shape[1], 0, 0, 0, 0, 0, 0)
+        if c is None:
+            c = count_inputs(xb)
+        if self.counts is None:
+            self.counts = c
+            return
+        summed = {f.name: getattr(self.counts, f.name) + getattr(c, f.name)
+                  for f in dataclasses.fields(c) if f.name != "classes"}
+        self.counts = dataclasses.replace(c, **summed)
+
+
+def _count_inputs(x2):
+    """count_inputs over row blocks: no float64 copy of a big array."""
+    n, c = x2.shape
+    step = max(1, _COUNT_BLOCK // max(1, c))
+    tally = _InputTally()
+    for s in range(0, max(n, 1), step):
+        tally.add(x2[s:s + step])
+    return tally.counts
+
+
+def _check_gradient(x2, labels, res, weights, opts):
+    """--check-grad: the gradient with the user's options against finite differences.
+
+    The gradient is with respect to the logits; for --input-kind log-probs
+    those are the log-probabilities themselves, for probs their logarithm.
+    A mean divides each row's loss by the batch's denominator.
+    """
+    z = np.asarray(x2, dtype=np.float64)
+    if opts["input_kind"] == "probs":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.log(z)
+    mean = opts["reduction"] == "mean" and res.denominator > 0
+    return grad_mod.check_grad(
+        z, labels=labels, functions=("xent",),
+        xent_options={"weight": weights, "ignore_index": opts["ignore_index"],
+                      "label_smoothing": opts["label_smoothing"]},
+        xent_divisor=res.denominator if mean else 1.0)
+
+
+@contextmanager
+def _progress(total_bytes: int):
+    """A rich progress bar on stderr for big jobs on a terminal; else a no-op."""
+    if total_bytes < _PROGRESS_BYTES or not sys.stderr.isatty():
+        yield lambda done, total: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("smx xent"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("rows", total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 PER_SAMPLE_COLUMNS = ["row", "label", "predicted", "p_true", "loss", "margin", "correct",
@@ -200,13 +372,14 @@ def _finite_or_none(v: float):
     return v if math.isfinite(v) else None
 
 
-def _summary(res, rows, reduction, eps, ignore_index, input_kind, weights, fmt_eps) -> dict:
+def _summary(res, source, n_classes, class_names, reduction, eps, ignore_index, input_kind,
+             weights, fmt_eps) -> dict:
     return {
         "command": "xent",
-        "source": rows.loaded.source,
+        "source": source,
         "samples": int(len(res.loss)),
-        "classes": int(rows.x2.shape[1]),
-        "class_names": rows.class_names,
+        "classes": int(n_classes),
+        "class_names": class_names,
         "target_kind": res.target_kind,
         "reduction": reduction,
         "label_smoothing": eps,
@@ -217,7 +390,7 @@ def _summary(res, rows, reduction, eps, ignore_index, input_kind, weights, fmt_e
         "loss_undefined": bool(reduction == "mean" and res.denominator == 0),
         "mean_sample_loss": _finite_or_none(res.mean_loss),
         "accuracy": _finite_or_none(res.accuracy),
-        "top5_accuracy": _finite_or_none(res.top5_accuracy) if rows.x2.shape[1] > 5 else None,
+        "top5_accuracy": _finite_or_none(res.top5_accuracy) if n_classes > 5 else None,
         "mean_entropy": _finite_or_none(res.mean_entropy),
         "perplexity": _finite_or_none(res.perplexity),
         "ignored": int(res.ignored.sum()),

@@ -141,3 +141,25 @@ def grad_table(grad: np.ndarray, order: np.ndarray, *, class_names=None, top_k: 
             table.add_row(str(int(i)), *cells, _num(np.max(np.abs(g)), digits))
         table.caption = f"{n_classes} classes: each row's {k} largest |gradient| entries"
     return table
+
+
+def grad_check_panel(checks, *, reduction: str, input_kind: str = "logits") -> Panel:
+    """--check-grad: dL/dlogits against central finite differences, pass or FAIL."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", justify="right")
+    grid.add_column()
+    for c in checks:
+        line = Text()
+        line.append(Text("pass", style="green") if c.passed else Text("FAIL", style="bold red"))
+        line.append(f": {c.rows_checked} rows, {c.entries_checked} entries, max |error| "
+                    f"{c.max_abs_error:.2g}, max relative {c.max_rel_error:.2g}")
+        grid.add_row("dL/dlogits", line)
+        grid.add_row("tolerance", f"|analytic - fd| <= {c.atol:.3g} + {c.rtol:g} |fd| "
+                     "(|fd|: at least its row's largest)")
+    wrt = {"log-probs": " (logits = the log-probabilities)",
+           "probs": " (logits = log of the probabilities)"}.get(input_kind, "")
+    grid.add_row("against", f"central finite differences in float64 of the {reduction} loss"
+                 f"{wrt}")
+    bad = not all(c.passed for c in checks)
+    return Panel(grid, title="gradient check" + (": FAILED" if bad else ""), title_align="left",
+                 border_style="red" if bad else "green", expand=False)

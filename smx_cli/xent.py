@@ -6,7 +6,8 @@ class-index or probability targets). The per-sample loss is taken from smx's
 accurate log-softmax, never log(softmax(x)): for class y it is
 logsumexp(x) - x_y with the dominant entry in the log1p form, so a confidently
 correct sample keeps its tiny true loss and a confidently wrong one a finite
-large loss. Reductions are summed exactly (``math.fsum``).
+large loss. Reductions are summed exactly (``math.fsum``; a sum past float64's
+range is inf, as PyTorch gives, not an exception).
 
 PyTorch's formulas, for class-index targets (aten LossNLL.cpp,
 ``cross_entropy_loss_label_smoothing``), with w the class weights (1 without
@@ -38,6 +39,33 @@ REDUCTIONS = ("mean", "sum", "none")
 INPUT_KINDS = ("logits", "log-probs", "probs")
 # rows per block: keeps every temporary far below 64 MB whatever N x C
 _BLOCK_ELEMENTS = 1 << 18
+
+
+def exact_sum(values) -> float:
+    """The correctly rounded sum of ``values`` (``math.fsum``), inf where it overflows.
+
+    ``math.fsum`` raises OverflowError when a partial sum leaves float64's
+    range, even if the exact sum would not (1e308 + 1e308 - 1e308): the
+    values are then summed scaled by 2**-64 (exact for all but subnormal
+    parts) and scaled back, which rounds to +-inf only when the exact sum
+    really overflows. inf + -inf is NaN, as in PyTorch.
+
+    Examples
+    --------
+    >>> exact_sum([2.0**1023, 2.0**1023])
+    inf
+    >>> exact_sum([1e308, 1e308, -1e308])
+    1e+308
+    >>> exact_sum([float("inf"), float("-inf")])
+    nan
+    """
+    values = np.asarray(values, dtype=np.float64).ravel().tolist()
+    try:
+        return math.fsum(values)
+    except OverflowError:
+        return math.fsum(v * 2.0**-64 for v in values) * 2.0**64  # float mul: inf, no raise
+    except ValueError:  # -inf + inf
+        return math.nan
 
 
 @dataclass
@@ -126,13 +154,13 @@ class XentResult:
     def mean_loss(self) -> float:
         """Unweighted mean of the per-sample losses of counted samples."""
         n = self.counted
-        return math.fsum(self.loss[~self.ignored].tolist()) / n if n else math.nan
+        return exact_sum(self.loss[~self.ignored]) / n if n else math.nan
 
     @property
     def mean_nll(self) -> float:
         """Mean plain cross-entropy (no weights, no smoothing) of counted samples."""
         n = self.counted
-        return math.fsum(self.nll[~self.ignored].tolist()) / n if n else math.nan
+        return exact_sum(self.nll[~self.ignored]) / n if n else math.nan
 
     @property
     def perplexity(self) -> float:
@@ -155,7 +183,7 @@ class XentResult:
     @property
     def mean_entropy(self) -> float:
         n = self.counted
-        return math.fsum(self.entropy[~self.ignored].tolist()) / n if n else math.nan
+        return exact_sum(self.entropy[~self.ignored]) / n if n else math.nan
 
 
 # ----------------------------------------------------------------------------
@@ -190,13 +218,15 @@ def check_target(target, n_rows: int, n_classes: int, ignore_index: int,
     """Tell index targets from probability targets and validate them.
 
     Returns ``("index", int64 labels)`` or ``("prob", float64 (N, C))``.
-    Index targets: N integers (integral floats are accepted), each in
-    [0, C) or equal to ``ignore_index``. Probability targets: an N x C
-    matrix whose rows are non-negative and sum to 1 within ``tolerance``.
+    As in PyTorch, a floating target of the logits' shape (N, C) holds
+    probabilities, whatever its values (so with C = 1 an (N, 1) float target
+    is a probability column, not class indices); anything else holds class
+    indices: N integers (integral floats are accepted, and an (N, 1) column),
+    each in [0, C) or equal to ``ignore_index``. Probability targets' rows
+    must be non-negative and sum to 1 within ``tolerance``.
     """
     t = np.asarray(target)
-    if t.ndim == 2 and t.shape == (n_rows, n_classes) and t.dtype.kind == "f" \
-            and not (n_classes == 1 and _integral(t)):
+    if t.ndim == 2 and t.shape == (n_rows, n_classes) and t.dtype.kind == "f":
         if ignore_index >= 0:
             raise ValueError(f"ignore_index={ignore_index} is not supported with probability "
                              "targets (as in PyTorch); leave it at -100")
@@ -216,8 +246,8 @@ def check_target(target, n_rows: int, n_classes: int, ignore_index: int,
     if t.ndim == 2 and t.shape[1] == 1:
         t = t[:, 0]
     if t.ndim != 1:
-        raise ValueError(f"labels have shape {t.shape}: expected {n_rows} class indices or an "
-                         f"{n_rows} x {n_classes} matrix of probabilities")
+        raise ValueError(f"labels have shape {t.shape}: expected {n_rows} class indices, or "
+                         f"probability targets of the logits' shape ({n_rows}, {n_classes})")
     if t.shape[0] != n_rows:
         raise ValueError(f"{t.shape[0]} labels for {n_rows} rows of logits")
     if t.dtype.kind == "f":
@@ -243,11 +273,6 @@ def check_target(target, n_rows: int, n_classes: int, ignore_index: int,
         raise ValueError(f"label {i} is {labels[i]}, outside [0, {n_classes}) and not the "
                          f"ignore index {ignore_index}; {bad.size} label(s) out of range")
     return "index", labels
-
-
-def _integral(t: np.ndarray) -> bool:
-    with np.errstate(invalid="ignore"):
-        return bool(np.all(np.isfinite(t) & (t == np.round(t))))
 
 
 # ----------------------------------------------------------------------------
@@ -455,19 +480,7 @@ def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
             for start in range(0, n, step):
                 general(slice(start, min(start + step, n)))
 
-    if kind == "index":
-        counted = ~ignored
-        wy_all = w[np.where(ignored, 0, true_class)] if w is not None else np.ones(n)
-        denominator = math.fsum(wy_all[counted].tolist())
-    else:
-        denominator = float(n)
-    total = math.fsum(loss.tolist())
-    if reduction == "sum":
-        reduced = total
-    elif reduction == "mean":
-        reduced = total / denominator if denominator else math.nan
-    else:
-        reduced = math.nan
+    denominator, reduced = _reduce(loss, ignored, true_class, kind, w, reduction)
     if grad is not None and reduction == "mean":
         if denominator:
             grad /= denominator
@@ -479,6 +492,94 @@ def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
     return XentResult(loss, reduced, reduction, kind, true_class, predicted, p_true, margin,
                       correct, ignored, top5, entropy, one_minus, grad, denominator, nll,
                       residual)
+
+
+def _reduce(loss, ignored, true_class, kind, w, reduction) -> tuple[float, float]:
+    """(denominator, reduced loss) from the per-sample losses, summed exactly.
+
+    The mean divides by the sum of the counted samples' target-class weights
+    (index targets) or by N (probability targets); 0/0 is NaN, as in PyTorch.
+    """
+    n = len(loss)
+    if kind == "index":
+        counted = ~ignored
+        wy_all = w[np.where(ignored, 0, true_class)] if w is not None else np.ones(n)
+        denominator = exact_sum(wy_all[counted])
+    else:
+        denominator = float(n)
+    total = exact_sum(loss)
+    if reduction == "sum":
+        reduced = total
+    elif reduction == "mean":
+        reduced = total / denominator if denominator else math.nan
+    else:
+        reduced = math.nan
+    return denominator, reduced
+
+
+_PER_SAMPLE = ("loss", "true_class", "predicted", "p_true", "margin", "correct", "ignored",
+               "top5", "entropy", "one_minus_p_true", "nll", "residual")
+
+
+def evaluate_blocks(blocks, n_rows: int, n_classes: int, target, *, weight=None,
+                    ignore_index: int = -100, reduction: str = "mean",
+                    label_smoothing: float = 0.0, input_kind: str = "logits",
+                    threads: int | None = None, on_block=None) -> XentResult:
+    """:func:`evaluate` over (N, C) logits given in row blocks, in bounded memory.
+
+    ``blocks`` yields ``(start, block)`` with consecutive (rows, C) blocks
+    covering rows 0..N-1 (e.g. from :func:`smx_cli.stream.iter_npy_blocks`;
+    a block may be a reused buffer: nothing of it is kept). The target, the
+    weights and the options are validated once, for all N rows, so errors
+    name the row in the whole array. Every per-sample statistic is row-local,
+    and the reduction and the mean's denominator are taken exactly over all
+    N losses (:func:`exact_sum`), so the result equals ``evaluate`` on the
+    whole array, value for value. Memory: the per-sample arrays (a few
+    hundred bytes per row, O(N)), plus one block's work. No gradient.
+    ``on_block(start, block)``, if given, is called with each block too
+    (e.g. to count non-finite inputs).
+
+    Examples
+    --------
+    >>> x = np.array([[2.0, 0.0], [0.0, 3.0], [1.0, 1.0]])
+    >>> r = evaluate_blocks(((s, x[s:s + 2]) for s in (0, 2)), 3, 2, [0, 0, 1])
+    >>> r.reduced == evaluate(x, [0, 0, 1]).reduced
+    True
+    """
+    check_options(reduction, label_smoothing, input_kind)
+    if n_classes == 0:
+        raise ValueError("the logits have no classes (0 columns)")
+    kind, t = check_target(target, n_rows, n_classes, int(ignore_index))
+    w = check_weight(weight, n_classes)
+    out = None
+    done = 0
+    for start, xb in blocks:
+        xb = np.asarray(xb)
+        if start != done or xb.ndim != 2 or xb.shape[1] != n_classes \
+                or start + xb.shape[0] > n_rows:
+            raise ValueError(f"block at row {start} of shape {xb.shape} does not continue "
+                             f"rows 0..{done - 1} of an ({n_rows}, {n_classes}) array")
+        if on_block is not None:
+            on_block(start, xb)
+        stop = start + xb.shape[0]
+        part = evaluate(xb, t[start:stop], weight=w, ignore_index=ignore_index,
+                        reduction="none", label_smoothing=label_smoothing,
+                        input_kind=input_kind, threads=threads)
+        if out is None:
+            out = {f: np.empty(n_rows, dtype=getattr(part, f).dtype) for f in _PER_SAMPLE}
+        for f in _PER_SAMPLE:
+            out[f][start:stop] = getattr(part, f)
+        done = stop
+    if done != n_rows:
+        raise ValueError(f"the blocks covered {done} of {n_rows} rows")
+    if out is None:  # no rows: the whole-array path's empty result
+        return evaluate(np.zeros((0, n_classes)), t, weight=w, ignore_index=ignore_index,
+                        reduction=reduction, label_smoothing=label_smoothing,
+                        input_kind=input_kind)
+    denominator, reduced = _reduce(out["loss"], out["ignored"], out["true_class"], kind, w,
+                                   reduction)
+    return XentResult(reduction=reduction, target_kind=kind, reduced=reduced, grad=None,
+                      denominator=denominator, **out)
 
 
 def cross_entropy(logits, target, weight=None, ignore_index: int = -100, reduction: str = "mean",
@@ -519,8 +620,9 @@ def cross_entropy(logits, target, weight=None, ignore_index: int = -100, reducti
     t = np.asarray(target)
     if x.ndim == 1:
         x = x[None, :]
+        # (C,) float target for (C,) logits: probabilities, as in PyTorch (also for C = 1)
         t = t.reshape(1, -1) if t.ndim == 1 and t.dtype.kind == "f" and t.size == x.shape[1] \
-            and x.shape[1] > 1 else t.reshape(1)
+            else t.reshape(1)
     res = evaluate(x, t, weight=weight, ignore_index=ignore_index, reduction=reduction,
                    label_smoothing=label_smoothing, input_kind=input_kind)
     return res.loss if reduction == "none" else res.reduced

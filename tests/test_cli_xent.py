@@ -476,3 +476,180 @@ def test_stdin_for_both_is_a_usage_error():
 def test_help_has_examples():
     r = ok("--help")
     assert "Examples:" in r.stdout and "--label-smoothing" in r.stdout
+
+
+# ----------------------------------------------------------------------------
+# --check-grad (issue 5)
+
+
+def test_check_grad_passes_on_mnist():
+    r = ok(LOGITS_NPY, "--labels", LABELS_NPY, "--check-grad")
+    panel = " ".join(r.stdout[r.stdout.index("gradient check"):].replace("│", " ").split())
+    assert re.search(r"dL/dlogits pass: 8 rows, 80 entries, max \|error\| \S+, max relative "
+                     r"\S+ tolerance \|analytic - fd\| <= 4e-12 \+ 1e-05 \|fd\|", panel), panel
+    assert "FAIL" not in r.stdout
+
+
+@pytest.mark.parametrize("args", [
+    ["--reduction", "sum"],
+    ["--reduction", "none", "--label-smoothing", "0.2"],
+    ["--weight", "1,2,0.5,1,1,1,3,1,1,0", "--label-smoothing", "0.1", "--ignore-index", "7"],
+])
+def test_check_grad_passes_on_mnist_with_options(args):
+    js = as_json(LOGITS_NPY, "--labels", LABELS_NPY, "--check-grad", *args)
+    (check,) = js["grad_check"]
+    assert check["passed"] and check["rows_checked"] == 8 and check["entries_checked"] == 80
+    assert check["max_rel_error"] < 1e-6
+
+
+def test_check_grad_tolerance_follows_the_mean_divisor(mnist):
+    js = as_json(LOGITS_NPY, "--labels", LABELS_NPY, "--check-grad")
+    # the mean divides by N = 2500: the absolute tolerance 1e-8 scales with it
+    assert js["grad_check"][0]["atol"] == pytest.approx(1e-8 / 2500)
+
+
+def test_check_grad_fails_on_a_broken_gradient(monkeypatch, tmp_path):
+    from smx_cli import xent
+    real = xent.evaluate
+
+    def broken(x2, target, **kw):
+        res = real(x2, target, **kw)
+        if res.grad is not None:
+            res.grad[:, 0] += 1e-3 * np.abs(res.grad).max()  # a small bias on one class
+        return res
+
+    monkeypatch.setattr(xent, "evaluate", broken)
+    r = run(LOGITS_NPY, "--labels", LABELS_NPY, "--check-grad", "-o", tmp_path / "out.json")
+    assert r.exit_code == 1
+    assert "gradient check: FAILED" in r.stdout and "FAIL" in r.stdout
+    err = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("Error: --check-grad: the cross-entropy gradient "
+                                               "disagrees with finite differences"), r.stderr
+    assert json.loads((tmp_path / "out.json").read_text())["grad_check"][0]["passed"] is False
+
+
+def test_check_grad_for_probability_inputs(small):
+    d, x, y, _ = small
+    np.save(d / "p.npy", softmax(x, axis=1))
+    r = ok(d / "p.npy", "--labels", d / "y.npy", "--input-kind", "probs", "--check-grad")
+    panel = " ".join(r.stdout[r.stdout.index("gradient check"):].replace("│", " ").split())
+    assert "dL/dlogits pass: 6 rows" in panel and "(logits = log of the probabilities)" in panel
+
+
+# ----------------------------------------------------------------------------
+# streaming big NPY logits (issue 6)
+
+
+@pytest.fixture
+def spy_blocks(monkeypatch):
+    """Record the row blocks the streamed path reads (and make them small)."""
+    from smx_cli import cmd_xent, stream
+    seen = []
+    real = stream.iter_npy_blocks
+
+    def spy(path, *, block_bytes):
+        for s0, n, xb in real(path, block_bytes=block_bytes):
+            seen.append((s0, len(xb)))
+            yield s0, n, xb
+
+    monkeypatch.setattr(stream, "iter_npy_blocks", spy)
+    monkeypatch.setattr(cmd_xent, "_STREAM_BLOCK", 7 * 10 * 4)  # 7 rows of 10 float32
+    return seen
+
+
+def _json_without_source(*args, input=None):
+    r = run(*args, "--format", "json", input=input)
+    assert r.exit_code == 0, r.stderr
+    js = json.loads(r.stdout)
+    js.pop("source")
+    return js
+
+
+@pytest.mark.parametrize("args", [
+    [],
+    ["--reduction", "sum"],
+    ["--reduction", "none"],
+    ["--weight", "1,2,0.5,1,1,1,3,1,1,0", "--label-smoothing", "0.1", "--ignore-index", "7"],
+    ["--weight", "0,0,0,0,0,0,0,0,0,0"],
+    ["--ignore-index", "1", "--threads", "1"],
+])
+def test_streamed_mnist_equals_the_whole_array(spy_blocks, args):
+    streamed = _json_without_source(LOGITS_NPY, "--labels", LABELS_NPY, *args)
+    assert len(spy_blocks) == -(-2500 // 7) and spy_blocks[-1] == (2499, 1)
+    with open(LOGITS_NPY, "rb") as fh:  # stdin: the whole-array path
+        whole = _json_without_source("-", "--labels", LABELS_NPY, *args, input=fh.read())
+    assert streamed == whole
+
+
+@pytest.mark.parametrize("args", [["--worst", "5"], ["--rows", "30", "--reduction", "none"]])
+def test_streamed_table_equals_the_whole_array(spy_blocks, monkeypatch, args):
+    from smx_cli import cmd_xent
+    streamed = ok(LOGITS_NPY, "--labels", LABELS_NPY, *args).stdout
+    assert spy_blocks
+    monkeypatch.setattr(cmd_xent, "_streamable", lambda *a: None)  # the whole-array path
+    whole = ok(LOGITS_NPY, "--labels", LABELS_NPY, *args).stdout
+    assert len(spy_blocks) == -(-2500 // 7)  # not read again in blocks
+    assert streamed == whole
+    assert "98.92 %" in streamed
+
+
+def test_streamed_counts_non_finite_inputs(spy_blocks, tmp_path):
+    x = np.zeros((20, 10), dtype=np.float32)
+    x[3, 1] = np.nan
+    x[11, :] = -np.inf
+    x[18, 2] = np.inf
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", np.arange(20) % 10)
+    r = ok(tmp_path / "x.npy", "--labels", tmp_path / "y.npy")
+    assert len(spy_blocks) == 3
+    assert re.search(r"non-finite input\s+NaN 1\s+\+inf 1\s+-inf 10", r.stdout), r.stdout
+
+
+@pytest.mark.parametrize("args", [["--grad"], ["--grad-out", "{d}/g.npy"], ["--check-grad"],
+                                  ["--axis", "0", "--labels", "{d}/y4.npy"],
+                                  ["--label-column", "4"]])
+def test_whole_array_path_when_an_option_needs_it(spy_blocks, small, args):
+    d, x, y, _ = small
+    np.save(d / "y4.npy", np.array([0, 5, 1, 2]))  # --axis 0: 4 rows of 6 classes
+    np.save(d / "xy.npy", np.column_stack([x, y]))  # the labels in column 4
+    if "--label-column" in args:
+        ok(d / "xy.npy", *args)
+    else:
+        if "--labels" not in args:
+            args = ["--labels", "{d}/y.npy", *args]
+        ok(d / "x.npy", *[a.format(d=d) for a in args])
+    assert spy_blocks == []
+    ok(d / "x.npy", "--labels", d / "y.npy")
+    assert spy_blocks  # the same file without the option is streamed
+
+
+def test_streamed_errors_are_one_line(spy_blocks, small, tmp_path):
+    d = small[0]
+    np.save(d / "bad.npy", np.array([0, 1, 2, 4, 7, 0]))
+    r = run(d / "x.npy", "--labels", d / "bad.npy", "-o", d / "out.json")
+    assert r.exit_code == 1 and r.stdout == "" and not (d / "out.json").exists()
+    assert r.stderr.strip() == (f"Error: {d / 'bad.npy'}: label 3 is 4, outside [0, 4) and not "
+                                "the ignore index -100; 2 label(s) out of range")
+    # a truncated NPY: the whole-array reader reports it, as before
+    data = (d / "x.npy").read_bytes()
+    (tmp_path / "cut.npy").write_bytes(data[:-8])
+    r = run(tmp_path / "cut.npy", "--labels", d / "y.npy")
+    assert r.exit_code == 1 and "truncated NPY" in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_threads_reach_the_math(monkeypatch, small):
+    from smx_cli import cmd_xent, xent
+    seen = []
+    real = xent.evaluate
+
+    def spy(*a, **kw):
+        seen.append(kw.get("threads"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(xent, "evaluate", spy)  # what evaluate_blocks calls per block
+    monkeypatch.setattr(cmd_xent, "evaluate", spy)
+    d = small[0]
+    ok(d / "x.npy", "--labels", d / "y.npy", "--threads", "3")   # streamed
+    ok(d / "x.csv", "--labels", d / "y.npy", "--threads", "2")   # whole array
+    assert seen == [3, 2]
+    assert run(d / "x.npy", "--labels", d / "y.npy", "--threads", "0").exit_code == 2

@@ -6,6 +6,7 @@ xent.py's module docstring (PyTorch's formulas); it never calls smx.
 import doctest
 import itertools
 import math
+import os
 
 import mpmath as mp
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 from smx_cli import labels as labels_mod
 from smx_cli import xent
 from smx_cli.softmax_ops import log_softmax
-from smx_cli.xent import cross_entropy, cross_entropy_grad, evaluate, nll_loss
+from smx_cli.xent import cross_entropy, cross_entropy_grad, evaluate, evaluate_blocks, nll_loss
 
 RNG = np.random.default_rng(20240603)
 N, C = 9, 6
@@ -445,3 +446,197 @@ def test_docstring_examples_hold():
     for mod in (xent, labels_mod):
         res = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE)
         assert res.failed == 0 and res.attempted > 0, mod.__name__
+
+
+# ----------------------------------------------------------------------------
+# reviewer's bugs: sums past float64's range, the error's article, same-shape targets
+
+
+HUGE = np.array([[0.0, 2.0**1023], [0.0, 2.0**1023]])
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_loss_sum_beyond_float64_range_is_inf_not_an_exception(reduction):
+    # each loss is 2**1023 (finite); their exact sum 2**1024 overflows, as in torch
+    assert cross_entropy(HUGE, [0, 0], reduction=reduction) == math.inf
+    assert math.isinf(nll_loss(-HUGE, [1, 1], reduction=reduction))
+
+
+def test_mean_properties_beyond_float64_range_are_inf():
+    r = evaluate(HUGE, [0, 0], reduction="none")
+    assert np.all(r.loss == 2.0**1023)
+    assert r.mean_loss == math.inf and r.mean_nll == math.inf and r.perplexity == math.inf
+    # entropy: a sum the reviewer named too, through the same exact sum
+    r.entropy[:] = 2.0**1023
+    assert r.mean_entropy == math.inf
+
+
+def test_exact_sum_is_exact_where_fsum_overflows_midway():
+    # math.fsum raises on 1e308 + 1e308 - 1e308 although the sum is 1e308
+    with pytest.raises(OverflowError):
+        math.fsum([1e308, 1e308, -1e308])
+    assert xent.exact_sum([1e308, 1e308, -1e308]) == 1e308
+    assert xent.exact_sum([-(2.0**1023)] * 2) == -math.inf
+    assert math.isnan(xent.exact_sum([math.inf, -math.inf]))
+    assert xent.exact_sum([0.1] * 10) == 1.0
+
+
+def test_bad_target_shape_message_reads_well():
+    with pytest.raises(ValueError) as exc:
+        evaluate(np.zeros((2, 3)), np.zeros((2, 2)))
+    msg = str(exc.value)
+    assert "an 2" not in msg
+    assert msg == ("labels have shape (2, 2): expected 2 class indices, or probability targets "
+                   "of the logits' shape (2, 3)")
+
+
+def test_same_shape_float_target_with_one_class_is_probabilities():
+    """(N, 1) float target for (N, 1) logits: probabilities, as PyTorch reads it."""
+    x = np.array([[3.0], [-2.0]])
+    r = evaluate(x, np.array([[1.0], [1.0]]), reduction="none")
+    assert r.target_kind == "prob"
+    assert r.loss.tolist() == [0.0, 0.0]
+    # as indices a 0.0 column would be class 0 (loss 0); as probabilities it sums to 0
+    with pytest.raises(ValueError, match="probability target row 0 sums to 0.0"):
+        evaluate(x, np.array([[0.0], [0.0]]))
+    # a 1-D float row for 1-D logits of one class too
+    assert cross_entropy(np.array([5.0]), np.array([1.0])) == 0.0
+    # integer (N, 1) columns and (N,) floats stay class indices
+    assert evaluate(x, np.array([[0], [0]])).target_kind == "index"
+    assert evaluate(x, np.array([0.0, 0.0])).target_kind == "index"
+
+
+def test_same_shape_float_target_with_one_class_agrees_with_torch():
+    torch = pytest.importorskip("torch")
+    x = np.array([[3.0], [-2.0], [0.5]])
+    t = np.array([[1.0], [1.0], [1.0]])
+    for reduction in ("none", "sum", "mean"):
+        ref = torch.nn.functional.cross_entropy(torch.tensor(x), torch.tensor(t),
+                                                reduction=reduction).numpy()
+        np.testing.assert_array_equal(cross_entropy(x, t, reduction=reduction), ref)
+
+
+# ----------------------------------------------------------------------------
+# block-wise evaluation (streaming) equals the whole-array one
+
+
+def _assert_same_result(a, b):
+    for f in xent._PER_SAMPLE:
+        va, vb = getattr(a, f), getattr(b, f)
+        assert va.dtype == vb.dtype and np.array_equal(va, vb, equal_nan=va.dtype.kind == "f"), f
+    for f in ("reduction", "target_kind"):
+        assert getattr(a, f) == getattr(b, f)
+    for f in ("reduced", "denominator", "mean_loss", "mean_nll", "mean_entropy", "accuracy",
+              "top5_accuracy", "perplexity"):
+        va, vb = getattr(a, f), getattr(b, f)
+        assert va == vb or (math.isnan(va) and math.isnan(vb)), f
+    assert a.vanished(1e-7) == b.vanished(1e-7)
+
+
+def _blocks(x, sizes):
+    out, s = [], 0
+    for k in itertools.cycle(sizes):
+        if s >= len(x):
+            return out
+        out.append((s, x[s:s + k].copy()))
+        s += k
+
+
+def test_blocks_equal_whole_array_on_mnist():
+    from conftest import SAMPLES
+    x = np.load(os.path.join(SAMPLES, "mnist_lenet_logits.npy"))
+    y = np.load(os.path.join(SAMPLES, "mnist_lenet_labels.npy"))
+    whole = evaluate(x, y)
+    for sizes in ([1], [7, 13], [1000], [len(x)]):
+        _assert_same_result(evaluate_blocks(_blocks(x, sizes), len(x), x.shape[1], y), whole)
+    # float64 logits take the general (not the fused) path
+    x64 = x.astype(np.float64)
+    _assert_same_result(evaluate_blocks(_blocks(x64, [333]), len(x), 10, y), evaluate(x64, y))
+
+
+@pytest.mark.parametrize("reduction,eps,weighted,tkind", COMBOS)
+def test_blocks_equal_whole_array_for_every_option(reduction, eps, weighted, tkind):
+    target, ii = TARGETS[tkind]
+    w = W if weighted else None
+    opts = dict(weight=w, ignore_index=ii, reduction=reduction, label_smoothing=eps)
+    for x in (X, X.astype(np.float32)):
+        whole = evaluate(x, target, **opts)
+        for sizes in ([1], [2, 3], [4]):
+            part = evaluate_blocks(_blocks(x, sizes), N, C, target, **opts)
+            _assert_same_result(part, whole)
+
+
+def test_blocks_with_special_rows_and_input_kinds():
+    x = np.array([[0.0, np.inf, 1.0], [np.nan, 0.0, 0.0], [-np.inf] * 3, [1.0, 2.0, 3.0],
+                  [1e30, -1e30, 0.0]], dtype=np.float32)
+    y = np.array([0, 1, 2, -100, 0])
+    for kind in ("logits", "log-probs"):
+        whole = evaluate(x, y, input_kind=kind)
+        _assert_same_result(evaluate_blocks(_blocks(x, [2]), 5, 3, y, input_kind=kind), whole)
+    p = np.array([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]])
+    _assert_same_result(evaluate_blocks(_blocks(p, [1]), 2, 3, [2, 1], input_kind="probs"),
+                        evaluate(p, [2, 1], input_kind="probs"))
+
+
+def test_blocks_errors_name_the_row_in_the_whole_array():
+    y = np.array([0, 1, 2, 7, 0, 1])
+    with pytest.raises(ValueError, match=r"label 3 is 7, outside \[0, 4\)"):
+        evaluate_blocks(_blocks(np.zeros((6, 4)), [2]), 6, 4, y)
+    with pytest.raises(ValueError, match="5 labels for 6 rows"):
+        evaluate_blocks(_blocks(np.zeros((6, 4)), [2]), 6, 4, y[:5])
+    with pytest.raises(ValueError, match="covered 4 of 6 rows"):
+        evaluate_blocks(_blocks(np.zeros((4, 4)), [2]), 6, 4, y % 4)
+    with pytest.raises(ValueError, match="does not continue"):
+        evaluate_blocks([(0, np.zeros((2, 4))), (3, np.zeros((3, 4)))], 6, 4, y % 4)
+
+
+def test_blocks_of_no_rows_equal_the_empty_result():
+    empty = np.zeros((0, 3))
+    for reduction in ("mean", "sum"):
+        a = evaluate_blocks([(0, empty)], 0, 3, np.zeros(0, dtype=int), reduction=reduction)
+        b = evaluate(empty, np.zeros(0, dtype=int), reduction=reduction)
+        _assert_same_result(a, b)
+
+
+# ----------------------------------------------------------------------------
+# gradient check with the user's options (grad.check_grad's "xent")
+
+
+@pytest.mark.parametrize("reduction,eps,weighted,tkind", COMBOS)
+def test_check_grad_passes_with_every_option(reduction, eps, weighted, tkind):
+    from smx_cli.grad import check_grad
+    target, ii = TARGETS[tkind]
+    opts = dict(weight=W if weighted else None, ignore_index=ii, label_smoothing=eps)
+    res = evaluate(X, target, reduction=reduction, **opts)
+    div = res.denominator if reduction == "mean" else 1.0
+    (c,) = check_grad(X, labels=target, functions=("xent",), xent_options=opts, xent_divisor=div)
+    counted = N if tkind == "prob" else int((target != ii).sum())
+    assert c.passed and c.rows_checked == min(8, counted), c  # ignored rows are not drawn
+    assert c.atol == pytest.approx(1e-8 / div)
+    assert c.max_rel_error < 1e-6
+
+
+def test_check_grad_fails_when_an_option_is_dropped_from_the_gradient(monkeypatch):
+    """The check sees the options: a gradient that forgets the smoothing fails it."""
+    from smx_cli.grad import check_grad
+    real = xent.evaluate
+
+    def forgetful(x2, target, **kw):
+        if kw.get("want_grad"):
+            kw["label_smoothing"] = 0.0
+        return real(x2, target, **kw)
+
+    opts = dict(weight=W, ignore_index=-100, label_smoothing=0.1)
+    (ok,) = check_grad(X, labels=Y, functions=("xent",), xent_options=opts)
+    assert ok.passed
+    monkeypatch.setattr(xent, "evaluate", forgetful)
+    (bad,) = check_grad(X, labels=Y, functions=("xent",), xent_options=opts)
+    assert not bad.passed and bad.max_rel_error > 1e-3
+
+
+def test_check_grad_draws_counted_rows_only():
+    from smx_cli.grad import check_grad
+    y = np.full(N, -100)
+    y[[2, 6]] = [1, 3]
+    (c,) = check_grad(X, labels=y, functions=("xent",))
+    assert c.rows_checked == 2 and c.passed
