@@ -215,9 +215,6 @@ def test_cross_entropy_nonnegative(x, data, smoothing, reduction):
 def test_cross_entropy_with_specials_is_nonnegative_or_nan(x, data):
     n, c = x.shape
     assume(n > 0)
-    finite = x[np.isfinite(x)]
-    # losses summing past float64's range hit the xfail-ed bug below
-    assume(finite.size == 0 or np.abs(finite).max() < 1e300)
     labels = np.array(data.draw(st.lists(st.integers(0, c - 1), min_size=n, max_size=n)))
     loss = _f64(cross_entropy(x, labels, reduction="none"))
     assert np.all(np.isnan(loss) | (loss >= 0))
