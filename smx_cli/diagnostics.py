@@ -53,6 +53,7 @@ class SoftmaxDiagnostics:
     max_value: float | None
     argmax_counts: list[tuple[int, int]] = field(default_factory=list)
     exact_zeros: int = 0
+    masked_nan_rows: int = 0
 
     @property
     def clean(self) -> bool:
@@ -120,7 +121,7 @@ class Accumulator:
         self.rows = self.classes = 0
         self.counts = dict.fromkeys(
             ("nan", "pos_inf", "neg_inf", "nan_rows", "inf_rows", "masked_rows", "zero",
-             "subnormal", "out_nan", "nan_rows_out", "produced", "off"), 0)
+             "subnormal", "out_nan", "nan_rows_out", "produced", "off", "masked_nan"), 0)
         self.max_err = 0.0
         self.vmin = np.inf
         self.vmax = -np.inf
@@ -219,12 +220,15 @@ class Accumulator:
         input_nan_rows = np.isnan(x).any(axis=1)
         masked_rows = np.isneginf(x).all(axis=1)
         c["produced"] += int((nan_rows & ~input_nan_rows & ~masked_rows).sum())
-        self._sums(prob, ~nan_rows)
+        c["masked_nan"] += int((nan_rows & masked_rows).sum())
+        # a fully masked row has no softmax: its zeros (--masked zeros, --mask)
+        # are by design, so it is neither an "off" sum nor anyone's argmax
+        self._sums(prob, ~nan_rows & ~masked_rows)
         finite_vals = np.where(np.isfinite(y), y, np.nan)
         if np.isfinite(finite_vals).any():
             self.vmin = min(self.vmin, float(np.nanmin(finite_vals)))
             self.vmax = max(self.vmax, float(np.nanmax(finite_vals)))
-        finite_out = ~nan_rows
+        finite_out = ~nan_rows & ~masked_rows
         pred = np.argmax(np.where(out_nan, -np.inf, y), axis=1)[finite_out]
         counts = np.bincount(pred, minlength=width)
         self.argmax = counts if self.argmax is None else self.argmax + counts
@@ -249,7 +253,7 @@ class Accumulator:
             max_sum_error=self.max_err, sum_tolerance=SUM_TOLERANCE,
             min_value=self.vmin if np.isfinite(self.vmin) else None,
             max_value=self.vmax if np.isfinite(self.vmax) else None,
-            argmax_counts=top,
+            argmax_counts=top, masked_nan_rows=c["masked_nan"],
         )
 
 

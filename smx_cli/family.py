@@ -61,6 +61,27 @@ def _fill_special(out: np.ndarray, z: np.ndarray, special: np.ndarray, m: np.nda
             out[i] = np.nan if masked == "nan" else 0.0
 
 
+def _as_2d(z) -> tuple[np.ndarray, tuple[int, ...]]:
+    """float64 (N, C) rows of ``z`` and the shape to give the result back in.
+
+    A 1-D input is one row (its result is 1-D again, like :func:`smx_cli.softmax`);
+    anything but 1-D or 2-D is refused with a ValueError, not an IndexError.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    if z.ndim == 1:
+        return z[None, :], z.shape
+    if z.ndim != 2:
+        raise ValueError(f"expected a 1-D row or (N, C) rows, got shape {z.shape}")
+    return z, z.shape
+
+
+def _restore(out: np.ndarray, support, shape: tuple[int, ...], return_support: bool):
+    out = out.reshape(shape)
+    if return_support:
+        return out, support.reshape(shape[:-1])
+    return out
+
+
 def hardmax(z, masked: str = "nan") -> np.ndarray:
     """One-hot of each row's argmax; k tied maxima get 1/k each.
 
@@ -69,12 +90,12 @@ def hardmax(z, masked: str = "nan") -> np.ndarray:
     >>> hardmax(np.array([[1.0, 3.0, 3.0], [0.0, -1.0, -2.0]])).tolist()
     [[0.0, 0.5, 0.5], [1.0, 0.0, 0.0]]
     """
-    z = np.asarray(z, dtype=np.float64)
+    z, shape = _as_2d(z)
     zs, special, m = _prepare(z)
     top = zs == 0.0
     out = top / top.sum(axis=1, keepdims=True).clip(min=1)
     _fill_special(out, z, special, m, masked)
-    return out
+    return out.reshape(shape)
 
 
 def _sorted_threshold(zs: np.ndarray, alpha15: bool):
@@ -116,14 +137,14 @@ def sparsemax(z, masked: str = "nan", return_support: bool = False):
     >>> sparsemax(np.array([[0.0, 0.5, 0.6]])).round(6).tolist()
     [[0.0, 0.45, 0.55]]
     """
-    z = np.asarray(z, dtype=np.float64)
+    z, shape = _as_2d(z)
     zs, special, m = _prepare(z)
     tau, size = _sorted_threshold(zs, alpha15=False) if z.shape[1] else (np.zeros(len(z)), np.zeros(len(z), int))
     with np.errstate(invalid="ignore"):
         out = np.clip(zs - tau[:, None], 0, None)
     _fill_special(out, z, special, m, masked)
     support = np.count_nonzero(out > 0, axis=1)
-    return (out, support) if return_support else out
+    return _restore(out, support, shape, return_support)
 
 
 def entmax15(z, masked: str = "nan", return_support: bool = False):
@@ -136,7 +157,7 @@ def entmax15(z, masked: str = "nan", return_support: bool = False):
     >>> float(entmax15(np.array([[0.0, 10.0]]))[0, 0])
     0.0
     """
-    z = np.asarray(z, dtype=np.float64)
+    z, shape = _as_2d(z)
     zs, special, m = _prepare(z)
     half = zs / 2
     tau, size = _sorted_threshold(half, alpha15=True) if z.shape[1] else (np.zeros(len(z)), None)
@@ -145,7 +166,7 @@ def entmax15(z, masked: str = "nan", return_support: bool = False):
         out /= out.sum(axis=1, keepdims=True)  # remove the last rounding drift
     _fill_special(out, z, special, m, masked)
     support = np.count_nonzero(out > 0, axis=1)
-    return (out, support) if return_support else out
+    return _restore(out, support, shape, return_support)
 
 
 def entmax_bisect(z, alpha: float = 1.5, masked: str = "nan", iterations: int = BISECT_ITERATIONS,
@@ -163,7 +184,7 @@ def entmax_bisect(z, alpha: float = 1.5, masked: str = "nan", iterations: int = 
     """
     if not (np.isfinite(alpha) and alpha > 1):
         raise ValueError(f"alpha must be a finite number > 1, got {alpha!r}")
-    z = np.asarray(z, dtype=np.float64)
+    z, shape = _as_2d(z)
     zs, special, m = _prepare(z)
     n, d = zs.shape
     am1 = alpha - 1.0
@@ -183,7 +204,7 @@ def entmax_bisect(z, alpha: float = 1.5, masked: str = "nan", iterations: int = 
         out /= out.sum(axis=1, keepdims=True)
     _fill_special(out, z, special, m, masked)
     support = np.count_nonzero(out > 0, axis=1)
-    return (out, support) if return_support else out
+    return _restore(out, support, shape, return_support)
 
 
 def gumbel_softmax(z, tau: float = 1.0, hard: bool = False, samples: int = 1,

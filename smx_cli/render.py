@@ -122,7 +122,10 @@ def topk_table(values: np.ndarray, x2: np.ndarray, k: int, *, kind: str, tiny: f
                 cells.append(styled_value(row[j], live=finite_row, tiny=tiny, kind=kind,
                                           is_max=(r == 0), digits=digits))
             probs = np.exp(row) if kind == "logprob" else row
-            rest = float(np.sum(probs) - np.sum(probs[idx])) if width > k else 0.0
+            # the others' own sum: 1 - sum(top k) cancels to 0 on a saturated row
+            others = np.ones(width, dtype=bool)
+            others[idx] = False
+            rest = float(np.sum(probs[others])) if width > k else 0.0
             cells.append(fmt_value(max(rest, 0.0), 3) if np.isfinite(rest) else "nan")
             table.add_row(row_label(i, lead_shape), *cells)
     notes = [reason, _elided_rows_note(shown, n)]
@@ -200,7 +203,7 @@ def hints(d: SoftmaxDiagnostics) -> list[str]:
     if d.produced_nan_rows and d.inputs.inf_rows and d.emulated:
         out.append("+inf logits make inf - inf = NaN in plain arithmetic; smx's accurate "
                    "path (no --dtype) shares the mass among the +inf entries")
-    if d.inputs.masked_rows:
+    if d.masked_nan_rows:
         out.append("fully masked rows (all -inf) have no softmax: --masked zeros gives 0s")
     if d.sum_off_rows and d.emulated:
         out.append(f"rounding in {d.dtype} spoils the sums: drop --dtype for the accurate result")

@@ -388,7 +388,8 @@ def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
         else:
             a = _coefficients(kind, tb, lp.shape, ign, yy, w, eps, n_classes)
             # a_ic = 0 contributes 0, also where logp_ic = -inf
-            loss[sl] = -np.where(a > 0, a * lp, 0.0).sum(axis=1)
+            # (0 - sum, not -sum: an ignored sample's loss is 0, not -0.0)
+            loss[sl] = 0.0 - np.where(a > 0, a * lp, 0.0).sum(axis=1)
         if kind == "index":
             nll[sl] = np.where(ign, 0.0, -lp_y)
         else:

@@ -475,3 +475,33 @@ def test_closed_pipe_is_quiet(args):
                        timeout=60)
     assert r.stderr == ""
     assert r.stdout.splitlines()[-1] == "status=0"
+
+
+def test_masked_zeros_row_is_not_an_off_sum_nor_a_hint(tmp_path):
+    """A fully masked row's zeros (--masked zeros, --mask) are by design: the
+    verdict must not turn "inaccurate", the panel must not suggest the
+    --masked zeros the user already gave, and the row has no argmax."""
+    path = tmp_path / "m.csv"
+    path.write_text("1,2,3\n-inf,-inf,-inf\n")
+    doc = json.loads(run(path, "--masked", "zeros", "--format", "json").stdout)
+    d = doc["diagnostics"]
+    assert d["sum_off_rows"] == 0 and d["max_sum_error"] < 1e-15
+    assert d["argmax_counts"] == [{"class": 2, "rows": 1}]
+    out = " ".join(run(path, "--masked", "zeros").stdout.split())
+    assert "inaccurate" not in out and "--masked zeros gives" not in out
+    (tmp_path / "keep.csv").write_text("1,1,1\n0,0,0\n")
+    out = " ".join(run(path, "--mask", tmp_path / "keep.csv").stdout.split())
+    assert "inaccurate" not in out and "--masked zeros gives" not in out
+    # the default (NaN, like PyTorch) still gets the hint
+    out = " ".join(run(path).stdout.split())
+    assert "--masked zeros gives" in out
+
+
+def test_topk_rest_mass_of_a_saturated_row_is_not_cancelled(tmp_path):
+    """'rest p' is the others' own sum, not 1 - sum(top k) (which gives 0)."""
+    path = tmp_path / "s.csv"
+    path.write_text("0,40,80\n")
+    out = run(path, "--top-k", "1").stdout
+    rest = float(np.exp(-40.0) + np.exp(-80.0))  # ~4.25e-18 of the exact softmax
+    row = [line.split() for line in out.splitlines() if line.split()[:2] == ["0", "2"]]
+    assert row and row[0][-1] == f"{rest:.3g}", out

@@ -141,3 +141,16 @@ def test_agrees_with_entmax_package():
     np.testing.assert_allclose(entmax_bisect(ROWS, 1.3),
                                entmax.entmax_bisect(t, alpha=1.3, dim=-1, n_iter=80).numpy(),
                                atol=1e-9)
+
+
+def test_sparse_maps_take_a_single_row_and_refuse_nd():
+    """1-D in, 1-D out (like softmax); N-d is a ValueError, not an IndexError."""
+    assert sparsemax([0.0, 0.5, 0.6]).round(6).tolist() == [0.0, 0.45, 0.55]
+    assert hardmax([1.0, 3.0, 3.0]).tolist() == [0.0, 0.5, 0.5]
+    assert entmax15([0.0, 0.0]).tolist() == [0.5, 0.5]
+    assert np.allclose(entmax_bisect([0.0, 0.5, 0.6], alpha=2.0), [0.0, 0.45, 0.55])
+    p, support = sparsemax([0.0, 0.5, 0.6], return_support=True)
+    assert p.shape == (3,) and int(support) == 2
+    for fn in (sparsemax, hardmax, entmax15, entmax_bisect):
+        with pytest.raises(ValueError, match="shape"):
+            fn(np.zeros((2, 2, 3)))

@@ -640,3 +640,12 @@ def test_check_grad_draws_counted_rows_only():
     y[[2, 6]] = [1, 3]
     (c,) = check_grad(X, labels=y, functions=("xent",))
     assert c.rows_checked == 2 and c.passed
+
+
+def test_ignored_sample_loss_is_plus_zero():
+    """An ignored sample's loss is 0.0 (as PyTorch gives), not -0.0, on every path."""
+    x = np.array([[1.0, 2.0, 3.0], [0.0, 1.0, 2.0]])
+    for kw in ({}, {"label_smoothing": 0.1}, {"weight": [1.0, 2.0, 0.5]}):
+        for grad in (False, True):
+            r = evaluate(x, [0, -100], reduction="none", want_grad=grad, **kw)
+            assert r.loss[1] == 0.0 and not np.signbit(r.loss[1])
