@@ -369,7 +369,12 @@ def _per_sample_matrix(res) -> np.ndarray:
 
 
 def _finite_or_none(v: float):
-    return v if math.isfinite(v) else None
+    """A JSON value: the number; an infinity as "inf"/"-inf" (as in the arrays); NaN as null."""
+    if math.isnan(v):
+        return None
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return v
 
 
 def _summary(res, source, n_classes, class_names, reduction, eps, ignore_index, input_kind,
