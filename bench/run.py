@@ -17,11 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource  # noqa: F401 - used in child scripts
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import os
-import sys
-from contextlib import contextmanager
 
 import click
 import numpy as np
@@ -11,17 +9,17 @@ from rich.console import Console
 from rich.measure import Measurement
 
 from smx_cli import grad as grad_mod
-from smx_cli import render, render_grad, variants
-from smx_cli import stream
-from smx_cli.diagnostics import Accumulator, diagnose
-from smx_cli.emit import Payload, check_output_path, stdout_console, write_file, write_stdout
-from smx_cli.errors import SmxError
-from smx_cli.options import display_options, input_options, numerics_options, output_options
-from smx_cli.family import FAMILY_HELP
 from smx_cli import io as io_mod
+from smx_cli import render, render_grad, stream, variants
+from smx_cli.diagnostics import Accumulator, diagnose
+from smx_cli.emit import (Payload, check_output_path, progress_bar, stdout_console, write_file,
+                          write_stdout)
+from smx_cli.errors import SmxError
+from smx_cli.family import FAMILY_HELP
 from smx_cli.io import NPY_MAGIC, ZIP_MAGIC, output_format, read_array
 from smx_cli.kernels import FAST_ULP_NOTE
 from smx_cli.masks import read_mask
+from smx_cli.options import display_options, input_options, numerics_options, output_options
 from smx_cli.prepare import load_rows
 from smx_cli.softmax_ops import MASKED_POLICIES, VARIANT_HELP, as_rows, from_rows
 
@@ -194,8 +192,6 @@ def _show_values(console, values, logits, result, variant, temperature, source, 
     console.print(table)
 
 
-# inputs at least this big get a progress bar (when stderr is a terminal)
-_PROGRESS_BYTES = 64 << 20
 # input bytes per streamed block: peak memory is a few times this
 _STREAM_BLOCK = 32 << 20
 # CSV/TSV inputs at least this big are parsed and written in row blocks
@@ -278,7 +274,7 @@ def _streamed(file, source_kind, variant, temperature, dtype, masked, opts, fast
         return _show_streamed(file, acc, state, head_x, head_y, shape, names, variant,
                               temperature, output, strict, max_rows, top_k, digits)
     total_bytes = int(np.prod(shape, dtype=np.int64)) * in_dtype.itemsize
-    with _progress(total_bytes) as advance:
+    with progress_bar(total_bytes, "smx") as advance:
         try:
             if output:
                 stream.stream_npy(file, output, block, progress=advance, block_bytes=_STREAM_BLOCK)
@@ -338,20 +334,6 @@ def _show_streamed(file, acc, state, head_x, head_y, shape, names, variant, temp
         console.print(f"wrote {output}", style="dim")
     if strict:
         _check_strict(diag)
-
-
-@contextmanager
-def _progress(total_bytes: int):
-    """A rich progress bar on stderr for big jobs on a terminal; else a no-op."""
-    if total_bytes < _PROGRESS_BYTES or not sys.stderr.isatty():
-        yield lambda done, total: None
-        return
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn("smx"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                  TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("rows", total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 def _needed_width(console: Console, table) -> int:

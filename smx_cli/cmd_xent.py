@@ -4,8 +4,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import sys
-from contextlib import contextmanager
 
 import click
 import numpy as np
@@ -13,7 +11,8 @@ import numpy as np
 from smx_cli import grad as grad_mod
 from smx_cli import render_xent, stream
 from smx_cli.diagnostics import InputCounts, count_inputs
-from smx_cli.emit import Payload, check_output_path, stdout_console, write_file, write_stdout
+from smx_cli.emit import (Payload, check_output_path, progress_bar, stdout_console, write_file,
+                          write_stdout)
 from smx_cli.errors import SmxError
 from smx_cli.io import NPY_MAGIC
 from smx_cli.labels import read_labels, read_weights, split_label_column
@@ -186,8 +185,6 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
 
 # input bytes per streamed block: with float64 work on it, peak memory is a few times this
 _STREAM_BLOCK = 16 << 20
-# inputs at least this big get a progress bar (when stderr is a terminal)
-_PROGRESS_BYTES = 64 << 20
 # elements per block when counting non-finite inputs of a whole array
 _COUNT_BLOCK = 1 << 20
 
@@ -245,7 +242,7 @@ def _streamed(file, shape, labels_path, weight, opts, threads):
     weights = read_weights(weight, c) if weight else None
     _, in_dtype = stream.npy_info(file)
     tally = _InputTally()
-    with _progress(n * c * in_dtype.itemsize) as advance:
+    with progress_bar(n * c * in_dtype.itemsize, "smx xent") as advance:
         def on_block(start, xb):
             tally.add(xb)
             advance(start + len(xb), n)
@@ -315,21 +312,6 @@ def _check_gradient(x2, labels, res, weights, opts):
         xent_options={"weight": weights, "ignore_index": opts["ignore_index"],
                       "label_smoothing": opts["label_smoothing"]},
         xent_divisor=res.denominator if mean else 1.0)
-
-
-@contextmanager
-def _progress(total_bytes: int):
-    """A rich progress bar on stderr for big jobs on a terminal; else a no-op."""
-    if total_bytes < _PROGRESS_BYTES or not sys.stderr.isatty():
-        yield lambda done, total: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn("smx xent"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                  TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("rows", total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 PER_SAMPLE_COLUMNS = ["row", "label", "predicted", "p_true", "loss", "margin", "correct",

@@ -6,6 +6,7 @@ what would destroy the user's input or flood a terminal with binary.
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import click
@@ -127,3 +128,24 @@ def write_stdout(payload: Payload, fmt: str) -> None:
     if fmt == "npy" and sys.stdout.isatty():
         raise SmxError("refusing to write binary NPY to a terminal; redirect stdout or use -o")
     write_stdout_bytes(data)
+
+
+# jobs over this many input bytes get a progress bar (when stderr is a terminal)
+PROGRESS_BYTES = 64 << 20
+
+
+@contextmanager
+def progress_bar(total_bytes: int, label: str = "smx"):
+    """A rich progress bar on stderr for big jobs on a terminal; else a no-op.
+
+    Yields ``advance(done, total)`` to call after each block.
+    """
+    if total_bytes < PROGRESS_BYTES or not sys.stderr.isatty():
+        yield lambda done, total: None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn(label), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("rows", total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)

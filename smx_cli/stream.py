@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from typing import Callable, Iterator
 
 import numpy as np
