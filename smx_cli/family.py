@@ -274,23 +274,22 @@ def sparse_jacobian(p_row: np.ndarray, alpha: float) -> np.ndarray:
     return np.diag(s) - np.outer(s, s) / total if total > 0 else np.zeros((len(p), len(p)))
 
 
-ALPHA_OF = {"sparsemax": 2.0, "entmax15": 1.5}
-
-
 def apply_mask(x2: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Logits with masked-out entries (mask False) set to -inf, as float64.
+    """Logits with masked-out entries (mask False) set to -inf.
+
+    A float input keeps its dtype; integers become float64.
 
     Examples
     --------
     >>> apply_mask(np.array([[1.0, 2.0]]), np.array([[True, False]])).tolist()
     [[1.0, -inf]]
     """
+    x = np.asarray(x2)
     mask = np.asarray(mask)
-    if mask.shape != x2.shape:
-        raise ValueError(f"mask has shape {mask.shape}, the logits {x2.shape}: they must match")
-    if mask.dtype.kind == "f":
-        if not np.isin(mask, (0.0, 1.0)).all():
-            raise ValueError("mask must hold booleans (true/false or 1/0)")
-    out = np.array(x2, dtype=np.float64)
+    if mask.shape != x.shape:
+        raise ValueError(f"mask has shape {mask.shape}, the logits {x.shape}: they must match")
+    if mask.dtype.kind == "f" and not np.isin(mask, (0.0, 1.0)).all():
+        raise ValueError("mask must hold booleans (true/false or 1/0)")
+    out = x.astype(np.float64) if x.dtype.kind in "biu" else np.array(x, copy=True)
     out[~mask.astype(bool)] = -np.inf
     return out

@@ -131,6 +131,17 @@ def _cast_into(dst: np.ndarray, src: np.ndarray, fmt) -> None:
         np.copyto(dst, src, casting="unsafe")
 
 
+def _row_max(xb: np.ndarray, ax: int, kind: str):
+    """Each row's maximum m (keepdims) and, for log-softmax, its index k (else None).
+
+    Log-softmax needs the index: the dominant entry's sum skips it (log1p form).
+    """
+    if kind == "prob":
+        return np.max(xb, axis=ax, keepdims=True), None
+    k = np.expand_dims(np.argmax(xb, axis=ax), ax)
+    return np.take_along_axis(xb, k, ax), k
+
+
 # ----------------------------------------------------------------------------
 # accurate: 16- and 32-bit inputs, computed in float64
 
@@ -144,11 +155,7 @@ def lowp_block(xb: np.ndarray, ob: np.ndarray, ax: int, t: float, kind: str, fmt
     recomputes them with the plain kernel (special rows).
     """
     shape = xb.shape
-    if kind == "prob":
-        m = np.max(xb, axis=ax, keepdims=True)
-    else:
-        k = np.expand_dims(np.argmax(xb, axis=ax), ax)
-        m = np.take_along_axis(xb, k, ax)
+    m, k = _row_max(xb, ax, kind)
     m = m.astype(np.float64)
     bad = ~np.isfinite(m)
     if bad.any():
@@ -215,11 +222,7 @@ def f64_block(xb: np.ndarray, ob: np.ndarray, ax: int, kind: str) -> np.ndarray:
     a non-finite maximum, or a NaN met on the way (an -inf entry).
     """
     shape = xb.shape
-    if kind == "prob":
-        m = np.max(xb, axis=ax, keepdims=True)
-    else:
-        k = np.expand_dims(np.argmax(xb, axis=ax), ax)
-        m = np.take_along_axis(xb, k, ax)
+    m, k = _row_max(xb, ax, kind)
     bad = ~np.isfinite(m)
     if bad.any():
         m = np.where(bad, 0.0, m)

@@ -59,19 +59,6 @@ class VariantRun:
     samples: int = 1
 
 
-def apply_mask(x2: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """Logits with masked-out entries set to -inf, keeping a float input's dtype."""
-    if mask is None:
-        return x2
-    x = np.asarray(x2)
-    out = x.astype(np.float64) if x.dtype.kind in "biu" else np.array(x, copy=True)
-    mask = np.asarray(mask)
-    if mask.shape != out.shape:
-        raise ValueError(f"mask has shape {mask.shape}, the logits {out.shape}: they must match")
-    out[~mask.astype(bool)] = -np.inf
-    return out
-
-
 def run(x2: np.ndarray, variant: str = "stable", *, temperature: float = 1.0,
         dtype: str | None = None, masked: str = "nan", mask: np.ndarray | None = None,
         options: VariantOptions | None = None, fast: bool = False,
@@ -95,7 +82,7 @@ def run(x2: np.ndarray, variant: str = "stable", *, temperature: float = 1.0,
         raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(ALL_VARIANTS)}")
     if mask is not None:
         masked = "zeros"
-    x = apply_mask(x2, mask)
+    x = family.apply_mask(x2, mask) if mask is not None else x2
     if variant in SOFTMAX_VARIANTS:
         res = compute(x, variant, temperature, dtype, masked, fast=fast, threads=threads)
         return VariantRun(res, None, None, x)
