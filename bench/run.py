@@ -29,8 +29,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 import smx_cli  # noqa: E402
-from smx_cli.softmax_ops import compute  # noqa: E402
-from smx_cli.xent import cross_entropy  # noqa: E402
+from smx_cli.core.softmax import compute  # noqa: E402
+from smx_cli.core.xent import cross_entropy  # noqa: E402
 
 try:
     import torch  # noqa: E402
@@ -132,14 +132,14 @@ def _kb(key):  # VmHWM/VmRSS: ru_maxrss of a forked child starts at its parent's
     return int([l for l in open("/proc/self/status") if l.startswith(key)][0].split()[1])
 base = _kb("VmHWM")
 if kind == "smx-xent":
-    from smx_cli.xent import cross_entropy; cross_entropy(x, y)
+    from smx_cli.core.xent import cross_entropy; cross_entropy(x, y)
 elif kind == "torch-xent":
     import torch, torch.nn.functional as F; base = _kb("VmHWM")
     F.cross_entropy(torch.from_numpy(x), torch.from_numpy(y))
 elif kind == "smx-softmax":
-    from smx_cli.softmax_ops import compute; compute(x)
+    from smx_cli.core.softmax import compute; compute(x)
 elif kind == "smx-softmax-fast":
-    from smx_cli.softmax_ops import compute; compute(x, fast=True)
+    from smx_cli.core.softmax import compute; compute(x, fast=True)
 elif kind == "torch-softmax":
     import torch; base = _kb("VmHWM")
     torch.softmax(torch.from_numpy(x), -1)
@@ -228,8 +228,8 @@ def bench_e2e(quick: bool):
 _STREAM_CHILD = r"""
 import json, resource, sys, time, os
 import numpy as np
-from smx_cli import stream
-from smx_cli.softmax_ops import compute
+from smx_cli.io import stream
+from smx_cli.core.softmax import compute
 kind, src, dst = sys.argv[1], sys.argv[2], sys.argv[3]
 t0 = time.perf_counter()
 if kind == "copy":
@@ -262,7 +262,7 @@ def stream_child(kind: str, src: str, dst: str) -> tuple[float, float]:
 
 
 def bench_stream(quick: bool):
-    """The streaming engine (smx_cli.stream) on the e2e files, each in a fresh process."""
+    """The streaming engine (smx_cli.io.stream) on the e2e files, each in a fresh process."""
     out_dir = os.path.join(HERE, "out")
     npy, csv_path = os.path.join(out_dir, "big.npy"), os.path.join(out_dir, "big.csv")
     rows = []
@@ -355,7 +355,7 @@ def main(argv=None):
         print_rows("peak memory", bench_memory(args.quick), args.markdown)
     if "e2e" in only:
         print_rows("end to end", bench_e2e(args.quick), args.markdown)
-        print_rows("streaming engine (smx_cli.stream, not yet wired into the CLI)",
+        print_rows("streaming engine (smx_cli.io.stream, not yet wired into the CLI)",
                    bench_stream(args.quick), args.markdown)
 
 

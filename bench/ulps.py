@@ -1,9 +1,9 @@
 """Fast mode's measured accuracy: max error / (2 + |x - max| + log2 C) ulps, per format."""
 import numpy as np, sys
 import os; sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from smx_cli.softmax_ops import compute
-from smx_cli.reference import exact_softmax
-from smx_cli.precision import ulp_error, format_of
+from smx_cli.core.softmax import compute
+from smx_cli.core.reference import exact_softmax
+from smx_cli.core.precision import ulp_error, format_of
 import ml_dtypes
 rng=np.random.default_rng(0)
 for dt in (np.float16, ml_dtypes.bfloat16, np.float32, np.float64):

@@ -13,16 +13,16 @@ from importlib import import_module
 # The API is loaded on first use (PEP 562), so that `smx --help` and the
 # console script do not import numpy before they need it.
 _API = {
-    "softmax": "softmax_ops", "log_softmax": "softmax_ops", "logsumexp": "softmax_ops",
-    "compute": "softmax_ops", "VARIANTS": "softmax_ops",
-    "cross_entropy": "xent", "nll_loss": "xent", "cross_entropy_grad": "xent",
-    "softmax_jacobian": "grad", "softmax_vjp": "grad", "log_softmax_vjp": "grad",
-    "check_grad": "grad", "saturation": "grad",
-    "hardmax": "family", "sparsemax": "family", "entmax15": "family",
-    "entmax_bisect": "family", "gumbel_softmax": "family",
-    "diagnose": "diagnostics", "SoftmaxDiagnostics": "diagnostics",
-    "read_array": "io", "exact_softmax": "reference", "ulp_error": "precision",
-    "FORMATS": "precision", "SmxError": "errors",
+    "softmax": "core.softmax", "log_softmax": "core.softmax", "logsumexp": "core.softmax",
+    "compute": "core.softmax", "VARIANTS": "core.softmax",
+    "cross_entropy": "core.xent", "nll_loss": "core.xent", "cross_entropy_grad": "core.xent",
+    "softmax_jacobian": "core.grad", "softmax_vjp": "core.grad", "log_softmax_vjp": "core.grad",
+    "check_grad": "core.grad", "saturation": "core.grad",
+    "hardmax": "core.sparse", "sparsemax": "core.sparse", "entmax15": "core.sparse",
+    "entmax_bisect": "core.sparse", "gumbel_softmax": "core.sparse",
+    "diagnose": "analysis.diagnostics", "SoftmaxDiagnostics": "analysis.diagnostics",
+    "read_array": "io", "exact_softmax": "core.reference", "ulp_error": "core.precision",
+    "FORMATS": "core.precision", "SmxError": "errors",
 }
 __all__ = [*_API, "__version__"]
 

@@ -4,7 +4,7 @@
     python tests/fuzz_long.py --seconds 600 [--seed N] [--save DIR]
 
 Each input goes through ``smx_cli.io.read_array`` (with random reading
-options), ``smx_cli.labels.read_labels`` and the CLI (``smx softmax FILE
+options), ``smx_cli.io.labels.read_labels`` and the CLI (``smx softmax FILE
 --format csv`` in-process, with click's CliRunner). The contract: a result,
 or a one-line SmxError / exit 1 or 2 -- never another exception, a traceback,
 or a hang (each input gets ``--timeout`` seconds). Failing inputs are saved to
@@ -157,7 +157,7 @@ READ_OPTIONS = [{}, {"header": True}, {"header": False}, {"delimiter": ","},
 
 def check_read(path: str, options: dict) -> None:
     """read_array: a Loaded with a real numeric array, or SmxError -- nothing else."""
-    from smx_cli.labels import read_labels
+    from smx_cli.io.labels import read_labels
 
     try:
         got = smx_io.read_array(path, **options)

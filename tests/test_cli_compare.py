@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from conftest import SAMPLES
 from smx_cli.cli import cli
-from smx_cli.compare import SEED_ROWS, compare_stability
+from smx_cli.analysis.compare import SEED_ROWS, compare_stability
 
 MNIST = os.path.join(SAMPLES, "mnist_lenet_logits.npy")
 

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from conftest import SAMPLES
 from smx_cli.cli import cli
-from smx_cli.family import entmax_bisect, sparsemax
+from smx_cli.core.sparse import entmax_bisect, sparsemax
 
 SEEDS = os.path.join(SAMPLES, "seeds.csv")
 SATURATED = os.path.join(SAMPLES, "saturated.csv")

@@ -1,6 +1,6 @@
 """`smx softmax` end to end: every option reaches the math; what the user sees.
 
-The expected numbers come from smx_cli.reference.exact_softmax or from hand
+The expected numbers come from smx_cli.core.reference.exact_softmax or from hand
 arithmetic, never from running the command on another path.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from conftest import SAMPLES
 from smx_cli.cli import cli
-from smx_cli.reference import exact_softmax
+from smx_cli.core.reference import exact_softmax
 
 SEEDS = os.path.join(SAMPLES, "seeds.csv")
 MNIST_NPY = os.path.join(SAMPLES, "mnist_lenet_logits.npy")

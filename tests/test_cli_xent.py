@@ -509,7 +509,7 @@ def test_check_grad_tolerance_follows_the_mean_divisor(mnist):
 
 
 def test_check_grad_fails_on_a_broken_gradient(monkeypatch, tmp_path):
-    from smx_cli import xent
+    from smx_cli.core import xent
     real = xent.evaluate
 
     def broken(x2, target, **kw):
@@ -543,7 +543,8 @@ def test_check_grad_for_probability_inputs(small):
 @pytest.fixture
 def spy_blocks(monkeypatch):
     """Record the row blocks the streamed path reads (and make them small)."""
-    from smx_cli import cmd_xent, stream
+    from smx_cli.cli import xent as cmd_xent
+    from smx_cli.io import stream
     seen = []
     real = stream.iter_npy_blocks
 
@@ -583,7 +584,7 @@ def test_streamed_mnist_equals_the_whole_array(spy_blocks, args):
 
 @pytest.mark.parametrize("args", [["--worst", "5"], ["--rows", "30", "--reduction", "none"]])
 def test_streamed_table_equals_the_whole_array(spy_blocks, monkeypatch, args):
-    from smx_cli import cmd_xent
+    from smx_cli.cli import xent as cmd_xent
     streamed = ok(LOGITS_NPY, "--labels", LABELS_NPY, *args).stdout
     assert spy_blocks
     monkeypatch.setattr(cmd_xent, "_streamable", lambda *a: None)  # the whole-array path
@@ -638,7 +639,8 @@ def test_streamed_errors_are_one_line(spy_blocks, small, tmp_path):
 
 
 def test_threads_reach_the_math(monkeypatch, small):
-    from smx_cli import cmd_xent, xent
+    from smx_cli.cli import xent as cmd_xent
+    from smx_cli.core import xent
     seen = []
     real = xent.evaluate
 

@@ -1,4 +1,4 @@
-"""smx_cli.compare: every variant x format against the exact reference.
+"""smx_cli.analysis.compare: every variant x format against the exact reference.
 
 The paper's figures (Blanchard, Higham & Higham 2021) on the MNIST logits, and
 constructed inputs whose overflow, underflow and error follow from the formats'
@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from conftest import SAMPLES
-from smx_cli.compare import (ALL_VARIANTS, SEED_ROWS, ULP_OK, WORST_COLUMNS, check_names,
+from smx_cli.analysis.compare import (ALL_VARIANTS, SEED_ROWS, ULP_OK, WORST_COLUMNS, check_names,
                              compare_stability, normal_sample, paper_row_errors, round_to,
                              scales_up_to, sweep, thresholds)
-from smx_cli.precision import FORMATS, ulp_error
-from smx_cli.reference import exact_softmax
-from smx_cli.softmax_ops import compute
+from smx_cli.core.precision import FORMATS, ulp_error
+from smx_cli.core.reference import exact_softmax
+from smx_cli.core.softmax import compute
 
 MNIST = os.path.join(SAMPLES, "mnist_lenet_logits.npy")
 

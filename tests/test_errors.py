@@ -127,7 +127,7 @@ def test_data_error_through_main_is_one_line(monkeypatch, capsys):
 def test_internal_error_is_one_line_not_a_traceback(monkeypatch, capsys):
     def boom(*a, **k):
         raise RuntimeError("something\nunexpected")
-    monkeypatch.setattr(smx_io, "parse_text", boom)
+    monkeypatch.setattr(smx_io.arrays, "parse_text", boom)
     monkeypatch.delenv("SMX_DEBUG", raising=False)
     monkeypatch.setattr(sys, "argv", ["smx", "softmax", SEEDS])
     with pytest.raises(SystemExit) as exc:
@@ -539,7 +539,7 @@ def test_output_into_missing_directory(tmp_path):
 def test_output_to_unwritable_place(tmp_path, monkeypatch):
     def denied(*a, **k):
         raise PermissionError(13, "Permission denied")
-    monkeypatch.setattr(smx_io.tempfile, "mkstemp", denied)
+    monkeypatch.setattr(smx_io.write.tempfile, "mkstemp", denied)
     msg = fails("softmax", SEEDS, "-o", tmp_path / "out.csv")
     assert "cannot write in" in msg and "Permission denied" in msg and "another -o" in msg
     assert os.listdir(tmp_path) == []
@@ -776,7 +776,7 @@ def test_sigkill_mid_write(big_npy, tmp_path):
     assert 0 < pos < total and rc == -signal.SIGKILL
     assert out.read_bytes() == old
     residue = sorted(set(os.listdir(tmp_path)) - {"out.npy"})
-    assert all(smx_io._TEMP_NAME.match(n) for n in residue), residue  # noqa: SLF001
+    assert all(smx_io.write._TEMP_NAME.match(n) for n in residue), residue  # noqa: SLF001
     ok("softmax", SEEDS, "-o", tmp_path / "next.csv")
     assert sorted(os.listdir(tmp_path)) == ["next.csv", "out.npy"]
     np.testing.assert_array_equal(np.load(out), np.arange(3.0))

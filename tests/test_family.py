@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 from scipy.optimize import brentq
 
-from smx_cli.family import (apply_mask, entmax15, entmax_bisect, gumbel_softmax, hardmax,
+from smx_cli.core.sparse import (apply_mask, entmax15, entmax_bisect, gumbel_softmax, hardmax,
                             sparse_jacobian, sparse_vjp, sparsemax)
-from smx_cli.softmax_ops import softmax
+from smx_cli.core.softmax import softmax
 
 RNG = np.random.default_rng(11)
 ROWS = np.concatenate([RNG.normal(0, s, (40, 9)) for s in (0.1, 1, 5, 50)]

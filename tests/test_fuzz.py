@@ -1,6 +1,6 @@
 """The reader fuzzer, bounded for CI (about 10 s): random bytes, random CSV-like
 text, and mutations of valid CSV/NPY/NPZ samples go through
-``smx_cli.io.read_array``, ``smx_cli.labels.read_labels`` and
+``smx_cli.io.read_array``, ``smx_cli.io.labels.read_labels`` and
 ``smx softmax FILE --format csv``. Any input gives a result or a one-line
 error (SmxError; exit 1 or 2) -- never another exception, a traceback, or a
 hang (hypothesis' deadline: 2 s per input).

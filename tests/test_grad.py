@@ -3,7 +3,7 @@ import mpmath
 import numpy as np
 import pytest
 
-from smx_cli.grad import (check_grad, hint_temperature, log_softmax_vjp, saturation,
+from smx_cli.core.grad import (check_grad, hint_temperature, log_softmax_vjp, saturation,
                           softmax_jacobian, softmax_vjp)
 
 mpmath.mp.dps = 50
@@ -141,7 +141,7 @@ def test_check_grad_passes_on_mnist_and_fails_on_a_wrong_gradient(monkeypatch):
     assert {c.function for c in checks} == {"softmax", "log", "xent"}
     assert all(c.passed for c in checks), checks
     # the check can fail: break the VJP and it must notice
-    import smx_cli.grad as grad_mod
+    import smx_cli.core.grad as grad_mod
 
     monkeypatch.setattr(grad_mod, "softmax_vjp", lambda x, g, temperature=1.0: g * 0.5)
     broken = grad_mod.check_grad(x, labels=y, rows=4, functions=("softmax",))

@@ -3,10 +3,10 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from smx_cli import kernels
-from smx_cli.precision import FORMATS, format_of, ulp_error
-from smx_cli.reference import exact_softmax
-from smx_cli.softmax_ops import _accurate_block, compute, log_softmax, softmax
+from smx_cli.core import kernels
+from smx_cli.core.precision import FORMATS, format_of, ulp_error
+from smx_cli.core.reference import exact_softmax
+from smx_cli.core.softmax import _accurate_block, compute, log_softmax, softmax
 
 DTYPES = (np.float16, ml_dtypes.bfloat16, np.float32, np.float64)
 SHAPES = ((1, 7), (7, 1), (0, 5), (5, 0), (1, 1), (33, 3), (37, 65), (3, 70000), (1001, 10))

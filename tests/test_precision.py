@@ -12,7 +12,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from smx_cli.precision import BFLOAT16, FORMATS, format_of, result_format, ulp, ulp_error
+from smx_cli.core.precision import BFLOAT16, FORMATS, format_of, result_format, ulp, ulp_error
 
 # (significand bits p, minimum normal exponent emin) with normals in [2**emin, ...)
 SPEC = {"float16": (11, -14, 15), "bfloat16": (8, -126, 127),

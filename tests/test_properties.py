@@ -24,9 +24,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from smx_cli.softmax_ops import VARIANTS as ALL_VARIANTS
-from smx_cli.softmax_ops import compute, log_softmax, logsumexp, softmax
-from smx_cli.xent import cross_entropy
+from smx_cli.core.softmax import VARIANTS as ALL_VARIANTS
+from smx_cli.core.softmax import compute, log_softmax, logsumexp, softmax
+from smx_cli.core.xent import cross_entropy
 
 
 settings.register_profile("ci", max_examples=60, deadline=None,

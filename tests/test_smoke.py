@@ -16,8 +16,8 @@ def test_seed_examples_give_tutorial_values():
 def test_package_api_functions_survive_submodule_imports():
     # regression: a submodule named like an API function used to shadow it
     import smx_cli
-    import smx_cli.softmax_ops  # noqa: F401
-    import smx_cli.xent  # noqa: F401
+    import smx_cli.core.softmax  # noqa: F401
+    import smx_cli.core.xent  # noqa: F401
 
     np.testing.assert_allclose(smx_cli.softmax([1.0, 2.0, 3.0]),
                                [0.09003057, 0.24472847, 0.66524096], rtol=1e-7)

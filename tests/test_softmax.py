@@ -3,7 +3,7 @@
 Two oracles, neither of them the code under test:
 
 * mpmath at 50 significant digits, for a modest number of rows (slow);
-* ``smx_cli.reference.exact_softmax`` (long double with error-free shifts),
+* ``smx_cli.core.reference.exact_softmax`` (long double with error-free shifts),
   for large random and adversarial suites -- itself checked against mpmath
   below to far under a float64 ulp.
 
@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import scipy.special
 
-from smx_cli.precision import FORMATS, ulp_error
-from smx_cli.reference import exact_softmax
-from smx_cli.softmax_ops import ONLINE_BLOCK, _BLOCK_ELEMENTS, compute, log_softmax, logsumexp, softmax
+from smx_cli.core.precision import FORMATS, ulp_error
+from smx_cli.core.reference import exact_softmax
+from smx_cli.core.softmax import ONLINE_BLOCK, _BLOCK_ELEMENTS, compute, log_softmax, logsumexp, softmax
 
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 ACCURATE = ("stable", "log", "online")

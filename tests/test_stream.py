@@ -4,9 +4,9 @@ import os
 import numpy as np
 import pytest
 
-from smx_cli import stream
+from smx_cli.io import stream
 from smx_cli.io import csv_text, shortest_strings
-from smx_cli.softmax_ops import compute
+from smx_cli.core.softmax import compute
 
 
 def files(d):

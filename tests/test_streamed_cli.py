@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import smx_cli.cmd_softmax as cmd_softmax
+import smx_cli.cli.softmax as cmd_softmax
 from smx_cli.cli import cli
-from smx_cli.diagnostics import Accumulator, diagnose
-from smx_cli.softmax_ops import compute
+from smx_cli.analysis.diagnostics import Accumulator, diagnose
+from smx_cli.core.softmax import compute
 
 
 def special_logits():
@@ -23,7 +23,7 @@ def special_logits():
 @pytest.mark.parametrize("variant", ["stable", "log", "naive", "sparsemax"])
 def test_block_diagnostics_equal_whole_array_diagnostics(variant):
     x = special_logits()
-    from smx_cli.variants import SPARSE_OUTPUT, run
+    from smx_cli.core.registry import SPARSE_OUTPUT, run
 
     whole = run(x, variant).result
     ref = diagnose(x, whole, sparse=variant in SPARSE_OUTPUT)

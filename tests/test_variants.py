@@ -2,8 +2,10 @@
 import numpy as np
 import pytest
 
-from smx_cli import family, grad, variants
-from smx_cli.softmax_ops import softmax
+from smx_cli.core import sparse as family
+from smx_cli.core import grad
+from smx_cli.core import registry as variants
+from smx_cli.core.softmax import softmax
 
 RNG = np.random.default_rng(21)
 

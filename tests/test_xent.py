@@ -1,4 +1,4 @@
-"""Cross-entropy (smx_cli.xent) against an independent 50-digit reference and PyTorch.
+"""Cross-entropy (smx_cli.core.xent) against an independent 50-digit reference and PyTorch.
 
 The reference (``mp_*`` below) is built with mpmath straight from the definitions in
 xent.py's module docstring (PyTorch's formulas); it never calls smx.
@@ -12,10 +12,10 @@ import mpmath as mp
 import numpy as np
 import pytest
 
-from smx_cli import labels as labels_mod
-from smx_cli import xent
-from smx_cli.softmax_ops import log_softmax
-from smx_cli.xent import cross_entropy, cross_entropy_grad, evaluate, evaluate_blocks, nll_loss
+from smx_cli.io import labels as labels_mod
+from smx_cli.core import xent
+from smx_cli.core.softmax import log_softmax
+from smx_cli.core.xent import cross_entropy, cross_entropy_grad, evaluate, evaluate_blocks, nll_loss
 
 RNG = np.random.default_rng(20240603)
 N, C = 9, 6
@@ -604,7 +604,7 @@ def test_blocks_of_no_rows_equal_the_empty_result():
 
 @pytest.mark.parametrize("reduction,eps,weighted,tkind", COMBOS)
 def test_check_grad_passes_with_every_option(reduction, eps, weighted, tkind):
-    from smx_cli.grad import check_grad
+    from smx_cli.core.grad import check_grad
     target, ii = TARGETS[tkind]
     opts = dict(weight=W if weighted else None, ignore_index=ii, label_smoothing=eps)
     res = evaluate(X, target, reduction=reduction, **opts)
@@ -618,7 +618,7 @@ def test_check_grad_passes_with_every_option(reduction, eps, weighted, tkind):
 
 def test_check_grad_fails_when_an_option_is_dropped_from_the_gradient(monkeypatch):
     """The check sees the options: a gradient that forgets the smoothing fails it."""
-    from smx_cli.grad import check_grad
+    from smx_cli.core.grad import check_grad
     real = xent.evaluate
 
     def forgetful(x2, target, **kw):
@@ -635,7 +635,7 @@ def test_check_grad_fails_when_an_option_is_dropped_from_the_gradient(monkeypatc
 
 
 def test_check_grad_draws_counted_rows_only():
-    from smx_cli.grad import check_grad
+    from smx_cli.core.grad import check_grad
     y = np.full(N, -100)
     y[[2, 6]] = [1, 3]
     (c,) = check_grad(X, labels=y, functions=("xent",))

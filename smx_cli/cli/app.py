@@ -36,11 +36,11 @@ turns it off; SMX_DEBUG=1 shows tracebacks of internal errors."""
 # name -> (module, attribute, one-line help). Commands are imported only when
 # run or asked for help, so `smx --help` does not pay for numpy and rich.
 COMMANDS = {
-    "softmax": ("smx_cli.cmd_softmax", "softmax_cmd",
+    "softmax": ("smx_cli.cli.softmax", "softmax_cmd",
                 "Softmax of each row of logits, with diagnostics and gradients."),
-    "xent": ("smx_cli.cmd_xent", "xent_cmd",
+    "xent": ("smx_cli.cli.xent", "xent_cmd",
              "Cross-entropy against true labels, with PyTorch's semantics."),
-    "compare-stability": ("smx_cli.cmd_compare", "compare_cmd",
+    "compare-stability": ("smx_cli.cli.compare", "compare_cmd",
                           "Every softmax variant x precision against the exact result."),
 }
 

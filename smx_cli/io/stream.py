@@ -178,7 +178,7 @@ def stream_npy(in_path: str, out_path: str, fn: Callable[[np.ndarray], np.ndarra
     Examples
     --------
     >>> import tempfile, os
-    >>> from smx_cli.softmax_ops import compute
+    >>> from smx_cli.core.softmax import compute
     >>> d = tempfile.mkdtemp()
     >>> np.save(os.path.join(d, "x.npy"), np.array([[1.0, 2.0, 3.0]]))
     >>> stream_npy(os.path.join(d, "x.npy"), os.path.join(d, "p.npy"),

@@ -53,11 +53,11 @@ def read_labels(path: str, *, class_names: list[str] | None = None,
     >>> read_labels(p, class_names=["cat", "dog"]).tolist()
     [0.0, 1.0, 1.0]
     """
-    data, source = io._read_bytes(path)  # noqa: SLF001 - same package
+    data, source = io.read_bytes(path)  # noqa: SLF001 - same package
     if data.startswith(io.NPY_MAGIC):
-        return io._load_npy(data, source)  # noqa: SLF001
+        return io.load_npy(data, source)  # noqa: SLF001
     if data.startswith(io.ZIP_MAGIC):
-        return io._load_npz(data, source, None)[0]  # noqa: SLF001
+        return io.load_npz(data, source, None)[0]  # noqa: SLF001
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -69,18 +69,18 @@ def read_labels(path: str, *, class_names: list[str] | None = None,
             entries.append((lineno, line))
     if not entries:
         raise SmxError(f"{source}: no labels (the file is empty or holds only comments)")
-    delim = delimiter if delimiter is not None else io._sniff_delimiter([e[1] for e in entries])  # noqa: SLF001
-    widths = {len(io._split(line, delim)) for _, line in entries[1:] or entries}  # noqa: SLF001
+    delim = delimiter if delimiter is not None else io.sniff_delimiter([e[1] for e in entries])  # noqa: SLF001
+    widths = {len(io.split_fields(line, delim)) for _, line in entries[1:] or entries}  # noqa: SLF001
     if widths == {1}:
         names = _names_index(class_names)
-        first = io._split(entries[0][1], delim)  # noqa: SLF001
-        if len(first) == 1 and first[0] not in names and not io._is_number(first[0]):  # noqa: SLF001
+        first = io.split_fields(entries[0][1], delim)  # noqa: SLF001
+        if len(first) == 1 and first[0] not in names and not io.is_number(first[0]):  # noqa: SLF001
             entries = entries[1:]  # a header such as "label"
         if not entries:
             raise SmxError(f"{source}: only a header, no labels")
         toks = []
         for lineno, line in entries:
-            parts = io._split(line, delim)  # noqa: SLF001
+            parts = io.split_fields(line, delim)  # noqa: SLF001
             if len(parts) != 1:
                 raise SmxError(f"{source}: line {lineno} has {len(parts)} values; expected one label")
             toks.append(parts[0])
@@ -97,7 +97,7 @@ def split_label_column(path: str, column: str, *, delimiter: str | None = None,
     a 0-based index. For text files the label column may hold class names
     (the other columns' header names).
     """
-    data, source = io._read_bytes(path)  # noqa: SLF001
+    data, source = io.read_bytes(path)  # noqa: SLF001
     if data.startswith(io.NPY_MAGIC) or data.startswith(io.ZIP_MAGIC):
         loaded = io.read_array(path, key=key)
         arr = loaded.values
@@ -116,19 +116,19 @@ def split_label_column(path: str, column: str, *, delimiter: str | None = None,
     content = [(i, ln) for i, ln in content if ln]
     if not content:
         raise SmxError(f"{source}: no data (the file is empty or holds only comments)")
-    delim = delimiter if delimiter is not None else io._sniff_delimiter([c[1] for c in content])  # noqa: SLF001
-    first = io._split(content[0][1], delim)  # noqa: SLF001
+    delim = delimiter if delimiter is not None else io.sniff_delimiter([c[1] for c in content])  # noqa: SLF001
+    first = io.split_fields(content[0][1], delim)  # noqa: SLF001
     if header is None:
         # a header if the first row has a token that is no number, apart from the label column
         try_idx = _column_index(column, None, len(first), source, quiet=True)
         others = [t for j, t in enumerate(first) if j != try_idx]
-        header = column in first or not all(io._is_number(t) for t in others)  # noqa: SLF001
+        header = column in first or not all(io.is_number(t) for t in others)  # noqa: SLF001
     names = first if header else None
     idx = _column_index(column, names, len(first), source)
     out_lines = list(raw_lines)
     tokens, lines = [], []
     for n, (i, line) in enumerate(content):
-        parts = io._split(line, delim)  # noqa: SLF001
+        parts = io.split_fields(line, delim)  # noqa: SLF001
         if len(parts) != len(first):
             raise SmxError(f"{source}: line {i + 1} has {len(parts)} values, expected {len(first)}")
         if n > 0 or not header:

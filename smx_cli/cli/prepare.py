@@ -10,7 +10,7 @@ import numpy as np
 
 from smx_cli.errors import SmxError
 from smx_cli.io import Loaded, read_array
-from smx_cli.softmax_ops import as_rows
+from smx_cli.core.softmax import as_rows
 
 
 @dataclass

@@ -4,11 +4,11 @@ The numerics behind ``smx compare-stability``; no printing, no click, no rich.
 
 For each format the input is first rounded to that format, so that a
 comparison measures the *algorithm*, not the rounding of its input. Each
-variant then runs emulated in the format (:func:`smx_cli.softmax_ops.compute` with
+variant then runs emulated in the format (:func:`smx_cli.core.softmax.compute` with
 ``dtype=name``: every operation rounded, 16-bit sums left to right as in the
 ``chop`` scripts of Blanchard, Higham & Higham 2021), and its probabilities are
 compared with the exact softmax of the *rounded* input
-(:func:`smx_cli.reference.exact_softmax`, long double). The ``log`` variant is
+(:func:`smx_cli.core.reference.exact_softmax`, long double). The ``log`` variant is
 measured as ``exp(log-softmax)``. The row ``smx`` is smx's own accurate path
 (``dtype=None``, the stable variant) on the same rounded input.
 
@@ -42,9 +42,9 @@ from dataclasses import asdict, dataclass, field
 import ml_dtypes
 import numpy as np
 
-from smx_cli.precision import FORMATS, Format, ulp_error
-from smx_cli.reference import exact_softmax
-from smx_cli.softmax_ops import compute
+from smx_cli.core.precision import FORMATS, Format, ulp_error
+from smx_cli.core.reference import exact_softmax
+from smx_cli.core.softmax import compute
 
 TEXTBOOK = ("naive", "stable", "log", "online", "lse")
 ACCURATE = "smx"

@@ -2,7 +2,7 @@
 
 The reference is computed from the input exactly as given (so a comparison
 measures the algorithm, not the rounding of its input) to well below one ulp
-of float64, independently of the kernels in :mod:`smx_cli.softmax_ops`:
+of float64, independently of the kernels in :mod:`smx_cli.core.softmax`:
 
 * d = x - max is carried as an unevaluated sum d + e of two float64 numbers
   (TwoSum), so the shift is exact;

@@ -14,7 +14,7 @@ The row sum is error-free split (a double-double), and exp(d) + exp(d) * e is
 divided by it as a double-double with one final rounding: measured <= 2.5 ulp.
 
 *Emulated* (``dtype="float16"`` etc.): the algorithm as a framework runs it in
-that format, each operation rounded to the format (see :mod:`smx_cli.precision`)
+that format, each operation rounded to the format (see :mod:`smx_cli.core.precision`)
 and sums taken left to right for the 16-bit formats, as in the ``chop``
 simulations of Blanchard, Higham & Higham. This is how a user sees the overflow
 a float16 run hits.
@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from smx_cli import kernels
-from smx_cli.kernels import FAST_ULP_NOTE
-from smx_cli.precision import BFLOAT16, FORMATS, Format, format_of, result_format
+from smx_cli.core import kernels
+from smx_cli.core.kernels import FAST_ULP_NOTE
+from smx_cli.core.precision import BFLOAT16, FORMATS, Format, format_of, result_format
 
 VARIANTS = ("stable", "naive", "log", "online", "lse")
 VARIANT_HELP = {
@@ -617,7 +617,7 @@ def compute(x2: np.ndarray, variant: str = "stable", temperature: float = 1.0,
     the same result to within the 4-ulp contract whatever ``threads``.
 
     Fast mode's accuracy, measured against
-    :func:`smx_cli.reference.exact_softmax` (``bench/ulps.py``; worst measured 0.9 of the bound): softmax
+    :func:`smx_cli.core.reference.exact_softmax` (``bench/ulps.py``; worst measured 0.9 of the bound): softmax
     entries within 2 + |x_i - max| / T + log2(C) ulps of the input format
     (the rounding of x - max in the format is amplified by exp), log-softmax
     entries within the same bound in ulps of max(|logp_i|, 1) (the dominant

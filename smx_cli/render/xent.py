@@ -10,8 +10,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from smx_cli.render import class_label, fmt_value
-from smx_cli.xent import XentResult
+from smx_cli.render.tables import class_label, fmt_value
+from smx_cli.core.xent import XentResult
 
 
 def undefined_reason(res: XentResult) -> str:

@@ -10,15 +10,15 @@ from rich.console import Console
 from rich.measure import Measurement
 
 from smx_cli import io
-from smx_cli.compare import (ALL_VARIANTS, DEFAULT_DTYPES, MAX_SCALE, SEED_LABEL, SEED_ROWS,
+from smx_cli.analysis.compare import (ALL_VARIANTS, DEFAULT_DTYPES, MAX_SCALE, SEED_LABEL, SEED_ROWS,
                              VARIANT_LABELS, check_names, compare_stability, normal_sample,
                              sweep)
-from smx_cli.emit import check_output_path, stdout_console, write_stdout_bytes
+from smx_cli.cli.emit import check_output_path, stdout_console, write_stdout_bytes
 from smx_cli.errors import SmxError
-from smx_cli.options import input_options
-from smx_cli.precision import FORMATS
-from smx_cli.prepare import load_rows
-from smx_cli.render_compare import COLUMNS, DROP_ORDER, comparison_table, comparison_view, sweep_view
+from smx_cli.cli.options import input_options
+from smx_cli.core.precision import FORMATS
+from smx_cli.cli.prepare import load_rows
+from smx_cli.render.compare import COLUMNS, DROP_ORDER, comparison_table, comparison_view, sweep_view
 
 _VARIANT_LINES = "\n".join(f"  {name:<7} {text}" for name, text in VARIANT_LABELS.items())
 
@@ -175,7 +175,7 @@ def fit_columns(console: Console, result, title: str) -> tuple[str, ...]:
 
     rich would squeeze every cell of a table wider than the terminal to
     "0.…"; instead drop whole columns, least important first
-    (:data:`~smx_cli.render_compare.DROP_ORDER`), until the rest fits.
+    (:data:`~smx_cli.render.compare.DROP_ORDER`), until the rest fits.
     """
     columns = COLUMNS
     for name in (None, *DROP_ORDER):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from smx_cli.precision import DTYPE_NAMES
+from smx_cli.core.precision import DTYPE_NAMES
 
 DELIMITER_NAMES = {"comma": ",", ",": ",", "tab": "\t", "\\t": "\t", "\t": "\t",
                    "semicolon": ";", ";": ";", "space": " ", "whitespace": " ", " ": " "}

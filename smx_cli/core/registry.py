@@ -1,9 +1,9 @@
 """One entry point for every member of the softmax family, and its gradients.
 
-:func:`run` dispatches a variant name to :mod:`smx_cli.softmax_ops` (naive, stable,
-log, online, lse) or :mod:`smx_cli.family` (hardmax, sparsemax, entmax15,
+:func:`run` dispatches a variant name to :mod:`smx_cli.core.softmax` (naive, stable,
+log, online, lse) or :mod:`smx_cli.core.sparse` (hardmax, sparsemax, entmax15,
 entmax, gumbel), applies an optional mask, and returns a
-:class:`~smx_cli.softmax_ops.SoftmaxResult` plus what only some variants have
+:class:`~smx_cli.core.softmax.SoftmaxResult` plus what only some variants have
 (support sizes, the soft sample behind a hard Gumbel draw).
 :func:`vjp` and :func:`jacobian` give each variant's gradient in closed form.
 """
@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from smx_cli import family, grad
-from smx_cli.precision import format_of, result_format
-from smx_cli.softmax_ops import VARIANTS as SOFTMAX_VARIANTS
-from smx_cli.softmax_ops import KernelStats, SoftmaxResult, compute
+from smx_cli.core import sparse as family
+from smx_cli.core import grad
+from smx_cli.core.precision import format_of, result_format
+from smx_cli.core.softmax import VARIANTS as SOFTMAX_VARIANTS
+from smx_cli.core.softmax import KernelStats, SoftmaxResult, compute
 
 ALL_VARIANTS = SOFTMAX_VARIANTS + family.SPARSE_VARIANTS
 # variants whose zeros are exact by design, not underflow
@@ -136,8 +137,8 @@ def vjp(variant: str, x2: np.ndarray, probs: np.ndarray, g: np.ndarray, *,
         soft: np.ndarray | None = None) -> np.ndarray:
     """g^T J of ``variant`` at logits ``x2`` (outputs ``probs``), row by row.
 
-    softmax-like variants use :func:`smx_cli.grad.softmax_vjp` (log:
-    :func:`~smx_cli.grad.log_softmax_vjp`); sparse ones the closed form on
+    softmax-like variants use :func:`smx_cli.core.grad.softmax_vjp` (log:
+    :func:`~smx_cli.core.grad.log_softmax_vjp`); sparse ones the closed form on
     their support; hardmax has zero gradient; a hard Gumbel draw passes the
     gradient of its soft sample (straight-through).
     """
@@ -264,7 +265,7 @@ def check_gradients(variant: str, x2: np.ndarray, *, temperature: float = 1.0,
                     options: VariantOptions | None = None, rows: int = 8, seed: int = 0):
     """Finite-difference checks of this variant's gradient (and softmax/log-softmax).
 
-    Returns a list of :class:`~smx_cli.grad.GradCheck`. Sparse variants are
+    Returns a list of :class:`~smx_cli.core.grad.GradCheck`. Sparse variants are
     checked with their closed-form VJP against central differences of the
     map itself.
     """

@@ -1,6 +1,6 @@
 """What went right and wrong in a softmax: pure functions from arrays to counts.
 
-No printing here: :mod:`smx_cli.render` turns these dataclasses into tables.
+No printing here: :mod:`smx_cli.render.tables` turns these dataclasses into tables.
 """
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from smx_cli.softmax_ops import KernelStats, SoftmaxResult, _split_row_sum
+from smx_cli.core.softmax import KernelStats, SoftmaxResult, _split_row_sum
 
 
 @dataclass
@@ -106,7 +106,7 @@ class Accumulator:
 
     Examples
     --------
-    >>> from smx_cli.softmax_ops import compute
+    >>> from smx_cli.core.softmax import compute
     >>> x = np.array([[1.0, 2.0], [3.0, -np.inf], [np.nan, 0.0]])
     >>> acc = Accumulator("stable", compute(x).fmt, "prob", False)
     >>> for i in range(3):
@@ -278,7 +278,7 @@ def diagnose(x2: np.ndarray, result: SoftmaxResult, top_classes: int = 5,
 
     Examples
     --------
-    >>> from smx_cli.softmax_ops import compute
+    >>> from smx_cli.core.softmax import compute
     >>> x = np.array([[1000.0, 2000.0, 3000.0]])
     >>> d = diagnose(x, compute(x, "naive"))
     >>> d.exp_overflow, d.output_nan_rows

@@ -8,20 +8,23 @@ import numpy as np
 from rich.console import Console
 from rich.measure import Measurement
 
-from smx_cli import grad as grad_mod
+from smx_cli.core import grad as grad_mod
 from smx_cli import io as io_mod
-from smx_cli import render, render_grad, stream, variants
-from smx_cli.diagnostics import Accumulator, diagnose
-from smx_cli.emit import (Payload, check_output_path, progress_bar, stdout_console, write_file,
+from smx_cli.render import tables as render
+from smx_cli.render import grad as render_grad
+from smx_cli.io import stream
+from smx_cli.core import registry as variants
+from smx_cli.analysis.diagnostics import Accumulator, diagnose
+from smx_cli.cli.emit import (Payload, check_output_path, progress_bar, stdout_console, write_file,
                           write_stdout)
 from smx_cli.errors import SmxError
-from smx_cli.family import FAMILY_HELP
+from smx_cli.core.sparse import FAMILY_HELP
 from smx_cli.io import NPY_MAGIC, ZIP_MAGIC, output_format, read_array
-from smx_cli.kernels import FAST_ULP_NOTE
-from smx_cli.masks import read_mask
-from smx_cli.options import display_options, input_options, numerics_options, output_options
-from smx_cli.prepare import load_rows
-from smx_cli.softmax_ops import MASKED_POLICIES, VARIANT_HELP, as_rows, from_rows
+from smx_cli.core.kernels import FAST_ULP_NOTE
+from smx_cli.io.masks import read_mask
+from smx_cli.cli.options import display_options, input_options, numerics_options, output_options
+from smx_cli.cli.prepare import load_rows
+from smx_cli.core.softmax import MASKED_POLICIES, VARIANT_HELP, as_rows, from_rows
 
 _VARIANT_LINES = "\n".join(f"  {name:<9} {text}"
                            for name, text in {**VARIANT_HELP, **FAMILY_HELP}.items())
@@ -306,7 +309,7 @@ def _stream_text(file, output, fmt, block, delimiter, header):
             for values, names in blocks:
                 result = block(values)
                 if first and names is not None:
-                    fh.write(out_delim.join(io_mod._csv_field(c, out_delim) for c in names) + "\n")  # noqa: SLF001
+                    fh.write(out_delim.join(io_mod.csv_field(c, out_delim) for c in names) + "\n")  # noqa: SLF001
                 first = False
                 fh.write(io_mod.csv_text(result, None, out_delim))
     except OSError as exc:

@@ -7,7 +7,7 @@ For p = softmax(x / T) the Jacobian is
 so an entry whose probability is ~0 gets ~no gradient, and a saturated row
 (one p near 1) has every entry near 0: it stops learning. The log-softmax
 Jacobian is (delta_ij - p_j) / T, and the fused softmax + cross-entropy
-gradient p - onehot(y) stays of order 1 (see :mod:`smx_cli.xent`).
+gradient p - onehot(y) stays of order 1 (see :mod:`smx_cli.core.xent`).
 
 Vector-Jacobian products never form the C x C matrix:
 
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from smx_cli.precision import format_of, result_format
-from smx_cli.softmax_ops import as_rows, check_temperature, compute, from_rows
+from smx_cli.core.precision import format_of, result_format
+from smx_cli.core.softmax import as_rows, check_temperature, compute, from_rows
 
 _BLOCK_ELEMENTS = 1 << 18
 _LONG = np.longdouble
@@ -320,7 +320,7 @@ def check_grad(x2: np.ndarray, *, labels=None, temperature: float = 1.0, rows: i
     >>> all(c.passed for c in checks)
     True
     """
-    from smx_cli.xent import evaluate
+    from smx_cli.core.xent import evaluate
 
     x2 = np.asarray(x2, dtype=np.float64)
     t = check_temperature(temperature)

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from smx_cli import kernels
-from smx_cli.softmax_ops import compute
+from smx_cli.core import kernels
+from smx_cli.core.softmax import compute
 
 REDUCTIONS = ("mean", "sum", "none")
 INPUT_KINDS = ("logits", "log-probs", "probs")
@@ -529,7 +529,7 @@ def evaluate_blocks(blocks, n_rows: int, n_classes: int, target, *, weight=None,
     """:func:`evaluate` over (N, C) logits given in row blocks, in bounded memory.
 
     ``blocks`` yields ``(start, block)`` with consecutive (rows, C) blocks
-    covering rows 0..N-1 (e.g. from :func:`smx_cli.stream.iter_npy_blocks`;
+    covering rows 0..N-1 (e.g. from :func:`smx_cli.io.stream.iter_npy_blocks`;
     a block may be a reused buffer: nothing of it is kept). The target, the
     weights and the options are validated once, for all N rows, so errors
     name the row in the whole array. Every per-sample statistic is row-local,

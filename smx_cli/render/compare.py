@@ -1,5 +1,5 @@
-"""Pure functions: a :class:`~smx_cli.compare.Comparison` or
-:class:`~smx_cli.compare.Sweep` -> rich renderables. No printing."""
+"""Pure functions: a :class:`~smx_cli.analysis.compare.Comparison` or
+:class:`~smx_cli.analysis.compare.Sweep` -> rich renderables. No printing."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from smx_cli.compare import ULP_OK, Comparison, Sweep, Thresholds
+from smx_cli.analysis.compare import ULP_OK, Comparison, Sweep, Thresholds
 
 VERDICT_STYLE = {"ok": "bold green", "inaccurate": "bold yellow", "broken": "bold red",
                  "n/a": "dim"}

@@ -221,7 +221,7 @@ def gumbel_softmax(z, tau: float = 1.0, hard: bool = False, samples: int = 1,
     >>> s.shape, bool(np.allclose(s.sum(axis=-1), 1))
     ((3, 1, 2), True)
     """
-    from smx_cli.softmax_ops import compute
+    from smx_cli.core.softmax import compute
 
     if not (np.isfinite(tau) and tau > 0):
         raise ValueError(f"tau must be a finite number > 0, got {tau!r}")

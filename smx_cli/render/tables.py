@@ -12,7 +12,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from smx_cli.diagnostics import SoftmaxDiagnostics
+from smx_cli.analysis.diagnostics import SoftmaxDiagnostics
 
 DEFAULT_MAX_ROWS = 20
 DEFAULT_MAX_COLS = 12

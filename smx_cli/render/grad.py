@@ -7,8 +7,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from smx_cli.grad import GradCheck, Saturation
-from smx_cli.render import class_label, fmt_value, row_label
+from smx_cli.core.grad import GradCheck, Saturation
+from smx_cli.render.tables import class_label, fmt_value, row_label
 
 _TINY_STYLE = "yellow"
 

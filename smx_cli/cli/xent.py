@@ -8,19 +8,20 @@ import os
 import click
 import numpy as np
 
-from smx_cli import grad as grad_mod
-from smx_cli import render_xent, stream
-from smx_cli.diagnostics import InputCounts, count_inputs
-from smx_cli.emit import (Payload, check_output_path, progress_bar, stdout_console, write_file,
+from smx_cli.core import grad as grad_mod
+from smx_cli.render import xent as render_xent
+from smx_cli.io import stream
+from smx_cli.analysis.diagnostics import InputCounts, count_inputs
+from smx_cli.cli.emit import (Payload, check_output_path, progress_bar, stdout_console, write_file,
                           write_stdout)
 from smx_cli.errors import SmxError
 from smx_cli.io import NPY_MAGIC
-from smx_cli.labels import read_labels, read_weights, split_label_column
-from smx_cli.options import input_options
-from smx_cli.precision import result_format
-from smx_cli.prepare import Rows, load_rows
-from smx_cli.softmax_ops import as_rows
-from smx_cli.xent import INPUT_KINDS, REDUCTIONS, evaluate, evaluate_blocks
+from smx_cli.io.labels import read_labels, read_weights, split_label_column
+from smx_cli.cli.options import input_options
+from smx_cli.core.precision import result_format
+from smx_cli.cli.prepare import Rows, load_rows
+from smx_cli.core.softmax import as_rows
+from smx_cli.core.xent import INPUT_KINDS, REDUCTIONS, evaluate, evaluate_blocks
 
 
 @click.command("xent", epilog="""\b

@@ -1,6 +1,6 @@
-"""Fast blocked, threaded kernels behind :func:`smx_cli.softmax_ops.compute`.
+"""Fast blocked, threaded kernels behind :func:`smx_cli.core.softmax.compute`.
 
-The plain kernels in :mod:`smx_cli.softmax_ops` say *what* is computed; this
+The plain kernels in :mod:`smx_cli.core.softmax` say *what* is computed; this
 module computes the same numbers with few passes over memory:
 
 * rows are cut into blocks of about :data:`BLOCK_ELEMENTS` elements (256 KB of
@@ -28,7 +28,7 @@ float64 inputs, temperature 1
     S >= exp(m) >= 1 cannot overflow. For m < 0 every |x| >= |m|, so
     Fast2Sum recovers the rounding error e of d = fl(x - m) in two passes and
     exp(x - m) = exp(d)(1 + e). The row sum is split error-free (a
-    double-double, as :func:`smx_cli.softmax_ops._split_row_sum`), and the
+    double-double, as :func:`smx_cli.core.softmax._split_row_sum`), and the
     per-row reciprocal is formed in long double. Log-softmax is computed as
     (x - M_hi) - M_lo with M = m + lse a double-double, so the output needs
     no compensation at all. Rows outside these cases (m > 600, NaN, +/-inf
@@ -195,7 +195,7 @@ def lowp_block(xb: np.ndarray, ob: np.ndarray, ax: int, t: float, kind: str, fmt
 def _split_sum(e: np.ndarray, ax: int, scale_exp):
     """Row sums of non-negative terms below 2**scale_exp, as long double.
 
-    The error-free split of :func:`smx_cli.softmax_ops._split_row_sum`, with the
+    The error-free split of :func:`smx_cli.core.softmax._split_row_sum`, with the
     grid scaled per row by 2**scale_exp (terms need not be <= 1). Uses one
     work buffer; ``e`` is left unchanged.
     """

@@ -1,0 +1,22 @@
+"""Input and output: arrays from CSV/TSV, NPY, NPZ and stdin; labels, masks and
+weights; block-wise streaming of big files; atomic writing of results.
+
+Everything here raises :class:`smx_cli.errors.SmxError` (a ``ValueError``)
+for bad input and never prints.
+"""
+from smx_cli.io.arrays import (NPY_MAGIC, ZIP_MAGIC, Loaded, load_npy, load_npz, read_array,
+                               read_bytes)
+from smx_cli.io.text import (DELIMITERS, is_number, iter_text_blocks, parse_text,
+                             sniff_delimiter, split_fields)
+from smx_cli.io.write import (atomic_output, check_output_target, csv_field, csv_text,
+                              json_document, json_number_rows, npy_bytes, output_format,
+                              remove_stale_temps, same_file, shortest_strings, write_chunks,
+                              write_npy)
+
+__all__ = [
+    "NPY_MAGIC", "ZIP_MAGIC", "Loaded", "load_npy", "load_npz", "read_array", "read_bytes",
+    "DELIMITERS", "is_number", "iter_text_blocks", "parse_text", "sniff_delimiter",
+    "split_fields", "atomic_output", "check_output_target", "csv_field", "csv_text",
+    "json_document", "json_number_rows", "npy_bytes", "output_format", "remove_stale_temps",
+    "same_file", "shortest_strings", "write_chunks", "write_npy",
+]
