@@ -15,8 +15,6 @@ with status 0.
 """
 from __future__ import annotations
 
-import click
-
 EXIT_OK = 0
 EXIT_BAD_DATA = 1
 EXIT_USAGE = 2
@@ -24,19 +22,31 @@ EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
 
-class SmxError(click.ClickException):
+class SmxError(ValueError):
     """A one-line, user-facing error: what is wrong, where, and what to do.
 
-    The numerics and I/O modules raise it; only the CLI turns it into an exit.
-    It subclasses ``click.ClickException`` so click prints ``Error: <message>``
-    on stderr and exits with :data:`EXIT_BAD_DATA`.
+    The numerics and I/O modules raise it (a ``ValueError``, so library users
+    catch it as they would numpy's or scipy's); only the CLI turns it into
+    ``Error: <message>`` on stderr and the exit code :attr:`exit_code`.
+
+    Examples
+    --------
+    >>> try:
+    ...     raise SmxError("x.csv: line 3,   column 2:  not a number")
+    ... except ValueError as exc:
+    ...     print(exc)
+    x.csv: line 3, column 2: not a number
     """
 
     exit_code = EXIT_BAD_DATA
 
     def __init__(self, message: str):
         # one line, always: a message that spans lines breaks log scrapers
-        super().__init__(" ".join(str(message).split()))
+        self.message = " ".join(str(message).split())
+        super().__init__(self.message)
+
+    def format_message(self) -> str:
+        return self.message
 
 
 class StdoutClosed(Exception):

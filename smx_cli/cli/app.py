@@ -11,10 +11,9 @@ import sys
 import warnings
 
 import click
-from click.utils import PacifyFlushWrapper
 
 from smx_cli.errors import (EXIT_BAD_DATA, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED,
-                            StdoutClosed, Terminated)
+                            SmxError, StdoutClosed, Terminated)
 
 EPILOG = """\b
 Exit codes:
@@ -45,8 +44,23 @@ COMMANDS = {
 }
 
 
+class _CliError(click.ClickException):
+    """A library error (SmxError, a ValueError) as click shows it: one line, its exit code."""
+
+    def __init__(self, exc: SmxError):
+        super().__init__(exc.message)
+        self.exit_code = exc.exit_code
+
+
 class LazyGroup(click.Group):
-    """A click group that imports a command's module on first use."""
+    """A click group that imports a command's module on first use and turns the
+    library's errors into click's (the library itself never imports click)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except SmxError as exc:
+            raise _CliError(exc) from exc
 
     def list_commands(self, ctx):
         return sorted(set(super().list_commands(ctx)) | set(COMMANDS), key=list(COMMANDS).index)
@@ -120,6 +134,7 @@ def main() -> None:
         # not for users: NaN/inf are counted in the diagnostics, and stderr
         # holds one line per error. SMX_DEBUG=1 or python -W shows them.
         warnings.simplefilter("ignore")
+    stdout = sys.stdout
     try:
         rv = cli.main(prog_name="smx", standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt):
@@ -139,9 +154,9 @@ def main() -> None:
         _quiet_stdout()
         sys.exit(EXIT_OK)
     except SystemExit as exc:
-        # click turns a broken pipe it meets itself into exit 1 after wrapping
-        # stdout in PacifyFlushWrapper: that is a closed pipe, not an error
-        if exc.code == 1 and isinstance(sys.stdout, PacifyFlushWrapper):
+        # click turns a broken pipe it meets itself into exit 1 after replacing
+        # sys.stdout with a wrapper that ignores flushes: a closed pipe, not an error
+        if exc.code == 1 and sys.stdout is not stdout:
             _quiet_stdout()
             sys.exit(EXIT_OK)
         raise

@@ -23,16 +23,6 @@ from smx_cli.render.compare import COLUMNS, DROP_ORDER, comparison_table, compar
 _VARIANT_LINES = "\n".join(f"  {name:<7} {text}" for name, text in VARIANT_LABELS.items())
 
 
-def _optional_file(fn):
-    """The shared input options, with FILE made optional ([FILE])."""
-    fn = input_options(fn)
-    for param in fn.__click_params__:
-        if param.name == "file":
-            param.required = False
-            param.metavar = "[FILE]"
-    return fn
-
-
 def _names(allowed, what):
     def parse(ctx, param, value):
         names = tuple(v.strip() for v in value.split(",") if v.strip())
@@ -80,7 +70,7 @@ Examples:
   smx compare-stability logits.csv --rows 100 --format json -o report.json
   smx compare-stability --sweep
   smx compare-stability samples/seeds.csv --sweep --max-scale 1e4""")
-@_optional_file
+@input_options(file_required=False)
 @click.option("--variants", default=",".join(ALL_VARIANTS), show_default=True,
               callback=_names(ALL_VARIANTS, "variants"), metavar="LIST",
               help="Comma-separated variants to compare (smx = the accurate path)")

@@ -9,7 +9,6 @@ import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import click
 import numpy as np
 from rich.console import Console
 
@@ -112,7 +111,7 @@ def stdout_console() -> Console:
 
 def write_stdout_bytes(data: bytes) -> None:
     """Write ``data`` to stdout; a closed pipe raises :class:`StdoutClosed`."""
-    out = click.get_binary_stream("stdout")
+    out = sys.stdout.buffer
     try:
         io.write_chunks(out, data)
         out.flush()

@@ -25,10 +25,13 @@ def _compose(*decorators):
     return wrap
 
 
-def input_options(fn):
-    """FILE argument plus the text/NPZ reading options."""
+def input_options(fn=None, *, file_required: bool = True):
+    """FILE argument plus the text/NPZ reading options (FILE optional when asked)."""
+    if fn is None:
+        return lambda f: input_options(f, file_required=file_required)
     return _compose(
-        click.argument("file", metavar="FILE"),
+        click.argument("file", metavar="FILE" if file_required else "[FILE]",
+                       required=file_required),
         click.option("--delimiter", callback=_delimiter, metavar="D",
                      help="CSV/TSV delimiter: comma, tab, semicolon or whitespace "
                           "[default: sniffed]"),
