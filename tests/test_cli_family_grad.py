@@ -30,7 +30,8 @@ def test_saturated_row_shows_tiny_jacobian_and_warning():
     assert r.exit_code == 0, r.stderr
     assert "2.06e-09" in r.stdout  # the largest Jacobian entry of [0, 20, 40]
     assert "saturated: ~no gradient flows" in r.stdout
-    assert "1 of 2 rows have every Jacobian entry below" in r.stdout
+    assert "1 of 2 rows have every softmax-Jacobian entry below" in r.stdout
+    assert "smx xent" in r.stdout  # the training signal of cross-entropy is p - y
     assert "T = 4.343" in r.stdout  # the temperature that brings max p to 0.99
 
 

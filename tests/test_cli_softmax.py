@@ -28,7 +28,9 @@ def run(*args, input=None, ok=True):
     result = CliRunner().invoke(cli, ["softmax", *map(str, args)], input=input)
     if ok:
         assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
-        assert result.stderr == ""
+        # stderr carries only the messages beside the data (issue 14)
+        assert all(line.startswith(("smx: diagnostics: ", "wrote "))
+                   for line in result.stderr.splitlines()), result.stderr
     return result
 
 
@@ -239,7 +241,8 @@ def test_output_file(logits_csv, tmp_path, ext):
     path, x = logits_csv
     out = tmp_path / f"probs.{ext}"
     r = run(path, "-o", out)
-    assert f"wrote {out}" in r.stdout and "diagnostics" in r.stdout
+    # the data went to the file: stdout is empty, stderr says what happened
+    assert r.stdout == "" and f"wrote {out}" in r.stderr and "smx: diagnostics: ok" in r.stderr
     want = exact(x)
     if ext == "npy":
         got = np.load(out)
@@ -310,7 +313,7 @@ def test_strict(tmp_path):
 def test_mnist_table_topk_and_diagnostics():
     out = " ".join(run(MNIST_CSV, "--rows", "5").stdout.split())  # notes may wrap
     assert "digit_0" in out  # class names from the CSV header
-    assert "2495 more rows not shown" in out
+    assert "2,495 more rows not shown" in out
     assert "2,500 rows x 10 classes" in out
     assert "argmax" in out and "diagnostics: ok" in out
     assert "…" not in out  # never squeezed to unreadable cells
@@ -414,7 +417,9 @@ def test_output_into_missing_directory(logits_csv, tmp_path):
 
 def test_output_unknown_extension(logits_csv, tmp_path):
     path, _ = logits_csv
-    assert ".bin" in one_line_error(run(path, "-o", tmp_path / "p.bin", ok=False))
+    r = run(path, "-o", tmp_path / "p.bin", ok=False)
+    assert r.exit_code == 2  # a usage error, naming the choices
+    assert ".bin" in r.stderr and ".npy, .csv, .tsv, .json" in r.stderr
 
 
 @pytest.mark.parametrize("args", [
@@ -456,7 +461,7 @@ def test_python_m_and_console_script():
         pytest.skip("console script not on this interpreter's bin directory")
     r = subprocess.run([smx, "softmax", SEEDS, "--format", "csv"], capture_output=True,
                        text=True, env=_env(), timeout=60)
-    assert r.returncode == 0 and r.stderr == ""
+    assert r.returncode == 0 and r.stderr == "smx: diagnostics: ok -- 4 rows\n"
     assert r.stdout.splitlines()[2] == "0.0,0.0,1.0"
     r = subprocess.run([smx, "softmax", "/nonexistent.csv"], capture_output=True, text=True,
                        env=_env(), timeout=60)
@@ -473,7 +478,8 @@ def test_closed_pipe_is_quiet(args):
            "echo \"status=${PIPESTATUS[0]}\"")
     r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=_env(),
                        timeout=60)
-    assert r.stderr == ""
+    # data on stdout: the one-line diagnostics summary is all stderr holds
+    assert r.stderr in ("", "smx: diagnostics: ok -- 2,500 rows\n")
     assert r.stdout.splitlines()[-1] == "status=0"
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import smx_cli.cli.softmax as cmd_softmax
+import smx_cli.analysis.pipeline as cmd_softmax
 from smx_cli.cli import cli
 from smx_cli.analysis.diagnostics import Accumulator, diagnose
 from smx_cli.core.softmax import compute
@@ -36,13 +36,16 @@ def test_block_diagnostics_equal_whole_array_diagnostics(variant):
 
 
 def test_streamed_output_matches_the_api_and_reports_special_rows(tmp_path, monkeypatch):
-    monkeypatch.setattr(cmd_softmax, "_STREAM_BLOCK", 13 * 4 * 5)  # 5 rows per block
+    monkeypatch.setattr(cmd_softmax, "STREAM_BLOCK", 13 * 4 * 5)  # 5 rows per block
     x = special_logits()
     src, out = tmp_path / "x.npy", tmp_path / "p.npy"
     np.save(src, x)
     r = CliRunner().invoke(cli, ["softmax", str(src), "-o", str(out), "--rows", "3"])
     assert r.exit_code == 0, r.stderr
     np.testing.assert_array_equal(np.load(out), compute(x).values)
+    # -o: the data went to the file; stderr says so, with the diagnostics in one line
+    assert r.stdout == "" and f"wrote {out}" in r.stderr and "smx: diagnostics:" in r.stderr
+    r = CliRunner().invoke(cli, ["softmax", str(src), "--rows", "3"])
     assert "streamed in row blocks" in r.stdout
     assert "54 more rows not shown" in r.stdout
     assert "NaN 1" in r.stdout and "fully masked rows 1" in r.stdout
@@ -51,7 +54,7 @@ def test_streamed_output_matches_the_api_and_reports_special_rows(tmp_path, monk
 
 
 def test_streamed_strict_and_fast(tmp_path, monkeypatch):
-    monkeypatch.setattr(cmd_softmax, "_STREAM_BLOCK", 13 * 4 * 5)
+    monkeypatch.setattr(cmd_softmax, "STREAM_BLOCK", 13 * 4 * 5)
     x = special_logits()
     src = tmp_path / "x.npy"
     np.save(src, x)
@@ -64,7 +67,7 @@ def test_streamed_strict_and_fast(tmp_path, monkeypatch):
 
 
 def test_streamed_3d_input_keeps_its_shape(tmp_path, monkeypatch):
-    monkeypatch.setattr(cmd_softmax, "_STREAM_BLOCK", 64)
+    monkeypatch.setattr(cmd_softmax, "STREAM_BLOCK", 64)
     x = np.random.default_rng(1).normal(size=(4, 5, 6))
     src, out = tmp_path / "x.npy", tmp_path / "p.npy"
     np.save(src, x)
@@ -76,8 +79,8 @@ def test_streamed_3d_input_keeps_its_shape(tmp_path, monkeypatch):
 
 
 def test_big_csv_streams_with_header_comments_and_exact_output(tmp_path, monkeypatch):
-    monkeypatch.setattr(cmd_softmax, "_TEXT_STREAM_BYTES", 0)
-    monkeypatch.setattr(cmd_softmax, "_TEXT_BLOCK", 200)  # many blocks
+    monkeypatch.setattr(cmd_softmax, "TEXT_STREAM_BYTES", 0)
+    monkeypatch.setattr(cmd_softmax, "TEXT_BLOCK", 200)  # many blocks
     x = np.random.default_rng(3).normal(0, 5, (60, 4))
     lines = ["a,b,c,d", "# a comment"]
     for i, row in enumerate(x):
@@ -89,6 +92,8 @@ def test_big_csv_streams_with_header_comments_and_exact_output(tmp_path, monkeyp
     out = tmp_path / "p.csv"
     r = CliRunner().invoke(cli, ["softmax", str(src), "-o", str(out), "--rows", "2"])
     assert r.exit_code == 0, r.stderr
+    assert "smx: diagnostics: ok -- 60 rows" in r.stderr
+    r = CliRunner().invoke(cli, ["softmax", str(src), "--rows", "2"])
     assert "streamed in row blocks" in r.stdout
     text = out.read_text().splitlines()
     assert text[0] == "a,b,c,d"
@@ -97,8 +102,8 @@ def test_big_csv_streams_with_header_comments_and_exact_output(tmp_path, monkeyp
 
 
 def test_big_csv_error_names_the_files_own_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(cmd_softmax, "_TEXT_STREAM_BYTES", 0)
-    monkeypatch.setattr(cmd_softmax, "_TEXT_BLOCK", 64)
+    monkeypatch.setattr(cmd_softmax, "TEXT_STREAM_BYTES", 0)
+    monkeypatch.setattr(cmd_softmax, "TEXT_BLOCK", 64)
     lines = [f"{i},{i + 1},{i + 2}" for i in range(40)]
     lines[33] = "1,oops,3"
     src = tmp_path / "x.csv"

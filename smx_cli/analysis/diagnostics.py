@@ -54,6 +54,9 @@ class SoftmaxDiagnostics:
     argmax_counts: list[tuple[int, int]] = field(default_factory=list)
     exact_zeros: int = 0
     masked_nan_rows: int = 0
+    # row indices (into the flattened (N, C) rows), every one of them
+    nan_output_row_index: list[int] = field(default_factory=list)
+    nonfinite_input_row_index: list[int] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -127,6 +130,8 @@ class Accumulator:
         self.vmax = -np.inf
         self.argmax = None
         self.stats = KernelStats()
+        self.nan_index: list[int] = []
+        self.bad_input_index: list[int] = []
 
     def add(self, x2: np.ndarray, values: np.ndarray, stats: KernelStats | None = None) -> None:
         """Count one block of rows (cut into cache-sized pieces; memory stays small)."""
@@ -144,6 +149,7 @@ class Accumulator:
 
     def _add(self, x: np.ndarray, y: np.ndarray) -> None:
         n, width = y.shape
+        base = self.rows
         self.rows += n
         if not width:
             return
@@ -156,7 +162,7 @@ class Accumulator:
         else:
             if clean.any():
                 self._add_clean(x[clean], y[clean], ysum[clean])
-            self._add_special(x[~clean], y[~clean])
+            self._add_special(x[~clean], y[~clean], base + np.flatnonzero(~clean))
 
     def _add_clean(self, x: np.ndarray, y: np.ndarray, ysum: np.ndarray) -> None:
         c = self.counts
@@ -197,8 +203,11 @@ class Accumulator:
         self.counts["off"] += int(np.count_nonzero(err > SUM_TOLERANCE * self.fmt.eps))
         self.max_err = max(self.max_err, float(err.max()))
 
-    def _add_special(self, x2: np.ndarray, values: np.ndarray) -> None:
+    def _add_special(self, x2: np.ndarray, values: np.ndarray,
+                     index: np.ndarray | None = None) -> None:
         c = self.counts
+        if index is None:
+            index = np.arange(len(values))
         inp = count_inputs(x2)
         for key in ("nan", "pos_inf", "neg_inf", "nan_rows", "inf_rows", "masked_rows"):
             c[key] += getattr(inp, key)
@@ -215,6 +224,9 @@ class Accumulator:
                                                & live))
         out_nan = np.isnan(y)
         nan_rows = out_nan.any(axis=1)
+        self.nan_index.extend(int(i) for i in index[nan_rows])
+        bad_in = np.isnan(x).any(axis=1) | np.isposinf(x).any(axis=1)
+        self.bad_input_index.extend(int(i) for i in index[bad_in])
         c["out_nan"] += int(out_nan.sum())
         c["nan_rows_out"] += int(nan_rows.sum())
         input_nan_rows = np.isnan(x).any(axis=1)
@@ -254,6 +266,8 @@ class Accumulator:
             min_value=self.vmin if np.isfinite(self.vmin) else None,
             max_value=self.vmax if np.isfinite(self.vmax) else None,
             argmax_counts=top, masked_nan_rows=c["masked_nan"],
+            nan_output_row_index=list(self.nan_index),
+            nonfinite_input_row_index=list(self.bad_input_index),
         )
 
 

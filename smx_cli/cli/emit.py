@@ -109,6 +109,59 @@ def stdout_console() -> Console:
     return _PipeConsole(highlight=False)
 
 
+def stderr_console() -> Console:
+    """The console for messages: the diagnostics summary, ``wrote FILE``."""
+    return Console(stderr=True, highlight=False)
+
+
+def show(console: Console, *renderables) -> None:
+    """Print ``renderables`` on stdout; piped, each line without trailing padding.
+
+    On a terminal rich pads table cells to the width it laid out; in a pipe
+    those spaces are noise for ``diff``, ``grep`` and friends.
+    """
+    parts = [r for r in renderables if r is not None]
+    if console.is_terminal:
+        for r in parts:
+            console.print(r)
+        return
+    with console.capture() as cap:
+        for r in parts:
+            console.print(r)
+    text = "\n".join(line.rstrip() for line in cap.get().split("\n"))
+    write_stdout_bytes(text.encode())
+
+
+class Messages:
+    """What goes to stderr beside the data: ``wrote FILE``, the diagnostics summary.
+
+    ``quiet`` silences both; ``verbose`` adds the full diagnostics panel.
+    """
+
+    def __init__(self, quiet: bool = False, verbose: bool = False):
+        self.quiet, self.verbose = quiet, verbose
+        self._console = None
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            self._console = stderr_console()
+        return self._console
+
+    def wrote(self, path: str | None) -> None:
+        if path and not self.quiet:
+            self.console.print(f"wrote {path}", style="dim", soft_wrap=True)
+
+    def summary(self, line: str, panel=None) -> None:
+        """The one-line summary (and, with --verbose, the panel) on stderr."""
+        if self.quiet:
+            return
+        if self.verbose and panel is not None:
+            self.console.print(panel)
+        else:
+            self.console.print(line, soft_wrap=True, markup=False)
+
+
 def write_stdout_bytes(data: bytes) -> None:
     """Write ``data`` to stdout; a closed pipe raises :class:`StdoutClosed`."""
     out = sys.stdout.buffer

@@ -1,6 +1,9 @@
 """Option bundles shared by the commands: one decorator adds one family of flags."""
 from __future__ import annotations
 
+import os
+import sys
+
 import click
 
 from smx_cli.core.precision import DTYPE_NAMES
@@ -43,17 +46,66 @@ def input_options(fn=None, *, file_required: bool = True):
     )(fn)
 
 
+#: file extensions -o understands, and the format each one means
+EXTENSIONS = {".npy": "npy", ".csv": "csv", ".tsv": "tsv", ".txt": "csv", ".json": "json"}
+
+
+def resolve_formats(output: str | None, fmt: str | None,
+                    file_formats=("npy", "csv", "tsv", "json")) -> tuple[str | None, str]:
+    """(format of -o FILE or None, format of stdout) -- or a usage error (exit 2).
+
+    The extension of FILE decides its format; ``--format`` naming another is a
+    conflict, an unknown or missing extension names the choices, and binary
+    NPY is never written to a terminal. With -o, stdout carries no data
+    (``"none"``).
+    """
+    if output is not None:
+        ext = os.path.splitext(output)[1].lower()
+        choices = ", ".join(e for e in EXTENSIONS if EXTENSIONS[e] in file_formats
+                            and e != ".txt")
+        if ext not in EXTENSIONS or EXTENSIONS[ext] not in file_formats:
+            raise click.BadParameter(
+                f"cannot tell the format of {output!r} from "
+                f"{repr(ext) if ext else 'no extension'}: use {choices}", param_hint="'-o'")
+        by_ext = EXTENSIONS[ext]
+        if fmt is not None and fmt != by_ext:
+            raise click.UsageError(f"-o {output} is {by_ext} by its extension but --format "
+                                   f"says {fmt}: drop --format or change the extension")
+        return by_ext, "none"
+    out = fmt or "table"
+    if out == "npy" and sys.stdout.isatty():
+        raise click.UsageError("--format npy writes binary data: redirect stdout "
+                               "(> out.npy) or use -o FILE.npy")
+    return None, out
+
+
+def resolve_input(file: str | None) -> str:
+    """FILE, or ``-`` (stdin) when FILE is omitted and stdin is not a terminal."""
+    if file is not None:
+        return file
+    if sys.stdin is None or sys.stdin.isatty():
+        raise click.UsageError("missing FILE: give a file of logits, or pipe them to stdin")
+    return "-"
+
+
 def output_options(fn):
-    """Where results go: -o FILE and the stdout format."""
+    """Where results go: -o FILE, the stdout format, and how much is said on stderr."""
     return _compose(
         click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="FILE",
-                     help="Write the result to FILE (.npy, .csv, .tsv, .json by extension); "
-                          "written atomically"),
+                     help="Write the result to FILE, atomically; its extension (.npy, "
+                          ".csv, .tsv, .json) decides the format"),
         click.option("--format", "fmt", type=click.Choice(["table", "csv", "tsv", "json", "npy"]),
                      default=None,
-                     help="Format of stdout (with -o: of FILE) [default: table on stdout]"),
+                     help="Format of stdout [default: table]; with -o it must match "
+                          "FILE's extension"),
         click.option("--strict", is_flag=True,
                      help="Exit 1 when the result holds NaN or inf (for CI checks)"),
+        click.option("--summary", "summary_only", is_flag=True,
+                     help="Show only the diagnostics panel, not the values table"),
+        click.option("-q", "--quiet", is_flag=True,
+                     help="No messages on stderr (the diagnostics summary, 'wrote FILE')"),
+        click.option("-v", "--verbose", is_flag=True,
+                     help="With data on stdout or -o: the full diagnostics panel on stderr"),
     )(fn)
 
 

@@ -1,30 +1,30 @@
-"""``smx softmax``: probabilities (or log-probabilities) with diagnostics."""
-from __future__ import annotations
+"""``smx softmax``: probabilities (or log-probabilities) with diagnostics.
 
-import os
+Parses the options, runs :mod:`smx_cli.analysis.pipeline` (one block for an
+array in memory, many for a streamed file), and prints what it returns.
+"""
+from __future__ import annotations
 
 import click
 import numpy as np
-from rich.console import Console
-from rich.measure import Measurement
+from rich.text import Text
 
-from smx_cli.core import grad as grad_mod
-from smx_cli import io as io_mod
-from smx_cli.render import tables as render
-from smx_cli.render import grad as render_grad
-from smx_cli.io import stream
-from smx_cli.core import registry as variants
-from smx_cli.analysis.diagnostics import Accumulator, diagnose
-from smx_cli.cli.emit import (Payload, check_output_path, progress_bar, stdout_console, write_file,
-                          write_stdout)
-from smx_cli.errors import SmxError
-from smx_cli.core.sparse import FAMILY_HELP
-from smx_cli.io import NPY_MAGIC, ZIP_MAGIC, output_format, read_array
-from smx_cli.core.kernels import FAST_ULP_NOTE
-from smx_cli.io.masks import read_mask
-from smx_cli.cli.options import display_options, input_options, numerics_options, output_options
+from smx_cli.analysis import pipeline
+from smx_cli.analysis.gradients import gradient_report, upstream_vjp
+from smx_cli.cli.emit import (Messages, Payload, check_output_path, progress_bar, show,
+                              stdout_console, write_file, write_stdout)
+from smx_cli.cli.options import (display_options, input_options, numerics_options,
+                                 output_options, resolve_formats, resolve_input)
 from smx_cli.cli.prepare import load_rows
-from smx_cli.core.softmax import MASKED_POLICIES, VARIANT_HELP, as_rows, from_rows
+from smx_cli.core import registry as variants
+from smx_cli.core.kernels import FAST_ULP_NOTE
+from smx_cli.core.softmax import MASKED_POLICIES, VARIANT_HELP, from_rows
+from smx_cli.core.sparse import FAMILY_HELP
+from smx_cli.errors import SmxError
+from smx_cli.io import read_array
+from smx_cli.io.masks import read_mask
+from smx_cli.render import grad as render_grad
+from smx_cli.render import tables as render
 
 _VARIANT_LINES = "\n".join(f"  {name:<9} {text}"
                            for name, text in {**VARIANT_HELP, **FAMILY_HELP}.items())
@@ -37,7 +37,9 @@ Variants:
 \b
 Without --dtype, stable/log/online are accurate to within 4 ulps of the
 exact value in the input's float format (float64 for CSV); naive and lse
-run as written in that format. --dtype rounds every step to the format.
+run as written in that format. --dtype rounds every step to the format;
+add --emulate torch for what PyTorch's CPU kernels do (16-bit storage,
+float32 arithmetic: bitwise torch.softmax / torch.log_softmax).
 A row with +inf shares its mass among the +inf entries; a NaN makes its
 row NaN; a fully masked row (all -inf) gives NaN, or 0 with --masked zeros.
 With --mask FILE (true = keep), masked classes get 0 and a fully masked row
@@ -54,20 +56,25 @@ gradients with central finite differences in float64.
 Examples:
   smx softmax samples/seeds.csv
   smx softmax samples/seeds.csv --dtype float16 --variant naive
+  smx softmax samples/seeds.csv --dtype float16 --emulate torch
   smx softmax samples/mnist_lenet_logits.npy --top-k 3 --rows 5
-  smx softmax - --format csv < logits.csv > probs.csv
+  smx softmax --format csv < logits.csv > probs.csv
   smx softmax logits.npy -o probs.npy
   smx softmax samples/seeds.csv --variant sparsemax
   smx softmax samples/seeds.csv --variant gumbel --samples 3 --seed 0 --hard
   smx softmax samples/seeds.csv --grad --check-grad""")
-@input_options
+@input_options(file_required=False)
 @click.option("--variant", type=click.Choice(variants.ALL_VARIANTS), default="stable",
               show_default=True, help="Which member of the softmax family (see below)")
 @numerics_options
+@click.option("--emulate", type=click.Choice(pipeline.EMULATIONS), default="strict",
+              show_default=True,
+              help="With --dtype: round every operation (strict), or do what PyTorch's "
+                   "CPU kernels do (torch: 16-bit storage, float32 arithmetic)")
 @click.option("--masked", type=click.Choice(MASKED_POLICIES), default="nan", show_default=True,
               help="Result for a fully masked row (all -inf): NaN like PyTorch, or zeros")
 @click.option("--mask", "mask_path", metavar="FILE",
-              help="Keep-mask (N x C, or one row for all): true keeps a class, false masks it")
+              help="Keep-mask (N x C, or one row for all): true keeps a class")
 @click.option("--alpha", type=float, default=1.5, show_default=True,
               help="entmax: alpha > 1 (2 = sparsemax, -> 1 = softmax)")
 @click.option("--tau", type=float, default=1.0, show_default=True,
@@ -92,15 +99,17 @@ Examples:
               help="Worker threads [default: the machine's cores]")
 @output_options
 @display_options
-def softmax_cmd(file, delimiter, header, key, axis, variant, dtype, temperature, masked,
+def softmax_cmd(file, delimiter, header, key, axis, variant, dtype, temperature, emulate, masked,
                 mask_path, alpha, tau, hard, samples, seed, show_grad, grad_rows, upstream,
-                grad_out, check_grad, fast, threads, output, fmt, strict, max_rows, top_k, digits):
-    """Softmax of each row of logits in FILE (CSV, TSV, NPY, NPZ, or - for stdin).
+                grad_out, check_grad, fast, threads, output, fmt, strict, summary_only, quiet,
+                verbose, max_rows, top_k, digits):
+    """Softmax of each row of logits in FILE (CSV, TSV, NPY, NPZ; - or no FILE: stdin).
 
     Shows the probabilities (log-probabilities for --variant log) with
     a diagnostics panel: NaN/inf in the input, exp overflow and underflow,
     NaN produced, rows that do not sum to 1.
     """
+    file = resolve_input(file)
     if not temperature > 0 or temperature == float("inf"):
         raise click.BadParameter("must be a finite number > 0", param_hint="'--temperature'")
     if grad_out and not upstream:
@@ -109,302 +118,95 @@ def softmax_cmd(file, delimiter, header, key, axis, variant, dtype, temperature,
         raise click.BadParameter("must be a finite number > 1", param_hint="'--alpha'")
     if not (tau > 0 and tau != float("inf")):
         raise click.BadParameter("must be a finite number > 0", param_hint="'--tau'")
+    if emulate == "torch" and dtype is None:
+        raise click.UsageError("--emulate torch needs --dtype float16, bfloat16 or float32")
     check_output_path(output, file, mask_path, upstream)
     check_output_path(grad_out, file, mask_path, upstream)
+    out_fmt, stdout_fmt = resolve_formats(output, fmt)
+    if grad_out:
+        resolve_formats(grad_out, None)
     opts = variants.VariantOptions(alpha=alpha, tau=tau, hard=hard, samples=samples, seed=seed)
-    source_kind = _streamable(file, axis, key, output, fmt, variant, mask_path,
-                              show_grad or upstream or check_grad)
-    if source_kind:
-        return _streamed(file, source_kind, variant, temperature, dtype, masked, opts, fast,
-                         threads, output, fmt, strict, max_rows, top_k, digits, delimiter, header)
-    rows = load_rows(file, delimiter=delimiter, header=header, key=key, axis=axis)
-    mask = read_mask(mask_path, rows.x2.shape) if mask_path else None
+    job = pipeline.SoftmaxJob(variant, temperature, dtype, emulate, masked, None, opts, fast,
+                              threads)
     try:
-        run = variants.run(rows.x2, variant, temperature=temperature, dtype=dtype, masked=masked,
-                           mask=mask, options=opts, fast=fast, threads=threads)
+        job.check()
     except ValueError as exc:
-        raise SmxError(str(exc)) from None
-    result = run.result
-    lead_shape = rows.lead_shape if run.samples == 1 else (run.samples,) + tuple(rows.lead_shape)
-    diag = diagnose(run.logits, result, sparse=variant in variants.SPARSE_OUTPUT or (variant == "gumbel" and hard))
-    payload = _payload(rows, result, diag, run)
-    vjp = None
-    if upstream:
-        vjp = _vjp(upstream, rows, run, variant, temperature, opts)
-        if grad_out:
-            write_file(grad_out, Payload(vjp, rows.class_names,
-                                         {"command": "softmax", "gradient": "upstream @ Jacobian",
-                                          "variant": variant}, {"vjp": vjp},
-                                         array=from_rows(vjp, rows.moved_shape, rows.axis, rows.ndim)),
-                       None)
-
-    if output:
-        write_file(output, payload, fmt)
-    if fmt and fmt != "table" and not output:
-        write_stdout(payload, fmt)
+        raise click.UsageError(str(exc)) from None
+    gradients = bool(show_grad or upstream or check_grad)
+    msgs = Messages(quiet, verbose)
+    keep = max_rows if max(grad_rows if show_grad else 0, 0) <= max_rows else grad_rows
+    how = pipeline.streamable(file, axis=axis, key=key, out_fmt=out_fmt, job=job,
+                              whole_array_needed=gradients or stdout_fmt not in ("table", "none"))
+    rows = None
+    if how:
+        streamed = pipeline.stream_file(file, how, job, keep, output=output, out_fmt=out_fmt,
+                                        delimiter=delimiter, header=header,
+                                        progress=lambda total: progress_bar(total, "softmax"))
+        res, shape, class_names = streamed.result, streamed.shape, streamed.class_names
+        lead_shape = tuple(shape[:-1]) if len(shape) > 1 else None
+        source = file
     else:
+        rows = load_rows(file, delimiter=delimiter, header=header, key=key, axis=axis)
+        job.mask = read_mask(mask_path, rows.x2.shape) if mask_path else None
+        res = pipeline.whole_array(rows.x2, job, keep)
+        run = res.run
+        class_names, source = rows.class_names, rows.loaded.source
+        lead_shape = rows.lead_shape if run.samples == 1 else (run.samples,) + tuple(rows.lead_shape)
+        vjp = None
+        if upstream:
+            g = read_array(upstream)
+            vjp = upstream_vjp(g.values, g.source, rows, run, variant, temperature, opts)
+            if grad_out:
+                write_file(grad_out, Payload(
+                    vjp, rows.class_names, {"command": "softmax", "variant": variant,
+                                            "gradient": "upstream @ Jacobian"}, {"vjp": vjp},
+                    array=from_rows(vjp, rows.moved_shape, rows.axis, rows.ndim)), None)
+                msgs.wrote(grad_out)
+        payload = _payload(rows, res)
+        if output:
+            write_file(output, payload, out_fmt)
+        if stdout_fmt not in ("table", "none"):
+            write_stdout(payload, stdout_fmt)
+    msgs.wrote(output)
+    panel = render.diagnostics_panel(res.diagnostics, source, support=res.support,
+                                     lead_shape=lead_shape)
+    # -o FILE: the data went to FILE, so stdout shows only what was asked for
+    # (--grad, --check-grad, --upstream, --summary) and stderr says what happened
+    on_screen = stdout_fmt == "table" or (stdout_fmt == "none" and (gradients or summary_only))
+    if on_screen:
         console = stdout_console()
-        _show_values(console, result.values, run.logits, result, variant, temperature,
-                     rows.loaded.source, rows.class_names, lead_shape, max_rows, top_k, digits)
-        console.print(render.diagnostics_panel(diag, rows.loaded.source, support=run.support))
-        if show_grad or upstream or check_grad:
-            _show_gradients(console, rows, run, variant, temperature, dtype, opts, lead_shape,
-                            show_grad, grad_rows, vjp, check_grad, max_rows)
-        for path in (output, grad_out):
-            if path:
-                console.print(f"wrote {path}", style="dim")
-    if strict:
-        _check_strict(diag)
+        parts = []
+        if not summary_only:
+            parts.append(render.values_view(
+                console, res.head_values, res.head_logits, kind=res.template.kind,
+                tiny=res.template.fmt.smallest_normal, variant=variant, temperature=temperature,
+                source=source, class_names=class_names, lead_shape=lead_shape,
+                max_rows=max_rows, top_k=top_k, digits=digits, total_rows=res.rows))
+            if res.blocks > 1:
+                parts.append(Text("the file was streamed in row blocks", style="dim"))
+        parts.append(panel)
+        report = None
+        if rows is not None and gradients:
+            report = gradient_report(run, variant, temperature=temperature, dtype=dtype,
+                                     options=opts, jacobian_rows=grad_rows if show_grad else 0,
+                                     full_up_to=render_grad.jacobian_fit(console.width),
+                                     check=check_grad)
+            parts += render_grad.gradients_view(console, report, vjp=vjp,
+                                                class_names=class_names, lead_shape=lead_shape,
+                                                max_rows=max_rows)
+        show(console, *parts)
+        if report is not None and report.failed:
+            raise SmxError("--check-grad: an analytic gradient disagrees with finite differences")
+    failure = pipeline.strict_failure(res.diagnostics) if strict else None
+    if failure:  # the one error line says it all
+        raise SmxError(failure)
+    if not on_screen or stdout_fmt == "none":
+        msgs.summary(render.summary_line(res.diagnostics), None if on_screen else panel)
 
 
-def _check_strict(diag) -> None:
-    if diag.output_nan:
-        raise SmxError(f"--strict: the result holds NaN in {diag.output_nan_rows} row(s)")
-    if diag.exp_overflow or diag.sum_overflow_rows:
-        raise SmxError("--strict: exp overflowed to inf while computing")
-
-
-def _show_values(console, values, logits, result, variant, temperature, source, class_names,
-                 lead_shape, max_rows, top_k, digits) -> None:
-    """The values table (all classes when they fit, else each row's top k)."""
-    kind = result.kind
-    what = "log_softmax" if kind == "logprob" else (
-        "softmax" if variant in ("stable", "naive", "online", "lse") else variant)
-    t = f"x/{temperature:g}" if temperature != 1 else "x"
-    title = f"{what}({t}) of {source}"
-    width = values.shape[1]
-    common = dict(kind=kind, tiny=result.fmt.smallest_normal, class_names=class_names,
-                  lead_shape=lead_shape, max_rows=max_rows, title=title, digits=digits)
-    table = None
-    why = f"{width} classes"
-    if top_k is None and width <= render.DEFAULT_MAX_COLS:
-        table = render.values_table(values, logits, **common)
-        if _needed_width(console, table) > console.width:
-            # rich would squeeze every cell to "0.9…": show fewer columns instead
-            table = None
-            why = f"{width} classes do not fit in {console.width} columns"
-    if table is None and top_k is not None:
-        table = render.topk_table(values, logits, top_k, **common)
-    elif table is None:
-        # the largest k <= DEFAULT_TOP_K whose table fits the terminal
-        for k in range(render.DEFAULT_TOP_K, 0, -1):
-            reason = f"{why}: showing each row's top {k} (--top-k K to choose)"
-            table = render.topk_table(values, logits, k, reason=reason, **common)
-            if _needed_width(console, table) <= console.width:
-                break
-    console.print(table)
-
-
-# input bytes per streamed block: peak memory is a few times this
-_STREAM_BLOCK = 32 << 20
-# CSV/TSV inputs at least this big are parsed and written in row blocks
-_TEXT_STREAM_BYTES = 16 << 20
-_TEXT_BLOCK = 8 << 20
-
-
-def _streamable(file, axis, key, output, fmt, variant, mask_path, gradients) -> str | None:
-    """Whether this run can stream its input in row blocks (bounded memory): how.
-
-    Row-local work only (no mask or gradients, no Gumbel draws, whose random
-    stream is per call) along the last axis, from a file (not stdin):
-    ``"npy"`` for an NPY file with output to .npy or none; ``"text"`` for a
-    CSV/TSV file of at least 16 MB with output to .csv/.tsv or none.
-    Anything else returns None and takes the whole-array path.
-    """
-    if file == "-" or mask_path or gradients or variant == "gumbel" or key:
-        return None
-    if fmt not in (None, "table") and not output:
-        return None
-    out_fmt = output_format(output, fmt if fmt != "table" else None) if output else None
-    try:
-        if not os.path.isfile(file):
-            return None
-        with open(file, "rb") as fh:
-            magic = fh.read(6)
-        if magic == NPY_MAGIC:
-            shape, dtype = stream.npy_info(file)
-        elif magic.startswith(ZIP_MAGIC[:4]):
-            return None
-        else:
-            big = os.path.getsize(file) >= _TEXT_STREAM_BYTES
-            ok = big and out_fmt in (None, "csv", "tsv") and axis in (-1, 1)
-            return "text" if ok else None
-    except (OSError, ValueError):
-        return None  # the whole-array reader reports it properly
-    if out_fmt not in (None, "npy"):
-        return None
-    if dtype.hasobject or dtype.kind not in "fiu" or len(shape) < 1:
-        return None
-    return "npy" if axis in (-1, len(shape) - 1) else None
-
-
-def _streamed(file, source_kind, variant, temperature, dtype, masked, opts, fast, threads,
-              output, fmt, strict, max_rows, top_k, digits, delimiter, header) -> None:
-    """Softmax of a file block by block: output, diagnostics and the shown rows."""
-    if source_kind == "npy":
-        shape, in_dtype = stream.npy_info(file)
-    acc = None
-    head_x, head_y = [], []
-    kept = [0]
-    state = {}
-
-    def block(xb):
-        nonlocal acc
-        try:
-            run = variants.run(xb, variant, temperature=temperature, dtype=dtype, masked=masked,
-                               options=opts, fast=fast, threads=threads)
-        except ValueError as exc:
-            raise SmxError(str(exc)) from None
-        res = run.result
-        if acc is None:
-            acc = Accumulator(variant, res.fmt, res.kind, res.emulated,
-                              sparse=variant in variants.SPARSE_OUTPUT)
-            state["result"] = res
-        acc.add(run.logits, res.values, res.stats)
-        if kept[0] < max_rows:
-            take = min(max_rows - kept[0], len(xb))
-            head_x.append(np.array(run.logits[:take]))
-            head_y.append(np.array(res.values[:take]))
-            kept[0] += take
-        support = run.support
-        if support is not None:
-            state.setdefault("support", []).append(support)
-        return res.values
-
-    if source_kind == "text":
-        names = _stream_text(file, output, fmt, block, delimiter, header)
-        shape = (acc.rows if acc else 0, acc.classes if acc else 1)
-        return _show_streamed(file, acc, state, head_x, head_y, shape, names, variant,
-                              temperature, output, strict, max_rows, top_k, digits)
-    total_bytes = int(np.prod(shape, dtype=np.int64)) * in_dtype.itemsize
-    with progress_bar(total_bytes, "smx") as advance:
-        try:
-            if output:
-                stream.stream_npy(file, output, block, progress=advance, block_bytes=_STREAM_BLOCK)
-            else:
-                for s0, n, xb in stream.iter_npy_blocks(file, block_bytes=_STREAM_BLOCK):
-                    block(xb)
-                    advance(s0 + len(xb), n)
-        except stream.StreamError as exc:
-            raise SmxError(str(exc)) from None
-        except OSError as exc:
-            raise SmxError(f"{output or file}: {exc.strerror or exc}") from None
-    return _show_streamed(file, acc, state, head_x, head_y, shape, None, variant, temperature,
-                          output, strict, max_rows, top_k, digits)
-
-
-def _stream_text(file, output, fmt, block, delimiter, header):
-    """Feed a big CSV/TSV file to ``block`` in row blocks; write CSV/TSV output as it comes."""
-    names = None
-    blocks = io_mod.iter_text_blocks(file, delimiter=delimiter, header=header,
-                                     block_bytes=_TEXT_BLOCK)
-    if not output:
-        for values, names in blocks:
-            block(values)
-        return names
-    out_delim = "\t" if output_format(output, fmt if fmt != "table" else None) == "tsv" else ","
-    try:
-        with io_mod.atomic_output(output, "w") as fh:
-            first = True
-            for values, names in blocks:
-                result = block(values)
-                if first and names is not None:
-                    fh.write(out_delim.join(io_mod.csv_field(c, out_delim) for c in names) + "\n")  # noqa: SLF001
-                first = False
-                fh.write(io_mod.csv_text(result, None, out_delim))
-    except OSError as exc:
-        raise SmxError(f"{output}: {exc.strerror or exc}; nothing was written") from None
-    return names
-
-
-def _show_streamed(file, acc, state, head_x, head_y, shape, names, variant, temperature, output,
-                   strict, max_rows, top_k, digits) -> None:
-    diag = acc.result()
-    console = stdout_console()
-    res = state["result"]
-    values = np.concatenate(head_y) if head_y else np.zeros((0, shape[-1] if shape else 1))
-    logits = np.concatenate(head_x) if head_x else values
-    n_rows = diag.inputs.rows
-    lead = tuple(shape[:-1]) if len(shape) > 1 else None
-    _show_values(console, values, logits, res, variant, temperature, file, names, lead,
-                 max_rows, top_k, digits)
-    if n_rows > len(values):
-        console.print(f"{n_rows - len(values):,} more rows not shown (--rows N to see more, "
-                      "-o FILE for all); the file was streamed in row blocks", style="dim")
-    support = np.concatenate(state["support"]) if "support" in state else None
-    console.print(render.diagnostics_panel(diag, file, support=support))
-    if output:
-        console.print(f"wrote {output}", style="dim")
-    if strict:
-        _check_strict(diag)
-
-
-def _needed_width(console: Console, table) -> int:
-    """Columns ``table`` takes unsqueezed (rich clamps measures to the terminal)."""
-    return Measurement.get(console, console.options.update_width(10**5), table).maximum
-
-
-def _vjp(upstream, rows, run, variant, temperature, opts):
-    """The VJP of --upstream, validated against the logits' layout."""
-    g_loaded = read_array(upstream)
-    try:
-        g2, _, _ = as_rows(g_loaded.values, rows.axis if rows.ndim > 1 else -1)
-    except ValueError as exc:
-        raise SmxError(f"{g_loaded.source}: {exc}") from None
-    if g2.shape != rows.x2.shape or g_loaded.values.ndim != max(rows.ndim, 1) and rows.ndim > 0:
-        raise SmxError(f"{g_loaded.source}: upstream gradient has shape {g_loaded.values.shape}, "
-                       f"the logits {rows.loaded.values.shape}: they must match")
-    if run.samples > 1:
-        raise SmxError("--upstream takes one Gumbel sample per row: drop --samples")
-    return variants.vjp(variant, run.logits, run.result.values, g2, temperature=temperature,
-                        options=opts, soft=run.soft)
-
-
-def _show_gradients(console, rows, run, variant, temperature, dtype, opts, lead_shape,
-                    show_grad, grad_rows, vjp, check_grad, max_rows):
-    values = run.result.values
-    x = run.logits
-    n, c = values.shape
-    if show_grad:
-        kind = "log" if variant == "log" else "softmax"
-        fit = max(2, min(12, (console.width - 10) // 10))
-        for i in range(min(n, grad_rows)):
-            p_row = np.asarray(values[i], dtype=np.float64)
-            if kind == "log":
-                p_row = np.exp(p_row)
-            if variant == "gumbel" and run.soft is not None:
-                p_row = run.soft[i]
-            idx = np.arange(c) if c <= fit else np.sort(np.argsort(-p_row, kind="stable")[:min(fit, 5)])
-            jac = variants.jacobian_block(variant, p_row, idx, temperature=temperature, options=opts)
-            largest, fro = variants.jacobian_summary(variant, p_row, temperature=temperature,
-                                                     options=opts)
-            console.print(render_grad.jacobian_table(
-                jac, idx, row=i, lead_shape=lead_shape, class_names=rows.class_names, kind=kind,
-                largest=largest, frobenius=fro, total_classes=c))
-        if n > grad_rows:
-            console.print(f"Jacobians shown for the first {grad_rows} of {n:,} rows "
-                          "(--grad-rows N for more)", style="dim")
-    if vjp is not None:
-        console.print(render_grad.matrix_table(
-            vjp, title="vector-Jacobian product: upstream @ J", class_names=rows.class_names,
-            lead_shape=lead_shape, max_rows=max_rows))
-    sat = None
-    if variant not in ("sparsemax", "entmax15", "entmax", "hardmax"):
-        x_sat = x if variant != "gumbel" else x  # gumbel: the logits' own saturation
-        sat = grad_mod.saturation(x_sat, temperature * (opts.tau if variant == "gumbel" else 1.0),
-                                  dtype)
-    checks = variants.check_gradients(variant, x, temperature=temperature, options=opts) \
-        if check_grad else None
-    if sat is not None:
-        console.print(render_grad.gradient_panel(sat, checks, lead_shape=lead_shape))
-    elif checks:
-        console.print(render_grad.gradient_panel(
-            grad_mod.saturation(x, temperature, dtype), checks, lead_shape=lead_shape))
-    if checks and not all(ch.passed for ch in checks):
-        raise SmxError("--check-grad: an analytic gradient disagrees with finite differences")
-
-
-def _payload(rows, result, diag, run) -> Payload:
+def _payload(rows, res: pipeline.PipelineResult) -> Payload:
+    run = res.run
+    result = run.result
     if run.samples > 1:
         per = result.values.reshape((run.samples,) + rows.x2.shape)
         values = np.stack([from_rows(v, rows.moved_shape, rows.axis, rows.ndim) for v in per])
@@ -421,7 +223,7 @@ def _payload(rows, result, diag, run) -> Payload:
         "shape": list(values.shape),
         "axis": rows.axis,
         "classes": rows.class_names,
-        "diagnostics": diag.to_dict(),
+        "diagnostics": res.diagnostics.to_dict(),
         "support": run.support.tolist() if run.support is not None else None,
         "samples": run.samples,
     }

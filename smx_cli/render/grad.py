@@ -8,7 +8,8 @@ from rich.table import Table
 from rich.text import Text
 
 from smx_cli.core.grad import GradCheck, Saturation
-from smx_cli.render.tables import class_label, fmt_value, row_label
+from smx_cli.render.fit import first_fitting, never_cut
+from smx_cli.render.tables import class_label, fmt_value, plural, row_label
 
 _TINY_STYLE = "yellow"
 
@@ -45,8 +46,25 @@ def jacobian_table(jac: np.ndarray, idx: np.ndarray, *, row: int, lead_shape=Non
     return table
 
 
+def matrix_view(console, values: np.ndarray, *, title: str, class_names=None, lead_shape=None,
+                max_rows: int = 20, digits: int = 4) -> Table:
+    """:func:`matrix_table` that fits ``console``: fewer top entries, then fewer
+    digits, rather than cut numbers."""
+    c = values.shape[1]
+    cands = [(("all", digits), lambda: matrix_table(values, title=title, class_names=class_names,
+                                                    lead_shape=lead_shape, max_rows=max_rows,
+                                                    digits=digits))] if c <= 12 else []
+    for k in range(min(4, c), 0, -1):
+        for dg in ((digits,) if k > 1 else range(digits, 1, -1)):
+            cands.append(((k, dg), lambda k=k, dg=dg: matrix_table(
+                values, title=title, class_names=class_names, lead_shape=lead_shape,
+                max_rows=max_rows, digits=dg, max_cols=0, top=k, width=console.width)))
+    return first_fitting(console, cands)[1]
+
+
 def matrix_table(values: np.ndarray, *, title: str, class_names=None, lead_shape=None,
-                 max_rows: int = 20, digits: int = 4, max_cols: int = 12) -> Table:
+                 max_rows: int = 20, digits: int = 4, max_cols: int = 12, top: int = 4,
+                 width: int | None = None) -> Table:
     """Rows of an N x C matrix (e.g. a VJP); the top-|value| entries when wide."""
     n, c = values.shape
     shown = min(n, max_rows)
@@ -59,7 +77,7 @@ def matrix_table(values: np.ndarray, *, title: str, class_names=None, lead_shape
             table.add_row(row_label(i, lead_shape), *[fmt_value(float(v), digits) for v in values[i]])
         note = None
     else:
-        k = 4
+        k = min(top, c)
         for r in range(k):
             table.add_column(f"#{r + 1} (class: value)", justify="right")
         for i in range(shown):
@@ -67,8 +85,10 @@ def matrix_table(values: np.ndarray, *, title: str, class_names=None, lead_shape
             top = np.argsort(-np.abs(v), kind="stable")[:k]
             table.add_row(row_label(i, lead_shape),
                           *[f"{class_label(int(j), class_names)}: {fmt_value(float(v[j]), digits)}" for j in top])
-        note = f"{c} classes: each row's {k} largest |entries|"
-    notes = [note, f"{n - shown} more rows not shown" if n > shown else None]
+        note = f"{c:,} classes: each row's {k} largest |entries|"
+        if width is not None and c <= 12:
+            note = f"{c} classes do not fit in {width} columns: each row's {k} largest |entries|"
+    notes = [note, f"{plural(n - shown, 'more row')} not shown" if n > shown else None]
     table.caption = "; ".join(x for x in notes if x) or None
     return table
 
@@ -81,8 +101,13 @@ def gradient_panel(sat: Saturation, checks: list[GradCheck] | None, *, lead_shap
     n = len(sat.saturated)
     k = int(sat.saturated.sum())
     grid.add_row("saturated rows", Text(
-        f"{k:,} of {n:,} rows have every Jacobian entry below {sat.threshold:g}: they stop learning",
+        f"{k:,} of {plural(n, 'row')} have every softmax-Jacobian entry below "
+        f"{sat.threshold:g}: a loss on p itself (e.g. MSE) sends them ~no gradient",
         style="yellow" if k else "green"))
+    if k:
+        grid.add_row("", Text("the Jacobian is dp/dx; with cross-entropy the gradient is p - y, "
+                              "which stays large for a confidently wrong sample: smx xent "
+                              "shows that training signal", style="italic"))
     finite = np.isfinite(sat.max_jacobian)
     if finite.any():
         grid.add_row("largest entry", f"median over rows {fmt_value(float(np.median(sat.max_jacobian[finite])), 3)}"
@@ -110,3 +135,29 @@ def gradient_panel(sat: Saturation, checks: list[GradCheck] | None, *, lead_shap
     title = "gradients" + (": check FAILED" if bad else "")
     style = "red" if bad else ("yellow" if k else "green")
     return Panel(grid, title=title, title_align="left", border_style=style, expand=False)
+
+
+def gradients_view(console, report, *, vjp=None, class_names=None, lead_shape=None,
+                   max_rows: int = 20, shown_rows: int = 0) -> list:
+    """The renderables of a :class:`~smx_cli.analysis.gradients.GradientReport`."""
+    out: list = []
+    for jb in report.jacobians:
+        out.append(never_cut(jacobian_table(
+            jb.jac, jb.idx, row=jb.row, lead_shape=lead_shape, class_names=class_names,
+            kind=report.kind, largest=jb.largest, frobenius=jb.frobenius,
+            total_classes=report.classes)))
+    if report.jacobians and report.rows > len(report.jacobians):
+        out.append(Text(f"Jacobians shown for the first {len(report.jacobians)} of "
+                        f"{report.rows:,} rows (--grad-rows N for more)", style="dim"))
+    if vjp is not None:
+        out.append(matrix_view(console, vjp, title="vector-Jacobian product: upstream @ J",
+                               class_names=class_names, lead_shape=lead_shape,
+                               max_rows=max_rows))
+    if report.saturation is not None:
+        out.append(gradient_panel(report.saturation, report.checks, lead_shape=lead_shape))
+    return out
+
+
+def jacobian_fit(width: int) -> int:
+    """How many classes a Jacobian table shows whole at this terminal width."""
+    return max(2, min(12, (width - 10) // 10))
