@@ -180,7 +180,7 @@ def test_grad_out_matches_the_gradient(mnist, tmp_path):
     x, y, _ = mnist
     out = tmp_path / "g.npy"
     r = ok(LOGITS_NPY, "--labels", LABELS_NPY, "--grad-out", out)
-    assert f"wrote {out}" in r.stdout.replace("\n", "")
+    assert f"wrote {out}" in r.stderr.replace("\n", "")
     g = np.load(out)
     assert g.shape == (2500, 10)
     ref = ref_grad(x, y)
@@ -343,7 +343,7 @@ def test_probability_target_matrix(small):
 def test_output_files(small):
     d, x, y, _ = small
     r = ok(d / "x.npy", "--labels", d / "y.npy", "-o", d / "out.csv")
-    assert "wrote" in r.stdout
+    assert "wrote" in r.stderr
     lines = (d / "out.csv").read_text().splitlines()
     assert lines[0] == "row,label,predicted,p_true,loss,margin,correct,ignored"
     got = np.loadtxt(lines[1:], delimiter=",", ndmin=2)

@@ -31,9 +31,12 @@ What is measured, per variant x format (see :class:`VariantReport`):
 * *underflow*: probabilities that came out 0 whose reference is a normal
   number of the format; *NaN*: NaN probabilities in measured rows.
 
-Verdict: ``broken`` when any measured row failed; ``inaccurate`` when the
-max error exceeds :data:`ULP_OK` (4) ulps -- the accuracy smx's own path
-promises; ``ok`` otherwise; ``n/a`` when no row could be measured.
+Verdict, overflow and NaN first: ``broken`` when any measured row failed;
+``inaccurate`` when some entry's error exceeds *that variant's own* known
+error bound for the format (:mod:`smx_cli.analysis.bounds`: the shifted
+formulas' bound grows with |x_i - max|, the accurate path's is
+:data:`ULP_OK` ulps); ``ok`` when every entry is within it -- the variant
+behaves as its analysis promises; ``n/a`` when no row could be measured.
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ from dataclasses import asdict, dataclass, field
 import ml_dtypes
 import numpy as np
 
+from smx_cli.analysis.bounds import bound_ulps
 from smx_cli.core.precision import FORMATS, Format, ulp_error
 from smx_cli.core.reference import exact_softmax
 from smx_cli.core.softmax import compute
@@ -219,6 +223,8 @@ class VariantReport:
     max_logp_error: float | None
     verdict: str
     worst: WorstRow | None = None
+    #: max over entries of (error in ulps) / (the variant's bound in ulps)
+    max_bound_ratio: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -343,11 +349,14 @@ def _measure(prep: _Prepared, variant: str, t: float, locate: bool = True) -> Va
         lerr = np.where(np.isnan(lerr), np.inf, lerr)
     n_failed = int(np.count_nonzero(failed))
     max_ulp = _finite_max(errs)
+    with np.errstate(all="ignore"):
+        bound = bound_ulps(variant, prep.x, prep.logp, t)
+        ratio = _finite_max((err / bound)[normal]) if m else None
     if m == 0:
         verdict = "n/a"
     elif n_failed:
         verdict = "broken"
-    elif max_ulp is not None and max_ulp > ULP_OK:
+    elif ratio is not None and ratio > 1:
         verdict = "inaccurate"
     else:
         verdict = "ok"
@@ -374,7 +383,8 @@ def _measure(prep: _Prepared, variant: str, t: float, locate: bool = True) -> Va
         nan=int(np.count_nonzero(np.isnan(g))), failed_rows=n_failed,
         max_ulp=max_ulp, median_ulp=float(np.median(errs)) if errs.size else None,
         max_row_error_u=_finite_max(row_err[good]), max_sum_error=_finite_max(sums[good]),
-        max_logp_error=_finite_max(lerr), verdict=verdict, worst=worst)
+        max_logp_error=_finite_max(lerr), verdict=verdict, worst=worst,
+        max_bound_ratio=ratio)
 
 
 def check_names(names, allowed, what: str) -> tuple[str, ...]:

@@ -104,6 +104,12 @@ def _usage_line(exc: click.UsageError) -> str:
     return msg
 
 
+def _no_args_help(exc: click.UsageError) -> bool:
+    """Whether ``exc`` is click's "no arguments: show the help" (click >= 8.2)."""
+    no_args = getattr(click.exceptions, "NoArgsIsHelpError", None)
+    return no_args is not None and isinstance(exc, no_args) and exc.ctx is not None
+
+
 def _quiet_stdout() -> None:
     """Point stdout at /dev/null so the interpreter's final flush cannot fail."""
     try:
@@ -144,6 +150,10 @@ def main() -> None:
         click.echo("smx: terminated", err=True)
         sys.exit(EXIT_TERMINATED)
     except click.UsageError as exc:
+        if _no_args_help(exc):
+            # bare `smx` (or a bare group): the normal help, not an error line
+            click.echo(exc.ctx.get_help())
+            sys.exit(EXIT_OK)
         click.echo(f"Error: {_usage_line(exc)}", err=True)
         sys.exit(exc.exit_code)
     except click.ClickException as exc:

@@ -6,19 +6,17 @@ import math
 
 import click
 import numpy as np
-from rich.console import Console
-from rich.measure import Measurement
 
 from smx_cli import io
 from smx_cli.analysis.compare import (ALL_VARIANTS, DEFAULT_DTYPES, MAX_SCALE, SEED_LABEL, SEED_ROWS,
                              VARIANT_LABELS, check_names, compare_stability, normal_sample,
                              sweep)
-from smx_cli.cli.emit import check_output_path, stdout_console, write_stdout_bytes
+from smx_cli.cli.emit import Messages, check_output_path, show, stdout_console, write_stdout_bytes
 from smx_cli.errors import SmxError
-from smx_cli.cli.options import input_options
+from smx_cli.cli.options import input_options, resolve_formats
 from smx_cli.core.precision import FORMATS
 from smx_cli.cli.prepare import load_rows
-from smx_cli.render.compare import COLUMNS, DROP_ORDER, comparison_table, comparison_view, sweep_view
+from smx_cli.render.compare import fitted_comparison_view, sweep_view
 
 _VARIANT_LINES = "\n".join(f"  {name:<7} {text}" for name, text in VARIANT_LABELS.items())
 
@@ -59,8 +57,10 @@ Each dtype's row first rounds the input to that dtype; the variant then
 runs with every operation rounded to it, and is compared with the exact
 softmax of the rounded input. Errors are in ulps of the dtype, over the
 entries whose exact value is a normal number, on the rows that did not
-fail. Verdict: broken = some row overflowed or gave NaN/inf/all zeros;
-inaccurate = max error > 4 ulp; ok otherwise.
+fail. Verdict, overflow and NaN first: broken = some row overflowed or
+gave NaN/inf/all zeros; inaccurate = an entry is outside the variant's
+own known error bound for the dtype (it does worse than its analysis
+promises); ok = within it. --fail-on broken|inaccurate exits 1 for CI.
 
 \b
 Examples:
@@ -68,6 +68,7 @@ Examples:
   smx compare-stability samples/mnist_lenet_logits.npy --dtypes float16,bfloat16
   smx compare-stability samples/mnist_lenet_logits.npy --variants naive,stable,lse
   smx compare-stability logits.csv --rows 100 --format json -o report.json
+  smx compare-stability logits.npy --dtypes float16 --fail-on broken
   smx compare-stability --sweep
   smx compare-stability samples/seeds.csv --sweep --max-scale 1e4""")
 @input_options(file_required=False)
@@ -91,9 +92,13 @@ Examples:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               show_default=True, help="table for people, json for scripts (the same data)")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="FILE",
-              help="Also write the JSON report to FILE (atomically)")
+              help="Also write the JSON report to FILE.json (atomically)")
+@click.option("--fail-on", type=click.Choice(["broken", "inaccurate"]), default=None,
+              help="Exit 1 when a verdict is broken (or, with inaccurate, broken or "
+                   "inaccurate): for CI")
+@click.option("-q", "--quiet", is_flag=True, help="No 'wrote FILE' on stderr")
 def compare_cmd(file, delimiter, header, key, axis, variants, dtypes, temperature, max_rows,
-                do_sweep, max_scale, seed, fmt, output):
+                do_sweep, max_scale, seed, fmt, output, fail_on, quiet):
     """Compare every softmax variant in every precision against an exact reference.
 
     Runs each variant (naive, stable, log, online, lse, and smx's own
@@ -109,6 +114,8 @@ def compare_cmd(file, delimiter, header, key, axis, variants, dtypes, temperatur
     if file is None and (delimiter or header is not None or key or axis != -1):
         raise click.UsageError("--delimiter, --header, --key and --axis need a FILE")
     check_output_path(output, file or "-")
+    if output is not None:
+        resolve_formats(output, "json" if fmt == "json" else None, file_formats=("json",))
     if file is not None:
         rows = load_rows(file, delimiter=delimiter, header=header, key=key, axis=axis)
         x2, source = rows.x2, rows.loaded.source
@@ -154,28 +161,17 @@ def compare_cmd(file, delimiter, header, key, axis, variants, dtypes, temperatur
     else:
         console = stdout_console()
         if view is None:
-            view = comparison_view(result, title, fit_columns(console, result, title))
-        console.print(view)
-        if output:
-            console.print(f"wrote {output}", style="dim")
-
-
-def fit_columns(console: Console, result, title: str) -> tuple[str, ...]:
-    """The numeric columns of the comparison table that fit ``console``.
-
-    rich would squeeze every cell of a table wider than the terminal to
-    "0.…"; instead drop whole columns, least important first
-    (:data:`~smx_cli.render.compare.DROP_ORDER`), until the rest fits.
-    """
-    columns = COLUMNS
-    for name in (None, *DROP_ORDER):
-        if name is not None:
-            columns = tuple(c for c in columns if c != name)
-        if _needed_width(console, comparison_table(result, title, columns)) <= console.width:
-            break
-    return columns
-
-
-def _needed_width(console: Console, table) -> int:
-    """Columns ``table`` takes unsqueezed (rich clamps measures to the terminal)."""
-    return Measurement.get(console, console.options.update_width(10**5), table).maximum
+            view = fitted_comparison_view(console, result, title)
+        show(console, view)
+    Messages(quiet).wrote(output)
+    if fail_on and not do_sweep:
+        bad = ("broken",) if fail_on == "broken" else ("broken", "inaccurate")
+        hits = [f"{r.variant} in {r.dtype}" for r in result.reports if r.verdict in bad]
+        if hits:
+            raise SmxError(f"--fail-on {fail_on}: {len(hits)} verdict(s) {' or '.join(bad)}: "
+                           + ", ".join(hits[:6]) + (", ..." if len(hits) > 6 else ""))
+    elif fail_on:
+        broke = [e for e in result.entries if e.break_scale is not None]
+        if broke:
+            raise SmxError(f"--fail-on {fail_on}: {len(broke)} variant(s) break within the "
+                           "sweep: " + ", ".join(f"{e.variant} in {e.dtype}" for e in broke[:6]))

@@ -161,13 +161,11 @@ def softmax_cmd(file, delimiter, header, key, axis, variant, dtype, temperature,
                     vjp, rows.class_names, {"command": "softmax", "variant": variant,
                                             "gradient": "upstream @ Jacobian"}, {"vjp": vjp},
                     array=from_rows(vjp, rows.moved_shape, rows.axis, rows.ndim)), None)
-                msgs.wrote(grad_out)
         payload = _payload(rows, res)
         if output:
             write_file(output, payload, out_fmt)
         if stdout_fmt not in ("table", "none"):
             write_stdout(payload, stdout_fmt)
-    msgs.wrote(output)
     panel = render.diagnostics_panel(res.diagnostics, source, support=res.support,
                                      lead_shape=lead_shape)
     # -o FILE: the data went to FILE, so stdout shows only what was asked for
@@ -202,6 +200,8 @@ def softmax_cmd(file, delimiter, header, key, axis, variant, dtype, temperature,
         raise SmxError(failure)
     if not on_screen or stdout_fmt == "none":
         msgs.summary(render.summary_line(res.diagnostics), None if on_screen else panel)
+    for path in (output, grad_out):
+        msgs.wrote(path)
 
 
 def _payload(rows, res: pipeline.PipelineResult) -> Payload:

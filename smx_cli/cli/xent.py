@@ -12,8 +12,8 @@ from smx_cli.core import grad as grad_mod
 from smx_cli.render import xent as render_xent
 from smx_cli.io import stream
 from smx_cli.analysis.diagnostics import InputCounts, count_inputs
-from smx_cli.cli.emit import (Payload, check_output_path, progress_bar, stdout_console, write_file,
-                          write_stdout)
+from smx_cli.cli.emit import (Messages, Payload, check_output_path, progress_bar, stdout_console,
+                          write_file, write_stdout)
 from smx_cli.errors import SmxError
 from smx_cli.io import NPY_MAGIC
 from smx_cli.io.labels import read_labels, read_weights, split_label_column
@@ -153,8 +153,9 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
             note = (f"{n - len(order):,} more samples not shown (--rows N, --worst K, or -o FILE)"
                     if n > len(order) else None)
             title = f"cross-entropy of {source}"
-        console.print(render_xent.sample_table(res, order, class_names=class_names, title=title,
-                                               total_note=note))
+        console.print(render_xent.fitted_sample_table(console, res, order,
+                                                      class_names=class_names, title=title,
+                                                      total_note=note))
         if show_grad:
             fit = max(2, (console.width - 8) // 11)
             console.print(render_xent.grad_table(res.grad, order, class_names=class_names,
@@ -169,9 +170,7 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
         if checks is not None:
             console.print(render_xent.grad_check_panel(checks, reduction=reduction,
                                                        input_kind=input_kind))
-        for path in (output, grad_out):
-            if path:
-                console.print(f"wrote {path}", style="dim")
+
     if checks is not None and not all(c.passed for c in checks):
         c = checks[0]
         raise SmxError(f"--check-grad: the cross-entropy gradient disagrees with finite "
@@ -182,6 +181,8 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
         if bad or (reduction != "none" and not math.isfinite(res.reduced)):
             raise SmxError(f"--strict: {bad} sample loss(es) are NaN or inf"
                            if bad else f"--strict: {_undefined_reason(res)}")
+    for path in (output, grad_out):  # messages beside the data go to stderr
+        Messages().wrote(path)
 
 
 # input bytes per streamed block: with float64 work on it, peak memory is a few times this

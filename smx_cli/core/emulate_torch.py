@@ -288,4 +288,5 @@ def torch_compute(x2: np.ndarray, dtype: str, *, log: bool = False, temperature:
         stats.exp_underflow = int(np.count_nonzero((e == 0) & finite))
         stats.exp_overflow = int(np.count_nonzero(np.isinf(e) & finite))
     kind = "logprob" if log else "prob"
-    return SoftmaxResult(values, kind, fmt, True, "log" if log else "stable", t, stats)
+    name = "torch.log_softmax" if log else "torch.softmax"
+    return SoftmaxResult(values, kind, fmt, True, name, t, stats)

@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from smx_cli.analysis.compare import ULP_OK, Comparison, Sweep, Thresholds
+from smx_cli.render.fit import needed_width, never_cut
 
 VERDICT_STYLE = {"ok": "bold green", "inaccurate": "bold yellow", "broken": "bold red",
                  "n/a": "dim"}
@@ -17,11 +18,11 @@ VERDICT_STYLE = {"ok": "bold green", "inaccurate": "bold yellow", "broken": "bol
 MAX_WORST = 12
 BAR_WIDTH = 28
 #: the numeric columns of the comparison table, in order
-COLUMNS = ("ovfl", "unfl", "NaN", "failed", "max ulp", "med ulp", "err/u",
+COLUMNS = ("ovfl", "unfl", "NaN", "failed", "max ulp", "/bound", "med ulp", "err/u",
            "|sum-1|", "|dlogp|")
 #: which numeric columns go first when the table does not fit the terminal
 #: (the counts of failures, max ulp and the verdict always stay)
-DROP_ORDER = ("med ulp", "|dlogp|", "err/u", "|sum-1|", "unfl", "NaN")
+DROP_ORDER = ("med ulp", "|dlogp|", "err/u", "|sum-1|", "unfl", "NaN", "/bound")
 
 
 def fmt_num(v: float | None, digits: int = 3) -> str:
@@ -103,6 +104,7 @@ def comparison_table(c: Comparison, title: str, columns: tuple[str, ...] = COLUM
         cells = {
             "ovfl": _count(r.overflow_rows), "unfl": _count(r.underflow), "NaN": _count(r.nan),
             "failed": _count(r.failed_rows), "max ulp": fmt_num(r.max_ulp),
+            "/bound": fmt_num(r.max_bound_ratio),
             "med ulp": fmt_num(r.median_ulp), "err/u": fmt_num(r.max_row_error_u),
             "|sum-1|": fmt_num(r.max_sum_error), "|dlogp|": fmt_num(r.max_logp_error),
         }
@@ -120,11 +122,14 @@ def _caption(c: Comparison, dropped: list[str] | None = None) -> str:
     lines = [
         "smx: smx's accurate path. ovfl: rows where exp or the sum became inf; unfl: "
         "p = 0 where the exact p is normal; NaN: entries; failed: rows with NaN/inf or all 0. On the rows that did not fail: max/median error in ulps of the dtype "
-        "(entries whose exact value is normal); err/u = max|p - p*| / (u max p*) per row, the "
+        "(entries whose exact value is normal); /bound: max ulp error over the variant's bound; err/u = max|p - p*| / (u max p*) per row, the "
         "paper's measure; |sum-1|; |dlogp| = max |log p - log p*| (log: its log-probabilities).",
-        f"verdict: broken = a row failed; inaccurate = max ulp > {ULP_OK:g}; ok otherwise. "
-        "The input is rounded to each dtype first; the reference is exact for that rounded "
-        "input.",
+        "verdict, overflow and NaN first: broken = a row failed (pick another variant); "
+        "inaccurate = some entry is outside the variant's own known error bound for the "
+        "dtype (/bound > 1: worse than its analysis promises); ok = within it (the bound of "
+        "the shifted formulas grows with |x - max|; smx's is "
+        f"{ULP_OK:g} ulp). The input is rounded to each dtype first; the reference is exact "
+        "for that rounded input.",
     ]
     if dropped:
         lines.append(f"Not shown to fit the terminal: {', '.join(dropped)} (a wider terminal, "
@@ -183,10 +188,10 @@ def _vector(vals: list[float], cols: list[int] | None, style: bool = True) -> Te
 
 def comparison_view(c: Comparison, title: str, columns: tuple[str, ...] = COLUMNS) -> Group:
     """The whole compare-stability screen: table, thresholds, worst rows."""
-    parts = [comparison_table(c, title, columns), thresholds_line(c.thresholds)]
+    parts = [never_cut(comparison_table(c, title, columns)), thresholds_line(c.thresholds)]
     worst = worst_rows_table(c)
     if worst is not None:
-        parts += [Text(""), worst]
+        parts += [Text(""), never_cut(worst)]
     return Group(*parts)
 
 
@@ -255,4 +260,20 @@ def sweep_chart(s: Sweep) -> Text:
 
 
 def sweep_view(s: Sweep, title: str) -> Group:
-    return Group(sweep_table(s, title), sweep_chart(s))
+    return Group(never_cut(sweep_table(s, title)), sweep_chart(s))
+
+
+def fitted_comparison_view(console, c: Comparison, title: str) -> Group:
+    """:func:`comparison_view` with the numeric columns that fit ``console``.
+
+    rich would squeeze every cell of a table wider than the terminal to
+    "0.…"; instead whole columns go, least important first
+    (:data:`DROP_ORDER`), until the rest fits, and the caption names them.
+    """
+    columns = COLUMNS
+    for name in (None, *DROP_ORDER):
+        if name is not None:
+            columns = tuple(col for col in columns if col != name)
+        if needed_width(console, comparison_table(c, title, columns)) <= console.width:
+            break
+    return comparison_view(c, title, columns)

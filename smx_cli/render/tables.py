@@ -197,6 +197,8 @@ def diagnostics_panel(d: SoftmaxDiagnostics, source: str | None = None,
     grid.add_column()
     inp = d.inputs
     how = f"emulated {d.dtype} arithmetic" if d.emulated else f"accurate, {d.dtype} result"
+    if d.variant.startswith("torch."):
+        how = f"PyTorch's CPU kernel: {d.dtype} storage, float32 arithmetic"
     grid.add_row("computed", f"{d.variant} ({how})")
     grid.add_row("input", f"{plural(inp.rows, 'row')} x {plural(inp.classes, 'class')}"
                  + (f" from {source}" if source else ""))

@@ -10,6 +10,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from smx_cli.render.fit import needed_width, never_cut
 from smx_cli.render.tables import class_label, fmt_value
 from smx_cli.core.xent import XentResult
 
@@ -58,10 +59,22 @@ def sample_table(res: XentResult, order: np.ndarray, *, class_names=None, title=
                       _num(res.p_true[i], digits), loss_text,
                       _num(res.margin[i], 4) if np.isfinite(res.margin[i]) or np.isinf(res.margin[i]) else "-",
                       ok)
+    never_cut(table)
     if total_note is None:
         return table
     # a note under the table, not a caption: a caption wraps to the table's width
     return Group(table, Text(total_note, style="dim"))
+
+
+def fitted_sample_table(console, res: XentResult, order: np.ndarray, **kw):
+    """:func:`sample_table` with the most digits (6 down to 3) that fit ``console``;
+    narrower still, cells fold onto a second line -- a number is never cut."""
+    for digits in range(kw.pop("digits", 6), 2, -1):
+        view = sample_table(res, order, digits=digits, **kw)
+        table = view.renderables[0] if isinstance(view, Group) else view
+        if needed_width(console, table) <= console.width:
+            break
+    return view
 
 
 def summary_panel(res: XentResult, *, eps: float, input_counts=None, source: str | None = None,
@@ -140,7 +153,7 @@ def grad_table(grad: np.ndarray, order: np.ndarray, *, class_names=None, top_k: 
             cells = [f"{class_label(int(j), class_names)}: {_num(g[j], digits)}" for j in idx]
             table.add_row(str(int(i)), *cells, _num(np.max(np.abs(g)), digits))
         table.caption = f"{n_classes} classes: each row's {k} largest |gradient| entries"
-    return table
+    return never_cut(table)
 
 
 def grad_check_panel(checks, *, reduction: str, input_kind: str = "logits") -> Panel:
