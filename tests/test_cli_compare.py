@@ -14,6 +14,12 @@ from smx_cli.analysis.compare import SEED_ROWS, compare_stability
 MNIST = os.path.join(SAMPLES, "mnist_lenet_logits.npy")
 
 
+@pytest.fixture(autouse=True)
+def _wide_terminal(monkeypatch):
+    """Every column of the comparison fits (the narrow tests set COLUMNS themselves)."""
+    monkeypatch.setenv("COLUMNS", "130")
+
+
 def run(*args, input=None):
     return CliRunner().invoke(cli, ["compare-stability", *args], input=input,
                               catch_exceptions=False)

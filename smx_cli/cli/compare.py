@@ -65,8 +65,8 @@ promises); ok = within it. --fail-on broken|inaccurate exits 1 for CI.
 \b
 Examples:
   smx compare-stability
-  smx compare-stability samples/mnist_lenet_logits.npy --dtypes float16,bfloat16
-  smx compare-stability samples/mnist_lenet_logits.npy --variants naive,stable,lse
+  smx compare-stability logits.npy --dtypes float16,bfloat16
+  smx compare-stability logits.npy --variants naive,stable,lse
   smx compare-stability logits.csv --rows 100 --format json -o report.json
   smx compare-stability logits.npy --dtypes float16 --fail-on broken
   smx compare-stability --sweep

@@ -5,6 +5,8 @@ array in memory, many for a streamed file), and prints what it returns.
 """
 from __future__ import annotations
 
+import textwrap
+
 import click
 import numpy as np
 from rich.text import Text
@@ -26,8 +28,9 @@ from smx_cli.io.masks import read_mask
 from smx_cli.render import grad as render_grad
 from smx_cli.render import tables as render
 
-_VARIANT_LINES = "\n".join(f"  {name:<9} {text}"
-                           for name, text in {**VARIANT_HELP, **FAMILY_HELP}.items())
+_VARIANT_LINES = "\n".join(
+    textwrap.fill(text, 76, initial_indent=f"  {name:<9} ", subsequent_indent=" " * 12)
+    for name, text in {**VARIANT_HELP, **FAMILY_HELP}.items())
 
 
 @click.command("softmax", epilog=f"""\b
@@ -65,7 +68,8 @@ Examples:
   smx softmax samples/seeds.csv --grad --check-grad""")
 @input_options(file_required=False)
 @click.option("--variant", type=click.Choice(variants.ALL_VARIANTS), default="stable",
-              show_default=True, help="Which member of the softmax family (see below)")
+              show_default=True, metavar="NAME",
+              help="Which member of the softmax family (see Variants below)")
 @numerics_options
 @click.option("--emulate", type=click.Choice(pipeline.EMULATIONS), default="strict",
               show_default=True,

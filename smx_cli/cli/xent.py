@@ -12,8 +12,8 @@ from smx_cli.core import grad as grad_mod
 from smx_cli.render import xent as render_xent
 from smx_cli.io import stream
 from smx_cli.analysis.diagnostics import InputCounts, count_inputs
-from smx_cli.cli.emit import (Messages, Payload, check_output_path, progress_bar, stdout_console,
-                          write_file, write_stdout)
+from smx_cli.cli.emit import (Messages, Payload, check_output_path, progress_bar, show,
+                          stdout_console, write_file, write_stdout)
 from smx_cli.errors import SmxError
 from smx_cli.io import NPY_MAGIC
 from smx_cli.io.labels import read_labels, read_weights, split_label_column
@@ -33,12 +33,12 @@ logits' header) or an N x C matrix of probability targets.
 
 \b
 Examples:
-  smx xent samples/mnist_lenet_logits.npy --labels samples/mnist_lenet_labels.npy
-  smx xent samples/mnist_lenet_logits.csv --labels samples/mnist_lenet_labels.csv --worst 5
-  smx xent logits.csv --label-column label --label-smoothing 0.1 --reduction sum
+  smx xent logits.npy --labels labels.npy
+  smx xent logits.csv --labels labels.csv --worst 5
+  smx xent logits.csv --label-column label --label-smoothing 0.1
   smx xent logits.npy --labels y.npy --grad --rows 3 --grad-out grad.npy
   smx xent logits.npy --labels y.npy -o losses.csv
-  smx xent samples/mnist_lenet_logits.npy --labels samples/mnist_lenet_labels.npy --check-grad""")
+  smx xent logits.npy --labels labels.npy --check-grad""")
 @input_options
 @click.option("--labels", "labels_path", metavar="FILE",
               help="True labels: one class index or class name per line (CSV/TSV/NPY), or "
@@ -143,6 +143,7 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
             click.echo(f"Warning: {_undefined_reason(res)}", err=True)
     else:
         console = stdout_console()
+        parts = []  # printed at once: piped, without trailing padding
         n = len(res.loss)
         if worst:
             order = _worst(res, worst)
@@ -153,24 +154,24 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
             note = (f"{n - len(order):,} more samples not shown (--rows N, --worst K, or -o FILE)"
                     if n > len(order) else None)
             title = f"cross-entropy of {source}"
-        console.print(render_xent.fitted_sample_table(console, res, order,
+        parts.append(render_xent.fitted_sample_table(console, res, order,
                                                       class_names=class_names, title=title,
                                                       total_note=note))
         if show_grad:
             fit = max(2, (console.width - 8) // 11)
-            console.print(render_xent.grad_table(res.grad, order, class_names=class_names,
+            parts.append(render_xent.grad_table(res.grad, order, class_names=class_names,
                                                  max_cols=fit,
                                                  top_k=max(1, min(5, (console.width - 18) // 20)),
                                                  title=f"dL/dlogits (reduction {reduction})"))
-        console.print(render_xent.summary_panel(
+        parts.append(render_xent.summary_panel(
             res, eps=fmt_eps, input_counts=counts, source=source,
             n_classes=n_classes, options=_options_text(reduction, label_smoothing, ignore_index,
                                                        input_kind, weights),
             smoothed=label_smoothing > 0))
         if checks is not None:
-            console.print(render_xent.grad_check_panel(checks, reduction=reduction,
+            parts.append(render_xent.grad_check_panel(checks, reduction=reduction,
                                                        input_kind=input_kind))
-
+        show(console, *parts)
     if checks is not None and not all(c.passed for c in checks):
         c = checks[0]
         raise SmxError(f"--check-grad: the cross-entropy gradient disagrees with finite "

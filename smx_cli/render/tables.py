@@ -247,7 +247,7 @@ def diagnostics_panel(d: SoftmaxDiagnostics, source: str | None = None,
     if d.min_value is not None:
         grid.add_row("range", f"{fmt_value(d.min_value)} .. {fmt_value(d.max_value)}")
     if d.argmax_counts:
-        grid.add_row("argmax", ", ".join(f"{c} ({n:,} rows)" for c, n in d.argmax_counts))
+        grid.add_row("argmax", ", ".join(f"{c} ({plural(n, 'row')})" for c, n in d.argmax_counts))
     for hint in hints(d):
         grid.add_row("hint", Text(hint, style="italic"))
     verdict, style = verdict_of(d)
