@@ -56,6 +56,9 @@ class SoftmaxDiagnostics:
     masked_nan_rows: int = 0
     # row indices (into the flattened (N, C) rows), every one of them
     nan_output_row_index: list[int] = field(default_factory=list)
+    #: zeros whose exact value is below half the format's smallest subnormal:
+    #: 0 is the correctly rounded result (counted apart from ``underflow_to_zero``)
+    zero_below_range: int = 0
     nonfinite_input_row_index: list[int] = field(default_factory=list)
 
     @property
@@ -118,12 +121,14 @@ class Accumulator:
     True
     """
 
-    def __init__(self, variant: str, fmt, kind: str, emulated: bool, sparse: bool = False):
+    def __init__(self, variant: str, fmt, kind: str, emulated: bool, sparse: bool = False,
+                 temperature: float = 1.0):
         self.variant, self.fmt, self.kind = variant, fmt, kind
+        self.temperature = temperature
         self.emulated, self.sparse = emulated, sparse
         self.rows = self.classes = 0
         self.counts = dict.fromkeys(
-            ("nan", "pos_inf", "neg_inf", "nan_rows", "inf_rows", "masked_rows", "zero",
+            ("nan", "pos_inf", "neg_inf", "nan_rows", "inf_rows", "masked_rows", "zero", "zero_ok",
              "subnormal", "out_nan", "nan_rows_out", "produced", "off", "masked_nan"), 0)
         self.max_err = 0.0
         self.vmin = np.inf
@@ -168,12 +173,11 @@ class Accumulator:
         c = self.counts
         tiny = self.fmt.smallest_normal
         if self.kind == "logprob":
-            c["zero"] += int(np.count_nonzero(np.isneginf(y)))
+            self._zeros(x, np.isneginf(y))
             c["subnormal"] += int(np.count_nonzero((y < np.log(tiny)) & ~np.isneginf(y)))
             prob = np.exp(y.astype(np.float64))
         else:
-            zeros = int(np.count_nonzero(y == 0))
-            c["zero"] += zeros
+            zeros = self._zeros(x, y == 0)
             c["subnormal"] += int(np.count_nonzero(y < tiny)) - zeros
             prob = y
         if self.kind == "prob" and self.fmt.name != "float64":
@@ -188,6 +192,26 @@ class Accumulator:
         self.vmax = max(self.vmax, float(y[np.arange(len(y)), top].max()))
         counts = np.bincount(top, minlength=y.shape[1])
         self.argmax = counts if self.argmax is None else self.argmax + counts
+
+    def _zeros(self, x: np.ndarray, zero: np.ndarray) -> int:
+        """Count zero results; an emulated one whose exact value the format cannot
+        hold (below half its smallest subnormal) is correct, counted apart."""
+        n = int(np.count_nonzero(zero))
+        if not n or not self.emulated or self.sparse:
+            self.counts["zero"] += n
+            return n
+        rows = zero.any(axis=1)
+        z = np.asarray(x[rows], dtype=np.float64) / self.temperature
+        m = np.max(np.where(np.isfinite(z), z, -np.inf), axis=1, keepdims=True)
+        m = np.where(np.isfinite(m), m, 0)
+        lse = m + np.log(np.sum(np.exp(np.where(np.isfinite(z), z - m, -np.inf)), axis=1,
+                                keepdims=True))
+        half_sub = np.log(self.fmt.smallest_normal * self.fmt.eps / 2)
+        below = (z - lse) < half_sub
+        ok = int(np.count_nonzero(zero[rows] & below))
+        self.counts["zero_ok"] += ok
+        self.counts["zero"] += n - ok
+        return n
 
     def _sums(self, prob: np.ndarray, rows: np.ndarray) -> None:
         """|sum(p) - 1| of the given rows, accurate to far below the tolerance."""
@@ -219,7 +243,7 @@ class Accumulator:
         row_max = x.max(axis=1)
         live = np.isfinite(x) & np.isfinite(row_max)[:, None]
         prob = np.exp(y) if self.kind == "logprob" else y
-        c["zero"] += int(np.count_nonzero((prob == 0) & live))
+        self._zeros(x, (prob == 0) & live)
         c["subnormal"] += int(np.count_nonzero((prob > 0) & (prob < self.fmt.smallest_normal)
                                                & live))
         out_nan = np.isnan(y)
@@ -259,6 +283,7 @@ class Accumulator:
             exp_overflow=self.stats.exp_overflow, exp_underflow=self.stats.exp_underflow,
             sum_overflow_rows=self.stats.sum_overflow_rows,
             underflow_to_zero=0 if self.sparse else c["zero"],
+            zero_below_range=c["zero_ok"],
             exact_zeros=c["zero"] if self.sparse else 0, subnormal=c["subnormal"],
             output_nan=c["out_nan"], output_nan_rows=c["nan_rows_out"],
             produced_nan_rows=c["produced"], sum_off_rows=c["off"],
@@ -298,7 +323,8 @@ def diagnose(x2: np.ndarray, result: SoftmaxResult, top_classes: int = 5,
     >>> d.exp_overflow, d.output_nan_rows
     (3, 1)
     """
-    acc = Accumulator(result.variant, result.fmt, result.kind, result.emulated, sparse)
+    acc = Accumulator(result.variant, result.fmt, result.kind, result.emulated, sparse,
+                      result.temperature)
     acc.stats.add(result.stats)
     acc.add(x2, result.values)
     return acc.result(top_classes)

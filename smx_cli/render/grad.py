@@ -97,7 +97,7 @@ def gradient_panel(sat: Saturation, checks: list[GradCheck] | None, *, lead_shap
     """Vanishing-gradient diagnostics and, with --check-grad, the finite-difference verdicts."""
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", justify="right")
-    grid.add_column()
+    grid.add_column(overflow="fold")
     n = len(sat.saturated)
     k = int(sat.saturated.sum())
     grid.add_row("saturated rows", Text(

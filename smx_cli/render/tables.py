@@ -194,7 +194,7 @@ def diagnostics_panel(d: SoftmaxDiagnostics, source: str | None = None,
     """The diagnostics panel under a softmax table (``support``: sparse maps' sizes)."""
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", justify="right")
-    grid.add_column()
+    grid.add_column(overflow="fold")
     inp = d.inputs
     how = f"emulated {d.dtype} arithmetic" if d.emulated else f"accurate, {d.dtype} result"
     if d.variant.startswith("torch."):
@@ -223,6 +223,10 @@ def diagnostics_panel(d: SoftmaxDiagnostics, source: str | None = None,
         if d.emulated:
             grid.add_row("underflow", _count_line(d.underflow_to_zero,
                                                   f"{noun} {under} (exact value > 0)"))
+            if d.zero_below_range:
+                grid.add_row("", Text(f"and {plural(d.zero_below_range, 'entry')} whose exact "
+                                      f"value is below {d.dtype}'s range: 0 is correct",
+                                      style="dim"))
         else:
             # the accurate path rounds correctly: a 0 here is the nearest number
             # of the format to a value too small for it -- information, not a fault

@@ -86,7 +86,7 @@ def summary_panel(res: XentResult, *, eps: float, input_counts=None, source: str
     """
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", justify="right")
-    grid.add_column()
+    grid.add_column(overflow="fold")
     n = len(res.loss)
     grid.add_row("input", f"{n:,} samples x {n_classes:,} classes" + (f" from {source}" if source else ""))
     if options:
@@ -160,7 +160,7 @@ def grad_check_panel(checks, *, reduction: str, input_kind: str = "logits") -> P
     """--check-grad: dL/dlogits against central finite differences, pass or FAIL."""
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", justify="right")
-    grid.add_column()
+    grid.add_column(overflow="fold")
     for c in checks:
         line = Text()
         line.append(Text("pass", style="green") if c.passed else Text("FAIL", style="bold red"))
