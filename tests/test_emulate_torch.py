@@ -7,6 +7,7 @@ FMA are checked against float64/exact arithmetic.
 """
 from __future__ import annotations
 
+import json
 import os
 from fractions import Fraction
 
@@ -150,3 +151,45 @@ def test_cli_emulate_torch(tmp_path):
                  ["--emulate", "torch", "--dtype", "float16", "--variant", "naive"]):
         r = CliRunner().invoke(cli, ["softmax", str(src), *args])
         assert r.exit_code == 2, (args, r.stderr)
+
+
+def test_xent_dtype_reproduces_a_nan_loss(tmp_path):
+    """A logit past float16's range is inf in the tensor: torch's loss is NaN, and so is ours."""
+    x = np.array([[1.0, 2.0, 3.0], [70000.0, 1.0, 2.0], [5.0, -3.0, 0.0]])
+    y = np.array([2, 0, 1])
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    r = CliRunner().invoke(cli, ["xent", str(tmp_path / "x.npy"), "--labels",
+                                 str(tmp_path / "y.npy"), "--dtype", "float16",
+                                 "--reduction", "none", "--format", "json"])
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    loss = [rec[4] if isinstance(rec, list) else rec["loss"] for rec in doc["per_sample"]]
+    assert loss[1] == "nan" or (isinstance(loss[1], float) and np.isnan(loss[1]))
+    # without --dtype the accurate loss of the same sample is 0 (it is right, hugely)
+    r = CliRunner().invoke(cli, ["xent", str(tmp_path / "x.npy"), "--labels",
+                                 str(tmp_path / "y.npy"), "--reduction", "none",
+                                 "--format", "csv"])
+    assert r.stdout.splitlines()[2].split(",")[4] == "0.0"
+    r = CliRunner().invoke(cli, ["xent", str(tmp_path / "x.npy"), "--labels",
+                                 str(tmp_path / "y.npy"), "--dtype", "float16", "--grad"])
+    assert r.exit_code == 2
+
+
+@pytest.mark.skipif(_torch is None, reason="torch not installed")
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_xent_dtype_losses_are_torchs(tmp_path, dtype):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((64, 37)) * 6
+    y = rng.integers(0, 37, 64)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    r = CliRunner().invoke(cli, ["xent", str(tmp_path / "x.npy"), "--labels",
+                                 str(tmp_path / "y.npy"), "--dtype", dtype,
+                                 "--reduction", "none", "--format", "csv"])
+    assert r.exit_code == 0, r.stderr
+    got = np.array([float(ln.split(",")[4]) for ln in r.stdout.splitlines()[1:]])
+    td = {"float16": _torch.float16, "bfloat16": _torch.bfloat16}[dtype]
+    want = _torch.nn.functional.cross_entropy(_torch.from_numpy(x).to(td),
+                                              _torch.from_numpy(y), reduction="none")
+    np.testing.assert_array_equal(got, want.float().numpy().astype(np.float64))

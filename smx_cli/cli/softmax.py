@@ -145,7 +145,7 @@ def softmax_cmd(file, delimiter, header, key, axis, variant, dtype, temperature,
     if how:
         streamed = pipeline.stream_file(file, how, job, keep, output=output, out_fmt=out_fmt,
                                         delimiter=delimiter, header=header,
-                                        progress=lambda total: progress_bar(total, "softmax"))
+                                        progress=lambda total: progress_bar(total, "smx softmax"))
         res, shape, class_names = streamed.result, streamed.shape, streamed.class_names
         lead_shape = tuple(shape[:-1]) if len(shape) > 1 else None
         source = file

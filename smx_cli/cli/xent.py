@@ -18,6 +18,7 @@ from smx_cli.errors import SmxError
 from smx_cli.io import NPY_MAGIC
 from smx_cli.io.labels import read_labels, read_weights, split_label_column
 from smx_cli.cli.options import input_options
+from smx_cli.core.emulate_torch import TORCH_DTYPES, torch_softmax_rows
 from smx_cli.core.precision import result_format
 from smx_cli.cli.prepare import Rows, load_rows
 from smx_cli.core.softmax import as_rows
@@ -45,7 +46,11 @@ Examples:
                    "an N x C matrix of probability targets")
 @click.option("--label-column", metavar="NAME|INDEX",
               help="Take the labels from this column of the logits file instead")
-@click.option("--reduction", type=click.Choice(REDUCTIONS), default="mean", show_default=True)
+@click.option("--reduction", type=click.Choice(REDUCTIONS), default="mean", show_default=True,
+              help="Reduce the per-sample losses: their (weighted) mean, sum, or none")
+@click.option("--dtype", "emulate_dtype", type=click.Choice(TORCH_DTYPES), default=None,
+              help="Reproduce a framework run: the logits as a tensor of this type through "
+                   "PyTorch's CPU log_softmax, bit for bit (a NaN loss stays NaN)")
 @click.option("--label-smoothing", type=float, default=0.0, show_default=True, metavar="EPS",
               help="Mix the target with the uniform distribution, EPS in [0, 1]")
 @click.option("--weight", metavar="W", help="C class weights: a comma list (1,2,0.5) or a file")
@@ -72,8 +77,8 @@ Examples:
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Worker threads [default: the machine's cores]")
 def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, reduction,
-             label_smoothing, weight, ignore_index, input_kind, worst, max_rows, show_grad,
-             grad_out, output, fmt, strict, check_grad, threads):
+             emulate_dtype, label_smoothing, weight, ignore_index, input_kind, worst, max_rows,
+             show_grad, grad_out, output, fmt, strict, check_grad, threads):
     """Cross-entropy of the logits in FILE against the true labels.
 
     Reports each sample's loss, predicted class, p(true) and margin, and a
@@ -95,10 +100,14 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
     if output and grad_out and output == grad_out:
         raise SmxError(f"{output}: -o and --grad-out name the same file")
     want_grad = bool(show_grad or grad_out)
+    if emulate_dtype and (want_grad or check_grad or input_kind != "logits"):
+        raise click.UsageError("--dtype reproduces the forward loss of logits: drop --grad, "
+                               "--grad-out, --check-grad and --input-kind")
     opts = dict(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
                 input_kind=input_kind)
 
-    shape = _streamable(file, axis, key, label_column, want_grad or check_grad)
+    shape = _streamable(file, axis, key, label_column,
+                        want_grad or check_grad or bool(emulate_dtype))
     if shape is not None:
         res, source, dtype, counts, weights = _streamed(file, shape, labels_path, weight, opts,
                                                         threads)
@@ -107,6 +116,8 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
     else:
         rows, labels = _load(file, delimiter, header, key, axis, label_column)
         x2 = rows.x2
+        if emulate_dtype:
+            x2, opts["input_kind"] = _torch_log_probs(x2, emulate_dtype), "log-probs"
         source = rows.loaded.source
         class_names = rows.class_names
         dtype = x2.dtype
@@ -184,6 +195,11 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
                            if bad else f"--strict: {_undefined_reason(res)}")
     for path in (output, grad_out):  # messages beside the data go to stderr
         Messages().wrote(path)
+
+
+def _torch_log_probs(x2: np.ndarray, dtype: str) -> np.ndarray:
+    """``torch.log_softmax(x.to(dtype), 1)`` as float64: what cross_entropy feeds nll_loss."""
+    return torch_softmax_rows(x2, dtype, log=True).astype(np.float64)
 
 
 # input bytes per streamed block: with float64 work on it, peak memory is a few times this

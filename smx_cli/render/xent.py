@@ -54,8 +54,10 @@ def sample_table(res: XentResult, order: np.ndarray, *, class_names=None, title=
         loss = res.loss[i]
         loss_text = Text(_num(loss, digits), style="bold red" if not np.isfinite(loss) else "")
         ok = Text("yes", style="green") if res.correct[i] else Text("NO", style="bold red")
-        table.add_row(str(i), class_label(int(res.true_class[i]), class_names),
-                      class_label(int(res.predicted[i]), class_names),
+        # a NaN row ranks no class first: its prediction is undefined, not class 0
+        pred = (Text("undefined", style="bold red") if np.isnan(res.p_true[i])
+                else class_label(int(res.predicted[i]), class_names))
+        table.add_row(str(i), class_label(int(res.true_class[i]), class_names), pred,
                       _num(res.p_true[i], digits), loss_text,
                       _num(res.margin[i], 4) if np.isfinite(res.margin[i]) or np.isinf(res.margin[i]) else "-",
                       ok)
