@@ -297,3 +297,48 @@ def test_fail_on_broken():
     assert "naive in float16" in r.stderr and r.stderr.count("\n") == 1
     r = run("compare-stability", "--variants", "stable,smx", "--fail-on", "broken")
     assert r.exit_code == 0
+
+
+# ----------------------------------------------------------------------------
+# one pipeline; columns that are not logits
+
+
+def test_streamed_and_whole_array_show_the_same(tmp_path, monkeypatch):
+    """Many blocks or one: the same table, panel and --strict verdict."""
+    from smx_cli.analysis import pipeline
+    monkeypatch.setattr(pipeline, "STREAM_BLOCK", 7 * 10 * 8)  # 7 rows per block
+    x = np.random.default_rng(2).standard_normal((40, 10)) * 30
+    x[5, 3] = np.nan
+    x[17, :] = -np.inf
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    streamed = run("softmax", path, "--rows", "9")
+    whole = CliRunner().invoke(cli, ["softmax", "-", "--rows", "9"],
+                               input=path.read_bytes())
+    assert "streamed in row blocks" in streamed.stdout
+    body = [ln for ln in streamed.stdout.splitlines()
+            if "streamed" not in ln and str(path) not in ln and "from" not in ln]
+    other = [ln for ln in whole.stdout.splitlines() if "<stdin>" not in ln and "from" not in ln]
+    assert body == other
+    s = run("softmax", path, "--strict", "--format", "json", "-o", tmp_path / "p.json")
+    w = CliRunner().invoke(cli, ["softmax", "-", "--strict", "--format", "csv"],
+                           input=path.read_bytes())
+    assert s.exit_code == w.exit_code == 1
+    assert s.stderr.splitlines()[-1] == w.stderr.splitlines()[-1]
+    assert "rows 5, 17" in s.stderr
+
+
+def test_label_column_is_left_out_and_a_label_like_column_is_named(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_text("a,b,c,label\n1,2,3,0\n3,1,0,2\n")
+    r = run("softmax", path, "--format", "csv")
+    assert r.stdout.splitlines()[0] == "a,b,c,label"  # as asked, but said on stderr
+    assert "'label' looks like labels" in r.stderr and "--label-column label" in r.stderr
+    r = run("softmax", path, "--format", "csv", "--label-column", "label")
+    assert r.exit_code == 0 and r.stdout.splitlines()[0] == "a,b,c"
+    assert "looks like labels" not in r.stderr
+    p = np.array([float(v) for v in r.stdout.splitlines()[1].split(",")])
+    e = np.exp(np.array([1.0, 2.0, 3.0]) - 3)
+    np.testing.assert_allclose(p, e / e.sum(), rtol=1e-15)
+    r = run("softmax", path, "--label-column", "nope")
+    assert r.exit_code == 1 and "no label column 'nope'" in r.stderr

@@ -152,6 +152,11 @@ class Messages:
         if path and not self.quiet:
             self.console.print(f"wrote {path}", style="dim", soft_wrap=True)
 
+    def note(self, line: str) -> None:
+        """A one-line remark on stderr (silenced by --quiet)."""
+        if not self.quiet:
+            self.console.print(line, style="yellow", soft_wrap=True, markup=False)
+
     def summary(self, line: str, panel=None) -> None:
         """The one-line summary (and, with --verbose, the panel) on stderr."""
         if self.quiet:

@@ -22,6 +22,7 @@ class Rows:
     axis: int
     ndim: int
     moved_shape: tuple[int, ...]
+    labels: np.ndarray | None = None
 
     @property
     def lead_shape(self) -> tuple[int, ...]:
@@ -44,15 +45,29 @@ class Rows:
         return None
 
 
-def load_rows(path: str, *, delimiter=None, header=None, key=None, axis: int = -1) -> Rows:
+#: header names that say a column holds labels, not logits
+LABEL_NAMES = ("label", "labels", "target", "targets", "y", "class")
+
+
+def load_rows(path: str, *, delimiter=None, header=None, key=None, axis: int = -1,
+              label_column: str | None = None) -> Rows:
     """Read ``path`` and return its rows of classes along ``axis``.
+
+    ``label_column`` (a header name or 0-based index) is taken out of the
+    logits first; its values are in ``Rows.labels``.
 
     Raises
     ------
     SmxError
         For unreadable input or an axis the array does not have.
     """
-    loaded = read_array(path, delimiter=delimiter, header=header, key=key)
+    labels = None
+    if label_column is not None:
+        from smx_cli.io.labels import split_label_column
+        loaded, labels = split_label_column(path, label_column, delimiter=delimiter,
+                                            header=header, key=key)
+    else:
+        loaded = read_array(path, delimiter=delimiter, header=header, key=key)
     arr = loaded.values
     try:
         x2, moved_shape, ax = as_rows(arr, axis)
@@ -60,4 +75,12 @@ def load_rows(path: str, *, delimiter=None, header=None, key=None, axis: int = -
         nd = max(arr.ndim, 1)
         raise SmxError(f"{loaded.source}: {exc} (shape {arr.shape}); give --axis between "
                        f"{-nd} and {nd - 1} (the class axis; the other axes are rows)") from None
-    return Rows(x2, loaded, ax, arr.ndim, moved_shape)
+    rows = Rows(x2, loaded, ax, arr.ndim, moved_shape)
+    rows.labels = labels
+    return rows
+
+
+def label_like_columns(rows: Rows) -> list[str]:
+    """Header names of the logits that look like a label column (``label``, ``target``...)."""
+    names = rows.class_names or []
+    return [n for n in names if str(n).strip().lower() in LABEL_NAMES]

@@ -17,7 +17,7 @@ from smx_cli.cli.emit import (Messages, Payload, check_output_path, progress_bar
                               stdout_console, write_file, write_stdout)
 from smx_cli.cli.options import (display_options, input_options, numerics_options,
                                  output_options, resolve_formats, resolve_input)
-from smx_cli.cli.prepare import load_rows
+from smx_cli.cli.prepare import label_like_columns, load_rows
 from smx_cli.core import registry as variants
 from smx_cli.core.kernels import FAST_ULP_NOTE
 from smx_cli.core.softmax import MASKED_POLICIES, VARIANT_HELP, from_rows
@@ -67,6 +67,8 @@ Examples:
   smx softmax samples/seeds.csv --variant gumbel --samples 3 --seed 0 --hard
   smx softmax samples/seeds.csv --grad --check-grad""")
 @input_options(file_required=False)
+@click.option("--label-column", metavar="NAME|INDEX",
+              help="A column of FILE that holds labels, not logits: left out")
 @click.option("--variant", type=click.Choice(variants.ALL_VARIANTS), default="stable",
               show_default=True, metavar="NAME",
               help="Which member of the softmax family (see Variants below)")
@@ -103,7 +105,7 @@ Examples:
               help="Worker threads [default: the machine's cores]")
 @output_options
 @display_options
-def softmax_cmd(file, delimiter, header, key, axis, variant, dtype, temperature, emulate, masked,
+def softmax_cmd(file, delimiter, header, key, axis, label_column, variant, dtype, temperature, emulate, masked,
                 mask_path, alpha, tau, hard, samples, seed, show_grad, grad_rows, upstream,
                 grad_out, check_grad, fast, threads, output, fmt, strict, summary_only, quiet,
                 verbose, max_rows, top_k, digits):
@@ -140,7 +142,8 @@ def softmax_cmd(file, delimiter, header, key, axis, variant, dtype, temperature,
     msgs = Messages(quiet, verbose)
     keep = max_rows if max(grad_rows if show_grad else 0, 0) <= max_rows else grad_rows
     how = pipeline.streamable(file, axis=axis, key=key, out_fmt=out_fmt, job=job,
-                              whole_array_needed=gradients or stdout_fmt not in ("table", "none"))
+                              whole_array_needed=gradients or bool(label_column)
+                              or stdout_fmt not in ("table", "none"))
     rows = None
     if how:
         streamed = pipeline.stream_file(file, how, job, keep, output=output, out_fmt=out_fmt,
@@ -150,7 +153,11 @@ def softmax_cmd(file, delimiter, header, key, axis, variant, dtype, temperature,
         lead_shape = tuple(shape[:-1]) if len(shape) > 1 else None
         source = file
     else:
-        rows = load_rows(file, delimiter=delimiter, header=header, key=key, axis=axis)
+        rows = load_rows(file, delimiter=delimiter, header=header, key=key, axis=axis,
+                         label_column=label_column)
+        for name in label_like_columns(rows):
+            msgs.note(f"smx: column {name!r} looks like labels, not logits; "
+                      f"--label-column {name} leaves it out")
         job.mask = read_mask(mask_path, rows.x2.shape) if mask_path else None
         res = pipeline.whole_array(rows.x2, job, keep)
         run = res.run
