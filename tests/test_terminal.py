@@ -342,3 +342,56 @@ def test_label_column_is_left_out_and_a_label_like_column_is_named(tmp_path):
     np.testing.assert_allclose(p, e / e.sum(), rtol=1e-15)
     r = run("softmax", path, "--label-column", "nope")
     assert r.exit_code == 1 and "no label column 'nope'" in r.stderr
+
+
+# ----------------------------------------------------------------------------
+# hostile input to the new options
+
+
+def _npy_header(shape, descr="<f8"):
+    h = "{'descr': '%s', 'fortran_order': False, 'shape': %s, }" % (descr, shape)
+    h = h + " " * (63 - len(h) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(h).to_bytes(2, "little") + h.encode()
+
+
+@pytest.mark.parametrize("extra", [
+    ["--dtype", "float16", "--emulate", "torch"],
+    ["--label-column", "0"],
+    ["--dtype", "bfloat16", "--emulate", "torch", "--format", "csv", "--quiet"],
+])
+@pytest.mark.parametrize("case", ["truncated", "huge", "strings", "object"])
+def test_new_options_on_hostile_files(tmp_path, extra, case):
+    path = tmp_path / ("x.csv" if case == "strings" else "x.npy")
+    if case == "truncated":
+        path.write_bytes(_npy_header("(100, 10)") + b"\x00" * 80)
+    elif case == "huge":
+        path.write_bytes(_npy_header("(10000000000000, 1000000)") + b"\x00" * 64)
+    elif case == "strings":
+        path.write_text("a,b\n1,x\n")
+    else:
+        path.write_bytes(_npy_header("(2, 2)", "|O") + b"\x00" * 32)
+    r = run("softmax", path, *extra)
+    assert r.exit_code == 1, (case, extra, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and str(path) in lines[0]
+    assert "Traceback" not in r.stderr and r.stdout == ""
+
+
+@pytest.mark.parametrize("args, code", [
+    (["--emulate", "bogus"], 2),
+    (["--label-column", "7"], 1),
+    (["--label-column", "-9"], 1),
+    (["--label-column", ""], 1),
+])
+def test_new_options_bad_values(args, code):
+    r = run("softmax", SEEDS, *args)
+    assert r.exit_code == code, (args, r.stderr)
+    assert "Traceback" not in r.stderr
+    if code == 1:  # (usage errors are one line through main(); see test_errors.py)
+        assert r.stderr.strip().count("\n") == 0
+
+
+def test_fail_on_bad_value_and_sweep():
+    assert run("compare-stability", "--fail-on", "never").exit_code == 2
+    r = run("compare-stability", "--sweep", "--max-scale", "1e3", "--fail-on", "broken")
+    assert r.exit_code == 1 and "break within the sweep" in r.stderr
