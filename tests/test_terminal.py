@@ -395,3 +395,31 @@ def test_fail_on_bad_value_and_sweep():
     assert run("compare-stability", "--fail-on", "never").exit_code == 2
     r = run("compare-stability", "--sweep", "--max-scale", "1e3", "--fail-on", "broken")
     assert r.exit_code == 1 and "break within the sweep" in r.stderr
+
+
+def test_id_column_names_rows_everywhere(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_text("id,a,b,c\ncat-17,1,2,3\ndog 2,3,1,nan\nemu,0,0,0\n")
+    r = run("softmax", path, "--id-column", "id")
+    assert r.exit_code == 0, r.stderr
+    out = r.stdout.splitlines()
+    rule = next(i for i, ln in enumerate(out) if ln.strip().startswith("───"))
+    table_rows = [ln.split()[0] for ln in out[rule + 1:rule + 4]]
+    assert table_rows == ["cat-17", "dog", "emu"]
+    flat = " ".join(r.stdout.split())
+    assert "NaN rows row dog 2" in flat          # the panel names the row by its id
+    r = run("softmax", path, "--id-column", "id", "--format", "csv")
+    lines = r.stdout.splitlines()
+    assert lines[0] == "id,a,b,c" and lines[2] == "dog 2,nan,nan,nan"
+    assert lines[3] == "emu,0.3333333333333333,0.3333333333333333,0.3333333333333333"
+    r = run("softmax", path, "--id-column", "0", "--format", "json")
+    assert json.loads(r.stdout)["ids"] == ["cat-17", "dog 2", "emu"]
+    # without it the id column is an error naming the cell
+    r = run("softmax", path)
+    assert r.exit_code == 1 and "'cat-17' is not a number" in r.stderr
+    r = run("softmax", path, "--id-column", "id", "--label-column", "a")
+    assert r.exit_code == 1 and "one of them" in r.stderr
+    npy = tmp_path / "x.npy"
+    np.save(npy, np.array([[7.0, 1, 2], [9.0, 2, 1]]))
+    r = run("softmax", npy, "--id-column", "0", "--format", "csv")
+    assert [ln.split(",")[0] for ln in r.stdout.splitlines()] == ["7", "9"]

@@ -31,12 +31,18 @@ class Payload:
     # what NPY carries when it differs from ``matrix``: the result in the
     # input's own shape (a 1-D or 0-d input must not come back as (1, C))
     array: np.ndarray | None = None
+    # row names (--id-column): the first column of CSV/TSV (NPY carries numbers only)
+    row_ids: list[str] | None = None
 
     def encode(self, fmt: str) -> bytes:
         if fmt == "npy":
             return io.npy_bytes(self.matrix if self.array is None else self.array)
         if fmt in ("csv", "tsv"):
-            return io.csv_text(self.table(), self.columns, "," if fmt == "csv" else "\t").encode()
+            delim = "," if fmt == "csv" else "\t"
+            text = io.csv_text(self.table(), self.columns, delim)
+            if self.row_ids is not None:
+                text = _with_ids(text, self.row_ids, self.columns is not None, delim)
+            return text.encode()
         if fmt == "json":
             arrays = self.json_arrays or {"values": self.matrix.reshape(-1, self.matrix.shape[-1])
                                           if self.matrix.ndim else self.matrix.reshape(1, 1)}
@@ -59,6 +65,22 @@ class Payload:
             axis = -1
         m = np.moveaxis(m, axis, -1)
         return m.reshape(-1, m.shape[-1]) if m.size else m.reshape(0, m.shape[-1])
+
+
+def _with_ids(text: str, ids: list[str], header: bool, delim: str) -> str:
+    """CSV/TSV ``text`` with an ``id`` column in front."""
+    lines = text.split("\n")
+    out = []
+    k = 0
+    for n, line in enumerate(lines):
+        if not line:
+            out.append(line)
+        elif header and n == 0:
+            out.append(f"id{delim}{line}")
+        else:
+            out.append(f"{io.csv_field(str(ids[k]), delim)}{delim}{line}")
+            k += 1
+    return "\n".join(out)
 
 
 def check_output_path(output: str | None, input_path: str, *others: str | None) -> None:

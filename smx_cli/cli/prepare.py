@@ -23,6 +23,7 @@ class Rows:
     ndim: int
     moved_shape: tuple[int, ...]
     labels: np.ndarray | None = None
+    ids: list[str] | None = None
 
     @property
     def lead_shape(self) -> tuple[int, ...]:
@@ -50,7 +51,7 @@ LABEL_NAMES = ("label", "labels", "target", "targets", "y", "class")
 
 
 def load_rows(path: str, *, delimiter=None, header=None, key=None, axis: int = -1,
-              label_column: str | None = None) -> Rows:
+              label_column: str | None = None, id_column: str | None = None) -> Rows:
     """Read ``path`` and return its rows of classes along ``axis``.
 
     ``label_column`` (a header name or 0-based index) is taken out of the
@@ -61,8 +62,16 @@ def load_rows(path: str, *, delimiter=None, header=None, key=None, axis: int = -
     SmxError
         For unreadable input or an axis the array does not have.
     """
-    labels = None
-    if label_column is not None:
+    labels = ids = None
+    if label_column is not None and id_column is not None:
+        raise SmxError("--label-column and --id-column: give one of them (for now)")
+    if id_column is not None:
+        from smx_cli.io.labels import split_id_column
+        loaded, ids = split_id_column(path, id_column, delimiter=delimiter, header=header,
+                                      key=key)
+        if axis not in (-1, 1):
+            raise SmxError("--id-column names rows: it takes the class axis last (--axis -1)")
+    elif label_column is not None:
         from smx_cli.io.labels import split_label_column
         loaded, labels = split_label_column(path, label_column, delimiter=delimiter,
                                             header=header, key=key)
@@ -77,6 +86,7 @@ def load_rows(path: str, *, delimiter=None, header=None, key=None, axis: int = -
                        f"{-nd} and {nd - 1} (the class axis; the other axes are rows)") from None
     rows = Rows(x2, loaded, ax, arr.ndim, moved_shape)
     rows.labels = labels
+    rows.ids = ids
     return rows
 
 

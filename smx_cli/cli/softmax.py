@@ -69,6 +69,9 @@ Examples:
 @input_options(file_required=False)
 @click.option("--label-column", metavar="NAME|INDEX",
               help="A column of FILE that holds labels, not logits: left out")
+@click.option("--id-column", metavar="NAME|INDEX",
+              help="A column of FILE that names the rows (any text): shown and written "
+                   "with every row")
 @click.option("--variant", type=click.Choice(variants.ALL_VARIANTS), default="stable",
               show_default=True, metavar="NAME",
               help="Which member of the softmax family (see Variants below)")
@@ -105,7 +108,7 @@ Examples:
               help="Worker threads [default: the machine's cores]")
 @output_options
 @display_options
-def softmax_cmd(file, delimiter, header, key, axis, label_column, variant, dtype, temperature, emulate, masked,
+def softmax_cmd(file, delimiter, header, key, axis, label_column, id_column, variant, dtype, temperature, emulate, masked,
                 mask_path, alpha, tau, hard, samples, seed, show_grad, grad_rows, upstream,
                 grad_out, check_grad, fast, threads, output, fmt, strict, summary_only, quiet,
                 verbose, max_rows, top_k, digits):
@@ -142,7 +145,7 @@ def softmax_cmd(file, delimiter, header, key, axis, label_column, variant, dtype
     msgs = Messages(quiet, verbose)
     keep = max_rows if max(grad_rows if show_grad else 0, 0) <= max_rows else grad_rows
     how = pipeline.streamable(file, axis=axis, key=key, out_fmt=out_fmt, job=job,
-                              whole_array_needed=gradients or bool(label_column)
+                              whole_array_needed=gradients or bool(label_column or id_column)
                               or stdout_fmt not in ("table", "none"))
     rows = None
     if how:
@@ -154,7 +157,7 @@ def softmax_cmd(file, delimiter, header, key, axis, label_column, variant, dtype
         source = file
     else:
         rows = load_rows(file, delimiter=delimiter, header=header, key=key, axis=axis,
-                         label_column=label_column)
+                         label_column=label_column, id_column=id_column)
         for name in label_like_columns(rows):
             msgs.note(f"smx: column {name!r} looks like labels, not logits; "
                       f"--label-column {name} leaves it out")
@@ -163,6 +166,8 @@ def softmax_cmd(file, delimiter, header, key, axis, label_column, variant, dtype
         run = res.run
         class_names, source = rows.class_names, rows.loaded.source
         lead_shape = rows.lead_shape if run.samples == 1 else (run.samples,) + tuple(rows.lead_shape)
+        if rows.ids is not None and run.samples == 1:
+            lead_shape = render.RowIds(rows.ids)
         vjp = None
         if upstream:
             g = read_array(upstream)
@@ -246,4 +251,7 @@ def _payload(rows, res: pipeline.PipelineResult) -> Payload:
     columns = rows.class_names if rows.axis == rows.ndim - 1 or rows.ndim < 2 else rows.row_names
     if rows.ndim == 2 and rows.axis == 0:
         columns = None
-    return Payload(matrix, columns, meta, {"values": result.values}, array=values)
+    if rows.ids is not None and run.samples == 1:
+        meta["ids"] = list(rows.ids)
+    return Payload(matrix, columns, meta, {"values": result.values}, array=values,
+                   row_ids=rows.ids if run.samples == 1 else None)

@@ -97,15 +97,32 @@ def split_label_column(path: str, column: str, *, delimiter: str | None = None,
     a 0-based index. For text files the label column may hold class names
     (the other columns' header names).
     """
+    return _split_column(path, column, delimiter=delimiter, header=header, key=key)
+
+
+def split_id_column(path: str, column: str, *, delimiter: str | None = None,
+                    header: bool | None = None, key: str | None = None):
+    """Take a column of row ids (any text, or numbers) out of a logits file.
+
+    Returns ``(logits Loaded, list of id strings)``.
+    """
+    return _split_column(path, column, delimiter=delimiter, header=header, key=key, ids=True,
+                         what="--id-column")
+
+
+def _split_column(path: str, column: str, *, delimiter=None, header=None, key=None,
+                  ids: bool = False, what: str = "--label-column"):
     data, source = io.read_bytes(path)  # noqa: SLF001
     if data.startswith(io.NPY_MAGIC) or data.startswith(io.ZIP_MAGIC):
         loaded = io.read_array(path, key=key)
         arr = loaded.values
         if arr.ndim != 2:
-            raise SmxError(f"{source}: --label-column needs a 2-D array, got shape {arr.shape}")
+            raise SmxError(f"{source}: {what} needs a 2-D array, got shape {arr.shape}")
         idx = _column_index(column, None, arr.shape[1], source)
         labels = arr[:, idx]
         loaded.values = np.delete(arr, idx, axis=1)
+        if ids:
+            return loaded, [f"{v:g}" for v in labels.astype(np.float64)]
         return loaded, labels
     try:
         text = data.decode("utf-8-sig")
@@ -141,6 +158,8 @@ def split_label_column(path: str, column: str, *, delimiter: str | None = None,
         raise SmxError(f"{source}: only a header row, no data rows")
     values, names_out = io.parse_text("\n".join(out_lines), source, delimiter=delim, header=header)
     loaded = io.Loaded(values, source, names_out if header else None, "csv")
+    if ids:
+        return loaded, [t.strip() for t in tokens]
     labels = labels_from_tokens(tokens, lines, source, class_names)
     return loaded, labels
 

@@ -27,8 +27,21 @@ def class_label(j: int, class_names: list[str] | None) -> str:
     return str(j)
 
 
+class RowIds(list):
+    """Row names from an id column: pass one where a ``lead_shape`` is taken and
+    every table and panel names rows by their ids."""
+
+
 def row_label(i: int, lead_shape: tuple[int, ...] | None = None) -> str:
-    """Row i of the flattened (N, C) view, as an index into the input."""
+    """Row i of the flattened (N, C) view, as an index into the input (or its id).
+
+    Examples
+    --------
+    >>> row_label(5, (2, 3)), row_label(1, RowIds(["cat-17", "dog-2"]))
+    ('1,2', 'dog-2')
+    """
+    if isinstance(lead_shape, RowIds):
+        return str(lead_shape[i]) if 0 <= i < len(lead_shape) else str(i)
     if lead_shape is None or len(lead_shape) <= 1:
         return str(i)
     return ",".join(str(int(v)) for v in np.unravel_index(i, lead_shape))
