@@ -330,3 +330,65 @@ def check_grad(x2: np.ndarray, *, labels=None, temperature: float = 1.0, rows: i
             tally.add(analytic[cidx], central_difference(fd_fn, x, cidx))
         results.append(tally.result())
     return results
+
+
+# ----------------------------------------------------------------------------
+# Jacobians in factored form: J = (diag(a) - b c^T) / scale, sum(c) = 1
+
+
+def _others(c: np.ndarray) -> np.ndarray:
+    """sum_{j != i} c_j for weights c summing to 1, free of cancellation at the max."""
+    out = 1.0 - c
+    if len(c) > 1:
+        k = int(np.argmax(c))
+        out[k] = np.delete(c, k).sum()
+    return out
+
+
+def _diagonal(a: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """a_i - a_i c_i = a_i sum_{j != i} c_j (every family Jacobian has a = b, sum c = 1)."""
+    if not c.any():
+        return np.zeros_like(a)
+    return a * _others(c)
+
+
+def factored_block(a: np.ndarray, b: np.ndarray, c: np.ndarray, scale: float,
+                   idx: np.ndarray) -> np.ndarray:
+    """The block J[idx, idx] of J = (diag(a) - b c^T) / scale, without forming C x C.
+
+    Every family Jacobian has this form with a = b and sum(c) = 1 (see
+    :func:`smx_cli.core.registry.jacobian_factors`). The diagonal a_i (1 - c_i)
+    is taken as a_i sum_{j != i} c_j, so a saturated row keeps its tiny
+    entries' relative accuracy.
+
+    Examples
+    --------
+    >>> p = np.array([0.5, 0.5])
+    >>> factored_block(p, p, p, 1.0, np.array([0, 1])).tolist()
+    [[0.25, -0.25], [-0.25, 0.25]]
+    """
+    idx = np.asarray(idx)
+    block = -np.outer(b[idx], c[idx])
+    block[np.arange(len(idx)), np.arange(len(idx))] = _diagonal(a, c)[idx]
+    return block / scale
+
+
+def factored_summary(a: np.ndarray, b: np.ndarray, c: np.ndarray,
+                     scale: float) -> tuple[float, float]:
+    """(largest |entry|, Frobenius norm) of J = (diag(a) - b c^T) / scale, in O(C).
+
+    ||J||_F^2 = sum_i (a_i sum_{j != i} c_j)^2 + sum_i a_i^2 sum_{j != i} c_j^2;
+    the largest entry is on the diagonal or is the largest a_i c_j, i != j.
+    """
+    diag = np.abs(_diagonal(a, c))
+    sq = c * c
+    rest_sq = sq.sum() - sq
+    if len(c) > 1:
+        k = int(np.argmax(sq))
+        rest_sq[k] = np.delete(sq, k).sum()
+    fro2 = (diag * diag).sum() + (b * b * rest_sq).sum()
+    off = 0.0
+    if len(a) > 1:
+        ib, ic = np.argsort(-np.abs(b))[:2], np.argsort(-np.abs(c))[:2]
+        off = max(abs(b[i] * c[j]) for i in ib for j in ic if i != j)
+    return float(max(diag.max(initial=0.0), off) / scale), float(np.sqrt(fro2) / scale)

@@ -170,20 +170,13 @@ def _log_softmax_factors(p, temperature, options):
     return np.ones_like(p), np.ones_like(p), p, temperature
 
 
-def _support_weights(p, alpha):
-    """s = p^(2 - alpha) on the support, 0 off it (the support indicator for alpha = 2)."""
-    if alpha == 2:
-        return (p > 0).astype(np.float64)
-    return np.where(p > 0, p ** (2.0 - alpha), 0.0)
-
-
 def _sparse_vjp(x2, probs, g, temperature, options, soft, *, alpha=None):
     a = alpha if alpha is not None else options.alpha
     return family.sparse_vjp(probs, np.asarray(g, dtype=np.float64), a) / temperature
 
 
 def _sparse_factors(p, temperature, options, *, alpha=None):
-    s = _support_weights(p, alpha if alpha is not None else options.alpha)
+    s = family.support_weights(p, alpha if alpha is not None else options.alpha)
     total = s.sum()
     return s, s, (s / total if total > 0 else s * 0), temperature
 
@@ -430,22 +423,6 @@ def jacobian(variant: str, p_row: np.ndarray, *, temperature: float = 1.0,
                           options=options)
 
 
-def _others(c: np.ndarray) -> np.ndarray:
-    """sum_{j != i} c_j for weights c summing to 1, free of cancellation at the max."""
-    out = 1.0 - c
-    if len(c) > 1:
-        k = int(np.argmax(c))
-        out[k] = np.delete(c, k).sum()
-    return out
-
-
-def _diagonal(a: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """a_i - a_i c_i = a_i sum_{j != i} c_j (every family Jacobian has a = b, sum c = 1)."""
-    if not c.any():
-        return np.zeros_like(a)
-    return a * _others(c)
-
-
 def jacobian_block(variant: str, p_row: np.ndarray, idx: np.ndarray, *, temperature: float = 1.0,
                    options: VariantOptions | None = None) -> np.ndarray:
     """The block J[idx, idx] of one row's Jacobian, without forming C x C.
@@ -461,11 +438,10 @@ def jacobian_block(variant: str, p_row: np.ndarray, idx: np.ndarray, *, temperat
     >>> jacobian_block("stable", np.array([0.5, 0.5]), np.array([0, 1])).tolist()
     [[0.25, -0.25], [-0.25, 0.25]]
     """
-    a, b, c, scale = jacobian_factors(variant, p_row, temperature=temperature, options=options)
-    idx = np.asarray(idx)
-    block = -np.outer(b[idx], c[idx])
-    block[np.arange(len(idx)), np.arange(len(idx))] = _diagonal(a, c)[idx]
-    return block / scale
+    from smx_cli.core import grad
+
+    return grad.factored_block(*jacobian_factors(variant, p_row, temperature=temperature,
+                                                 options=options), idx)
 
 
 def jacobian_summary(variant: str, p_row: np.ndarray, *, temperature: float = 1.0,
@@ -480,19 +456,10 @@ def jacobian_summary(variant: str, p_row: np.ndarray, *, temperature: float = 1.
     >>> [round(v, 6) for v in jacobian_summary("stable", np.array([0.5, 0.5]))]
     [0.25, 0.5]
     """
-    a, b, c, scale = jacobian_factors(variant, p_row, temperature=temperature, options=options)
-    diag = np.abs(_diagonal(a, c))
-    sq = c * c
-    rest_sq = sq.sum() - sq
-    if len(c) > 1:
-        k = int(np.argmax(sq))
-        rest_sq[k] = np.delete(sq, k).sum()
-    fro2 = (diag * diag).sum() + (b * b * rest_sq).sum()
-    off = 0.0
-    if len(a) > 1:
-        ib, ic = np.argsort(-np.abs(b))[:2], np.argsort(-np.abs(c))[:2]
-        off = max(abs(b[i] * c[j]) for i in ib for j in ic if i != j)
-    return float(max(diag.max(initial=0.0), off) / scale), float(np.sqrt(fro2) / scale)
+    from smx_cli.core import grad
+
+    return grad.factored_summary(*jacobian_factors(variant, p_row, temperature=temperature,
+                                                   options=options))
 
 
 def check_gradients(variant: str, x2: np.ndarray, *, temperature: float = 1.0,

@@ -254,6 +254,24 @@ def gumbel_softmax(z, tau: float = 1.0, hard: bool = False, samples: int = 1,
 # gradients: closed forms on the support
 
 
+def support_weights(p: np.ndarray, alpha: float) -> np.ndarray:
+    """s = p^(2 - alpha) on the support (p > 0) and 0 off it; the indicator for alpha = 2.
+
+    The Jacobian of alpha-entmax at output p is diag(s) - s s^T / sum(s)
+    (Peters, Niculae & Martins 2019, Prop. 1).
+
+    Examples
+    --------
+    >>> support_weights(np.array([0.0, 0.25, 1.0]), 1.5).tolist()
+    [0.0, 0.5, 1.0]
+    """
+    p = np.asarray(p, dtype=np.float64)
+    if alpha == 2:
+        return (p > 0).astype(np.float64)
+    with np.errstate(divide="ignore"):  # 0 ** negative off the support, discarded
+        return np.where(p > 0, p ** (2.0 - alpha), 0.0)
+
+
 def sparse_vjp(p: np.ndarray, g: np.ndarray, alpha: float) -> np.ndarray:
     """g^T J of sparsemax (alpha = 2) or alpha-entmax at output ``p``.
 
@@ -266,9 +284,8 @@ def sparse_vjp(p: np.ndarray, g: np.ndarray, alpha: float) -> np.ndarray:
     >>> sparse_vjp(np.array([[0.0, 0.45, 0.55]]), np.array([[1.0, 1.0, 0.0]]), 2.0).tolist()
     [[0.0, 0.5, -0.5]]
     """
-    p = np.asarray(p, dtype=np.float64)
     g = np.asarray(g, dtype=np.float64)
-    s = np.where(p > 0, p ** (2.0 - alpha), 0.0) if alpha != 2 else (p > 0).astype(np.float64)
+    s = support_weights(p, alpha)
     total = s.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         q = (s * g).sum(axis=1, keepdims=True) / total
@@ -278,7 +295,7 @@ def sparse_vjp(p: np.ndarray, g: np.ndarray, alpha: float) -> np.ndarray:
 def sparse_jacobian(p_row: np.ndarray, alpha: float) -> np.ndarray:
     """The C x C Jacobian of sparsemax / entmax at one output row ``p_row``."""
     p = np.asarray(p_row, dtype=np.float64)
-    s = np.where(p > 0, p ** (2.0 - alpha), 0.0) if alpha != 2 else (p > 0).astype(np.float64)
+    s = support_weights(p, alpha)
     total = s.sum()
     return np.diag(s) - np.outer(s, s) / total if total > 0 else np.zeros((len(p), len(p)))
 
