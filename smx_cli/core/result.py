@@ -139,3 +139,28 @@ def floating(a: np.ndarray) -> np.ndarray:
         raise ValueError(f"logits must be real numbers, got an array of dtype {a.dtype}")
     return a
 
+
+def check_class_weights(weight, n_classes: int, source: str = "weight") -> np.ndarray:
+    """Per-class weights as float64 (C,), validated once for the API and the CLI.
+
+    There must be one weight per class, each finite and >= 0; ``source``
+    names where they came from in the error (``weight``, ``--weight``, a file).
+
+    Examples
+    --------
+    >>> check_class_weights([1, 2, 0.5], 3).tolist()
+    [1.0, 2.0, 0.5]
+    >>> check_class_weights([1, -2], 2)
+    Traceback (most recent call last):
+    ...
+    ValueError: weight: weight 1 is -2.0; class weights must be finite and >= 0
+    """
+    w = np.asarray(weight, dtype=np.float64).ravel()
+    if w.size != n_classes:
+        raise ValueError(f"{source}: {w.size} class weights for {n_classes} classes")
+    bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"{source}: weight {i} is {float(w[i])!r}; class weights must be "
+                         "finite and >= 0")
+    return w
