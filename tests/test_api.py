@@ -177,3 +177,26 @@ def test_agreement_tests_fail_instead_of_skipping_in_ci(monkeypatch):
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception):
         need("torch")
+
+
+@pytest.mark.parametrize("kwargs,what", [
+    ({"mask": [True, False]}, r"mask has shape \(2,\), the logits \(3,\)"),
+    ({"mask": [1.0, 0.5, 1.0]}, "mask must hold booleans"),
+    ({"variant": "entmax", "alpha": float("nan")}, "alpha must be a finite number > 1"),
+    ({"variant": "entmax", "alpha": float("inf")}, "alpha must be a finite number > 1"),
+    ({"variant": "gumbel", "samples": 2.5}, "samples must be an integer >= 1"),
+    ({"variant": "gumbel", "tau": -1.0}, "tau must be a finite number > 0"),
+    ({"variant": "sparsemax", "fast": True}, "fast mode applies to the stable and log"),
+    ({"variant": "stable", "temperature": 0.0}, "temperature must be a finite number > 0"),
+    ({"variant": 3}, "unknown variant 3"),
+])
+def test_hostile_api_options_are_one_clear_value_error(kwargs, what):
+    with pytest.raises(ValueError, match=what):
+        smx_cli.softmax([1.0, 2.0, 3.0], **kwargs)
+
+
+def test_strings_and_objects_are_refused_as_logits():
+    with pytest.raises(ValueError, match="real numbers"):
+        smx_cli.softmax(np.array(["1", "2"]))
+    with pytest.raises(ValueError, match="real numbers"):
+        smx_cli.logsumexp(np.array([1.0, None]))
