@@ -153,7 +153,7 @@ def check_class_weights(weight, n_classes: int, source: str = "weight") -> np.nd
     >>> check_class_weights([1, -2], 2)
     Traceback (most recent call last):
     ...
-    ValueError: weight: weight 1 is -2.0; class weights must be finite and >= 0
+    ValueError: weight: weight 1 is -2.0; weights must be finite and >= 0
     """
     w = np.asarray(weight, dtype=np.float64).ravel()
     if w.size != n_classes:
@@ -161,6 +161,6 @@ def check_class_weights(weight, n_classes: int, source: str = "weight") -> np.nd
     bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
     if bad.size:
         i = int(bad[0])
-        raise ValueError(f"{source}: weight {i} is {float(w[i])!r}; class weights must be "
+        raise ValueError(f"{source}: weight {i} is {float(w[i])!r}; weights must be "
                          "finite and >= 0")
     return w
