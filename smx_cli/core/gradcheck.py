@@ -74,8 +74,9 @@ class Tally:
         analytic, fd = analytic[checkable], fd[checkable]
         err = np.abs(analytic - fd)
         scale = np.max(np.abs(fd))
-        self.max_abs = max(self.max_abs, float(err.max()))
-        self.max_rel = max(self.max_rel, float(err.max() / scale) if scale > 0 else float(err.max()))
+        worst = float(err.max())
+        self.max_abs = max(self.max_abs, worst)
+        self.max_rel = max(self.max_rel, worst / scale if scale > 0 else worst)
         self.ok &= bool(np.all(err <= self.atol + self.rtol * scale))
         self.entries += len(fd)
         self.rows += 1

@@ -128,13 +128,12 @@ def floating(a: np.ndarray) -> np.ndarray:
     >>> floating(np.array([1 + 2j]))
     Traceback (most recent call last):
     ...
-    ValueError: complex input is not supported (dtype complex128): softmax is defined for real logits; pass x.real or abs(x) explicitly
+    ValueError: complex input is not supported (dtype complex128): pass x.real or abs(x)
     """
     if a.dtype.kind in "biu":
         return a.astype(np.float64)
     if a.dtype.kind == "c":
-        raise ValueError(f"complex input is not supported (dtype {a.dtype}): softmax is defined "
-                         "for real logits; pass x.real or abs(x) explicitly")
+        raise ValueError(f"complex input is not supported (dtype {a.dtype}): pass x.real or abs(x)")
     if a.dtype.kind not in "fV":
         raise ValueError(f"logits must be real numbers, got an array of dtype {a.dtype}")
     return a
