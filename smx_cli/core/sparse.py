@@ -220,8 +220,9 @@ def gumbel_softmax(z, tau: float = 1.0, hard: bool = False, samples: int = 1,
     """Gumbel-softmax samples: softmax((z + g) / tau), g ~ Gumbel(0, 1).
 
     Returns shape (samples, N, C), in the input's float type. With ``hard``
-    each sample is the one-hot of its argmax (the forward value of the straight-through estimator); the
-    argmax frequencies then follow softmax(z) (the Gumbel-max trick).
+    each sample is the one-hot of its argmax (the forward value of the
+    straight-through estimator); the argmax frequencies then follow
+    softmax(z) (the Gumbel-max trick).
 
     Examples
     --------
