@@ -233,6 +233,26 @@ def fit_temperature(logits, labels, *, input_kind: str = "logits",
     return fit
 
 
+def calibration_metrics(logits, labels, *, bins: int = 15, binning: str = "width",
+                        norm: str = "l1", bootstrap: int = 100, seed: int = 0,
+                        input_kind: str = "logits", threads: int | None = None) -> cal.Metrics:
+    """Every calibration metric of softmax(logits) against labels, without a fit.
+
+    Examples
+    --------
+    >>> m = calibration_metrics([[2.0, 0.0], [0.0, 1.0]], [0, 0], bins=10, bootstrap=0)
+    >>> m.accuracy, round(m.ece, 6)
+    (0.5, 0.425131)
+    """
+    rows = _rows(logits, "logits", input_kind)
+    y = check_labels(labels, rows.n, rows.c)
+    opts = dict(bins=int(bins), binning=binning, norm=norm, bootstrap=int(bootstrap),
+                seed=int(seed))
+    sc = scan(rows, y, 1.0, derivs=False, bins=opts["bins"], threads=threads,
+              check_probs=input_kind == "logits")
+    return _metrics(sc, rows.c, opts)
+
+
 def calibrated_logits(fit: Fit, x) -> np.ndarray:
     """Apply a fit to logits (N, C): x / T, or a x + b for vector scaling."""
     return fit.apply(np.asarray(x, dtype=np.float64))
