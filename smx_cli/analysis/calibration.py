@@ -216,7 +216,8 @@ def bootstrap_debiased(conf, correct, m: int, b: int, seed: int) -> tuple[float,
     cuts = _mass_cuts(n, m)
     out = np.empty(b)
     for r in range(b):
-        mult = np.bincount(rng.integers(0, n, size=n), minlength=n)
+        # rows drawn in the input's order, counted in sorted order
+        mult = np.bincount(rng.integers(0, n, size=n), minlength=n)[order]
         cm = np.cumsum(mult)                       # resample positions covered
         cc = np.cumsum(mult * cs)
         cy = np.cumsum(mult * ys)

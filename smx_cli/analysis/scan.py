@@ -135,6 +135,7 @@ class Scan:
     cw_count: np.ndarray | None = None
     cw_psum: np.ndarray | None = None
     cw_pos: np.ndarray | None = None
+    top: int = 0          # rows whose label has the largest logit (ties included)
     passes: int = 1
     sample: np.ndarray | None = field(default=None, repr=False)
     sample_labels: np.ndarray | None = field(default=None, repr=False)
@@ -162,7 +163,8 @@ class _Acc:
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.parts: dict[str, list[float]] = {"nll": [], "grad": [], "hess": [], "brier": []}
+        self.parts: dict[str, list[float]] = {"nll": [], "grad": [], "hess": [], "brier": [],
+                                              "top": []}
         self.cw: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     def add(self, **sums):
@@ -183,7 +185,7 @@ def _block(xb, y, beta, out_conf, out_correct, acc, bins_edges, start, source, m
     if not np.isfinite(m).all():
         raise _bad_row(xb, int(np.flatnonzero(~np.isfinite(m))[0]), start, source)
     d = kernels.work("cal_d", (r, c))
-    np.subtract(xb, m[:, None], out=d)
+    np.subtract(xb, m[:, None], out=d, dtype=np.float64)  # exact for 32-bit input
     e = kernels.work("cal_e", (r, c))
     if beta == 1.0:
         np.exp(d, out=e)
@@ -198,7 +200,7 @@ def _block(xb, y, beta, out_conf, out_correct, acc, bins_edges, start, source, m
         raise SmxError(f"{source}: row {start + i}: the true class {int(y[i])} has logit -inf "
                        "(probability 0 at every temperature): the NLL is infinite")
     logs = np.log(s)
-    sums = {"nll": float(np.sum(logs - beta * dy))}
+    sums = {"nll": float(np.sum(logs - beta * dy)), "top": float(np.count_nonzero(dy == 0))}
     if derivs:
         ed = kernels.work("cal_ed", (r, c))
         np.multiply(e, d, out=ed)
@@ -320,7 +322,8 @@ def scan(data: Rows, labels: np.ndarray, beta: float = 1.0, *, metrics: bool = T
                        "probabilities, not logits; pass --input-kind probs "
                        "(input_kind='probs')")
     res = Scan(beta, n_seen, acc.total("nll"), acc.total("grad"), acc.total("hess"),
-               acc.total("brier") if metrics else math.nan, conf, correct)
+               acc.total("brier") if metrics else math.nan, conf, correct,
+               top=int(acc.total("top")))
     if edges is not None:
         res.cw_count, res.cw_psum, res.cw_pos = _classwise(acc.cw, labels, data, bins)
     if stride:

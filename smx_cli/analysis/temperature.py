@@ -81,9 +81,12 @@ def newton_beta(evaluate, beta: float, n: int, *, first: Scan | None = None,
     Returns ``(beta, scan at beta, evaluations)``. ``last`` is True for the
     evaluation the iteration expects to be its final one.
     """
-    lo, hi = 0.0, math.inf
+    lo, hi, start = 0.0, math.inf, beta
     sc = first if first is not None and first.beta == beta else evaluate(beta, False)
     evals = 0 if sc is first else 1
+    if sc.top == sc.rows and sc.grad < 0:
+        raise SmxError("every fit sample's true class has the largest logit: the NLL keeps "
+                       "falling as T -> 0, no finite temperature minimises it")
     for _ in range(max_iter):
         g, h = sc.grad / n, sc.hess / n
         if not (math.isfinite(g) and math.isfinite(h)):
@@ -95,9 +98,11 @@ def newton_beta(evaluate, beta: float, n: int, *, first: Scan | None = None,
         else:
             lo = beta
         new = beta - g / h if h > 0 else math.nan
+        if abs(new - beta) <= 4 * np.finfo(float).eps * beta:
+            return beta, sc, evals   # the optimum to machine precision
         if not lo < new < hi:
             new = 0.5 * (lo + hi) if hi < math.inf else max(4 * beta, 2 * lo)
-        if hi < 1e-9:
+        if hi < 1e-9 or (hi < math.inf and hi < 1e-6 * start):
             raise SmxError("the NLL keeps falling as T grows: the logits rank the true class "
                            "no better than chance; no finite temperature minimises it")
         if lo > 1e9:
