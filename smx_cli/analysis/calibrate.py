@@ -16,7 +16,7 @@ import numpy as np
 
 from smx_cli.analysis import calibration as cal
 from smx_cli.analysis.scan import Rows, Scan, scan
-from smx_cli.analysis.temperature import Fit, _sample_rows, fit_beta, fit_vector
+from smx_cli.analysis.temperature import Fit, fit_beta, fit_vector
 from smx_cli.core.xent import check_target
 from smx_cli.errors import SmxError
 
@@ -186,15 +186,12 @@ def calibrate(logits, labels, *, method: str = "temperature", bins: int = 15,
                         "flatter the fit (use --split F or --fit-on FILE for honest ones)")
     check = input_kind == "logits"
     if fit_on == "same" and method == "temperature":
-        first = scan(rep, y, 1.0, bins=opts["bins"], sample_rows=_sample_rows(rep),
-                     threads=threads, check_probs=check)
-        fit, last = fit_beta(rep, y, first=first, last_metrics=True, bins=opts["bins"],
-                             threads=threads)
-        passes = 1 + fit.passes
-        before, after = first, last
+        fit, before, after = fit_beta(rep, y, before_metrics=True, last_metrics=True,
+                                      bins=opts["bins"], threads=threads, check_probs=check)
+        passes = fit.passes
     else:
         if method == "temperature":
-            fit, _ = fit_beta(fit_rows, fit_y, bins=opts["bins"], threads=threads)
+            fit, _, _ = fit_beta(fit_rows, fit_y, bins=opts["bins"], threads=threads)
         else:
             fit = fit_vector(fit_rows, fit_y)
         passes = fit.passes
@@ -229,7 +226,7 @@ def fit_temperature(logits, labels, *, input_kind: str = "logits",
     """
     rows = _rows(logits, "logits", input_kind)
     y = check_labels(labels, rows.n, rows.c)
-    fit, _ = fit_beta(rows, y, bins=None, threads=threads)
+    fit, _, _ = fit_beta(rows, y, bins=None, threads=threads)
     return fit
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
@@ -28,6 +28,8 @@ from smx_cli.errors import SmxError
 
 # input bytes per block read from a file or sliced from an array
 BLOCK_BYTES = 16 << 20
+# elements per work block on a thread (1 MB of float64 per buffer)
+SUB_BLOCK = 1 << 17
 
 
 @dataclass
@@ -52,6 +54,7 @@ class Rows:
     _blocks: Callable[[], Iterator[tuple[int, np.ndarray]]]
     select: np.ndarray | None = None
     probs: bool = False
+    _take: Callable[[np.ndarray], np.ndarray] | None = None
 
     @classmethod
     def of(cls, x2, source: str = "logits") -> "Rows":
@@ -65,7 +68,7 @@ class Rows:
         def gen():
             for s in range(0, x2.shape[0], step):
                 yield s, x2[s:s + step]
-        return cls(x2.shape[0], x2.shape[1], source, x2.dtype, gen)
+        return cls(x2.shape[0], x2.shape[1], source, x2.dtype, gen, _take=lambda i: x2[i])
 
     @classmethod
     def npy(cls, path: str) -> "Rows":
@@ -87,14 +90,31 @@ class Rows:
                         yield s, xb
             except stream.StreamError as exc:
                 raise SmxError(str(exc)) from None
-        return cls(int(shape[0]), int(shape[1]), path, dtype.newbyteorder("="), gen)
+        def take(idx):
+            return _read_rows(path, idx)
+        return cls(int(shape[0]), int(shape[1]), path, dtype.newbyteorder("="), gen,
+                   _take=take)
 
     def with_select(self, select: np.ndarray | None) -> "Rows":
-        return Rows(self.n, self.c, self.source, self.dtype, self._blocks, select, self.probs)
+        return Rows(self.n, self.c, self.source, self.dtype, self._blocks, select, self.probs,
+                    self._take)
 
     def as_probs(self) -> "Rows":
         """The same rows read as probabilities: each block's log is the logits."""
-        return Rows(self.n, self.c, self.source, self.dtype, self._blocks, self.select, True)
+        return Rows(self.n, self.c, self.source, self.dtype, self._blocks, self.select, True,
+                    self._take)
+
+    def sample(self, labels: np.ndarray, max_elements: int) -> tuple[np.ndarray, np.ndarray]:
+        """Evenly spaced rows (of the selection) and their labels, as float64 logits."""
+        idx = np.arange(self.n) if self.select is None else np.flatnonzero(self.select)
+        k = max(1, min(len(idx), max_elements // max(1, self.c)))
+        idx = idx[np.linspace(0, len(idx) - 1, k).round().astype(np.int64)] if len(idx) else idx
+        idx = np.unique(idx)
+        x = np.asarray(self._take(idx), dtype=np.float64)
+        if self.probs:
+            with np.errstate(divide="ignore"):
+                x = np.log(x)
+        return x, np.asarray(labels)[idx]
 
     @property
     def rows(self) -> int:
@@ -114,6 +134,36 @@ class Rows:
             yield s, xb
 
 
+def _read_rows(path: str, idx: np.ndarray) -> np.ndarray:
+    """Rows ``idx`` (sorted) of a 2-D NPY file, read one by one.
+
+    Not a memory map: the kernel maps pages around each one touched, so a
+    strided read through a map would count most of the file in the RSS.
+    """
+    from smx_cli.io import stream
+
+    with open(path, "rb") as fh:
+        shape, dtype, fortran = stream.read_npy_header(fh)
+        start = fh.tell()
+        c = int(shape[1])
+        out = np.empty((len(idx), c), dtype=dtype)
+        if fortran:  # column-major: gather from a pass over the blocks
+            want = np.zeros(int(shape[0]), dtype=bool)
+            want[idx] = True
+            k = 0
+            for s0, _, xb in stream.iter_npy_blocks(path, block_bytes=BLOCK_BYTES):
+                sel = xb[want[s0:s0 + len(xb)]]
+                out[k:k + len(sel)] = sel
+                k += len(sel)
+            return out
+        row_bytes = c * dtype.itemsize
+        for j, i in enumerate(idx):
+            fh.seek(start + int(i) * row_bytes)
+            if fh.readinto(memoryview(out[j]).cast("B")) != row_bytes:
+                raise SmxError(f"{path}: the data ends early (row {int(i)})")
+    return out.astype(dtype.newbyteorder("="), copy=False)
+
+
 @dataclass
 class Scan:
     """What one pass over the rows found at inverse temperature ``beta``.
@@ -125,6 +175,7 @@ class Scan:
     """
 
     beta: float
+    dbeta: float
     rows: int
     nll: float
     grad: float
@@ -136,9 +187,10 @@ class Scan:
     cw_psum: np.ndarray | None = None
     cw_pos: np.ndarray | None = None
     top: int = 0          # rows whose label has the largest logit (ties included)
+    k3: float = 0.0       # sums of the NLL's 3rd and 4th derivatives in beta
+    k4: float = 0.0
+    dnll: float = 0.0     # the NLL sum at dbeta
     passes: int = 1
-    sample: np.ndarray | None = field(default=None, repr=False)
-    sample_labels: np.ndarray | None = field(default=None, repr=False)
 
 
 def _widen(xb: np.ndarray) -> np.ndarray:
@@ -163,9 +215,14 @@ class _Acc:
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.parts: dict[str, list[float]] = {"nll": [], "grad": [], "hess": [], "brier": [],
-                                              "top": []}
-        self.cw: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.parts: dict[str, list[float]] = {k: [] for k in (
+            "nll", "dnll", "grad", "hess", "k3", "k4", "brier", "top")}
+
+    def classwise(self, c: int, m_bins: int) -> None:
+        self.colsum = np.zeros(c)
+        self.count = np.zeros(c * m_bins, dtype=np.int64)
+        self.psum = np.zeros(c * m_bins)
+        self.pos = np.zeros(c * m_bins)
 
     def add(self, **sums):
         with self.lock:
@@ -176,46 +233,83 @@ class _Acc:
         return math.fsum(self.parts[k]) if self.parts[k] else 0.0
 
 
-def _block(xb, y, beta, out_conf, out_correct, acc, bins_edges, start, source, metrics,
-           derivs):
-    """The sums of one block of rows (called on worker threads, disjoint rows)."""
+def _moments(e, d, s, dy, sums, order: int) -> None:
+    """Sums over rows of the NLL's derivatives in beta, up to ``order`` (2 or 4).
+
+    With p = e / s the row's softmax at beta, the derivatives of
+    log sum exp(beta d) are the cumulants of d under p; the NLL subtracts
+    beta d_y, so its gradient is E[d] - d_y and its higher derivatives the
+    2nd, 3rd and 4th cumulants (from the raw moments about the row's max).
+    Overwrites ``d`` (with d^2).
+    """
+    r, c = d.shape
+    ed = kernels.work("cal_ed", (r, c))
+    np.multiply(e, d, out=ed)
+    m1 = ed.sum(axis=1)
+    if not np.isfinite(m1).all():
+        # a -inf logit: exp gives 0 but 0 * -inf is NaN; those terms are 0
+        np.copyto(d, 0.0, where=e == 0)
+        np.multiply(e, d, out=ed)
+        m1 = ed.sum(axis=1)
+    inv = 1.0 / s
+    m1 = m1 * inv
+    sums["grad"] = float(np.sum(m1 - dy))
+    if order <= 2:
+        m2 = np.einsum("ij,ij->i", ed, d) * inv
+        sums["hess"] = float(np.sum(np.maximum(m2 - m1 * m1, 0.0)))
+        return
+    np.multiply(ed, d, out=ed)                       # e d^2
+    m2 = ed.sum(axis=1) * inv
+    m3 = np.einsum("ij,ij->i", ed, d) * inv
+    np.multiply(d, d, out=d)                         # d is now d^2
+    m4 = np.einsum("ij,ij->i", ed, d) * inv
+    k3 = m3 - 3 * m1 * m2 + 2 * m1 ** 3
+    k4 = m4 - 4 * m1 * m3 - 3 * m2 * m2 + 12 * m1 * m1 * m2 - 6 * m1 ** 4
+    sums["hess"] = float(np.sum(np.maximum(m2 - m1 * m1, 0.0)))
+    sums["k3"] = float(np.sum(k3))
+    sums["k4"] = float(np.sum(k4))
+
+
+def _exp_scaled(d, beta, name):
+    e = kernels.work(name, d.shape)
+    if beta == 1.0:
+        np.exp(d, out=e)
+    else:
+        np.multiply(d, beta, out=e)
+        np.exp(e, out=e)
+    return e, e.sum(axis=1)
+
+
+def _block(xb, y, beta, dbeta, out_conf, out_correct, acc, bins_edges, start, source, metrics,
+           order):
+    """The sums of one block of rows (called on worker threads, disjoint rows).
+
+    Metrics and the NLL at ``beta``; derivatives (``order`` 0, 2 or 4) at
+    ``dbeta``, from the same shifted logits (one exp more if it differs).
+    """
     xb = _widen(xb)
     r, c = xb.shape
     m = xb.max(axis=1)
     if not np.isfinite(m).all():
         raise _bad_row(xb, int(np.flatnonzero(~np.isfinite(m))[0]), start, source)
     d = kernels.work("cal_d", (r, c))
-    np.subtract(xb, m[:, None], out=d, dtype=np.float64)  # exact for 32-bit input
-    e = kernels.work("cal_e", (r, c))
-    if beta == 1.0:
-        np.exp(d, out=e)
-    else:
-        np.multiply(d, beta, out=e)
-        np.exp(e, out=e)
-    s = e.sum(axis=1)
-    rows = np.arange(r)
-    dy = d[rows, y]
+    np.copyto(d, xb)                                   # exact widening, then
+    np.subtract(d, m[:, None], out=d)                  # exact for 32-bit input
+    e, s = _exp_scaled(d, beta, "cal_e")
+    dy = d[np.arange(r), y]
     if not np.isfinite(dy).all():
         i = int(np.flatnonzero(~np.isfinite(dy))[0])
         raise SmxError(f"{source}: row {start + i}: the true class {int(y[i])} has logit -inf "
                        "(probability 0 at every temperature): the NLL is infinite")
-    logs = np.log(s)
-    sums = {"nll": float(np.sum(logs - beta * dy)), "top": float(np.count_nonzero(dy == 0))}
-    if derivs:
-        ed = kernels.work("cal_ed", (r, c))
-        np.multiply(e, d, out=ed)
-        e1 = ed.sum(axis=1)
-        e2 = np.einsum("ij,ij->i", ed, d)
-        if not (np.isfinite(e1).all() and np.isfinite(e2).all()):
-            # a -inf logit: exp gives 0 but 0 * -inf is NaN; those terms are 0
-            dd = np.where(e == 0, 0.0, d)
-            np.multiply(e, dd, out=ed)
-            e1 = ed.sum(axis=1)
-            e2 = np.einsum("ij,ij->i", ed, dd)
-        mu = e1 / s
-        var = np.maximum(e2 / s - mu * mu, 0.0)
-        sums["grad"] = float(np.sum(mu - dy))
-        sums["hess"] = float(np.sum(var))
+    sums = {"nll": float(np.sum(np.log(s) - beta * dy)),
+            "top": float(np.count_nonzero(dy == 0))}
+    if order:
+        if dbeta == beta:
+            _moments(e, d, s, dy, sums, order)
+        else:
+            e2, s2 = _exp_scaled(d, dbeta, "cal_e2")
+            sums["dnll"] = float(np.sum(np.log(s2) - dbeta * dy))
+            _moments(e2, d, s2, dy, sums, order)
     if metrics:
         inv = 1.0 / s
         out_conf[:] = inv
@@ -224,24 +318,34 @@ def _block(xb, y, beta, out_conf, out_correct, acc, bins_edges, start, source, m
         py = np.exp(beta * dy) * inv
         sums["brier"] = float(np.sum(sq - 2.0 * py + 1.0))
         if bins_edges is not None:
-            np.multiply(e, inv[:, None], out=e)  # e is now p
-            colsum = e.sum(axis=0)
-            m_bins = len(bins_edges) - 1
-            # entries above the first bin: at most M per row (they sum to 1)
-            ii, kk = np.nonzero(e > bins_edges[1] * (1 - 1e-12))
-            pv = e[ii, kk]
-            b = np.clip(np.searchsorted(bins_edges, pv, side="left") - 1, 0, m_bins - 1)
-            hi = b > 0
-            ii, kk, pv, b = ii[hi], kk[hi], pv[hi], b[hi]
-            pos = (y[ii] == kk).astype(np.float64)
-            acc_cw = (colsum, kk * m_bins + b, pv, pos)
-            with acc.lock:
-                acc.cw.append(acc_cw)
+            _classwise_block(e, inv, y, bins_edges, acc)
     acc.add(**sums)
 
 
+def _classwise_block(e, inv, y, edges, acc) -> None:
+    """Class-wise bins of one block: the entries above 1/M one by one, and column sums."""
+    np.multiply(e, inv[:, None], out=e)  # e is now p
+    colsum = e.sum(axis=0)
+    m_bins = len(edges) - 1
+    c = e.shape[1]
+    # entries above the first bin: at most M per row (they sum to 1)
+    flat = np.flatnonzero(e > edges[1] * (1 - 1e-12))
+    pv = e.ravel()[flat]
+    b = np.clip(np.searchsorted(edges, pv, side="left") - 1, 0, m_bins - 1)
+    hi = b > 0
+    flat, pv, b = flat[hi], pv[hi], b[hi]
+    ii, kk = np.divmod(flat, c)
+    pos = (y[ii] == kk).astype(np.float64)
+    idx = kk * m_bins + b
+    with acc.lock:
+        acc.colsum += colsum
+        acc.count += np.bincount(idx, minlength=c * m_bins)
+        acc.psum += np.bincount(idx, weights=pv, minlength=c * m_bins)
+        acc.pos += np.bincount(idx, weights=pos, minlength=c * m_bins)
+
+
 def scan(data: Rows, labels: np.ndarray, beta: float = 1.0, *, metrics: bool = True,
-         derivs: bool = True, bins: int | None = 15, sample_rows: int = 0,
+         derivs: bool | int = True, dbeta: float | None = None, bins: int | None = 15,
          transform: Callable[[np.ndarray], np.ndarray] | None = None,
          threads: int | None = None, check_probs: bool = False) -> Scan:
     """One pass over ``data`` at inverse temperature ``beta``.
@@ -257,13 +361,14 @@ def scan(data: Rows, labels: np.ndarray, beta: float = 1.0, *, metrics: bool = T
     metrics : bool
         Keep each row's confidence and correctness, the Brier sum and (with
         ``bins``) the class-wise bins.
-    derivs : bool
-        Sum the NLL's first and second derivatives in beta.
+    derivs : bool or int
+        Sum the NLL's derivatives in beta: up to the 4th (True or 4), the
+        2nd (2), or none (False).
+    dbeta : float or None
+        The beta of the derivatives (default ``beta``); the pass then also
+        gives the NLL at ``dbeta`` (``Scan.dnll``).
     bins : int or None
         Class-wise bins (equal width, edges (lo, hi]); None: none.
-    sample_rows : int
-        Also keep about this many evenly spaced rows (float64) and their
-        labels, e.g. to start a fit in memory.
     transform : callable or None
         Applied to each float64 block first (vector scaling's a z + b).
     check_probs : bool
@@ -283,8 +388,10 @@ def scan(data: Rows, labels: np.ndarray, beta: float = 1.0, *, metrics: bool = T
     correct = np.empty(n_seen, dtype=bool) if metrics else None
     edges = np.linspace(0.0, 1.0, bins + 1) if (metrics and bins) else None
     acc = _Acc()
-    stride = max(1, n_seen // sample_rows) if sample_rows else 0
-    samples, sample_y = [], []
+    order = 4 if derivs is True else int(derivs)
+    dbeta = beta if dbeta is None else dbeta
+    if edges is not None:
+        acc.classwise(data.c, bins)
     looks_like_probs = check_probs
     pos = 0  # rows seen so far
     for start, xb in data.blocks():
@@ -301,19 +408,16 @@ def scan(data: Rows, labels: np.ndarray, beta: float = 1.0, *, metrics: bool = T
             looks_like_probs = _all_prob_rows(xb)
         if transform is not None:
             xb = transform(np.asarray(xb, dtype=np.float64))
-        if stride:
-            take = np.arange((-pos) % stride, xb.shape[0], stride)
-            samples.append(np.asarray(xb[take], dtype=np.float64))
-            sample_y.append(yb[take])
         base = pos
 
         def fn(s0, s1, xb=xb, yb=yb, base=base, start=start, offsets=offsets):
             first = start + s0 if offsets is None else int(offsets[s0])
-            _block(xb[s0:s1], yb[s0:s1], beta,
+            _block(xb[s0:s1], yb[s0:s1], beta, dbeta,
                    conf[base + s0:base + s1] if metrics else None,
                    correct[base + s0:base + s1] if metrics else None,
-                   acc, edges, first, data.source, metrics, derivs)
-        kernels.run_blocks(xb.shape[0], xb.shape[1], fn, threads=threads)
+                   acc, edges, first, data.source, metrics, order)
+        kernels.run_blocks(xb.shape[0], xb.shape[1], fn, threads=threads,
+                           block_elements=SUB_BLOCK)
         pos += xb.shape[0]
     if pos != n_seen:
         raise SmxError(f"{data.source}: read {pos} rows, expected {n_seen}")
@@ -321,14 +425,12 @@ def scan(data: Rows, labels: np.ndarray, beta: float = 1.0, *, metrics: bool = T
         raise SmxError(f"{data.source}: every row is >= 0 and sums to 1: these look like "
                        "probabilities, not logits; pass --input-kind probs "
                        "(input_kind='probs')")
-    res = Scan(beta, n_seen, acc.total("nll"), acc.total("grad"), acc.total("hess"),
+    res = Scan(beta, dbeta, n_seen, acc.total("nll"), acc.total("grad"), acc.total("hess"),
                acc.total("brier") if metrics else math.nan, conf, correct,
-               top=int(acc.total("top")))
+               top=int(acc.total("top")), k3=acc.total("k3"), k4=acc.total("k4"),
+               dnll=acc.total("dnll") if dbeta != beta else acc.total("nll"))
     if edges is not None:
-        res.cw_count, res.cw_psum, res.cw_pos = _classwise(acc.cw, labels, data, bins)
-    if stride:
-        res.sample = np.concatenate(samples) if samples else np.zeros((0, data.c))
-        res.sample_labels = np.concatenate(sample_y) if sample_y else np.zeros(0, np.int64)
+        res.cw_count, res.cw_psum, res.cw_pos = _classwise(acc, labels, data, bins)
     return res
 
 
@@ -337,7 +439,7 @@ def _all_prob_rows(xb) -> bool:
     return bool(x.min() >= 0) and bool(np.all(np.abs(x.sum(axis=1) - 1.0) <= 1e-3))
 
 
-def _classwise(parts, labels, data: Rows, m_bins: int):
+def _classwise(acc: _Acc, labels, data: Rows, m_bins: int):
     """C x M class-wise bins; the first bin (0, 1/M] by difference from the totals.
 
     Every probability above 1/M was binned entry by entry; those at or
@@ -346,19 +448,10 @@ def _classwise(parts, labels, data: Rows, m_bins: int):
     """
     c = data.c
     y = labels if data.select is None else labels[data.select]
-    colsum = np.zeros(c)
-    count = np.zeros(c * m_bins)
-    psum = np.zeros(c * m_bins)
-    pos = np.zeros(c * m_bins)
-    for cs, idx, pv, pz in parts:
-        colsum += cs
-        count += np.bincount(idx, minlength=c * m_bins)
-        psum += np.bincount(idx, weights=pv, minlength=c * m_bins)
-        pos += np.bincount(idx, weights=pz, minlength=c * m_bins)
-    count, psum, pos = (a.reshape(c, m_bins) for a in (count, psum, pos))
+    count, psum, pos = (a.reshape(c, m_bins).copy() for a in (acc.count, acc.psum, acc.pos))
     n = len(y)
     npos = np.bincount(y, minlength=c).astype(np.float64)
     count[:, 0] = n - count[:, 1:].sum(axis=1)
-    psum[:, 0] = np.maximum(colsum - psum[:, 1:].sum(axis=1), 0.0)
+    psum[:, 0] = np.maximum(acc.colsum - psum[:, 1:].sum(axis=1), 0.0)
     pos[:, 0] = npos - pos[:, 1:].sum(axis=1)
-    return count.astype(np.int64), psum, pos
+    return count, psum, pos

@@ -33,9 +33,12 @@ from smx_cli.analysis.scan import Rows, Scan, scan
 from smx_cli.errors import SmxError
 
 # the in-memory subsample that starts the fit: at most this many elements
-SAMPLE_ELEMENTS = 1 << 22
-# a Newton step below this fraction of beta ends the fit after one more pass
-STEP_DONE = 1e-7
+SAMPLE_ELEMENTS = 1 << 23
+# the fit has converged when its step is below this fraction of beta
+CONVERGED = 1e-9
+# a step below this fraction of beta is expected to land within CONVERGED
+# (the cubic model's error is ~ step^4): that pass keeps the metrics too
+LAST_STEP = 3e-3
 MAX_ITER = 60
 VECTOR_MAX_CLASSES = 512
 
@@ -74,16 +77,43 @@ class Fit:
         return xb * self.beta
 
 
-def newton_beta(evaluate, beta: float, n: int, *, first: Scan | None = None,
-                tol: float = STEP_DONE, max_iter: int = MAX_ITER):
-    """Safeguarded Newton on beta; ``evaluate(beta, last) -> Scan``.
+def cubic_step(g: float, h: float, k3: float, k4: float) -> float:
+    """The root near 0 of the gradient's cubic Taylor model g + h d + k3 d^2/2 + k4 d^3/6.
 
-    Returns ``(beta, scan at beta, evaluations)``. ``last`` is True for the
-    evaluation the iteration expects to be its final one.
+    Newton on the model from d = -g/h; falls back to the plain Newton step
+    when the model's slope turns non-positive or its root runs away.
+    """
+    plain = -g / h
+    d = plain
+    for _ in range(30):
+        p = g + d * (h + d * (k3 / 2 + d * k4 / 6))
+        dp = h + d * (k3 + d * k4 / 2)
+        if not (dp > 0 and math.isfinite(p)):
+            return plain
+        nd = d - p / dp
+        if abs(nd - d) <= 1e-16 * abs(nd):
+            d = nd
+            break
+        d = nd
+    if not math.isfinite(d) or abs(d) > 2 * abs(plain) + 1e-300:
+        return plain
+    return d
+
+
+def newton_beta(evaluate, beta: float, n: int, *, first: Scan | None = None,
+                tol: float = CONVERGED, max_iter: int = MAX_ITER):
+    """Safeguarded Newton on beta with a cubic model of the gradient; ``evaluate(beta, last)``.
+
+    Each evaluation is one pass giving the NLL's first four derivatives in
+    beta; the step solves their cubic Taylor model (fourth-order
+    convergence), kept inside the bracket where the gradient changed sign.
+    Stops when the step is below ``tol`` of beta. ``last`` is True for an
+    evaluation expected to be the final one. Returns ``(beta, scan at beta,
+    evaluations)``.
     """
     lo, hi, start = 0.0, math.inf, beta
-    sc = first if first is not None and first.beta == beta else evaluate(beta, False)
-    evals = 0 if sc is first else 1
+    sc = first if first is not None and first.dbeta == beta else evaluate(beta, False)
+    evals = 1
     if sc.top == sc.rows and sc.grad < 0:
         raise SmxError("every fit sample's true class has the largest logit: the NLL keeps "
                        "falling as T -> 0, no finite temperature minimises it")
@@ -97,78 +127,71 @@ def newton_beta(evaluate, beta: float, n: int, *, first: Scan | None = None,
             hi = beta
         else:
             lo = beta
-        new = beta - g / h if h > 0 else math.nan
-        if abs(new - beta) <= 4 * np.finfo(float).eps * beta:
-            return beta, sc, evals   # the optimum to machine precision
+        new = beta + cubic_step(g, h, sc.k3 / n, sc.k4 / n) if h > 0 else math.nan
+        if abs(new - beta) <= tol * beta:
+            return beta, sc, evals   # converged: the step is below tol (or rounds away)
         if not lo < new < hi:
             new = 0.5 * (lo + hi) if hi < math.inf else max(4 * beta, 2 * lo)
-        if hi < 1e-9 or (hi < math.inf and hi < 1e-6 * start):
+        if hi < 1e-9 or hi < 1e-6 * start:
             raise SmxError("the NLL keeps falling as T grows: the logits rank the true class "
                            "no better than chance; no finite temperature minimises it")
         if lo > 1e9:
             raise SmxError("the NLL keeps falling as T -> 0: every fit sample's true class has "
                            "the largest logit; no finite temperature minimises it")
-        step = abs(new - beta)
-        if step <= 4 * np.finfo(float).eps * beta:
-            return beta, sc, evals
-        last = step <= tol * beta
+        last = abs(new - beta) <= LAST_STEP * beta
         beta = new
         sc = evaluate(beta, last)
         evals += 1
-        if last:
-            return beta, sc, evals
     return beta, sc, evals
 
 
 def _in_memory_beta(x: np.ndarray, y: np.ndarray) -> float:
     """beta fitted on rows held in memory (the subsample start)."""
     rows = Rows.of(x, "subsample")
-    n = len(y)
     try:
-        beta, _, _ = newton_beta(lambda b, last: scan(rows, y, b, metrics=False), 1.0, n,
-                                 tol=1e-12)
+        beta, _, _ = newton_beta(lambda b, last: scan(rows, y, b, metrics=False), 1.0, len(y),
+                                 tol=1e-15)
     except SmxError:
         return 1.0
     return beta
 
 
-def fit_beta(data: Rows, labels: np.ndarray, *, first: Scan | None = None, last_metrics=False,
-             bins: int | None = 15, threads: int | None = None) -> tuple[Fit, Scan]:
+def fit_beta(data: Rows, labels: np.ndarray, *, before_metrics=False, last_metrics=False,
+             bins: int | None = 15, threads: int | None = None,
+             check_probs: bool = False) -> tuple[Fit, Scan, Scan]:
     """Temperature scaling of ``data`` by safeguarded Newton on beta = 1/T.
 
-    ``first`` is a pass already made at beta = 1 with ``sample_rows`` (it
-    gives the NLL before and the subsample start); ``last_metrics`` makes
-    the final pass keep the metrics too (the fit and the report share the
-    data). Returns the fit and the final pass.
+    Starts from the fit on an evenly spaced subsample held in memory. The
+    first pass gives the NLL (and, with ``before_metrics``, the metrics) at
+    T = 1 and the derivatives at the start; ``last_metrics`` makes the
+    final pass keep the metrics at the fitted T too (the fit and the report
+    share the rows). Typically two passes. Returns the fit, the first pass
+    and the final one.
     """
     n = data.rows
     if n == 0:
         raise SmxError(f"{data.source}: no rows to fit a temperature on")
-    passes = 0
-    if first is None:
-        first = scan(data, labels, 1.0, metrics=False, sample_rows=_sample_rows(data),
-                     threads=threads)
-        passes += 1
-    start = _in_memory_beta(first.sample, first.sample_labels) if first.sample is not None \
-        else 1.0
+    xs, ys = data.sample(labels, SAMPLE_ELEMENTS)
+    exact_start = len(ys) == n
+    start = _in_memory_beta(xs, ys)
+    del xs
+    first = scan(data, labels, 1.0, metrics=before_metrics, derivs=2 if exact_start else 4,
+                 dbeta=start, bins=bins, threads=threads, check_probs=check_probs)
 
     def evaluate(beta, last):
-        return scan(data, labels, beta, metrics=bool(last and last_metrics), bins=bins,
-                    threads=threads)
+        return scan(data, labels, beta, metrics=bool(last and last_metrics),
+                    derivs=2 if last else 4, bins=bins, threads=threads)
     beta, sc, evals = newton_beta(evaluate, start, n, first=first)
-    if last_metrics and sc.conf is None:  # stopped early: one more pass for the metrics
-        sc = scan(data, labels, beta, bins=bins, threads=threads)
-        evals += 1
     g, h = sc.grad / n, sc.hess / n
-    fit = Fit("temperature", n, first.nll / n, sc.nll / n, evals, passes + evals,
-              converged=h > 0 and abs(g / h) <= 1e-9 * beta, temperature=1.0 / beta,
-              beta=beta, gradient=g, gradient_t=-beta * beta * g, hessian=h,
-              start_temperature=1.0 / start)
-    return fit, sc
-
-
-def _sample_rows(data: Rows) -> int:
-    return max(1, min(data.rows, max(1000, SAMPLE_ELEMENTS // max(1, data.c))))
+    passes = evals
+    if last_metrics and (sc.conf is None or sc.beta != beta):
+        sc = scan(data, labels, beta, derivs=False, bins=bins, threads=threads)
+        passes += 1
+    fit = Fit("temperature", n, first.nll / n, sc.dnll / n if sc.dbeta == beta else
+              sc.nll / n, evals, passes, converged=h > 0 and abs(g / h) <= CONVERGED * beta,
+              temperature=1.0 / beta, beta=beta, gradient=g, gradient_t=-beta * beta * g,
+              hessian=h, start_temperature=1.0 / start)
+    return fit, first, sc
 
 
 # ----------------------------------------------------------------------------
