@@ -335,3 +335,46 @@ def test_bad_bins(bad, sample):
 def test_hostile_inputs(z, y, msg):
     with pytest.raises(SmxError, match=msg):
         calibrate(z, y)
+
+
+def test_scan_derivatives_against_mpmath():
+    # the pass's four derivatives of the NLL sum in beta (gradient, Hessian, 3rd, 4th)
+    # against mpmath's numerical differentiation of the NLL written from its definition
+    rng = np.random.default_rng(4)
+    z = rng.normal(size=(40, 4)) * 2
+    y = rng.integers(0, 4, size=40)
+    mpmath.mp.dps = 40
+
+    def nll(beta):
+        tot = mpmath.mpf(0)
+        for r, yi in zip(z, y):
+            tot += mpmath.log(mpmath.fsum(mpmath.exp(beta * mpmath.mpf(float(v))) for v in r)) \
+                - beta * mpmath.mpf(float(r[yi]))
+        return tot
+    beta = 0.7
+    s = scan_mod.scan(Rows.of(z), y, beta, metrics=False)
+    want = [float(mpmath.diff(nll, mpmath.mpf(beta), k)) for k in (0, 1, 2, 3, 4)]
+    got = [s.nll, s.grad, s.hess, s.k3, s.k4]
+    for k, (g, w) in enumerate(zip(got, want)):
+        assert g == pytest.approx(w, rel=1e-11, abs=1e-11), k
+
+
+def test_fit_from_a_subsample_start_takes_few_passes(monkeypatch):
+    # a subsample of ~1/10 of the rows starts the Newton iteration off the optimum: the
+    # cubic step (4 derivatives) lands within 1e-9 in one step, so 2-3 passes in all
+    from smx_cli.analysis import temperature
+
+    monkeypatch.setattr(temperature, "SAMPLE_ELEMENTS", 2000 * 5)
+    rng = np.random.default_rng(8)
+    z = rng.normal(size=(20000, 5)) * 2
+    y = _draw(_softmax(z / 2), rng)
+    fit = fit_temperature(z, y)
+    assert fit.start_temperature != pytest.approx(fit.temperature, rel=1e-4)
+    assert fit.converged and fit.passes <= 3
+    optimize = pytest.importorskip("scipy.optimize")
+
+    def grad(beta):  # dNLL/dbeta, plainly in float64
+        p = _softmax(z * beta)
+        return np.mean((p * z).sum(axis=1) - z[np.arange(len(y)), y])
+    ref = 1 / optimize.brentq(grad, 0.05, 5.0, xtol=1e-15, rtol=1e-15)
+    assert fit.temperature == pytest.approx(ref, rel=1e-9)

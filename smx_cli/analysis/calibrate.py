@@ -52,9 +52,24 @@ class CalibrationReport:
                        start_temperature=f.start_temperature)
         else:
             fit.update(scale=f.scale.tolist(), bias=f.bias.tolist(), max_abs_gradient=f.gradient)
-        return {"command": "calibrate", "source": self.source, "fit": fit,
-                "before": self.before.to_dict(), "after": self.after.to_dict(),
-                "passes": self.passes, "warnings": self.warnings}
+        return _clean({"command": "calibrate", "source": self.source, "fit": fit,
+                       "before": self.before.to_dict(), "after": self.after.to_dict(),
+                       "passes": self.passes, "warnings": self.warnings})
+
+
+def _clean(v):
+    """JSON-ready: numpy scalars to Python, NaN/inf (undefined: e.g. an empty bin) to None."""
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return float(v) if math.isfinite(v) else None
+    if isinstance(v, np.bool_):
+        return bool(v)
+    return v
 
 
 def check_labels(labels, n: int, c: int, source: str = "labels") -> np.ndarray:
@@ -255,5 +270,3 @@ def calibrated_logits(fit: Fit, x) -> np.ndarray:
     return fit.apply(np.asarray(x, dtype=np.float64))
 
 
-def nan_to_none(v):
-    return None if isinstance(v, float) and not math.isfinite(v) else v

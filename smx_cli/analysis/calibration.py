@@ -57,7 +57,7 @@ class Bins:
         return self.acc - self.conf
 
     def to_dict(self) -> dict:
-        return {"scheme": self.scheme, "lo": self.lo.tolist(), "hi": self.hi.tolist(),
+        return {"scheme": self.scheme, "lo": _nan_list(self.lo), "hi": _nan_list(self.hi),
                 "count": self.count.tolist(), "confidence": _nan_list(self.conf),
                 "accuracy": _nan_list(self.acc)}
 
