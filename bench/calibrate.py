@@ -6,9 +6,9 @@ Run from the repository root:
     python bench/calibrate.py --rows 100000      # smaller
     python bench/calibrate.py --repeat 3 --bootstrap 0
 
-The logits file is generated once under bench/out/ (synthetic: a model that
-is right ~70 % of the time and over-confident). Each run is a fresh child
-process (``python -m smx_cli calibrate FILE --labels Y --format json``), so
+The logits file is generated once under bench/out/ (synthetic: labels drawn
+from softmax(logits / 2), so the logits are 2x over-confident and T should be
+~2). Each run is a fresh child process (``python -m smx_cli calibrate FILE --labels Y --format json``), so
 the wall time, the CPU time of all its threads (user + system, from
 ``os.wait4``) and its peak RSS (``ru_maxrss``) are those of the command a
 user runs. The machine is shared: report medians and CPU time, not minima.
@@ -21,6 +21,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -42,10 +43,12 @@ def make(path: str, labels_path: str, rows: int, classes: int, seed: int = 0) ->
     for s in range(0, rows, step):
         k = min(step, rows - s)
         z = rng.standard_normal((k, classes), dtype=np.float32) * 2
-        pred = rng.integers(0, classes, size=k)
-        z[np.arange(k), pred] += 9.0     # confident ...
-        right = rng.random(k) < 0.7      # ... but right only 70 % of the time
-        labels[s:s + k] = np.where(right, pred, rng.integers(0, classes, size=k))
+        z[np.arange(k), rng.integers(0, classes, size=k)] += 14.0
+        # labels drawn from softmax(z / 2): these logits are 2x over-confident (T = 2)
+        p = np.exp((z - z.max(axis=1, keepdims=True)) / 2, dtype=np.float64)
+        cdf = np.cumsum(p, axis=1)
+        u = rng.random(k) * cdf[:, -1]
+        labels[s:s + k] = (cdf < u[:, None]).sum(axis=1).clip(0, classes - 1)
         out[s:s + k] = z
     out.flush()
     del out
@@ -54,18 +57,23 @@ def make(path: str, labels_path: str, rows: int, classes: int, seed: int = 0) ->
 
 
 def run_once(args, path, labels_path) -> dict:
+    """One ``smx calibrate`` in a child: wall time, and the child's own CPU time and peak RSS."""
     cmd = [sys.executable, "-m", "smx_cli", "calibrate", path, "--labels", labels_path,
            "--format", "json", "--bootstrap", str(args.bootstrap)]
     env = dict(os.environ, PYTHONPATH=ROOT)
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    out, err = proc.communicate()
-    _, status, usage = os.wait4(proc.pid, 0) if proc.returncode is None else (0, 0, None)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"smx calibrate failed: {err.decode()}")
-    doc = json.loads(out)
-    return {"wall_s": wall, "doc": doc}
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)   # this child's rusage, nobody else's
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            raise SystemExit(f"smx calibrate failed: {err.read().decode()}")
+        doc = json.loads(out.read())
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "rss_mb": usage.ru_maxrss / 1024, "doc": doc}
 
 
 def main() -> None:
@@ -79,27 +87,27 @@ def main() -> None:
     path = os.path.join(HERE, "out", f"cal_{args.rows}x{args.classes}.npy")
     labels_path = os.path.join(HERE, "out", f"cal_{args.rows}x{args.classes}_labels.npy")
     t0 = time.perf_counter()
-    make(path, labels_path, args.rows, args.classes)
+    # generated in a child process: the parent stays small (a forked child starts with
+    # its parent's pages)
+    subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {HERE!r}); "
+                    f"import calibrate as c; c.make({path!r}, {labels_path!r}, "
+                    f"{args.rows}, {args.classes})"], check=True)
     print(f"input: {path} ({os.path.getsize(path) / 2**30:.2f} GiB; ready in "
           f"{time.perf_counter() - t0:.1f} s)")
     walls, cpus, rss = [], [], []
     for _ in range(args.repeat):
-        before = os.times()
         r = run_once(args, path, labels_path)
-        after = os.times()
-        cpu = (after.children_user - before.children_user) + \
-              (after.children_system - before.children_system)
-        import resource
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         walls.append(r["wall_s"])
-        cpus.append(cpu)
-        rss.append(peak)
+        cpus.append(r["cpu_s"])
+        rss.append(r["rss_mb"])
         doc = r["doc"]
-        print(f"  wall {r['wall_s']:.2f} s, cpu {cpu:.2f} s, peak RSS so far {peak:.0f} MB, "
-              f"passes {doc['passes']}, T {doc['fit']['temperature']:.6g}, "
-              f"ECE {doc['before']['ece']:.4g} -> {doc['after']['ece']:.4g}")
+        print(f"  wall {r['wall_s']:.2f} s, cpu {r['cpu_s']:.2f} s, peak RSS "
+              f"{r['rss_mb']:.0f} MB, passes {doc['passes']}, T "
+              f"{doc['fit']['temperature']:.6g}, ECE {doc['before']['ece']:.4g} -> "
+              f"{doc['after']['ece']:.4g}")
     print(f"median: wall {statistics.median(walls):.2f} s, cpu {statistics.median(cpus):.2f} s "
-          f"(cores {os.cpu_count()}), peak RSS {max(rss):.0f} MB, bootstrap {args.bootstrap}")
+          f"(cores {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}), peak RSS "
+          f"{max(rss):.0f} MB, bootstrap {args.bootstrap}")
 
 
 if __name__ == "__main__":

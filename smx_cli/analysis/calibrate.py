@@ -49,7 +49,7 @@ class CalibrationReport:
         if f.method == "temperature":
             fit.update(temperature=f.temperature, beta=f.beta, gradient_beta=f.gradient,
                        gradient_temperature=f.gradient_t, hessian_beta=f.hessian,
-                       start_temperature=f.start_temperature)
+                       start_temperature=f.start_temperature, start_rows=f.sample_rows)
         else:
             fit.update(scale=f.scale.tolist(), bias=f.bias.tolist(), max_abs_gradient=f.gradient)
         return _clean({"command": "calibrate", "source": self.source, "fit": fit,

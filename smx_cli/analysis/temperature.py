@@ -67,6 +67,7 @@ class Fit:
     gradient_t: float = 0.0
     hessian: float = 0.0
     start_temperature: float | None = None
+    sample_rows: int = 0
     scale: np.ndarray | None = field(default=None, repr=False)
     bias: np.ndarray | None = field(default=None, repr=False)
 
@@ -190,7 +191,7 @@ def fit_beta(data: Rows, labels: np.ndarray, *, before_metrics=False, last_metri
     fit = Fit("temperature", n, first.nll / n, sc.dnll / n if sc.dbeta == beta else
               sc.nll / n, evals, passes, converged=h > 0 and abs(g / h) <= CONVERGED * beta,
               temperature=1.0 / beta, beta=beta, gradient=g, gradient_t=-beta * beta * g,
-              hessian=h, start_temperature=1.0 / start)
+              hessian=h, start_temperature=1.0 / start, sample_rows=len(ys))
     return fit, first, sc
 
 

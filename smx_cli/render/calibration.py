@@ -94,8 +94,10 @@ def fit_panel(fit: Fit, fit_on: str, fit_source: str) -> Panel:
         g.add_row("temperature", Text(f"T = {fit.temperature!r}", style="bold"))
         g.add_row("", f"(beta = 1/T = {fit.beta:.10g}; divide the logits by T)")
         g.add_row("NLL", f"{fit.nll_before:.10g} -> {fit.nll_after:.10g}")
-        g.add_row("Newton", f"{fit.iterations} full-data steps on beta, from "
-                  f"T = {fit.start_temperature:.6g} (subsample); {fit.passes} passes")
+        g.add_row("start", f"T = {fit.start_temperature:.10g} (fitted in memory on "
+                  f"{fit.sample_rows:,} evenly spaced rows)")
+        g.add_row("Newton", f"on beta: {fit.iterations} full-data step"
+                  f"{'s' if fit.iterations != 1 else ''}; {fit.passes} passes over the data")
         g.add_row("at optimum", f"dNLL/dbeta = {fit.gradient:.3g}, d2NLL/dbeta2 = "
                   f"{fit.hessian:.4g}")
     else:
