@@ -152,7 +152,11 @@ def test_label_column(tmp_path):
     assert doc["before"]["rows"] == 4 and doc["before"]["accuracy"] == 0.5
 
 
-def test_output_save_temperature_and_xent(tmp_path, mnist):
+@pytest.mark.parametrize("stream_above", [0, 1 << 22])
+def test_output_save_temperature_and_xent(tmp_path, mnist, monkeypatch, stream_above):
+    from smx_cli.cli import calibrate as cmd
+
+    monkeypatch.setattr(cmd, "STREAM_OUTPUT_ELEMENTS", stream_above)
     x, y = mnist
     out, tfile = tmp_path / "p.npy", tmp_path / "T.txt"
     r = ok(*MNIST, "-o", out, "--save-temperature", tfile, "--format", "json",
@@ -300,3 +304,22 @@ def test_split_leaving_nothing(tmp_path):
     np.save(tmp_path / "y.npy", np.array([0, 0]))
     assert "leaves" in fails(1, tmp_path / "x.npy", "--labels", tmp_path / "y.npy",
                              "--split", "0.1")
+
+
+@pytest.mark.parametrize("stream_above", [0, 1 << 22])
+def test_output_with_label_column_npy_holds_only_classes(tmp_path, mnist, monkeypatch,
+                                                         stream_above):
+    # the label column must not reach -o, also where NPY output is streamed
+    from smx_cli.cli import calibrate as cmd
+
+    monkeypatch.setattr(cmd, "STREAM_OUTPUT_ELEMENTS", stream_above)
+    x, y = mnist
+    both = np.column_stack([x, y]).astype(np.float64)
+    np.save(tmp_path / "xy.npy", both)
+    out = tmp_path / "p.npy"
+    r = ok(tmp_path / "xy.npy", "--label-column", "10", "-o", out, "--format", "json",
+           "--bootstrap", "0")
+    t = json.loads(r.stdout)["fit"]["temperature"]
+    p = np.load(out)
+    assert p.shape == x.shape
+    assert np.allclose(p, softmax(x / t, axis=1), rtol=1e-12, atol=1e-300)

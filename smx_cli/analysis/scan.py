@@ -105,15 +105,15 @@ class Rows:
                     self._take)
 
     def sample(self, labels: np.ndarray, max_elements: int) -> tuple[np.ndarray, np.ndarray]:
-        """Evenly spaced rows (of the selection) and their labels, as float64 logits."""
+        """Evenly spaced rows (of the selection) and their labels (at most ``max_elements``)."""
         idx = np.arange(self.n) if self.select is None else np.flatnonzero(self.select)
         k = max(1, min(len(idx), max_elements // max(1, self.c)))
         idx = idx[np.linspace(0, len(idx) - 1, k).round().astype(np.int64)] if len(idx) else idx
         idx = np.unique(idx)
-        x = np.asarray(self._take(idx), dtype=np.float64)
+        x = np.asarray(self._take(idx))   # in the input's format: widened block by block
         if self.probs:
             with np.errstate(divide="ignore"):
-                x = np.log(x)
+                x = np.log(np.asarray(x, dtype=np.float64))
         return x, np.asarray(labels)[idx]
 
     @property

@@ -21,6 +21,10 @@ from smx_cli.io.labels import read_labels, split_label_column
 from smx_cli.render import calibration as render
 
 
+# -o of an NPY input above this many values is written block by block
+STREAM_OUTPUT_ELEMENTS = 1 << 22
+
+
 @click.command("calibrate", epilog="""\b
 Fits one temperature T (logits / T) by Newton's method on 1/T, where the
 NLL is convex, and reports accuracy, NLL, Brier, ECE, MCE, ACE, class-wise
@@ -120,7 +124,9 @@ def calibrate_cmd(file, delimiter, header, key, axis, labels_path, label_column,
                        split=split, input_kind=input_kind, threads=threads)
 
     if output:
-        _write_calibrated(output, file, rows, report.fit, input_kind, output_kind)
+        _write_calibrated(output, file if rows.source == file and label_column is None
+                          and _npy2d(file, key, axis, None) else None, rows, report.fit,
+                          input_kind, output_kind)
     if save_temperature:
         with atomic_output(save_temperature, "w") as fh:
             fh.write(f"{report.fit.temperature!r}\n")
@@ -206,8 +212,11 @@ def _npy2d(file, key, axis, label_column) -> bool:
     return len(shape) == 2
 
 
-def _write_calibrated(output, file, rows: Rows, fit, input_kind, output_kind) -> None:
-    """-o: the calibrated probabilities (or log-probabilities), block by block for NPY."""
+def _write_calibrated(output, npy_file, rows: Rows, fit, input_kind, output_kind) -> None:
+    """-o: the calibrated probabilities (or log-probabilities), block by block for NPY.
+
+    ``npy_file``: the 2-D NPY file the rows are (streamed to an NPY output), or None.
+    """
     variant = "stable" if output_kind == "probs" else "log"
 
     def fn(xb):
@@ -221,8 +230,8 @@ def _write_calibrated(output, file, rows: Rows, fit, input_kind, output_kind) ->
         return out.astype(z.dtype) if z.dtype.kind == "f" else out
 
     fmt = os.path.splitext(output)[1].lower()
-    if fmt == ".npy" and _npy2d(file, None, -1, None) and rows.n * rows.c > (1 << 22):
-        stream.stream_npy(file, output, fn)
+    if fmt == ".npy" and npy_file is not None and rows.n * rows.c > STREAM_OUTPUT_ELEMENTS:
+        stream.stream_npy(npy_file, output, fn)
         return
     blocks = [fn(xb) for _, xb in rows._blocks()]  # noqa: SLF001 - raw rows, before any log
     values = np.concatenate(blocks) if blocks else np.zeros((0, rows.c))
