@@ -74,8 +74,8 @@ def test_mnist_table_at_80_columns(mnist):
                  "temperature scaling", "T = ", "before: accuracy vs confidence", "after",
                  "bin (lo, hi]", "(0.933, 1.000]", "over-confident"):
         assert text in out, text
-    # the warning about reporting on the fit's own rows is visible
-    assert "the fit and the report use the same rows" in out
+    # the warning about reporting on the fit's own rows is visible (on stderr)
+    assert "warning: the fit and the report use the same rows" in r.stderr
     # the numbers in the table are the definitions' numbers
     x, y = mnist
     doc = as_json(*MNIST)

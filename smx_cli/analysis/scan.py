@@ -121,6 +121,10 @@ class Rows:
         """The rows a pass sees (N, or the selected count)."""
         return self.n if self.select is None else int(self.select.sum())
 
+    def raw_blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """All N rows' blocks as stored (no selection, no log of probabilities)."""
+        return self._blocks()
+
     def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
         for s, xb in self._blocks():
             if self.probs:

@@ -116,9 +116,6 @@ def calibrate_cmd(file, delimiter, header, key, axis, labels_path, label_column,
     if fit_on is not None:
         fit_rows, fit_y, _ = _load(fit_on, fit_labels, label_column, delimiter, header, key,
                                    axis, names)
-    if input_kind == "probs":
-        click.echo("warning: --input-kind probs: temperature scaling needs logits; the "
-                   "probabilities' logarithms are used", err=True)
     report = calibrate(rows, labels, method=method, bins=bins, binning=binning, norm=norm,
                        bootstrap=bootstrap, seed=seed, fit_logits=fit_rows, fit_labels=fit_y,
                        split=split, input_kind=input_kind, threads=threads)
@@ -150,9 +147,8 @@ def calibrate_cmd(file, delimiter, header, key, axis, labels_path, label_column,
         write_stdout_bytes(text.encode())
     else:
         _show(report)
-    if fmt != "table":
-        for w in report.warnings:
-            click.echo(f"warning: {w}", err=True)
+    for w in report.warnings:  # messages go to stderr, in every format
+        click.echo(f"warning: {w}", err=True)
     for path in (output, save_temperature, plot):
         if path:
             click.echo(f"wrote {path}", err=True)
@@ -171,9 +167,6 @@ def _show(report) -> None:
     console.print(render.fit_panel(report.fit, report.fit_on, report.fit_source))
     console.print(render.diagrams(b.bins, a.bins, width=console.width))
     console.print(render.bin_table(b.bins, a.bins, title="bins (equal-width)"))
-    warn = render.warnings_text(report.warnings)
-    if warn is not None:
-        console.print(warn, end="")
 
 
 def _load(file, labels_path, label_column, delimiter, header, key, axis, names=None):
@@ -233,7 +226,7 @@ def _write_calibrated(output, npy_file, rows: Rows, fit, input_kind, output_kind
     if fmt == ".npy" and npy_file is not None and rows.n * rows.c > STREAM_OUTPUT_ELEMENTS:
         stream.stream_npy(npy_file, output, fn)
         return
-    blocks = [fn(xb) for _, xb in rows._blocks()]  # noqa: SLF001 - raw rows, before any log
+    blocks = [fn(xb) for _, xb in rows.raw_blocks()]
     values = np.concatenate(blocks) if blocks else np.zeros((0, rows.c))
     meta = {"command": "calibrate", "output": output_kind, "method": fit.method,
             "temperature": fit.temperature if fit.method == "temperature" else None}

@@ -205,16 +205,6 @@ def bin_table(before: Bins, after: Bins, *, title: str | None = None) -> Table:
     return t
 
 
-def warnings_text(warnings: list[str]) -> Text | None:
-    if not warnings:
-        return None
-    t = Text()
-    for w in warnings:
-        t.append("warning: ", style="bold yellow")
-        t.append(w + "\n")
-    return t
-
-
 def rows_of_metrics(before: Metrics, after: Metrics, fit: Fit) -> tuple[list[str], np.ndarray]:
     """CSV: metric names and a (k, 2) before/after matrix."""
     keys = ["rows", "accuracy", "nll", "brier", "ece", "mce", "ace", "classwise_ece",
