@@ -237,9 +237,10 @@ def test_bootstrap_against_plain_resampling():
     correct = rng.random(500) < conf ** 1.5
     lo, hi = cal.bootstrap_debiased(conf, correct, 8, 50, seed=9)
     draws = np.random.default_rng(9)
+    order = np.argsort(conf, kind="stable")   # resamples index the rows sorted by confidence
     vals = []
     for _ in range(50):
-        idx = draws.integers(0, 500, size=500)
+        idx = order[draws.integers(0, 500, size=500)]
         c, a = list(conf[idx]), list(correct[idx])
         vals.append(plain_debiased(plain_mass_bins(c, a, 8), 500))
     assert (lo, hi) == pytest.approx(tuple(np.percentile(vals, [2.5, 97.5])), rel=1e-9)

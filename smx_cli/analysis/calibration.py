@@ -202,9 +202,12 @@ def debiased_l2(bins: Bins) -> float:
 def bootstrap_debiased(conf, correct, m: int, b: int, seed: int) -> tuple[float, float]:
     """95 % percentile interval of :func:`debiased_l2` on equal-mass bins.
 
-    Each resample draws N rows with replacement; the bins are re-cut on the
-    resample. Cost O(B N): the resample is formed in sorted order from the
-    rows' multiplicities, so no sort per resample.
+    The rows are sorted by confidence (stable) once; each resample draws N
+    positions of the sorted rows with replacement
+    (``numpy.random.default_rng(seed).integers(0, N, N)`` per resample) and
+    re-cuts the M equal-mass bins on it. The resample is never formed nor
+    sorted: from each row's multiplicity, the bins' sums are prefix sums
+    read at the M + 1 cut positions. Cost O(B N).
     """
     conf, correct = _check(conf, correct)
     n = len(conf)
@@ -214,36 +217,35 @@ def bootstrap_debiased(conf, correct, m: int, b: int, seed: int) -> tuple[float,
     cs, ys = conf[order], correct[order].astype(np.float64)
     rng = np.random.default_rng(seed)
     cuts = _mass_cuts(n, m)
+    k = np.diff(cuts).astype(np.float64)
     out = np.empty(b)
     for r in range(b):
-        # rows drawn in the input's order, counted in sorted order
-        mult = np.bincount(rng.integers(0, n, size=n), minlength=n)[order]
-        cm = np.cumsum(mult)                       # resample positions covered
-        cc = np.cumsum(mult * cs)
-        cy = np.cumsum(mult * ys)
-        out[r] = _debiased_at_cuts(cs, ys, cm, cc, cy, cuts, n)
+        mult = np.bincount(rng.integers(0, n, size=n), minlength=n)
+        cm = np.cumsum(mult)            # resample items from sorted rows 0..i
+        # sorted row holding resample position p (0-based) is the first i with cm_i > p
+        i = np.minimum(np.searchsorted(cm, cuts, side="left"), n - 1)
+        before = np.where(i > 0, cm[np.maximum(i - 1, 0)], 0)
+        sc = _prefix_at(mult * cs, i) + (cuts - before) * cs[i]
+        sy = _prefix_at(mult * ys, i) + (cuts - before) * ys[i]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            c, a = np.diff(sc) / k, np.diff(sy) / k
+            terms = k / n * ((a - c) ** 2 - a * (1 - a) / (k - 1))
+        out[r] = math.sqrt(max(float(np.sum(terms[k >= 2])), 0.0))
     lo, hi = np.percentile(out, [2.5, 97.5])
     return float(lo), float(hi)
 
 
-def _partial(cm, cv, vals, pos):
-    """Sum of the first ``pos`` values of the sorted resample (multiplicities cm)."""
-    i = np.searchsorted(cm, pos, side="left")  # first sorted row whose copies reach pos
-    i = np.minimum(i, len(cm) - 1)
-    before = np.where(i > 0, cm[np.maximum(i - 1, 0)], 0)
-    vbefore = np.where(i > 0, cv[np.maximum(i - 1, 0)], 0.0)
-    return np.where(pos > 0, vbefore + (pos - before) * vals[i], 0.0)
-
-
-def _debiased_at_cuts(cs, ys, cm, cc, cy, cuts, n):
-    sc = _partial(cm, cc, cs, cuts)
-    sy = _partial(cm, cy, ys, cuts)
-    k = np.diff(cuts).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        c, a = np.diff(sc) / k, np.diff(sy) / k
-        terms = k / n * ((a - c) ** 2 - a * (1 - a) / (k - 1))
-    sq = float(np.sum(terms[k >= 2]))
-    return math.sqrt(max(sq, 0.0))
+def _prefix_at(w: np.ndarray, i: np.ndarray) -> np.ndarray:
+    """sum(w[:i_k]) for each of the non-decreasing indices i (segment sums, no cumsum of w)."""
+    starts = np.concatenate([[0], i])
+    ends = np.concatenate([i, [len(w)]])
+    seg = np.zeros(len(starts))
+    full = starts < ends
+    if full.any():
+        # reduceat sums from each start to the next given start: with the empty
+        # segments left out, that is exactly each segment
+        seg[full] = np.add.reduceat(w, starts[full])
+    return np.cumsum(seg)[:-1]
 
 
 def classwise_ece(count: np.ndarray, psum: np.ndarray, pos: np.ndarray) -> float:
