@@ -11,8 +11,11 @@ are ``beta (z - m) - log s`` with ``m = max z`` and
 
 * ``d/dbeta  NLL_i = E_p[z] - z_y``       (the gradient),
 * ``d2/dbeta2 NLL_i = Var_p[z]``           (the Hessian, >= 0: convex in beta),
+* the 3rd and 4th derivatives: the 3rd and 4th cumulants of z under p,
 
-both computed from the same exponentials as the NLL.
+all computed from the same exponentials as the NLL. A pass can take the
+metrics at one beta and the derivatives at another (one exp more per
+element), so a fit's first pass also gives every "before" number.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from smx_cli.analysis.calibrate import INPUT_KINDS, METHODS, calibrate
 from smx_cli.analysis.calibration import BINNINGS, NORMS
 from smx_cli.analysis.scan import Rows
 from smx_cli.cli.emit import (Payload, check_output_path, stdout_console, write_file,
-                              write_stdout, write_stdout_bytes)
+                              write_stdout_bytes)
 from smx_cli.cli.options import input_options
 from smx_cli.cli.prepare import load_rows
 from smx_cli.core.softmax import compute
