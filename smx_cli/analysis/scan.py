@@ -31,8 +31,8 @@ from smx_cli.errors import SmxError
 
 # input bytes per block read from a file or sliced from an array
 BLOCK_BYTES = 16 << 20
-# elements per work block on a thread (1 MB of float64 per buffer)
-SUB_BLOCK = 1 << 17
+# elements per work block on a thread (2 MB of float64 per buffer)
+SUB_BLOCK = 1 << 18
 
 
 @dataclass
@@ -331,17 +331,17 @@ def _block(xb, y, beta, dbeta, out_conf, out_correct, acc, bins_edges, start, so
 
 def _classwise_block(e, inv, y, edges, acc) -> None:
     """Class-wise bins of one block: the entries above 1/M one by one, and column sums."""
-    np.multiply(e, inv[:, None], out=e)  # e is now p
-    colsum = e.sum(axis=0)
+    colsum = inv @ e                     # sum_i p_ij as one matrix-vector product
     m_bins = len(edges) - 1
     c = e.shape[1]
     # entries above the first bin: at most M per row (they sum to 1)
-    flat = np.flatnonzero(e > edges[1] * (1 - 1e-12))
-    pv = e.ravel()[flat]
+    thr = (edges[1] * (1 - 1e-12)) / inv
+    flat = np.flatnonzero(e > thr[:, None])
+    ii, kk = np.divmod(flat, c)
+    pv = e.ravel()[flat] * inv[ii]
     b = np.clip(np.searchsorted(edges, pv, side="left") - 1, 0, m_bins - 1)
     hi = b > 0
-    flat, pv, b = flat[hi], pv[hi], b[hi]
-    ii, kk = np.divmod(flat, c)
+    ii, kk, pv, b = ii[hi], kk[hi], pv[hi], b[hi]
     pos = (y[ii] == kk).astype(np.float64)
     idx = kk * m_bins + b
     with acc.lock:
