@@ -379,3 +379,15 @@ def test_fit_from_a_subsample_start_takes_few_passes(monkeypatch):
         return np.mean((p * z).sum(axis=1) - z[np.arange(len(y)), y])
     ref = 1 / optimize.brentq(grad, 0.05, 5.0, xtol=1e-15, rtol=1e-15)
     assert fit.temperature == pytest.approx(ref, rel=1e-9)
+
+
+def test_huge_and_minus_inf_logits_keep_finite_derivatives():
+    # |d|^4 overflows where exp(beta d) is 0, and -inf logits: those terms are 0, not NaN
+    z = np.array([[1e200, 0.0, -1e200], [3.0, -np.inf, 1.0], [0.0, 2.0, 1.0], [1.0, 0.5, 0.0]])
+    y = np.array([0, 2, 1, 1])
+    s = scan_mod.scan(Rows.of(z), y, 0.8, metrics=False)
+    assert all(np.isfinite(v) for v in (s.nll, s.grad, s.hess, s.k3, s.k4))
+    zf = z[1:].copy()
+    zf[0, 1] = -1e300  # a finite stand-in for -inf: exp gives exactly 0 either way
+    s2 = scan_mod.scan(Rows.of(zf), y[1:], 0.8, metrics=False)
+    assert (s.grad, s.hess) == pytest.approx((s2.grad, s2.hess), rel=1e-14)

@@ -247,34 +247,38 @@ def _moments(e, d, s, dy, sums, order: int) -> None:
     log sum exp(beta d) are the cumulants of d under p; the NLL subtracts
     beta d_y, so its gradient is E[d] - d_y and its higher derivatives the
     2nd, 3rd and 4th cumulants (from the raw moments about the row's max).
-    Overwrites ``d`` (with d^2).
+    May zero entries of ``d`` whose weight ``e`` is 0.
     """
-    r, c = d.shape
-    ed = kernels.work("cal_ed", (r, c))
+    ms = _raw_moments(e, d, order)
+    if not all(np.isfinite(m).all() for m in ms):
+        # a -inf logit, or |d|^k overflowing where exp(beta d) is 0: 0 * inf is NaN,
+        # and those terms are 0
+        np.copyto(d, 0.0, where=e == 0)
+        ms = _raw_moments(e, d, order)
+    inv = 1.0 / s
+    m1, m2 = ms[0] * inv, ms[1] * inv
+    sums["grad"] = float(np.sum(m1 - dy))
+    sums["hess"] = float(np.sum(np.maximum(m2 - m1 * m1, 0.0)))
+    if order > 2:
+        m3, m4 = ms[2] * inv, ms[3] * inv
+        sums["k3"] = float(np.sum(m3 - 3 * m1 * m2 + 2 * m1 ** 3))
+        sums["k4"] = float(np.sum(m4 - 4 * m1 * m3 - 3 * m2 * m2 + 12 * m1 * m1 * m2
+                                  - 6 * m1 ** 4))
+
+
+def _raw_moments(e, d, order):
+    """Row sums of e d^k, k = 1..order (2 or 4); leaves d unchanged."""
+    ed = kernels.work("cal_ed", d.shape)
     np.multiply(e, d, out=ed)
     m1 = ed.sum(axis=1)
-    if not np.isfinite(m1).all():
-        # a -inf logit: exp gives 0 but 0 * -inf is NaN; those terms are 0
-        np.copyto(d, 0.0, where=e == 0)
-        np.multiply(e, d, out=ed)
-        m1 = ed.sum(axis=1)
-    inv = 1.0 / s
-    m1 = m1 * inv
-    sums["grad"] = float(np.sum(m1 - dy))
     if order <= 2:
-        m2 = np.einsum("ij,ij->i", ed, d) * inv
-        sums["hess"] = float(np.sum(np.maximum(m2 - m1 * m1, 0.0)))
-        return
+        return m1, np.einsum("ij,ij->i", ed, d)
     np.multiply(ed, d, out=ed)                       # e d^2
-    m2 = ed.sum(axis=1) * inv
-    m3 = np.einsum("ij,ij->i", ed, d) * inv
-    np.multiply(d, d, out=d)                         # d is now d^2
-    m4 = np.einsum("ij,ij->i", ed, d) * inv
-    k3 = m3 - 3 * m1 * m2 + 2 * m1 ** 3
-    k4 = m4 - 4 * m1 * m3 - 3 * m2 * m2 + 12 * m1 * m1 * m2 - 6 * m1 ** 4
-    sums["hess"] = float(np.sum(np.maximum(m2 - m1 * m1, 0.0)))
-    sums["k3"] = float(np.sum(k3))
-    sums["k4"] = float(np.sum(k4))
+    m2 = ed.sum(axis=1)
+    m3 = np.einsum("ij,ij->i", ed, d)
+    np.multiply(ed, d, out=ed)                       # e d^3
+    m4 = np.einsum("ij,ij->i", ed, d)
+    return m1, m2, m3, m4
 
 
 def _exp_scaled(d, beta, name):
@@ -423,8 +427,9 @@ def scan(data: Rows, labels: np.ndarray, beta: float = 1.0, *, metrics: bool = T
                    conf[base + s0:base + s1] if metrics else None,
                    correct[base + s0:base + s1] if metrics else None,
                    acc, edges, first, data.source, metrics, order)
-        kernels.run_blocks(xb.shape[0], xb.shape[1], fn, threads=threads,
-                           block_elements=SUB_BLOCK)
+        with np.errstate(all="ignore"):  # 0 * inf where exp underflows: handled per block
+            kernels.run_blocks(xb.shape[0], xb.shape[1], fn, threads=threads,
+                               block_elements=SUB_BLOCK)
         pos += xb.shape[0]
     if pos != n_seen:
         raise SmxError(f"{data.source}: read {pos} rows, expected {n_seen}")
