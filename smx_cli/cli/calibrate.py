@@ -57,7 +57,7 @@ Examples:
 @click.option("--norm", type=click.Choice(NORMS), default="l1", show_default=True,
               help="ECE norm over bins")
 @click.option("--bootstrap", type=click.IntRange(min=0), default=100, show_default=True,
-              metavar="B", help="Resamples for the debiased L2 error's 95%% interval (0: none)")
+              metavar="B", help="Resamples for the debiased L2 error's 95% interval (0: none)")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of --split and --bootstrap")
 @click.option("--fit-on", "fit_on", metavar="LOGITS", help="Fit on these logits instead")
