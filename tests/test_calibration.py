@@ -1,4 +1,10 @@
-"""Calibration metrics and fits against independent references (mpmath, plain loops, torchmetrics)."""
+"""Calibration metrics and fits against independent references (mpmath, plain loops, torchmetrics).
+
+torchmetrics is used when installed, not required: it is not in the ``test`` extra because on
+a fresh machine it pulls in torch (``pip install --dry-run torchmetrics`` here only adds
+lightning-utilities, because torch 2.13 is already installed). netcal is not used: it pulls
+matplotlib, tensorboard, gpytorch and pyro.
+"""
 from __future__ import annotations
 
 import math
