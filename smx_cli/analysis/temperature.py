@@ -83,6 +83,12 @@ def cubic_step(g: float, h: float, k3: float, k4: float) -> float:
 
     Newton on the model from d = -g/h; falls back to the plain Newton step
     when the model's slope turns non-positive or its root runs away.
+
+    Examples
+    --------
+    >>> d = cubic_step(1.0, 2.0, 0.5, 0.1)
+    >>> abs(1.0 + 2.0 * d + 0.5 * d * d / 2 + 0.1 * d ** 3 / 6) < 1e-15
+    True
     """
     plain = -g / h
     d = plain
@@ -243,6 +249,13 @@ def fit_vector(data: Rows, labels: np.ndarray, *, max_iter: int = 50) -> Fit:
 
     The NLL is convex in (a, b); the bias is determined up to a constant
     (the softmax ignores it), fixed by a least-squares step and sum(b) = 0.
+
+    Examples
+    --------
+    >>> z = np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 3.0], [1.0, 1.0]])
+    >>> f = fit_vector(Rows.of(z), np.array([0, 1, 1, 1, 0]))
+    >>> f.nll_after < f.nll_before, f.converged
+    (True, True)
     """
     c = data.c
     if c > VECTOR_MAX_CLASSES:
