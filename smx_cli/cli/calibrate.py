@@ -143,7 +143,7 @@ def calibrate_cmd(file, delimiter, header, key, axis, labels_path, label_column,
         keys, mat = render.rows_of_metrics(report.before, report.after, report.fit)
         table = np.column_stack([np.arange(len(keys)), mat])
         text = "metric,before,after\n" + "".join(
-            f"{k},{_csv_num(a)},{_csv_num(b)}\n" for k, (_, a, b) in zip(keys, table))
+            f"{k},{_csv_num(a, k)},{_csv_num(b, k)}\n" for k, (_, a, b) in zip(keys, table))
         write_stdout_bytes(text.encode())
     else:
         _show(report)
@@ -154,7 +154,9 @@ def calibrate_cmd(file, delimiter, header, key, axis, labels_path, label_column,
             click.echo(f"wrote {path}", err=True)
 
 
-def _csv_num(v: float) -> str:
+def _csv_num(v: float, key: str = "") -> str:
+    if key == "rows":
+        return str(int(v))
     return repr(float(v)) if np.isfinite(v) else ("nan" if np.isnan(v) else str(v))
 
 
