@@ -267,7 +267,7 @@ def test_verdicts_do_not_invite_the_overflowing_formula():
 
 
 def test_a_variant_outside_its_bound_is_inaccurate(monkeypatch):
-    from smx_cli.analysis import compare as compare_mod
+    from smx_cli.analysis import measure as compare_mod
     real = compare_mod.compute
 
     def sloppy(x, variant, t, dtype):  # a broken kernel: 200 ulps off on every entry

@@ -51,19 +51,23 @@ def bound_ulps(variant: str, x: np.ndarray, logp: np.ndarray, temperature: float
     n = xs.shape[1] if xs.ndim == 2 else 1
     with np.errstate(invalid="ignore"):
         d = np.abs(xs - xs.max(axis=1, keepdims=True)) if xs.size else xs
-    if variant == "naive":
-        r = np.full(xs.shape, n + 3.0)
-    elif variant == "stable":
-        r = d + n + 4
-    elif variant == "online":
-        r = d + 2 * n + 5
-    elif variant == "log":
-        r = 2 * d + np.abs(np.asarray(logp, dtype=np.float64)) + n + 4
-    elif variant == "lse":
-        f = np.abs(xs.max(axis=1, keepdims=True)) + np.log(max(n, 1))
-        r = d + f + np.log(max(n, 1)) + n + 5
-    elif variant == "smx":
-        r = np.full(xs.shape, SMX_ULPS)
-    else:
+    if variant not in _BOUNDS:
         raise ValueError(f"no error bound for variant {variant!r}")
-    return r
+    return np.broadcast_to(_BOUNDS[variant](xs, d, np.asarray(logp, dtype=np.float64), n),
+                           xs.shape)
+
+
+def _lse(xs, d, logp, n):
+    f = np.abs(xs.max(axis=1, keepdims=True)) + np.log(max(n, 1))
+    return d + f + np.log(max(n, 1)) + n + 5
+
+
+# one bound per algorithm (in units of u, i.e. at most that many ulps)
+_BOUNDS = {
+    "naive": lambda xs, d, logp, n: np.full(xs.shape, n + 3.0),
+    "stable": lambda xs, d, logp, n: d + n + 4,
+    "online": lambda xs, d, logp, n: d + 2 * n + 5,
+    "log": lambda xs, d, logp, n: 2 * d + np.abs(logp) + n + 4,
+    "lse": _lse,
+    "smx": lambda xs, d, logp, n: np.full(xs.shape, SMX_ULPS),
+}

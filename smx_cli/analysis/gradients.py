@@ -67,13 +67,14 @@ def gradient_report(run: registry.VariantRun, variant: str, *, temperature: floa
     values = run.result.values
     x = run.logits
     n, c = values.shape
-    kind = "log" if variant == "log" else "softmax"
+    entry = registry.get(variant)
+    kind = "log" if entry.log_output else "softmax"
     report = GradientReport(kind, c, n)
     for i in range(min(n, jacobian_rows)):
         p_row = np.asarray(values[i], dtype=np.float64)
         if kind == "log":
             p_row = np.exp(p_row)
-        if variant == "gumbel" and run.soft is not None:
+        if run.soft is not None:  # a hard Gumbel draw: the soft sample's Jacobian
             p_row = run.soft[i]
         idx = (np.arange(c) if c <= full_up_to
                else np.sort(np.argsort(-p_row, kind="stable")[:min(block, full_up_to)]))
@@ -82,9 +83,9 @@ def gradient_report(run: registry.VariantRun, variant: str, *, temperature: floa
         largest, fro = registry.jacobian_summary(variant, p_row, temperature=temperature,
                                                  options=options)
         report.jacobians.append(JacobianBlock(i, idx, jac, largest, fro))
-    t_sat = temperature * (options.tau if variant == "gumbel" else 1.0)
-    if variant not in registry.SPARSE_OUTPUT:
-        report.saturation = grad_mod.saturation(x, t_sat, dtype)
+    if not entry.sparse_output:
+        report.saturation = grad_mod.saturation(x, entry.gradient_scale(temperature, options),
+                                                dtype)
     if check:
         report.checks = registry.check_gradients(variant, x, temperature=temperature,
                                                  options=options)

@@ -23,6 +23,8 @@ from smx_cli.core.emulate_torch import TORCH_DTYPES, torch_compute
 from smx_cli.errors import SmxError
 from smx_cli.io import NPY_MAGIC, ZIP_MAGIC, stream
 
+#: the variants --emulate torch reproduces: torch.softmax and torch.log_softmax (log?)
+TORCH_FUNCTIONS = {"stable": False, "log": True}
 #: how an emulated run rounds: every operation (the paper's model) or as
 #: PyTorch's CPU kernels do (16-bit storage, float32 arithmetic)
 EMULATIONS = ("strict", "torch")
@@ -55,7 +57,7 @@ class SoftmaxJob:
             if self.dtype not in TORCH_DTYPES:
                 raise ValueError("--emulate torch reproduces PyTorch's CPU kernels for "
                                  f"--dtype {'/'.join(TORCH_DTYPES)}: give one of them")
-            if self.variant not in ("stable", "log"):
+            if self.variant not in TORCH_FUNCTIONS:
                 raise ValueError("--emulate torch reproduces torch.softmax (--variant stable) "
                                  "and torch.log_softmax (--variant log)")
             if self.mask is not None or self.fast or self.masked != "nan":
@@ -64,14 +66,13 @@ class SoftmaxJob:
 
     @property
     def sparse(self) -> bool:
-        return self.variant in registry.SPARSE_OUTPUT or (self.variant == "gumbel"
-                                                          and self.options.hard)
+        return registry.exact_zeros(self.variant, self.options)
 
     def run(self, x2: np.ndarray, mask: np.ndarray | None = None) -> registry.VariantRun:
         """Compute one block of (rows, C) logits."""
         try:
             if self.emulate == "torch":
-                res = torch_compute(x2, self.dtype, log=self.variant == "log",
+                res = torch_compute(x2, self.dtype, log=TORCH_FUNCTIONS[self.variant],
                                     temperature=self.temperature)
                 return registry.VariantRun(res, None, None, np.asarray(x2))
             return registry.run(x2, self.variant, temperature=self.temperature, dtype=self.dtype,
@@ -181,7 +182,7 @@ def streamable(file: str | None, *, axis: int, key: str | None, out_fmt: str | N
     Anything else returns None: one block.
     """
     if (file in (None, "-") or job.mask is not None or whole_array_needed
-            or job.variant == "gumbel" or key):
+            or registry.get(job.variant).stochastic or key):
         return None
     try:
         if not os.path.isfile(file):

@@ -20,8 +20,7 @@ from smx_cli.cli.options import (display_options, input_options, numerics_option
 from smx_cli.cli.prepare import label_like_columns, load_rows
 from smx_cli.core import registry as variants
 from smx_cli.core.kernels import FAST_ULP_NOTE
-from smx_cli.core.softmax import MASKED_POLICIES, VARIANT_HELP, from_rows
-from smx_cli.core.sparse import FAMILY_HELP
+from smx_cli.core.softmax import MASKED_POLICIES, from_rows
 from smx_cli.errors import SmxError
 from smx_cli.io import read_array
 from smx_cli.io.masks import read_mask
@@ -30,7 +29,7 @@ from smx_cli.render import tables as render
 
 _VARIANT_LINES = "\n".join(
     textwrap.fill(text, 76, initial_indent=f"  {name:<9} ", subsequent_indent=" " * 12)
-    for name, text in {**VARIANT_HELP, **FAMILY_HELP}.items())
+    for name, text in variants.HELP.items())
 
 
 @click.command("softmax", epilog=f"""\b
@@ -123,7 +122,7 @@ def softmax_cmd(file, delimiter, header, key, axis, label_column, id_column, var
         raise click.BadParameter("must be a finite number > 0", param_hint="'--temperature'")
     if grad_out and not upstream:
         raise click.UsageError("--grad-out writes the vector-Jacobian product: give --upstream FILE")
-    if variant == "entmax" and not (alpha > 1 and alpha != float("inf")):
+    if variants.get(variant).needs_alpha and not (alpha > 1 and alpha != float("inf")):
         raise click.BadParameter("must be a finite number > 1", param_hint="'--alpha'")
     if not (tau > 0 and tau != float("inf")):
         raise click.BadParameter("must be a finite number > 0", param_hint="'--tau'")
@@ -145,7 +144,8 @@ def softmax_cmd(file, delimiter, header, key, axis, label_column, id_column, var
     msgs = Messages(quiet, verbose)
     keep = max_rows if max(grad_rows if show_grad else 0, 0) <= max_rows else grad_rows
     how = pipeline.streamable(file, axis=axis, key=key, out_fmt=out_fmt, job=job,
-                              whole_array_needed=gradients or bool(label_column or id_column)
+                              whole_array_needed=gradients
+                              or bool(label_column or id_column or mask_path)
                               or stdout_fmt not in ("table", "none"))
     rows = None
     if how:

@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from smx_cli.analysis.diagnostics import SoftmaxDiagnostics
+from smx_cli.core import registry
 from smx_cli.core.precision import FORMATS
 from smx_cli.render.fit import first_fitting, needed_width, never_cut
 
@@ -287,7 +288,7 @@ def hints(d: SoftmaxDiagnostics) -> list[str]:
     if d.exp_overflow or d.sum_overflow_rows:
         fmt = FORMATS.get(d.dtype)
         where = f" (exp overflows {d.dtype} above x = {np.log(fmt.max):.4g})" if fmt else ""
-        if d.variant == "naive":
+        if d.variant in registry.UNSHIFTED:
             out.append(f"exp(x) overflowed{where}: subtract the row max first (--variant "
                        "stable), or upcast the logits to float32 before softmax/loss")
         else:
@@ -308,8 +309,7 @@ def stack(*renderables) -> Group:
 
 
 def _title(kind: str, variant: str, temperature: float, source: str | None) -> str:
-    what = "log_softmax" if kind == "logprob" else (
-        "softmax" if variant in ("stable", "naive", "online", "lse") else variant)
+    what = "log_softmax" if kind == "logprob" else registry.get(variant).title
     t = f"x/{temperature:g}" if temperature != 1 else "x"
     return f"{what}({t}) of {source}"
 
