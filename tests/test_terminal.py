@@ -423,3 +423,14 @@ def test_id_column_names_rows_everywhere(tmp_path):
     np.save(npy, np.array([[7.0, 1, 2], [9.0, 2, 1]]))
     r = run("softmax", npy, "--id-column", "0", "--format", "csv")
     assert [ln.split(",")[0] for ln in r.stdout.splitlines()] == ["7", "9"]
+
+
+def test_xent_data_on_stdout_summary_on_stderr(tmp_path):
+    r = run("xent", MNIST, "--labels", os.path.join(SAMPLES, "mnist_lenet_labels.npy"),
+            "--format", "csv")
+    assert r.exit_code == 0 and r.stdout.startswith("row,label,")
+    assert r.stderr == "smx: xent: 2,500 samples; loss (mean) 0.0751918; accuracy 98.92 %\n"
+    out = tmp_path / "l.csv"
+    r = run("xent", MNIST, "--labels", os.path.join(SAMPLES, "mnist_lenet_labels.npy"),
+            "-o", out)
+    assert r.stderr == f"wrote {out}\n" and "wrote" not in r.stdout

@@ -203,8 +203,11 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
         if bad or (reduction != "none" and not math.isfinite(res.reduced)):
             raise SmxError(f"--strict: {bad} sample loss(es) are NaN or inf"
                            if bad else f"--strict: {_undefined_reason(res)}")
-    for path in (output, grad_out):  # messages beside the data go to stderr
-        Messages().wrote(path)
+    msgs = Messages()  # messages beside the data go to stderr
+    if fmt and fmt != "table" and not output:
+        msgs.summary(render_xent.summary_line(meta))
+    for path in (output, grad_out):
+        msgs.wrote(path)
 
 
 def _torch_log_probs(x2: np.ndarray, dtype: str) -> np.ndarray:

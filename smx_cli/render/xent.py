@@ -178,3 +178,26 @@ def grad_check_panel(checks, *, reduction: str, input_kind: str = "logits") -> P
     bad = not all(c.passed for c in checks)
     return Panel(grid, title="gradient check" + (": FAILED" if bad else ""), title_align="left",
                  border_style="red" if bad else "green", expand=False)
+
+
+def summary_line(meta: dict) -> str:
+    """The xent summary in one line, for stderr when stdout carries data.
+
+    Examples
+    --------
+    >>> summary_line({"samples": 3, "loss": 0.25, "loss_undefined": False, "reduction": "mean",
+    ...               "accuracy": 2 / 3, "nonfinite_losses": 1})
+    'smx: xent: 3 samples; loss (mean) 0.25; accuracy 66.67 %; 1 NaN/inf loss'
+    """
+    n = meta.get("samples", 0)
+    parts = [f"{n:,} sample{'' if n == 1 else 's'}"]
+    if meta.get("loss_undefined"):
+        parts.append("loss undefined (0/0)")
+    elif meta.get("reduction") != "none" and meta.get("loss") is not None:
+        parts.append(f"loss ({meta['reduction']}) {_num(meta['loss'])}")
+    if meta.get("accuracy") is not None:
+        parts.append(f"accuracy {100 * meta['accuracy']:.2f} %")
+    bad = meta.get("nonfinite_losses", 0)
+    if bad:
+        parts.append(f"{bad:,} NaN/inf loss{'' if bad == 1 else 'es'}")
+    return "smx: xent: " + "; ".join(parts)
