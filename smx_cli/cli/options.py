@@ -126,9 +126,10 @@ def numerics_options(fn):
     """Precision and temperature, shared by every command that computes."""
     return _compose(
         click.option("--dtype", type=click.Choice(DTYPE_NAMES), default=None,
-                     help="Emulate computing in this format: the input is rounded to it and "
-                          "every operation of the variant rounded as a framework would "
-                          "[default: the accurate result in the input's float format]"),
+                     help="Emulate computing in this format: the input is rounded to it, "
+                          "then every operation (--emulate strict) or PyTorch's kernel "
+                          "(--emulate torch) [default: the accurate result in the input's "
+                          "float format]"),
         click.option("-t", "--temperature", type=float, default=1.0, show_default=True,
                      help="Divide the logits by T > 0 first"),
     )(fn)

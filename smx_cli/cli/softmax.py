@@ -215,7 +215,8 @@ def softmax_cmd(file, delimiter, header, key, axis, label_column, id_column, var
     if failure:  # the one error line says it all
         raise SmxError(failure)
     if not on_screen or stdout_fmt == "none":
-        msgs.summary(render.summary_line(res.diagnostics), None if on_screen else panel)
+        msgs.summary(render.summary_line(res.diagnostics, lead_shape),
+                     None if on_screen else panel)
     for path in (output, grad_out):
         msgs.wrote(path)
 

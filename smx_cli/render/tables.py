@@ -357,7 +357,7 @@ def values_view(console, values: np.ndarray, logits: np.ndarray, *, kind: str, t
     return table
 
 
-def summary_line(d: SoftmaxDiagnostics) -> str:
+def summary_line(d: SoftmaxDiagnostics, lead_shape=None) -> str:
     """The diagnostics in one line, for stderr when stdout carries data.
 
     Examples
@@ -376,7 +376,7 @@ def summary_line(d: SoftmaxDiagnostics) -> str:
         parts.append(f"sum overflow in {plural(d.sum_overflow_rows, 'row')}")
     if d.output_nan_rows:
         parts.append(f"NaN in {plural(d.output_nan_rows, 'row')} "
-                     f"({row_list(d.nan_output_row_index, limit=3)})")
+                     f"({row_list(d.nan_output_row_index, lead_shape, limit=3)})")
     if d.sum_off_rows:
         parts.append(f"|sum - 1| too large in {plural(d.sum_off_rows, 'row')}")
     if d.underflow_to_zero and d.emulated:
