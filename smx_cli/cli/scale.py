@@ -31,7 +31,7 @@ def _refuse(params: dict, names: dict) -> None:
     """UsageError for the first option given that the Dask engine does not support."""
     for name, flag in names.items():
         value = params.get(name)
-        if value not in (None, False, -1, 1, 0, ()) or (name == "axis" and value not in (-1, 1)):
+        if value is not None and value is not False and value != ():
             raise click.UsageError(f"{flag} is not supported with --scheduler")
 
 

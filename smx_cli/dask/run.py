@@ -95,6 +95,6 @@ def _on_client(client, tasks, progress) -> list:
 
     futures = client.compute(tasks, retries=2)
     if progress is not None:
-        for i, _ in enumerate(as_completed(futures), 1):
+        for i, _ in enumerate(as_completed(futures, loop=client.loop), 1):
             progress(i, len(futures))
     return client.gather(futures)

@@ -30,6 +30,7 @@ class _Shard:
     offset: int          # first data byte
     rows: int
     fortran: bool
+    dtype: np.dtype      # as stored (byte order may differ between shards)
 
 
 class NpyShards:
@@ -51,14 +52,14 @@ class NpyShards:
     def _read(self, shard: _Shard, r0: int, r1: int) -> np.ndarray:
         width = int(np.prod(self.tail, dtype=np.int64)) if self.tail else 1
         if shard.fortran and self.tail:
-            mm = np.memmap(shard.path, dtype=self.file_dtype, mode="r", offset=shard.offset,
+            mm = np.memmap(shard.path, dtype=shard.dtype, mode="r", offset=shard.offset,
                            shape=(shard.rows,) + self.tail, order="F")
             out = np.array(mm[r0:r1])
             del mm
             return out.astype(self.dtype, copy=False)
-        out = np.empty((r1 - r0) * width, dtype=self.file_dtype)
+        out = np.empty((r1 - r0) * width, dtype=shard.dtype)
         with open(shard.path, "rb") as fh:
-            fh.seek(shard.offset + r0 * width * self.file_dtype.itemsize)
+            fh.seek(shard.offset + r0 * width * shard.dtype.itemsize)
             got = fh.readinto(memoryview(out).cast("B")) if out.size else 0
         if got != out.nbytes:
             raise SmxError(f"{shard.path}: the data ends early (changed while being read?)")
@@ -137,7 +138,8 @@ def npy_shards(pattern: str, ndims: tuple[int, ...] = (2,)) -> NpyShards:
         elif dtype.newbyteorder("=") != first[2].newbyteorder("="):
             raise SmxError(f"{path}: dtype {dtype} but {first[0]} has {first[2]}; every shard "
                            "needs the same dtype")
-        shards.append(_Shard(path, offset, int(shape[0]), bool(fortran)))
+        # absolute: a remote worker's working directory is not ours
+        shards.append(_Shard(os.path.abspath(path), offset, int(shape[0]), bool(fortran), dtype))
     # one dtype for all: byte orders may differ per shard only in name
     return NpyShards(shards, first[1], first[2])
 
@@ -160,7 +162,7 @@ def open_array(path: str, ndims: tuple[int, ...] = (2,), chunk_bytes: int = CHUN
     if is_zarr(path):
         try:
             import zarr
-            z = zarr.open_array(path, mode="r")
+            z = zarr.open_array(os.path.abspath(path), mode="r")
         except Exception as exc:  # noqa: BLE001 - zarr raises many kinds; one line names the store
             raise SmxError(f"{path}: not a readable Zarr array ({type(exc).__name__}: {exc})") \
                 from None
