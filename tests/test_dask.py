@@ -521,3 +521,33 @@ def test_help_does_not_import_dask():
     out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=ROOT),
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ----------------------------------------------------------------------------
+# compare-stability
+
+
+def test_compare_stability_equals_one_machine_with_exact_median():
+    from smx_cli.analysis import compare as cmp
+    from smx_cli.dask.compare import compare_stability
+
+    x = np.load(os.path.join(ROOT, "samples", "mnist_lenet_logits.npy"))[:600]
+    want = cmp.compare_stability(x, dtypes=("float16", "bfloat16"))
+    got = compare_stability(da.from_array(x, chunks=(77, -1)), dtypes=("float16", "bfloat16"),
+                            scheduler=SYNC)
+    # json: NaN == NaN in the worst rows' outputs; the medians are bitwise equal
+    assert json.dumps(got.to_dict()) == json.dumps(want.to_dict())
+
+
+def test_cli_compare_on_shards(cli_data):
+    runner = CliRunner()
+    os.chdir(cli_data)
+    one = runner.invoke(cli, ["compare-stability", "all.npy", "--format", "json"])
+    many = runner.invoke(cli, ["compare-stability", "shards/*.npy", "--format", "json",
+                               "--scheduler", "threads"])
+    assert one.exit_code == 0 and many.exit_code == 0, many.output
+    a, b = json.loads(one.output), json.loads(many.output)
+    assert a.pop("source") == "all.npy" and b.pop("source") == "shards/*.npy"
+    assert a == b
+    r = runner.invoke(cli, ["compare-stability", "all.npy", "--sweep", "--scheduler", "threads"])
+    assert r.exit_code == 2

@@ -45,10 +45,12 @@ def _open(sd, file):
 
 
 def run(command: str, params: dict):
-    """Run ``command`` ('softmax', 'xent') on Dask with the click parameters ``params``."""
+    """Run ``command`` ('softmax', 'xent', 'compare') on Dask with the click parameters."""
     sd = _dask()
     if command == "softmax":
         return _softmax(sd, params)
+    if command == "compare":
+        return _compare(sd, params)
     return _xent(sd, params)
 
 
@@ -152,3 +154,51 @@ def _xent(sd, p):
         if summary.n_nonfinite or (p["reduction"] != "none" and not np.isfinite(summary.reduced)):
             raise SmxError(f"--strict: {summary.n_nonfinite} sample loss(es) are NaN or inf"
                            if summary.n_nonfinite else "--strict: the mean loss is undefined")
+
+
+def _compare(sd, p):
+    from smx_cli import io
+    from smx_cli.cli import compare as cmd
+    from smx_cli.cli.emit import check_output_path
+    from smx_cli.dask.compare import compare_stability
+    from smx_cli.render.compare import comparison_view
+
+    _refuse(p, {**_INPUT_ONLY, "do_sweep": "--sweep"})
+    if p["axis"] not in (-1, 1):
+        raise click.UsageError("--axis is not supported with --scheduler (classes are the last axis)")
+    if p["file"] is None:
+        raise click.UsageError("--scheduler needs FILE (a Zarr store, NPY file or glob)")
+    if not (p["temperature"] > 0 and np.isfinite(p["temperature"])):
+        raise click.BadParameter("must be a finite number > 0", param_hint="'--temperature'")
+    check_output_path(p["output"], p["file"])
+    x = _open(sd, p["file"])
+    if p["max_rows"] is not None:
+        x = x[:p["max_rows"]]
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise SmxError(f"{p['file']}: nothing to compare (shape {x.shape[0]} x {x.shape[1]})")
+    with progress_bar(x.nbytes * len(p["variants"]) * len(p["dtypes"]),
+                      "smx compare (dask tasks)") as advance:
+        try:
+            result = compare_stability(x, p["variants"], p["dtypes"], p["temperature"],
+                                       scheduler=p["scheduler"], progress=advance)
+        except ValueError as exc:
+            raise SmxError(str(exc)) from None
+    t = f", T={p['temperature']:g}" if p["temperature"] != 1 else ""
+    meta = {"command": "compare-stability", "source": p["file"], "variants": list(p["variants"]),
+            "dtypes": list(p["dtypes"]), **result.to_dict()}
+    doc = json.dumps(cmd._jsonable(meta), indent=2, allow_nan=False) + "\n"
+    if p["output"]:
+        try:
+            with io.atomic_output(p["output"], "w") as fh:
+                fh.write(doc)
+        except OSError as exc:
+            raise SmxError(f"{p['output']}: cannot write ({exc.strerror or exc}); nothing was "
+                           "written") from None
+    if p["fmt"] == "json":
+        write_stdout_bytes(doc.encode())
+        return
+    console = stdout_console()
+    title = f"compare-stability: {p['file']} ({x.shape[0]:,} x {x.shape[1]:,}{t})"
+    console.print(comparison_view(result, title, cmd.fit_columns(console, result, title)))
+    if p["output"]:
+        console.print(f"wrote {p['output']}", style="dim")
