@@ -9,9 +9,9 @@ medians over --repeats:
 
 - ``stream``: the single-process streamed path of ``smx xent FILE.npy``
   (:func:`smx_cli.core.xent.evaluate_blocks` over NPY row blocks), one thread;
-- ``dask-1`` / ``dask-2``: :func:`smx_cli.dask.xent_summary` on a
+- ``dask zarr`` / ``dask npy``: :func:`smx_cli.dask.xent_summary` on a
   ``LocalCluster`` of 1 or 2 single-threaded worker processes, reading the
-  Zarr store.
+  Zarr store, or the NPY file as ``stream`` does (the engine's own cost).
 
 Wall time and CPU time (``time.process_time`` in the workers, summed) are
 reported; the per-core throughput (GB per CPU-second of the workers) gives
@@ -94,6 +94,9 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dir", default="/tmp/smx-dask-bench")
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--workers", default="1,2", help="worker processes to try [1,2]")
+    ap.add_argument("--sources", default="zarr,npy",
+                    help="what dask reads: the Zarr store, the NPY file (as stream does) [both]")
     args = ap.parse_args(argv)
 
     from distributed import Client, LocalCluster
@@ -106,13 +109,15 @@ def main(argv=None) -> None:
     results = {}
     stream_runs = [run_stream(npy, labels) for _ in range(args.repeats)]
     results["stream (1 process)"] = stream_runs
-    for workers in (1, 2):
+    sources = {"zarr": store, "npy": npy}
+    for workers in [int(w) for w in args.workers.split(",")]:
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                          host="127.0.0.1", dashboard_address=None) as cluster, \
+                          host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, \
                 Client(cluster) as client:
             run_dask(client, store, labels)  # warm: imports in the workers
-            results[f"dask, {workers} worker(s)"] = [run_dask(client, store, labels)
-                                                     for _ in range(args.repeats)]
+            for src in args.sources.split(","):
+                results[f"dask {src}, {workers} worker(s)"] = [
+                    run_dask(client, sources[src], labels) for _ in range(args.repeats)]
     ref = stream_runs[0][2]
     assert all(r[2] == ref for runs in results.values() for r in runs), "results differ"
 
@@ -125,12 +130,16 @@ def main(argv=None) -> None:
         wall = statistics.median(r[0] for r in runs)
         cpu = statistics.median(r[1] for r in runs)
         thr = nbytes / 1e9 / cpu
-        if name.startswith("dask, 1"):
+        if name.startswith("dask zarr, 1"):
             per_core = thr
         lines.append(f"| {name} | {wall:.2f} | {cpu:.2f} | {wall / base_wall:.2f} | "
                      f"{cpu / base_cpu:.2f} | {thr:.2f} |")
     lines.append("")
-    lines.append(f"projected 1 TB at {per_core:.2f} GB per worker-CPU-second (dask, 1 worker):")
+    if per_core is None:
+        print("\n".join(lines))
+        return
+    lines.append(f"projected 1 TB at {per_core:.2f} GB per worker-CPU-second (dask zarr, "
+                 "1 worker):")
     for n in (1, 8, 64, 256):
         secs = 1e3 / (per_core * n)
         lines.append(f"- {n} worker(s): {secs / 60:.1f} min" if secs >= 60

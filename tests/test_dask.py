@@ -168,6 +168,14 @@ def test_zarr_input_and_bad_store(tmp_path):
     a = sd.open_array(str(tmp_path / "x.zarr"))
     assert a.chunks[1] == (3, 3, 2)                       # kept, not rechunked
     assert np.array_equal(a.compute(scheduler=SYNC), x, equal_nan=True)
+    # a damaged chunk: one line naming the store and the rows, at compute time
+    chunk = next(os.path.join(r, f) for r, _, fs in os.walk(tmp_path / "x.zarr") for f in fs
+                 if "json" not in f and not f.startswith("."))
+    with open(chunk, "r+b") as fh:
+        fh.truncate(5)
+    with pytest.raises(SmxError) as e:
+        sd.open_array(str(tmp_path / "x.zarr")).compute(scheduler=SYNC)
+    assert "x.zarr: cannot read rows" in _one_line(e)
     bad = tmp_path / "bad.zarr"
     bad.mkdir()
     (bad / "zarr.json").write_text("{ not json")
@@ -354,14 +362,14 @@ def test_cross_entropy_none_pairs_labels_by_blockwise():
 def thread_cluster():
     # in-process: no network at all (inproc:// transport)
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                                  dashboard_address=None) as cluster:
+                                  dashboard_address="127.0.0.1:0") as cluster:
         yield cluster
 
 
 @pytest.fixture(scope="module")
 def process_cluster():
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  host="127.0.0.1", dashboard_address=None) as cluster:
+                                  host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster:
         yield cluster
 
 

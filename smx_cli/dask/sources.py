@@ -74,8 +74,11 @@ class NpyShards:
             a, b = max(r0, int(self.starts[i])), min(r1, int(self.starts[i + 1]))
             if a < b:
                 pieces.append(self._read(s, a - int(self.starts[i]), b - int(self.starts[i])))
-        out = (np.concatenate(pieces) if pieces
-               else np.empty((0,) + self.tail, dtype=self.dtype))
+        if len(pieces) == 1:
+            out = pieces[0]  # no copy: the common chunk within one shard
+        else:
+            out = (np.concatenate(pieces) if pieces
+                   else np.empty((0,) + self.tail, dtype=self.dtype))
         out = out[::step] if step != 1 else out
         return out[(slice(None),) + tuple(key[1:])] if len(key) > 1 else out
 
@@ -171,7 +174,10 @@ def open_array(path: str, ndims: tuple[int, ...] = (2,), chunk_bytes: int = CHUN
                            f"{' or '.join(f'{n}-D' for n in ndims)}")
         if z.dtype.kind not in "fiu" or z.dtype.itemsize > 8:
             raise SmxError(f"{path}: Zarr dtype {z.dtype} is not a real number type")
-        return da.from_zarr(z)
+        rows = ZarrRows(os.path.abspath(path), path, tuple(z.shape), np.dtype(z.dtype))
+        return da.from_array(rows, chunks=z.chunks, lock=False, asarray=True, fancy=False,
+                             meta=np.empty((0,) * z.ndim, dtype=rows.dtype),
+                             name=f"smx-zarr-{_zarr_token(rows)}")
     shards = npy_shards(path, ndims)
     width = int(np.prod(shards.tail, dtype=np.int64)) if shards.tail else 1
     rows = stream.block_rows_for(width, shards.dtype.itemsize, chunk_bytes)
@@ -179,6 +185,47 @@ def open_array(path: str, ndims: tuple[int, ...] = (2,), chunk_bytes: int = CHUN
     return da.from_array(shards, chunks=chunks, lock=False, asarray=True, fancy=False,
                          meta=np.empty((0,) * shards.ndim, dtype=shards.dtype),
                          name=f"smx-npy-{_token(shards)}")
+
+
+class ZarrRows:
+    """A Zarr array read chunk by chunk on the workers; a damaged chunk is one SmxError line.
+
+    Pickles as its path (each worker opens the store itself).
+    """
+
+    def __init__(self, path: str, name: str, shape: tuple[int, ...], dtype: np.dtype):
+        self.path, self.name, self.shape, self.dtype = path, name, shape, dtype
+        self.ndim = len(shape)
+        self._z = None
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_z"} | {"_z": None}
+
+    def __getitem__(self, key):
+        try:
+            if self._z is None:
+                import zarr
+
+                self._z = zarr.open_array(self.path, mode="r")
+            return np.asarray(self._z[key])
+        except Exception as exc:  # noqa: BLE001 - a codec, a short file, a vanished store
+            first = key[0] if isinstance(key, tuple) else key
+            where = f"rows {first.start}..{first.stop - 1}" if isinstance(first, slice) \
+                and first.stop is not None else "a chunk"
+            raise SmxError(f"{self.name}: cannot read {where} of the Zarr array "
+                           f"({type(exc).__name__}: {exc})") from None
+
+
+def _zarr_token(rows: ZarrRows) -> str:
+    import hashlib
+
+    h = hashlib.sha1(rows.path.encode())
+    for root, _, files in os.walk(rows.path):
+        for f in files:
+            st = os.stat(os.path.join(root, f))
+            h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}".encode())
+        break  # the metadata level: cheap, and changes when the array is rewritten
+    return h.hexdigest()[:16]
 
 
 def _token(shards: NpyShards) -> str:
