@@ -506,6 +506,18 @@ def test_cli_usage_and_data_errors(cli_data):
     assert not os.path.exists("bad.zarr")
 
 
+def test_cli_unreachable_scheduler_is_one_line(cli_data, monkeypatch):
+    import smx_cli.dask.run as run_mod
+
+    monkeypatch.setattr(run_mod, "CONNECT_TIMEOUT", 0.5)
+    os.chdir(cli_data)
+    r = CliRunner().invoke(cli, ["xent", "all.npy", "--labels", "ally.npy",
+                                 "--scheduler", "tcp://127.0.0.1:9"])
+    assert r.exit_code == 1
+    assert r.output.startswith("Error: cannot reach the dask scheduler at tcp://127.0.0.1:9")
+    assert r.output.count("\n") == 1
+
+
 def test_failed_run_leaves_no_zarr_store(tmp_path):
     def boom(xb):
         if xb.size and xb[0, 0] > 1e9:

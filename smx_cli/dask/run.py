@@ -61,6 +61,15 @@ def compute(tasks, scheduler=None, progress=None) -> list:
 
     Local schedulers count every task of the graph; on a distributed
     scheduler the listed collections are counted as they finish.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> seen = []
+    >>> compute([da.ones(4, chunks=2).sum()], "synchronous", lambda d, t: seen.append(d))
+    [np.float64(4.0)]
+    >>> seen[-1] == len(seen)
+    True
     """
     import dask
 

@@ -159,6 +159,15 @@ def open_array(path: str, ndims: tuple[int, ...] = (2,), chunk_bytes: int = CHUN
     NPY rows are chunked to about ``chunk_bytes``, whole rows per chunk; a
     Zarr store keeps its own chunks (a class axis split across chunks is
     handled by the two-stage reductions, not rechunked).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "x.npy")
+    >>> np.save(p, np.arange(12.0).reshape(4, 3))
+    >>> a = open_array(p, chunk_bytes=48)
+    >>> a.chunks, float(a.sum().compute(scheduler="synchronous"))
+    (((2, 2), (3,)), 66.0)
     """
     import dask.array as da
 
@@ -240,7 +249,17 @@ def _token(shards: NpyShards) -> str:
 
 def open_labels(path: str, n_classes: int):
     """Labels as a dask array: an NPY file/glob or Zarr (1-D indices or N x C targets),
-    else any file ``smx`` reads labels from (read whole: labels are small)."""
+    else any file ``smx`` reads labels from (read whole: labels are small).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "y.csv")
+    >>> with open(p, "w") as fh:
+    ...     _ = fh.write("label\\n2\\n0\\n")
+    >>> open_labels(p, 3).compute(scheduler="synchronous").tolist()
+    [2.0, 0.0]
+    """
     import dask.array as da
 
     if is_zarr(path) or glob.has_magic(path) and not os.path.exists(path):
