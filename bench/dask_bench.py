@@ -75,10 +75,15 @@ def run_stream(npy: str, labels: str):
 
 
 def run_dask(client, store: str, labels: str):
+    """On a distributed client (CPU: the workers'), or in this process ("synchronous")."""
     import smx_cli.dask as sd
 
     x = sd.open_array(store)
     y = np.load(labels)
+    if client == "synchronous":
+        c0, w0 = time.process_time(), time.perf_counter()
+        s = sd.xent_summary(x, y, scheduler="synchronous")
+        return time.perf_counter() - w0, time.process_time() - c0, s.reduced
     before = client.run(time.process_time)
     w0 = time.perf_counter()
     s = sd.xent_summary(x, y, scheduler=client)
@@ -95,11 +100,24 @@ def main(argv=None) -> None:
     ap.add_argument("--dir", default="/tmp/smx-dask-bench")
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--workers", default="1,2", help="worker processes to try [1,2]")
+    ap.add_argument("--untuned", action="store_true",
+                    help="dask's default worker settings (profiler on, memory trimmed after "
+                         "every free) instead of the ones the README recommends")
     ap.add_argument("--sources", default="zarr,npy",
                     help="what dask reads: the Zarr store, the NPY file (as stream does) [both]")
     args = ap.parse_args(argv)
 
+    import dask
     from distributed import Client, LocalCluster
+
+    if not args.untuned:
+        # the README's recommended worker settings for big array jobs: no statistical
+        # profiler (it samples every thread's stack 100 times a second), and freed
+        # chunk memory kept for the next chunk instead of returned to the OS and
+        # faulted in again page by page
+        dask.config.set({"distributed.worker.profile.enabled": False,
+                         "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 1 << 30,
+                         "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": 1 << 25})
 
     t0 = time.perf_counter()
     store, npy, labels, rows = make_data(args.dir, args.gb)
@@ -110,6 +128,10 @@ def main(argv=None) -> None:
     stream_runs = [run_stream(npy, labels) for _ in range(args.repeats)]
     results["stream (1 process)"] = stream_runs
     sources = {"zarr": store, "npy": npy}
+    for src in args.sources.split(","):
+        # the same graph in this process, no worker: the engine's own cost
+        results[f"dask {src}, in-process"] = [run_dask("synchronous", sources[src], labels)
+                                              for _ in range(args.repeats)]
     for workers in [int(w) for w in args.workers.split(",")]:
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                           host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, \

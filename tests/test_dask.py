@@ -454,23 +454,32 @@ def _smx(args, cwd):
 
 def test_cli_xent_shards_processes_and_address_equal_the_concatenated_file(cli_data,
                                                                             process_cluster):
-    one = _smx(["xent", "all.npy", "--labels", "ally.npy", "--format", "json"], cli_data)
-    assert one.returncode == 0, one.stderr
-    want = json.loads(one.stdout)
-    table = _smx(["xent", "all.npy", "--labels", "ally.npy"], cli_data).stdout
-    for sched in ("processes", process_cluster.scheduler_address):
-        args = ["xent", "shards/*.npy", "--labels", "labels/*.npy", "--scheduler", sched]
-        js = _smx(args + ["--format", "json"], cli_data)
-        assert js.returncode == 0, js.stderr
-        got = json.loads(js.stdout)
+    runner = CliRunner()
+    os.chdir(cli_data)
+    one = runner.invoke(cli, ["xent", "all.npy", "--labels", "ally.npy", "--format", "json"])
+    assert one.exit_code == 0, one.output
+    want = json.loads(one.output)
+    table = runner.invoke(cli, ["xent", "all.npy", "--labels", "ally.npy"]).output
+    args = ["xent", "shards/*.npy", "--labels", "labels/*.npy", "--format", "json"]
+    # dask's process pool spawns workers: run smx as the user does, in its own process
+    js = _smx(args + ["--scheduler", "processes"], cli_data)
+    assert js.returncode == 0, js.stderr
+    runs = [json.loads(js.stdout)]
+    # a scheduler the test started on 127.0.0.1, with two worker processes
+    addr = process_cluster.scheduler_address
+    assert addr.startswith("tcp://127.0.0.1:")
+    r = runner.invoke(cli, args + ["--scheduler", addr])
+    assert r.exit_code == 0, r.output
+    runs.append(json.loads(r.output))
+    for got in runs:
         assert set(got) <= set(want) and got["samples"] == 300
         for k, v in got.items():
             if k != "source":
-                assert want[k] == v, (sched, k)
-    # the terminal report through the scheduler the test started on 127.0.0.1
-    tab = _smx(args, cli_data)
-    assert tab.returncode == 0, tab.stderr
-    assert _summary_lines(tab.stdout) == _summary_lines(table)
+                assert want[k] == v, k
+    # the terminal report through that scheduler: the same panel
+    tab = runner.invoke(cli, args[:-2] + ["--scheduler", addr])
+    assert tab.exit_code == 0, tab.output
+    assert _summary_lines(tab.output) == _summary_lines(table)
 
 
 def test_cli_softmax_threads_table_and_zarr_output(cli_data):
