@@ -396,20 +396,20 @@ def test_on_local_clusters(which, request):
 
 
 def _slow_block(xb):
-    time.sleep(0.05)
+    time.sleep(0.02)
     return xb
 
 
 def test_a_worker_killed_mid_run_is_retried(process_cluster):
     x, y, want = _xent_case()
-    xd = da.from_array(x, chunks=(10, -1)).map_blocks(_slow_block, dtype=x.dtype,
+    xd = da.from_array(x, chunks=(20, -1)).map_blocks(_slow_block, dtype=x.dtype,
                                                      meta=np.empty((0, 0), x.dtype))
     with distributed.Client(process_cluster, set_as_default=False) as client:
         pids = list(client.run(os.getpid).items())
         state = {"killed": False}
 
         def progress(done, total):
-            if done == 5 and not state["killed"]:   # mid-run: 5 of 40 blocks done
+            if done == 3 and not state["killed"]:   # mid-run: 3 of 20 blocks done
                 os.kill(pids[0][1], 9)
                 state["killed"] = True
 
