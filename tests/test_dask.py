@@ -496,6 +496,23 @@ def test_cli_softmax_threads_table_and_zarr_output(cli_data):
     assert not [n for n in os.listdir(".") if n.startswith(".smx-")]
 
 
+def test_cli_xent_per_sample_zarr_output(cli_data):
+    runner = CliRunner()
+    os.chdir(cli_data)
+    one = runner.invoke(cli, ["xent", "all.npy", "--labels", "ally.npy", "-o", "one.csv"])
+    many = runner.invoke(cli, ["xent", "shards/*.npy", "--labels", "labels/*.npy",
+                               "--scheduler", "threads", "-o", "per.zarr"])
+    assert one.exit_code == 0 and many.exit_code == 0, many.output
+    want = np.genfromtxt("one.csv", delimiter=",", skip_header=1)
+    got = zarr.open_array("per.zarr", mode="r")[:]
+    assert got.shape == (300, 8)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.nan_to_num(got), np.nan_to_num(want))
+    r = runner.invoke(cli, ["xent", "all.npy", "--labels", "ally.npy", "--scheduler",
+                            "threads", "-o", "per.csv"])
+    assert r.exit_code == 2
+
+
 def test_cli_usage_and_data_errors(cli_data):
     runner = CliRunner()
     os.chdir(cli_data)

@@ -104,7 +104,11 @@ def _xent(sd, p):
 
     _refuse(p, {**_INPUT_ONLY, "label_column": "--label-column", "worst": "--worst",
                 "show_grad": "--grad", "grad_out": "--grad-out", "check_grad": "--check-grad",
-                "output": "-o", "threads": "--threads"})
+                "threads": "--threads"})
+    output = p["output"]
+    if output and not output.rstrip("/").endswith(".zarr"):
+        raise click.UsageError("with --scheduler, -o writes the per-sample columns to a Zarr "
+                               "store: name it DIR.zarr")
     if p["axis"] not in (-1, 1):
         raise click.UsageError("--axis is not supported with --scheduler (classes are the last axis)")
     if p["fmt"] not in (None, "table", "json"):
@@ -122,7 +126,7 @@ def _xent(sd, p):
     with progress_bar(x.nbytes, "smx xent (dask tasks)") as advance:
         summary = sd.xent_summary(x, y, weight=weights, vanished_eps=fmt_eps,
                                   scheduler=p["scheduler"], progress=advance,
-                                  labels_name=p["labels_path"], **opts)
+                                  labels_name=p["labels_path"], output=output, **opts)
     n, c = x.shape
     meta = cmd._summary(summary, p["file"], c, None, p["reduction"], p["label_smoothing"],
                         p["ignore_index"], p["input_kind"], weights, fmt_eps)
@@ -150,6 +154,8 @@ def _xent(sd, p):
             n_classes=c, options=cmd._options_text(p["reduction"], p["label_smoothing"],
                                                    p["ignore_index"], p["input_kind"], weights),
             smoothed=p["label_smoothing"] > 0))
+        if output:
+            console.print(f"wrote {output}", style="dim")
     if p["strict"]:
         if summary.n_nonfinite or (p["reduction"] != "none" and not np.isfinite(summary.reduced)):
             raise SmxError(f"--strict: {summary.n_nonfinite} sample loss(es) are NaN or inf"

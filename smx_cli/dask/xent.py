@@ -136,12 +136,29 @@ class XentSummary:
 _LOCAL_INDEX = re.compile(r"^(label|probability target row) (\d+)")
 
 
-def _block_part(xb, yb, start, weight, ignore_index, label_smoothing, input_kind, eps):
-    """Evaluate one row block; errors name the row in the whole array."""
+# the per-sample columns of -o (as ``smx xent -o`` writes them on one machine)
+PER_SAMPLE_COLUMNS = ["row", "label", "predicted", "p_true", "loss", "margin", "correct",
+                      "ignored"]
+
+
+def _per_sample(r, start) -> np.ndarray:
+    n = len(r.loss)
+    return np.column_stack([
+        np.arange(start, start + n), r.true_class, r.predicted, r.p_true, r.loss, r.margin,
+        r.correct.astype(float), r.ignored.astype(float)]).astype(np.float64)
+
+
+def _block_part(xb, yb, start, weight, ignore_index, label_smoothing, input_kind, eps,
+                per_sample=False):
+    """Evaluate one row block; errors name the row in the whole array.
+
+    With ``per_sample``: (part, the block's per-sample columns).
+    """
     xb = np.asarray(xb)
     yb = np.asarray(yb)
     if xb.shape[0] == 0:
-        return XentPart(inputs=count_inputs(xb.reshape(0, xb.shape[1] if xb.ndim == 2 else 0)))
+        part = XentPart(inputs=count_inputs(xb.reshape(0, xb.shape[1] if xb.ndim == 2 else 0)))
+        return (part, np.zeros((0, len(PER_SAMPLE_COLUMNS)))) if per_sample else part
     try:
         r = core_xent.evaluate(xb, yb, weight=weight, ignore_index=ignore_index,
                                reduction="none", label_smoothing=label_smoothing,
@@ -156,13 +173,14 @@ def _block_part(xb, yb, start, weight, ignore_index, label_smoothing, input_kind
         denominator = ExactSum.of(wy[counted])
     else:
         denominator = ExactSum()
-    return XentPart(
+    part = XentPart(
         samples=len(r.loss), counted=int(counted.sum()), correct=int(r.correct.sum()),
         top5=int(r.top5.sum()), ignored=int(r.ignored.sum()),
         nonfinite=int((~np.isfinite(r.loss) & counted).sum()), vanished=r.vanished(eps),
         loss=ExactSum.of(r.loss), nll=ExactSum.of(r.nll[counted]),
         entropy=ExactSum.of(r.entropy[counted]), denominator=denominator,
         inputs=_input_counts(xb))
+    return (part, _per_sample(r, start)) if per_sample else part
 
 
 def _input_counts(xb) -> InputCounts:
@@ -188,14 +206,16 @@ def align_labels(x, y, labels_name: str = "labels"):
 def xent_summary(x, y, *, weight=None, ignore_index: int = -100, reduction: str = "mean",
                  label_smoothing: float = 0.0, input_kind: str = "logits",
                  vanished_eps: float | None = None, scheduler=None, progress=None,
-                 labels_name: str = "labels") -> XentSummary:
+                 labels_name: str = "labels", output: str | None = None) -> XentSummary:
     """Cross-entropy of (N, C) dask logits ``x`` against labels ``y``, summarised exactly.
 
     ``y`` is a dask (or numpy) array of N class indices or (N, C)
     probability targets, chunked in any way (it is aligned to ``x``'s rows).
     The options are those of :func:`smx_cli.core.xent.cross_entropy`.
     ``vanished_eps`` (default: the logits' format's epsilon) is the
-    threshold of the vanished-gradient count.
+    threshold of the vanished-gradient count. ``output`` names a Zarr store
+    that receives the (N, 8) per-sample columns of :data:`PER_SAMPLE_COLUMNS`,
+    written atomically (:mod:`smx_cli.dask.store`) in the same pass.
 
     Examples
     --------
@@ -226,11 +246,22 @@ def xent_summary(x, y, *, weight=None, ignore_index: int = -100, reduction: str 
     xd = x.to_delayed()[:, 0]
     yd = y.to_delayed().reshape(len(x.chunks[0]), -1)[:, 0]
     starts = np.cumsum((0,) + x.chunks[0][:-1])
-    part = dask.delayed(_block_part, pure=True)
+    part = dask.delayed(_block_part, pure=True, nout=2 if output else None)
     tasks = [part(xd[i], yd[i], int(starts[i]), w, int(ignore_index), float(label_smoothing),
-                  input_kind, eps) for i in range(len(xd))]
+                  input_kind, eps, bool(output)) for i in range(len(xd))]
     with run_mod.client_for(scheduler) as where:
-        parts = run_mod.compute(tasks, where, progress)
+        if output:
+            from smx_cli.dask import store as store_mod
+
+            cols = len(PER_SAMPLE_COLUMNS)
+            table = da.concatenate([da.from_delayed(t[1], (n, cols), np.float64)
+                                    for t, n in zip(tasks, x.chunks[0])])
+            table = table.rechunk((max(x.chunks[0]) or 1, cols))
+            with store_mod.atomic_store(output) as tmp:
+                writer = da.to_zarr(table, tmp, compute=False)
+                parts, _ = run_mod.compute([[t[0] for t in tasks], writer], where, progress)
+        else:
+            parts = run_mod.compute(tasks, where, progress)
     total = XentPart()
     for p in parts:
         total = total + p
