@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -22,6 +23,7 @@ from smx_cli.analysis.diagnostics import InputCounts, count_inputs
 from smx_cli.core import xent as core_xent
 from smx_cli.dask import run as run_mod
 from smx_cli.dask.exact import ExactSum
+from smx_cli.dask.sources import npy_reader
 from smx_cli.errors import SmxError
 
 
@@ -148,12 +150,27 @@ def _per_sample(r, start) -> np.ndarray:
         r.correct.astype(float), r.ignored.astype(float)]).astype(np.float64)
 
 
+_BUFFERS = threading.local()
+
+
+def _read_block(reader, r0, r1):
+    """Rows r0:r1 of an NPY-shards reader, into this thread's reused buffer."""
+    width = int(np.prod(reader.tail, dtype=np.int64)) if reader.tail else 1
+    need = (r1 - r0) * width
+    buf = getattr(_BUFFERS, "buf", None)
+    if buf is None or buf.size < need or buf.dtype != reader.file_dtype:
+        buf = _BUFFERS.buf = np.empty(need, dtype=reader.file_dtype)
+    return reader.read_rows(r0, r1, buf)
+
+
 def _block_part(xb, yb, start, weight, ignore_index, label_smoothing, input_kind, eps,
                 per_sample=False):
     """Evaluate one row block; errors name the row in the whole array.
 
     With ``per_sample``: (part, the block's per-sample columns).
     """
+    if isinstance(xb, tuple):  # (reader, r0, r1): read here, into a reused buffer
+        xb = _read_block(*xb)
     xb = np.asarray(xb)
     yb = np.asarray(yb)
     if xb.shape[0] == 0:
@@ -243,9 +260,15 @@ def xent_summary(x, y, *, weight=None, ignore_index: int = -100, reduction: str 
     w = core_xent.check_weight(weight, x.shape[1])
     eps = result_format(x.dtype).eps if vanished_eps is None else float(vanished_eps)
     y = align_labels(x, da.asarray(y), labels_name)
-    xd = x.to_delayed()[:, 0]
-    yd = y.to_delayed().reshape(len(x.chunks[0]), -1)[:, 0]
     starts = np.cumsum((0,) + x.chunks[0][:-1])
+    reader = npy_reader(x)
+    if reader is not None:
+        # NPY shards: each task reads its rows into a reused buffer (the stream path's trick;
+        # a fresh 64 MB chunk per task costs as much to fault in as to compute)
+        xd = [(reader, int(s), int(s) + n) for s, n in zip(starts, x.chunks[0])]
+    else:
+        xd = x.to_delayed()[:, 0]
+    yd = y.to_delayed().reshape(len(x.chunks[0]), -1)[:, 0]
     part = dask.delayed(_block_part, pure=True, nout=2 if output else None)
     tasks = [part(xd[i], yd[i], int(starts[i]), w, int(ignore_index), float(label_smoothing),
                   input_kind, eps, bool(output)) for i in range(len(xd))]
