@@ -326,6 +326,17 @@ def test_xent_summary_bitwise_equal_to_one_machine(opts):
     assert got.vanished(eps) == want.vanished(eps)
 
 
+def test_xent_temperature_as_one_machine():
+    rng = np.random.default_rng(7)
+    x = (rng.normal(size=(50, 9)) * 5).astype(np.float32)
+    y = rng.integers(0, 9, 50)
+    want = core_xent.evaluate(x.astype(np.float64) / 2.5, y)
+    got = sd.xent_summary(da.from_array(x, chunks=(12, -1)), y, temperature=2.5,
+                          scheduler=SYNC)
+    assert (got.reduced, got.perplexity, got.n_correct) == \
+        (want.reduced, want.perplexity, want.n_correct)
+
+
 def test_xent_probability_targets_and_label_errors_name_the_global_row():
     rng = np.random.default_rng(6)
     x = rng.normal(size=(30, 4))

@@ -9,6 +9,7 @@ one machine: the first rows and the panel over every chunk.
 from __future__ import annotations
 
 import json
+import math
 
 import click
 import numpy as np
@@ -117,6 +118,11 @@ def _xent(sd, p):
         raise click.BadParameter("must be in [0, 1]", param_hint="'--label-smoothing'")
     if p["labels_path"] is None:
         raise click.UsageError("--scheduler needs --labels FILE (a Zarr store, NPY file or glob)")
+    temperature = p.get("temperature", 1.0)
+    if not 0.0 < temperature < math.inf:
+        raise click.BadParameter("must be a finite number > 0", param_hint="'--temperature'")
+    if temperature != 1.0 and p["input_kind"] != "logits":
+        raise click.UsageError("--temperature divides logits; it needs --input-kind logits")
     x = _open(sd, p["file"])
     y = sd.open_labels(p["labels_path"], x.shape[1])
     weights = read_weights(p["weight"], x.shape[1]) if p["weight"] else None
@@ -126,10 +132,12 @@ def _xent(sd, p):
     with progress_bar(x.nbytes, "smx xent (dask tasks)") as advance:
         summary = sd.xent_summary(x, y, weight=weights, vanished_eps=fmt_eps,
                                   scheduler=p["scheduler"], progress=advance,
-                                  labels_name=p["labels_path"], output=output, **opts)
+                                  labels_name=p["labels_path"], output=output,
+                                  temperature=temperature, **opts)
     n, c = x.shape
     meta = cmd._summary(summary, p["file"], c, None, p["reduction"], p["label_smoothing"],
                         p["ignore_index"], p["input_kind"], weights, fmt_eps)
+    meta["temperature"] = temperature
     if p["fmt"] == "json":
         write_stdout_bytes((json.dumps(meta, indent=2) + "\n").encode())
     else:
@@ -139,6 +147,8 @@ def _xent(sd, p):
             # the first rows, evaluated on the client exactly as on one machine
             xh, yh = np.asarray(x[:k].compute(scheduler="synchronous")), \
                 np.asarray(y[:k].compute(scheduler="synchronous"))
+            if temperature != 1.0:
+                xh = xh.astype(np.float64) / temperature
             try:
                 head = evaluate(xh, yh, weight=weights, **{**opts, "reduction": "none"})
             except ValueError as exc:

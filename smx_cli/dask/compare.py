@@ -1,7 +1,7 @@
 """``compare-stability`` over a dask array: every variant x format, merged exactly.
 
 Each row block is measured by the single-machine code
-(:mod:`smx_cli.analysis.compare`); the blocks' reports merge into one
+(:mod:`smx_cli.analysis.measure`); the blocks' reports merge into one
 :class:`~smx_cli.analysis.compare.Comparison` equal to that of the whole
 array: counts are summed, maxima taken, the verdict recomputed, and the
 worst row is the one with the largest error (for a broken variant: the
@@ -18,6 +18,7 @@ import dataclasses
 import numpy as np
 
 from smx_cli.analysis import compare as cmp
+from smx_cli.analysis import measure as meas
 from smx_cli.dask import run as run_mod
 from smx_cli.errors import SmxError
 
@@ -35,12 +36,12 @@ def _measure_block(xb, start, variants, dtypes, t, want_bins=None):
     for dt in dtypes:
         if want_bins is not None and not any(d == dt for _, d in want_bins):
             continue
-        prep = cmp._prepare(xb, dt, t)
+        prep = meas.prepare(xb, dt, t)
         for v in variants:
             if want_bins is not None and (v, dt) not in want_bins:
                 continue
             errs = []
-            rep = cmp._measure(prep, v, t, errors=errs)
+            rep = meas.measure(prep, v, t, errors=errs)
             se = np.sort(errs[0]) if errs else np.zeros(0, dtype=np.longdouble)
             keys = _keys(se)
             if want_bins is not None:

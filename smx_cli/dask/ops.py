@@ -21,16 +21,20 @@ from __future__ import annotations
 import numpy as np
 
 from smx_cli.core import registry
+from smx_cli.core.accurate import shifted as _shifted
+from smx_cli.core.eft import split_sum as _split_row_sum
+from smx_cli.core.eft import two_prod as _two_prod
+from smx_cli.core.eft import two_sum as _two_sum
 from smx_cli.core.precision import format_of, result_format
-from smx_cli.core.softmax import (ACCURATE_VARIANTS, _shifted, _split_row_sum, _two_prod,
-                                  check_masked, check_temperature)
+from smx_cli.core.result import check_masked, check_temperature
 from smx_cli.errors import SmxError
 
-SPLIT_VARIANTS = ACCURATE_VARIANTS  # stable, log, online: two-stage when the rows are split
+# stable, log, online: the accurate variants, two-stage when the rows are split
+SPLIT_VARIANTS = registry.ACCURATE_VARIANTS
 
 
 def _kind(variant: str) -> str:
-    return "logprob" if variant == "log" else "prob"
+    return registry.get(variant).kind
 
 
 def output_dtype(x_dtype, dtype: str | None = None) -> np.dtype:
@@ -60,7 +64,7 @@ def _variant_block(xb, variant, temperature, dtype, masked, fast, options, out_d
     """One block of rows through the registry; (0, 0) probes give empty results."""
     if xb.size == 0:
         return np.empty(xb.shape, dtype=out_dtype)
-    if variant == "gumbel" and options is not None and options.seed is not None:
+    if registry.get(variant).stochastic and options is not None and options.seed is not None:
         # one reproducible stream per row block (not the single-machine draw)
         seq = np.random.SeedSequence([options.seed, *(block_id or (0,))])
         options = registry.VariantOptions(options.alpha, options.tau, options.hard, 1,
@@ -181,12 +185,6 @@ def _chunk_stats(xb, t):
     out[:, _POSINF] = np.count_nonzero(x == np.inf, axis=1)
     out[:, _NAN] = isnan.any(axis=1)
     return out
-
-
-def _two_sum(a, b):
-    s = a + b
-    bv = s - a
-    return s, (a - (s - bv)) + (b - bv)
 
 
 def _merge_stats(st, t):

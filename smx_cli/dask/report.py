@@ -15,7 +15,7 @@ import numpy as np
 
 from smx_cli.analysis.diagnostics import Accumulator, SoftmaxDiagnostics
 from smx_cli.core import registry
-from smx_cli.core.softmax import SoftmaxResult
+from smx_cli.core.result import KernelStats, SoftmaxResult
 from smx_cli.dask import ops, run as run_mod, store as store_mod
 from smx_cli.errors import SmxError
 
@@ -69,10 +69,9 @@ def _block_part(xb, variant, temperature, dtype, masked, fast, options, start, h
                 values=None):
     """Diagnostics of one row block (and its first rows when it starts the array)."""
     xb = np.asarray(xb)
-    sparse = variant in registry.SPARSE_OUTPUT or (variant == "gumbel" and options is not None
-                                                    and options.hard)
+    sparse = registry.exact_zeros(variant, options)
     if values is None:
-        if variant == "gumbel" and options is not None and options.seed is not None:
+        if registry.get(variant).stochastic and options is not None and options.seed is not None:
             seq = np.random.SeedSequence([options.seed, start])
             options = registry.VariantOptions(options.alpha, options.tau, options.hard, 1,
                                               int(seq.generate_state(1)[0]))
@@ -85,7 +84,7 @@ def _block_part(xb, variant, temperature, dtype, masked, fast, options, start, h
     else:
         fmt = ops.result_format(values.dtype)
         res = SoftmaxResult(np.asarray(values), ops._kind(variant), fmt, False, variant,
-                            float(temperature), registry.KernelStats())
+                            float(temperature), KernelStats())
         logits, support = xb, None
     acc = Accumulator(variant, res.fmt, res.kind, res.emulated, sparse)
     acc.add(logits, res.values, res.stats)

@@ -21,6 +21,7 @@ import numpy as np
 
 from smx_cli.analysis.diagnostics import InputCounts, count_inputs
 from smx_cli.core import xent as core_xent
+from smx_cli.core.result import check_class_weights
 from smx_cli.dask import run as run_mod
 from smx_cli.dask.exact import ExactSum
 from smx_cli.dask.sources import npy_reader
@@ -164,7 +165,7 @@ def _read_block(reader, r0, r1):
 
 
 def _block_part(xb, yb, start, weight, ignore_index, label_smoothing, input_kind, eps,
-                per_sample=False):
+                per_sample=False, temperature=1.0):
     """Evaluate one row block; errors name the row in the whole array.
 
     With ``per_sample``: (part, the block's per-sample columns).
@@ -173,6 +174,8 @@ def _block_part(xb, yb, start, weight, ignore_index, label_smoothing, input_kind
         xb = _read_block(*xb)
     xb = np.asarray(xb)
     yb = np.asarray(yb)
+    if temperature != 1.0:  # as smx xent --temperature: logits / T in float64 first
+        xb = xb.astype(np.float64) / temperature
     if xb.shape[0] == 0:
         part = XentPart(inputs=count_inputs(xb.reshape(0, xb.shape[1] if xb.ndim == 2 else 0)))
         return (part, np.zeros((0, len(PER_SAMPLE_COLUMNS)))) if per_sample else part
@@ -223,14 +226,16 @@ def align_labels(x, y, labels_name: str = "labels"):
 def xent_summary(x, y, *, weight=None, ignore_index: int = -100, reduction: str = "mean",
                  label_smoothing: float = 0.0, input_kind: str = "logits",
                  vanished_eps: float | None = None, scheduler=None, progress=None,
-                 labels_name: str = "labels", output: str | None = None) -> XentSummary:
+                 labels_name: str = "labels", output: str | None = None,
+                 temperature: float = 1.0) -> XentSummary:
     """Cross-entropy of (N, C) dask logits ``x`` against labels ``y``, summarised exactly.
 
     ``y`` is a dask (or numpy) array of N class indices or (N, C)
     probability targets, chunked in any way (it is aligned to ``x``'s rows).
     The options are those of :func:`smx_cli.core.xent.cross_entropy`.
     ``vanished_eps`` (default: the logits' format's epsilon) is the
-    threshold of the vanished-gradient count. ``output`` names a Zarr store
+    threshold of the vanished-gradient count. ``temperature`` divides the
+    logits first (in float64), as ``smx xent --temperature``. ``output`` names a Zarr store
     that receives the (N, 8) per-sample columns of :data:`PER_SAMPLE_COLUMNS`,
     written atomically (:mod:`smx_cli.dask.store`) in the same pass.
 
@@ -257,7 +262,7 @@ def xent_summary(x, y, *, weight=None, ignore_index: int = -100, reduction: str 
         raise SmxError(f"the class axis is split across {len(x.chunks[1])} chunks; xent's "
                        "statistics (argmax, top-5, margin) need whole rows: rechunk the store "
                        "to whole rows (x.rechunk({1: -1}))")
-    w = core_xent.check_weight(weight, x.shape[1])
+    w = None if weight is None else check_class_weights(weight, x.shape[1])
     eps = result_format(x.dtype).eps if vanished_eps is None else float(vanished_eps)
     y = align_labels(x, da.asarray(y), labels_name)
     starts = np.cumsum((0,) + x.chunks[0][:-1])
@@ -271,7 +276,7 @@ def xent_summary(x, y, *, weight=None, ignore_index: int = -100, reduction: str 
     yd = y.to_delayed().reshape(len(x.chunks[0]), -1)[:, 0]
     part = dask.delayed(_block_part, pure=True, nout=2 if output else None)
     tasks = [part(xd[i], yd[i], int(starts[i]), w, int(ignore_index), float(label_smoothing),
-                  input_kind, eps, bool(output)) for i in range(len(xd))]
+                  input_kind, eps, bool(output), float(temperature)) for i in range(len(xd))]
     with run_mod.client_for(scheduler) as where:
         if output:
             from smx_cli.dask import store as store_mod
@@ -325,7 +330,7 @@ def cross_entropy(x, y, *, weight=None, ignore_index: int = -100, reduction: str
     if len(x.chunks[1]) > 1:
         raise SmxError("the class axis is split across chunks; cross-entropy needs whole rows "
                        "(x.rechunk({1: -1}))")
-    w = core_xent.check_weight(weight, x.shape[1])
+    w = None if weight is None else check_class_weights(weight, x.shape[1])
     y = align_labels(x, da.asarray(y))
     if y.ndim == 2:
         return da.blockwise(_loss_block, "i", x, "ij", y, "ij", dtype=np.float64,
