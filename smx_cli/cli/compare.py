@@ -13,7 +13,8 @@ from smx_cli.analysis.compare import (ALL_VARIANTS, DEFAULT_DTYPES, MAX_SCALE, S
                              sweep)
 from smx_cli.cli.emit import Messages, check_output_path, show, stdout_console, write_stdout_bytes
 from smx_cli.errors import SmxError
-from smx_cli.cli.options import input_options, resolve_formats
+from smx_cli.cli import scale
+from smx_cli.cli.options import input_options, resolve_formats, scheduler_option
 from smx_cli.core.precision import FORMATS
 from smx_cli.cli.prepare import load_rows
 from smx_cli.render.compare import fitted_comparison_view, sweep_view
@@ -97,8 +98,9 @@ Examples:
               help="Exit 1 when a verdict is broken (or, with inaccurate, broken or "
                    "inaccurate): for CI")
 @click.option("-q", "--quiet", is_flag=True, help="No 'wrote FILE' on stderr")
+@scheduler_option
 def compare_cmd(file, delimiter, header, key, axis, variants, dtypes, temperature, max_rows,
-                do_sweep, max_scale, seed, fmt, output, fail_on, quiet):
+                do_sweep, max_scale, seed, fmt, output, fail_on, quiet, scheduler=None):
     """Compare every softmax variant in every precision against an exact reference.
 
     Runs each variant (naive, stable, log, online, lse, and smx's own
@@ -109,6 +111,12 @@ def compare_cmd(file, delimiter, header, key, axis, variants, dtypes, temperatur
     log-probability error, and a verdict. Without FILE: the four seed
     examples [1,2,3], [1,2,5], [1000,2000,3000], [-1000,1,10000].
     """
+    if scheduler:
+        if fail_on:
+            raise click.UsageError("--fail-on is not supported with --scheduler")
+        if output is not None:
+            resolve_formats(output, "json" if fmt == "json" else None, file_formats=("json",))
+        return scale.run("compare", locals())
     if not (temperature > 0 and math.isfinite(temperature)):
         raise click.BadParameter("must be a finite number > 0", param_hint="'--temperature'")
     if file is None and (delimiter or header is not None or key or axis != -1):

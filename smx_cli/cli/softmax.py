@@ -26,6 +26,8 @@ from smx_cli.io import read_array
 from smx_cli.io.masks import read_mask
 from smx_cli.render import grad as render_grad
 from smx_cli.render import tables as render
+from smx_cli.cli import scale
+from smx_cli.cli.options import scheduler_option
 
 _VARIANT_LINES = "\n".join(
     textwrap.fill(text, 76, initial_indent=f"  {name:<9} ", subsequent_indent=" " * 12)
@@ -107,10 +109,11 @@ Examples:
               help="Worker threads [default: the machine's cores]")
 @output_options
 @display_options
+@scheduler_option
 def softmax_cmd(file, delimiter, header, key, axis, label_column, id_column, variant, dtype, temperature, emulate, masked,
                 mask_path, alpha, tau, hard, samples, seed, show_grad, grad_rows, upstream,
                 grad_out, check_grad, fast, threads, output, fmt, strict, summary_only, quiet,
-                verbose, max_rows, top_k, digits):
+                verbose, max_rows, top_k, digits, scheduler=None):
     """Softmax of each row of logits in FILE (CSV, TSV, NPY, NPZ; - or no FILE: stdin).
 
     Shows the probabilities (log-probabilities for --variant log) with
@@ -118,6 +121,8 @@ def softmax_cmd(file, delimiter, header, key, axis, label_column, id_column, var
     NaN produced, rows that do not sum to 1.
     """
     file = resolve_input(file)
+    if scheduler:
+        return scale.run("softmax", locals())
     if not temperature > 0 or temperature == float("inf"):
         raise click.BadParameter("must be a finite number > 0", param_hint="'--temperature'")
     if grad_out and not upstream:
