@@ -25,7 +25,8 @@ DELIMITERS = {",": "comma", "\t": "tab", ";": "semicolon", " ": "whitespace"}
 BLANKS = " \t\r"
 _INF_TOKEN = re.compile(r"^[+-]?(inf|infinity)$", re.IGNORECASE)
 _RUN_OF_BLANKS = re.compile(r"[ \t\r]+")
-_NUM = r"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf|infinity|nan)"
+# one way to match each token: a failed match of a whole block backtracks in linear time
+_NUM = r"[+-]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|inf|infinity|nan)"
 _NUMBER = re.compile(rf"^{_NUM}$", re.IGNORECASE | re.ASCII)
 # every token of a block at once, one per line: one C-speed pass for the common case
 _NUMBERS = re.compile(rf"(?:{_NUM}\n)*{_NUM}", re.IGNORECASE | re.ASCII)
@@ -182,44 +183,53 @@ def parse_rows(numbered: list[tuple[int, str]], source: str, layout: Layout,
     """
     width = layout.width
     rows = [(lineno, split_fields(line, layout.delimiter)) for lineno, line in numbered]
-    for lineno, tokens in rows:
-        if len(tokens) != width:
-            raise SmxError(f"{source}: line {lineno} has {len(tokens)} values, expected "
-                           f"{width} ({layout.expect} count); fix the ragged row")
-    flat = [t for _, tokens in rows for t in tokens]
+    # the first problem in file order is reported, however the file is cut into blocks
+    ragged = next((i for i, (_, tokens) in enumerate(rows) if len(tokens) != width), len(rows))
+    end, bad = ragged, None
+    flat = [t for _, tokens in rows[:ragged] for t in tokens]
     if flat and not _NUMBERS.fullmatch("\n".join(flat)):
-        _locate_bad_token(rows, source, layout)
+        bad = _first_bad_token(rows[:ragged])
+        end = bad[0]
+        flat = flat[:end * width]
     try:
         # numpy's parser is correctly rounded, as float() is, on these tokens
         values = np.array(flat, dtype=np.float64)
     except ValueError:  # pragma: no cover - a token numpy refuses though it matched
         values = np.array([float(t) for t in flat], dtype=np.float64)
-    values = values.reshape(len(rows), width)
-    check_overflow(values, lambda i: flat[i], lambda i: (rows[i // width][0], i % width + 1),
-                   source, np.float64)
+    values = values.reshape(end, width)
+    where = lambda i: (rows[i // width][0], i % width + 1)  # noqa: E731
+    check_overflow(values, lambda i: flat[i], where, source, np.float64)
     if np.dtype(dtype) == np.float32:
-        values32 = to_float32(values, lambda i: flat[i])
-        check_overflow(values32, lambda i: flat[i],
-                       lambda i: (rows[i // width][0], i % width + 1), source, np.float32)
-        values = values32
+        values = to_float32(values, lambda i: flat[i])
+        check_overflow(values, lambda i: flat[i], where, source, np.float32)
+    if bad is not None:
+        raise _bad_token_error(source, layout, *bad[1:])
+    if ragged < len(rows):
+        lineno, tokens = rows[ragged]
+        raise SmxError(f"{source}: line {lineno} has {len(tokens)} values, expected "
+                       f"{width} ({layout.expect} count); fix the ragged row")
     return canonical_nan(values)
 
 
-def _locate_bad_token(rows, source: str, layout: Layout):
-    for lineno, tokens in rows:
+def _first_bad_token(rows) -> tuple[int, int, int, str]:
+    for i, (lineno, tokens) in enumerate(rows):
         for col, tok in enumerate(tokens, start=1):
-            if is_number(tok):
-                continue
-            shown = tok if len(tok) <= 40 else tok[:37] + "..."
-            what = "an empty value" if tok == "" else f"{shown!r} is not a number"
-            hint = ""
-            if re.fullmatch(r"[+-]?\d+,\d+", tok):
-                hint = " (a decimal comma? write 1.5, not 1,5)"
-            elif lineno == layout.hint_line:
-                hint = "; pass --header if the first row holds class names"
-            if not hint:
-                hint = "; fix or remove it (nan, inf and -inf are allowed)"
-            raise SmxError(f"{source}: line {lineno}, column {col}: {what}{hint}")
+            if not is_number(tok):
+                return i, lineno, col, tok
+    raise AssertionError("no bad token")  # pragma: no cover
+
+
+def _bad_token_error(source: str, layout: Layout, lineno: int, col: int, tok: str) -> SmxError:
+    shown = tok if len(tok) <= 40 else tok[:37] + "..."
+    what = "an empty value" if tok == "" else f"{shown!r} is not a number"
+    hint = ""
+    if re.fullmatch(r"[+-]?\d+,\d+", tok):
+        hint = " (a decimal comma? write 1.5, not 1,5)"
+    elif lineno == layout.hint_line:
+        hint = "; pass --header if the first row holds class names"
+    if not hint:
+        hint = "; fix or remove it (nan, inf and -inf are allowed)"
+    return SmxError(f"{source}: line {lineno}, column {col}: {what}{hint}")
 
 
 def check_overflow(values: np.ndarray, token, where, source: str, dtype) -> None:
@@ -258,7 +268,8 @@ def to_float32(values64: np.ndarray, token) -> np.ndarray:
     """
     import decimal
 
-    v32 = values64.astype(np.float32)
+    with np.errstate(over="ignore"):  # an overflow is reported by the caller
+        v32 = values64.astype(np.float32)
     flat64 = values64.reshape(-1)
     flat32 = v32.reshape(-1)
     back = flat32.astype(np.float64)
@@ -266,8 +277,9 @@ def to_float32(values64: np.ndarray, token) -> np.ndarray:
     if cand.size:
         # the float32 neighbour on the other side of the float64 value
         up = flat64[cand] > back[cand]
-        other = np.where(up, np.nextafter(flat32[cand], np.float32(np.inf)),
-                         np.nextafter(flat32[cand], np.float32(-np.inf))).astype(np.float64)
+        with np.errstate(over="ignore"):
+            other = np.where(up, np.nextafter(flat32[cand], np.float32(np.inf)),
+                             np.nextafter(flat32[cand], np.float32(-np.inf))).astype(np.float64)
         other = np.where(np.isinf(other), np.sign(other) * 2.0 ** 128, other)
         tie = (back[cand] + other) / 2 == flat64[cand]
         ctx = decimal.Context(prec=1000, Emax=10**6, Emin=-10**6)
