@@ -43,13 +43,16 @@ from smx_cli.errors import SmxError
 from smx_cli.io import text as _text
 
 ENGINE_ENV = "SMX_CSV_ENGINE"
-#: files from this size up are parsed by polars (importing it costs ~0.2 s,
-#: which the exact parser's ~30 MB/s would spend on ~6 MB: measured in bench/csv.py)
-FAST_MIN_BYTES = 8 << 20
+#: files from this size up are parsed by polars: importing it costs ~0.2 s, which
+#: the exact parser spends on ~3 MB (``python bench/csv.py --threshold``: at 4 MB
+#: polars already takes less CPU, at 1 MB the exact parser does)
+FAST_MIN_BYTES = 4 << 20
 #: results with at least this many values are written by polars
 FAST_MIN_VALUES = 500_000
 #: bytes of text per block: peak memory is a few times this
-BLOCK_BYTES = 16 << 20
+BLOCK_BYTES = 8 << 20
+#: values formatted at once when writing a stream (bounds the text held in memory)
+WRITE_VALUES = 1 << 19
 #: from this many columns a block is read as one column (polars is slow with
 #: thousands of columns) after checking each line's delimiter count
 WIDE_COLUMNS = 500
@@ -221,17 +224,21 @@ def _fast_block(chunk: bytes, layout, dtype) -> np.ndarray | None:
         return None
     if not chunk.endswith(b"\n"):
         chunk += b"\n"
-    if delim + b"\n" in chunk or delim + b"\r\n" in chunk:  # trailing delimiters end rows
-        chunk = chunk.replace(delim + b"\n", b"\n").replace(delim + b"\r\n", b"\r\n")
-    if b"\r" in chunk and chunk.count(b"\r") != chunk.count(b"\r\n"):
-        return None  # a lone \r: polars would end a line there
-    n_rows = chunk.count(b"\n")
+    if b"\r" in chunk:
+        if chunk.count(b"\r") != chunk.count(b"\r\n"):
+            return None  # a lone \r: polars would end a line there
+        chunk = chunk.replace(b"\r\n", b"\n")
+    raw = np.frombuffer(chunk, dtype=np.uint8)
+    ends = np.flatnonzero(raw == 10)
+    if (raw[ends - 1] == delim[0]).any():  # trailing delimiters end rows
+        chunk = chunk.replace(delim + b"\n", b"\n")
+        raw = np.frombuffer(chunk, dtype=np.uint8)
+        ends = np.flatnonzero(raw == 10)
+    n_rows = len(ends)
     width = layout.width
     kind = pl.Float32 if dtype == np.float32 else pl.Float64
     try:
         if width >= WIDE_COLUMNS:
-            raw = np.frombuffer(chunk, dtype=np.uint8)
-            ends = np.flatnonzero(raw == 10)
             seps = np.flatnonzero(raw == delim[0])
             if not (np.diff(np.searchsorted(seps, ends), prepend=0) == width - 1).all():
                 return None
@@ -442,6 +449,8 @@ class TextWriter:
             write_chunks(self.fh, header_line(self.columns, self.delimiter))
             self.columns = None
         a = np.atleast_2d(values)
-        write_chunks(self.fh, format_rows(a, self.delimiter, digits=self.digits,
-                                          engine=self.engine))
+        step = max(1, WRITE_VALUES // max(1, a.shape[1]))
+        for s in range(0, a.shape[0], step):
+            write_chunks(self.fh, format_rows(a[s:s + step], self.delimiter, digits=self.digits,
+                                              engine=self.engine))
         self.rows += a.shape[0]
