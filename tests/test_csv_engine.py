@@ -142,10 +142,9 @@ def test_both_paths_agree_with_the_whole_text_parser(name, text_in, expected, bl
 
 def _blocked(data, engine, block_bytes, dtype=np.float64):
     try:
-        blocks = [v for v, _ in csv_engine.iter_blocks(data, "<t>", engine=engine, dtype=dtype,
-                                                       block_bytes=block_bytes)]
-        names = csv_engine.read_text(data, "<t>", engine="exact", dtype=dtype)[1]
-        return np.concatenate(blocks), names
+        pairs = list(csv_engine.iter_blocks(data, "<t>", engine=engine, dtype=dtype,
+                                            block_bytes=block_bytes))
+        return np.concatenate([v for v, _ in pairs]), pairs[0][1].names
     except SmxError as exc:
         return str(exc)
 
@@ -369,3 +368,31 @@ def test_labels_and_masks_do_not_break_lines_at_vertical_tabs(tmp_path):
     (tmp_path / "m.csv").write_text("1,0\x0c1,1\n")
     with pytest.raises(SmxError, match="line 1"):
         read_mask(str(tmp_path / "m.csv"), (2, 2))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_hostile_text_in_a_later_block(engine):
+    good = b"".join(b"%d,%d\n" % (i, i) for i in range(1000))
+    at = len(good) + 2
+    msg = outcome(good + b"1,\xff\n", engine, block_bytes=100)
+    assert msg == f"<t>: not UTF-8 text (bad byte at offset {at}); expected CSV/TSV text, NPY or NPZ"
+    assert "NUL" in outcome(good + b"1,\x00\n", engine, block_bytes=100)
+    # one line far longer than a block, and a last line without its newline
+    long_line = b",".join(b"1" for _ in range(5000)) + b"\n"
+    values, _ = csv_engine.read_text(long_line * 3 + long_line[:-1], "<t>", engine=engine,
+                                     block_bytes=64)
+    assert values.shape == (4, 5000)
+    # a header that claims more columns than the rows have
+    msg = outcome(b"a,b,c\n" + good, engine, block_bytes=100)
+    assert msg.startswith("<t>: line 2 has 2 values, expected 3 (the header's count)")
+
+
+def test_digits_out_of_range_is_a_usage_error(tmp_path):
+    (tmp_path / "x.csv").write_text("1,2\n")
+    for bad in ("0", "18", "x"):
+        r = CliRunner().invoke(cli, ["softmax", str(tmp_path / "x.csv"), "--format", "csv",
+                                     "--digits", bad])
+        assert r.exit_code == 2 and "--digits" in r.stderr
+    r = CliRunner().invoke(cli, ["softmax", str(tmp_path / "x.csv"), "--format", "csv",
+                                 "--digits", "2"])
+    assert r.exit_code == 0 and r.stdout == "0.27,0.73\n"

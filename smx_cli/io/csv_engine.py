@@ -281,8 +281,8 @@ def iter_text_blocks(path: str, *, delimiter: str | None = None, header: bool | 
 
 
 def read_text(path_or_data, source: str | None = None, *, delimiter: str | None = None,
-              header: bool | None = None, dtype=np.float64, engine: str | None = None
-              ) -> tuple[np.ndarray, list[str] | None]:
+              header: bool | None = None, dtype=np.float64, engine: str | None = None,
+              block_bytes: int = BLOCK_BYTES) -> tuple[np.ndarray, list[str] | None]:
     """The whole text as one (N, C) array and its column names (or None).
 
     Examples
@@ -293,7 +293,7 @@ def read_text(path_or_data, source: str | None = None, *, delimiter: str | None 
     """
     blocks, layout = [], None
     for values, layout in iter_blocks(path_or_data, source, delimiter=delimiter, header=header,
-                                      dtype=dtype, engine=engine):
+                                      dtype=dtype, engine=engine, block_bytes=block_bytes):
         blocks.append(values)
     values = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
     return values, layout.names
