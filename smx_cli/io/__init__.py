@@ -17,7 +17,8 @@ from smx_cli.io.write import (atomic_output, check_output_target, csv_field, csv
 __all__ = [
     "NPY_MAGIC", "ZIP_MAGIC", "Loaded", "load_npy", "load_npz", "read_array", "read_bytes",
     "DELIMITERS", "content_lines", "TextWriter", "format_rows", "read_text", "is_number",
-    "iter_text_blocks", "parse_text", "sniff_delimiter", "split_fields", "atomic_output", "check_output_target", "csv_field", "csv_text",
+    "iter_text_blocks", "parse_text", "sniff_delimiter", "split_fields", "atomic_output",
+    "check_output_target", "csv_field", "csv_text",
     "json_document", "json_number_rows", "npy_bytes", "output_format", "remove_stale_temps",
     "same_file", "shortest_strings", "write_chunks", "write_npy",
 ]

@@ -291,7 +291,9 @@ def to_float32(values64: np.ndarray, token) -> np.ndarray:
                 continue  # a true tie: float32's rounding (to even) is right
             lo, hi = sorted((float(back[i]), float(other[k])))
             pick = hi if exact > mid else lo
-            flat32[i] = np.float32(pick) if abs(pick) < 2.0 ** 128 else np.float32(np.copysign(np.inf, pick))
+            if abs(pick) >= 2.0 ** 128:  # the neighbour past the largest float32
+                pick = np.copysign(np.inf, pick)
+            flat32[i] = np.float32(pick)
     return v32
 
 
