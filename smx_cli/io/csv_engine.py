@@ -65,6 +65,11 @@ def engine_for(size: int) -> str:
     """``'fast'`` (polars) or ``'exact'`` for a text of ``size`` bytes.
 
     ``SMX_CSV_ENGINE=exact|fast`` forces one; ``fast`` needs polars.
+
+    Examples
+    --------
+    >>> engine_for(1000) if ENGINE_ENV not in os.environ else "exact"
+    'exact'
     """
     forced = os.environ.get(ENGINE_ENV, "auto").strip().lower()
     if forced == "exact":

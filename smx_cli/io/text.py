@@ -78,6 +78,13 @@ def split_fields(line: str, delim: str) -> list[str]:
     """The tokens of one content line (blanks around each removed).
 
     A trailing delimiter ends the row; it does not add an empty value.
+
+    Examples
+    --------
+    >>> split_fields(" 1, 2 ,3,", ",")
+    ['1', '2', '3']
+    >>> split_fields("1 \\t 2\\x0b3", " ")  # \\v is no blank
+    ['1', '2\\x0b3']
     """
     if delim == " ":
         return [t for t in _RUN_OF_BLANKS.split(line.strip(BLANKS)) if t]
@@ -92,6 +99,11 @@ def is_number(token: str) -> bool:
 
     Stricter than ``float()``, which also takes ``1_000``, `` 1.5`` and
     non-ASCII digits, forms no CSV writer produces.
+
+    Examples
+    --------
+    >>> [is_number(t) for t in ("-1.5e3", ".5", "-Infinity", "1_000", "0x1", "1e")]
+    [True, True, True, False, False, False]
     """
     return bool(_NUMBER.match(token))
 
@@ -265,6 +277,13 @@ def to_float32(values64: np.ndarray, token) -> np.ndarray:
     exactly halfway between two float32s while the token does not (the first
     rounding moved it onto the midpoint): those few are settled against the
     exact decimal value of the token.
+
+    Examples
+    --------
+    >>> tok = "1.4937277436256408691406250000000000000001"  # just above a float32 midpoint
+    >>> v64 = np.array([float(tok)])
+    >>> bool(v64.astype(np.float32)[0] < to_float32(v64, lambda i: tok)[0])  # twice: down
+    True
     """
     import decimal
 
