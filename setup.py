@@ -6,6 +6,7 @@ warning, and smx runs on its numpy kernels (``smx_cli.core.native.engine()``
 then reports "numpy").
 """
 import os
+import platform
 import sys
 
 from setuptools import Extension, setup
@@ -29,7 +30,12 @@ def _flags():
     # unchanged); -ffp-contract=off: the error-free transformations must not be
     # fused into FMAs implicitly. Never -ffast-math, never -march=native: CPU
     # dispatch happens at run time (target_clones in the C source).
-    return ["-O3", "-fno-trapping-math", "-ffp-contract=off"]
+    flags = ["-O3", "-fno-trapping-math", "-ffp-contract=off"]
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        # the AVX-512 clone: full 512-bit vectors (gcc defaults to 256 for v4);
+        # ignored by the AVX2 and baseline clones
+        flags.append("-mprefer-vector-width=512")
+    return flags
 
 
 class OptionalBuildExt(build_ext):

@@ -62,7 +62,7 @@
 
 enum { DT_F16 = 0, DT_BF16 = 1, DT_F32 = 2, DT_F64 = 3 };
 static const int ITEMSIZE[4] = {2, 2, 4, 8};
-#define LANES 8
+#define LANES 16
 
 /* FMA available (decided once at import, matching the clone gcc's resolver picks) */
 static int g_fma = 0;
@@ -183,25 +183,28 @@ AI double prod_err(double a, double b, double p, const int USE_FMA) {
 
 /* Q(r) with exp(r) = 1 + r + r^2 Q(r): Taylor coefficients 1/n!, n = 2..13
  * (|r| <= ln2/2: truncation below 2^-58) */
-AI double expq(double r) {
-    double q = 1.0 / 6227020800.0;
-    q = q * r + 1.0 / 479001600.0;
-    q = q * r + 1.0 / 39916800.0;
-    q = q * r + 1.0 / 3628800.0;
-    q = q * r + 1.0 / 362880.0;
-    q = q * r + 1.0 / 40320.0;
-    q = q * r + 1.0 / 5040.0;
-    q = q * r + 1.0 / 720.0;
-    q = q * r + 1.0 / 120.0;
-    q = q * r + 1.0 / 24.0;
-    q = q * r + 1.0 / 6.0;
-    q = q * r + 0.5;
-    return q;
+#define FMA_(a, b, c, USE_FMA) ((USE_FMA) ? fma((a), (b), (c)) : (a) * (b) + (c))
+AI double expq(double r, const int USE_FMA) {
+    /* Estrin's scheme: short dependency chains (the loop is latency bound) */
+    double r2 = r * r, r4 = r2 * r2, r8 = r4 * r4;
+    double c01 = FMA_(1.0 / 6.0, r, 0.5, USE_FMA);
+    double c23 = FMA_(1.0 / 120.0, r, 1.0 / 24.0, USE_FMA);
+    double c45 = FMA_(1.0 / 5040.0, r, 1.0 / 720.0, USE_FMA);
+    double c67 = FMA_(1.0 / 362880.0, r, 1.0 / 40320.0, USE_FMA);
+    double c89 = FMA_(1.0 / 39916800.0, r, 1.0 / 3628800.0, USE_FMA);
+    double cab = FMA_(1.0 / 6227020800.0, r, 1.0 / 479001600.0, USE_FMA);
+    double c03 = FMA_(c23, r2, c01, USE_FMA);
+    double c47 = FMA_(c67, r2, c45, USE_FMA);
+    double c8b = FMA_(cab, r2, c89, USE_FMA);
+    double c07 = FMA_(c47, r4, c03, USE_FMA);
+    return FMA_(c8b, r8, c07, USE_FMA);
 }
 
-/* exp(x) = *hi + *lo, relative error ~0.15 u of the pair; x = -inf or below
- * -1000 gives 0, x >= 710 gives inf, NaN propagates. Branch-free. */
-AI void exp_hl(double x, double *hi, double *lo) {
+/* exp(x) * 2^K = *hi + *lo, relative error ~0.15 u of the pair; x = -inf or
+ * below -1000 gives 0, x >= 710 gives inf, NaN propagates. Branch-free.
+ * K in [0, 1000] scales exactly (tiny terms keep their lo word out of the
+ * subnormal range). */
+AI void exp_hl_scaled(double x, int64_t K, double *hi, double *lo, const int USE_FMA) {
     x = x < -1000.0 ? -1000.0 : x;
     x = x > 710.0 ? 710.0 : x;
     double kd = x * LOG2E + SHIFT;
@@ -213,16 +216,20 @@ AI void exp_hl(double x, double *hi, double *lo) {
     double rr = (rh - r) + rl;
     double h = 1.0 + r;
     double l = (1.0 - h) + r;   /* Fast2Sum(1, r): exact */
-    l += (r * r) * expq(r) + rr * h;
+    l += FMA_(r * r, expq(r, USE_FMA), rr * h, USE_FMA);
     double ph = h + l;
     double pl = l - (ph - h);
-    int64_t k = (int64_t)(ki - asu64(SHIFT));
-    int64_t k1 = (int64_t)((uint64_t)(k + 2048) >> 1) - 1024;
+    int64_t k = (int64_t)(ki - asu64(SHIFT)) + K;
+    int64_t k1 = (int64_t)((uint64_t)(k + 4096) >> 1) - 2048;
     int64_t k2 = k - k1;
     double s1 = asf64((uint64_t)(k1 + 1023) << 52);
     double s2 = asf64((uint64_t)(k2 + 1023) << 52);
     *hi = (ph * s1) * s2;   /* the first product is exact, the second rounds once */
     *lo = (pl * s1) * s2;
+}
+
+AI void exp_hl(double x, double *hi, double *lo, const int USE_FMA) {
+    exp_hl_scaled(x, 0, hi, lo, USE_FMA);
 }
 
 /* log1p(S_hi + S_lo) as a double-double (*lh + *ll), S >= 0 */
@@ -234,12 +241,12 @@ static void log1p_dd(double sh, double sl, double *lh, double *ll) {
     if (y < 0.34) {
         /* expm1(y) = y + t, t = y^2 Q(y) (relative error ~u t); Newton:
          * L = y + (S - expm1(y)) / (1 + S) */
-        double t = (y * y) * expq(y);
+        double t = (y * y) * expq(y, 0);
         double num = ((sh - y) - t) + sl; /* sh - y exact (Sterbenz) */
         delta = num / (1.0 + sh);
     } else {
         double eh, el;
-        exp_hl(y, &eh, &el);
+        exp_hl(y, &eh, &el, 0);
         double a = 1.0 + sh, b = (a - 1.0);
         double ae = (1.0 - (a - b)) + (sh - b); /* TwoSum(1, sh) error */
         double num = (a - eh) + ((ae + sl) - el); /* a - eh exact (Sterbenz) */
@@ -253,27 +260,32 @@ static void log1p_dd(double sh, double sl, double *lh, double *ll) {
 /* ------------------------------------------------------------------------ */
 /* row helpers                                                               */
 
-/* max over x[j0:j1] and whether a NaN was seen */
+/* max over x[j0:j1] and whether a NaN was seen. The NaN test is vectorised as
+ * a sum of (v - v), which is NaN for NaN and +-inf entries: only then is the
+ * row scanned again for a real NaN. */
 AI double row_max(const void *x, Py_ssize_t j0, Py_ssize_t j1, int *has_nan, const int DT) {
-    double acc[LANES];
-    int64_t nn[LANES];
-    for (int l = 0; l < LANES; l++) { acc[l] = -INFINITY; nn[l] = 0; }
+    double acc[LANES], chk[LANES];
+    for (int l = 0; l < LANES; l++) { acc[l] = -INFINITY; chk[l] = 0.0; }
     Py_ssize_t j = j0;
     for (; j + LANES <= j1; j += LANES)
         for (int l = 0; l < LANES; l++) {
             double v = ld(x, j + l, DT);
             acc[l] = v > acc[l] ? v : acc[l];
-            nn[l] |= (v != v);
+            chk[l] += v - v;
         }
-    double m = -INFINITY;
-    int64_t n = 0;
+    double m = -INFINITY, ck = 0.0;
     for (; j < j1; j++) {
         double v = ld(x, j, DT);
         m = v > m ? v : m;
-        n |= (v != v);
+        ck += v - v;
     }
-    for (int l = 0; l < LANES; l++) { m = acc[l] > m ? acc[l] : m; n |= nn[l]; }
-    if (has_nan) *has_nan = n != 0;
+    for (int l = 0; l < LANES; l++) { m = acc[l] > m ? acc[l] : m; ck += chk[l]; }
+    if (has_nan) {
+        int n = 0;
+        if (ck != ck)
+            for (j = j0; j < j1; j++) { double v = ld(x, j, DT); if (v != v) { n = 1; break; } }
+        *has_nan = n;
+    }
     return m;
 }
 
@@ -306,6 +318,7 @@ typedef struct { double hi, lo, dot; } sums_t;
  * grid 1.5 * 2^g; optionally stores the terms (ph, pl) and the dot
  * sum e_j * (-z_j) (entropy) */
 AI void exp_sum(const void *x, Py_ssize_t j0, Py_ssize_t j1, double m, double t, double sigma,
+                int64_t K,
                 double *ph, double *pl, sums_t *acc_out, const int DT, const int HAS_T,
                 const int USE_FMA, const int STORE, const int DOT) {
     double ah[LANES], al[LANES], ad[LANES];
@@ -315,9 +328,15 @@ AI void exp_sum(const void *x, Py_ssize_t j0, Py_ssize_t j1, double m, double t,
     {                                                                          \
         double q, c, eh, el;                                                   \
         shifted(ld(x, (J), DT), m, t, &q, &c, HAS_T, USE_FMA);                 \
-        exp_hl(q, &eh, &el);                                                   \
-        el += eh * c;                                                          \
-        if (STORE) { ph[(J)] = eh; pl[(J)] = el; }                             \
+        exp_hl_scaled(q, K, &eh, &el, USE_FMA);                                \
+        if (DT == DT_F64) {                                                    \
+            el += eh * c;                                                      \
+            if (STORE) { ph[(J)] = eh; pl[(J)] = el; }                         \
+        } else { /* rounded to <= 24 bits later: the pair is not needed */     \
+            eh += eh * c;                                                      \
+            el = 0.0;                                                          \
+            if (STORE) ph[(J)] = eh;                                           \
+        }                                                                      \
         double g = (eh + sigma) - sigma;                                       \
         ah[L] += g;                                                            \
         al[L] += (eh - g) + el;                                                \
@@ -343,6 +362,43 @@ static double grid_sigma(double top, Py_ssize_t C) {
     int nb = 1;
     while (((Py_ssize_t)1 << nb) < C + 1) nb++;
     return ldexp(1.5, e + nb);
+}
+
+/* L = log1p(sum_{j != k} exp(z_j)) as a double-double, z_j = (x_j - m)/t, with
+ * k the argmax. The grid of the split sum is scaled to the largest such term
+ * (x's second maximum *m2_out), and rows of tiny terms are summed scaled by
+ * an exact 2^K. Returns S = sum (*s_out, float64) and, with DOT, the entropy
+ * dot product sum_j e_j (-z_j). */
+AI void rest_lse(const void *x, Py_ssize_t C, Py_ssize_t k, double m, double t, double *lh,
+                 double *ll, double *m2_out, double *s_out, double *dot_out, const int DT,
+                 const int HAS_T, const int USE_FMA, const int DOT) {
+    double m2 = -INFINITY;
+    *lh = 0.0; *ll = 0.0;
+    if (s_out) *s_out = 0.0;
+    if (dot_out) *dot_out = 0.0;
+    if (C > 1) {
+        double a = row_max(x, 0, k, NULL, DT), b = row_max(x, k + 1, C, NULL, DT);
+        m2 = a > b ? a : b;
+    }
+    *m2_out = m2;
+    if (!(m2 > -INFINITY)) return;
+    double top = exp(HAS_T ? (m2 - m) / t : (m2 - m));
+    if (!(top > 0.0)) return;
+    int e;
+    frexp(top, &e);
+    int64_t K = e < -900 ? (int64_t)(-e) : 0;     /* scale tiny terms up exactly */
+    if (K > 1000) K = 1000;
+    double sigma = grid_sigma(ldexp(top, (int)K), C);
+    sums_t s = {0.0, 0.0, 0.0};
+    exp_sum(x, 0, k, m, t, sigma, K, NULL, NULL, &s, DT, HAS_T, USE_FMA, 0, DOT);
+    exp_sum(x, k + 1, C, m, t, sigma, K, NULL, NULL, &s, DT, HAS_T, USE_FMA, 0, DOT);
+    double shi = s.hi + s.lo;   /* TwoSum: s.hi may be 0 */
+    double bb = shi - s.hi;
+    double slo = (s.hi - (shi - bb)) + (s.lo - bb);
+    if (K) { shi = ldexp(shi, (int)-K); slo = ldexp(slo, (int)-K); s.dot = ldexp(s.dot, (int)-K); }
+    log1p_dd(shi, slo, lh, ll);
+    if (s_out) *s_out = shi;
+    if (dot_out) *dot_out = s.dot;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -404,7 +460,7 @@ AI void softmax_row_prob(const sm_args *A, const void *x, void *o, double m, sta
     double *ph = A->ph, *pl = A->pl;
     double sigma = grid_sigma(1.0, C);
     sums_t s = {0.0, 0.0, 0.0};
-    exp_sum(x, 0, C, m, A->t, sigma, ph, pl, &s, DT, HAS_T, USE_FMA, 1, 0);
+    exp_sum(x, 0, C, m, A->t, sigma, 0, ph, pl, &s, DT, HAS_T, USE_FMA, 1, 0);
     double shi = s.hi + s.lo;              /* Fast2Sum: s.hi >= 1 > |s.lo| */
     double slo = s.lo - (shi - s.hi);
     double inv = 1.0 / shi;
@@ -415,9 +471,12 @@ AI void softmax_row_prob(const sm_args *A, const void *x, void *o, double m, sta
     {                                                                           \
         double h = ph[(J)];                                                     \
         double q = h * inv;                                                     \
-        double p = q * shi;                                                     \
-        double rr = (h - p) - prod_err(q, shi, p, USE_FMA); /* h - q shi */     \
-        double v = q + ((rr + pl[(J)]) - q * slo) * inv;                        \
+        double v = q;                                                           \
+        if (DT == DT_F64) {                                                     \
+            double p = q * shi;                                                 \
+            double rr = (h - p) - prod_err(q, shi, p, USE_FMA); /* h - q shi */ \
+            v = q + ((rr + pl[(J)]) - q * slo) * inv;                           \
+        }                                                                       \
         st(o, (J), v, DT);                                                      \
         under[L] += st_is_zero(v, DT) & (ld(x, (J), DT) > -INFINITY);           \
     }
@@ -432,28 +491,8 @@ AI void softmax_row_log(const sm_args *A, const void *x, void *o, double m, Py_s
                         stats_t *S, const int DT, const int HAS_T, const int USE_FMA) {
     Py_ssize_t C = A->C;
     double t = A->t;
-    /* the largest term other than the argmax sets the grid */
-    double m2 = -INFINITY;
-    if (C > 1) {
-        double a = row_max(x, 0, k, NULL, DT), b = row_max(x, k + 1, C, NULL, DT);
-        m2 = a > b ? a : b;
-    }
-    double lh = 0.0, ll = 0.0;
-    if (m2 > -INFINITY) {
-        double top = exp(HAS_T ? (m2 - m) / t : (m2 - m));
-        if (top > 0.0) {
-            double sigma = grid_sigma(top, C);
-            sums_t s = {0.0, 0.0, 0.0};
-            exp_sum(x, 0, k, m, t, sigma, NULL, NULL, &s, DT, HAS_T, USE_FMA, 0, 0);
-            exp_sum(x, k + 1, C, m, t, sigma, NULL, NULL, &s, DT, HAS_T, USE_FMA, 0, 0);
-            double shi = s.hi + s.lo;   /* TwoSum: s.hi may be 0 */
-            double bb = shi - s.hi;
-            double slo = (s.hi - (shi - bb)) + (s.lo - bb);
-            log1p_dd(shi, slo, &lh, &ll);
-        } else if (top != top) {
-            lh = NAN;
-        }
-    }
+    double lh, ll, m2;
+    rest_lse(x, C, k, m, t, &lh, &ll, &m2, NULL, NULL, DT, HAS_T, USE_FMA, 0);
     double lim = LOG_UNDER[DT];
     int64_t under[LANES];
     for (int l = 0; l < LANES; l++) under[l] = 0;
@@ -550,23 +589,8 @@ AI void lse_rows_t(const lse_args *A, Py_ssize_t r0, Py_ssize_t r1, const int DT
         else if (!isfinite(m)) v = m;
         else {
             Py_ssize_t k = first_index(x, C, m, DT);
-            double m2 = -INFINITY, lh = 0.0, ll = 0.0;
-            if (C > 1) {
-                double a = row_max(x, 0, k, NULL, DT), b = row_max(x, k + 1, C, NULL, DT);
-                m2 = a > b ? a : b;
-            }
-            if (m2 > -INFINITY) {
-                double top = exp(HAS_T ? (m2 - m) / t : (m2 - m));
-                if (top > 0.0) {
-                    double sigma = grid_sigma(top, C);
-                    sums_t s = {0.0, 0.0, 0.0};
-                    exp_sum(x, 0, k, m, t, sigma, NULL, NULL, &s, DT, HAS_T, USE_FMA, 0, 0);
-                    exp_sum(x, k + 1, C, m, t, sigma, NULL, NULL, &s, DT, HAS_T, USE_FMA, 0, 0);
-                    double shi = s.hi + s.lo, bb = shi - s.hi;
-                    double slo = (s.hi - (shi - bb)) + (s.lo - bb);
-                    log1p_dd(shi, slo, &lh, &ll);
-                }
-            }
+            double m2, lh, ll;
+            rest_lse(x, C, k, m, t, &lh, &ll, &m2, NULL, NULL, DT, HAS_T, USE_FMA, 0);
             /* m / t as mq + mr */
             double mq = m, mr = 0.0;
             if (HAS_T) {
@@ -626,26 +650,8 @@ AI void xent_rows_t(const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb
         if (has_nan || !isfinite(m)) { A->fallback[r] = 1; (*nfb)++; continue; }
         A->fallback[r] = 0;
         Py_ssize_t k = first_index(x, C, m, DT);
-        double m2 = -INFINITY;
-        if (C > 1) {
-            double a = row_max(x, 0, k, NULL, DT), b = row_max(x, k + 1, C, NULL, DT);
-            m2 = a > b ? a : b;
-        }
-        double lh = 0.0, ll = 0.0, shi = 0.0, dot = 0.0;
-        if (m2 > -INFINITY) {
-            double top = exp(m2 - m);
-            if (top > 0.0) {
-                double sigma = grid_sigma(top, C);
-                sums_t s = {0.0, 0.0, 0.0};
-                exp_sum(x, 0, k, m, 1.0, sigma, NULL, NULL, &s, DT, 0, USE_FMA, 0, 1);
-                exp_sum(x, k + 1, C, m, 1.0, sigma, NULL, NULL, &s, DT, 0, USE_FMA, 0, 1);
-                shi = s.hi + s.lo;
-                double bb = shi - s.hi;
-                double slo = (s.hi - (shi - bb)) + (s.lo - bb);
-                log1p_dd(shi, slo, &lh, &ll);
-                dot = s.dot;
-            }
-        }
+        double m2, lh, ll, shi, dot;
+        rest_lse(x, C, k, m, 1.0, &lh, &ll, &m2, &shi, &dot, DT, 0, USE_FMA, 1);
         A->argmax[r] = k;
         A->entropy[r] = (lh + ll) + dot / (1.0 + shi);
         int64_t y = A->target[r];
@@ -869,8 +875,24 @@ static PyObject *py_isa(PyObject *self, PyObject *noargs) { return PyUnicode_Fro
 static PyObject *py_exp_hl(PyObject *self, PyObject *args) {
     double x, h, l;
     if (!PyArg_ParseTuple(args, "d", &x)) return NULL;
-    exp_hl(x, &h, &l);
+    exp_hl(x, &h, &l, 0);
     return Py_BuildValue("(dd)", h, l);
+}
+
+/* test hook: round16(src float64 buffer, dst uint16 buffer, n, dt) */
+static PyObject *py_round16(PyObject *self, PyObject *args) {
+    PyObject *so, *dso;
+    Py_ssize_t n;
+    int dt;
+    if (!PyArg_ParseTuple(args, "OOni", &so, &dso, &n, &dt)) return NULL;
+    Py_buffer sb, db;
+    if (get_buf(so, &sb, 0, n * 8, "src") < 0) return NULL;
+    if (get_buf(dso, &db, 1, n * 2, "dst") < 0) { PyBuffer_Release(&sb); return NULL; }
+    const double *src = (const double *)sb.buf;
+    uint16_t *dst = (uint16_t *)db.buf;
+    for (Py_ssize_t i = 0; i < n; i++) dst[i] = dt == DT_F16 ? f64_to_f16(src[i]) : f64_to_bf16(src[i]);
+    PyBuffer_Release(&sb); PyBuffer_Release(&db);
+    Py_RETURN_NONE;
 }
 
 static PyObject *py_set_fma(PyObject *self, PyObject *args) {
@@ -888,6 +910,7 @@ static PyMethodDef methods[] = {
                                     "loss, logp_true, p_true, argmax, top5, margin, entropy, fallback)"},
     {"isa", py_isa, METH_NOARGS, "instruction set of the running clone"},
     {"exp_hl", py_exp_hl, METH_VARARGS, "exp(x) as (hi, lo) (test hook)"},
+    {"round16", py_round16, METH_VARARGS, "round16(src_f64, dst_u16, n, dt) (test hook)"},
     {"set_fma", py_set_fma, METH_VARARGS, "use FMA for exact products (test hook); returns old"},
     {NULL, NULL, 0, NULL},
 };
