@@ -30,7 +30,8 @@ def _flags():
     # unchanged); -ffp-contract=off: the error-free transformations must not be
     # fused into FMAs implicitly. Never -ffast-math, never -march=native: CPU
     # dispatch happens at run time (target_clones in the C source).
-    flags = ["-O3", "-fno-trapping-math", "-ffp-contract=off"]
+    # -g0: no debug info (the clones of the unrolled kernels make it large and slow to emit)
+    flags = ["-O3", "-g0", "-fno-trapping-math", "-ffp-contract=off"]
     if platform.machine().lower() in ("x86_64", "amd64"):
         # the AVX-512 clone: full 512-bit vectors (gcc defaults to 256 for v4);
         # ignored by the AVX2 and baseline clones

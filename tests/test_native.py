@@ -277,6 +277,21 @@ def test_threads_give_identical_results():
     np.testing.assert_array_equal(a, b)
 
 
+def test_dekker_path_equals_fma_path():
+    """Exact products by Dekker's algorithm (CPUs without FMA) give bitwise the same result."""
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((50, 301)) * 30
+    a, b = np.empty_like(x), np.empty_like(x)
+    native.softmax_rows(x, a, temperature=0.7)
+    old = native._ext.set_fma(False)
+    try:
+        native.softmax_rows(x, b, temperature=0.7)
+    finally:
+        native._ext.set_fma(old)
+    np.testing.assert_array_equal(a, b)
+    check(x, temperature=0.7)
+
+
 # ---------------------------------------------------------------------------
 # 16-bit rounding: once, from float64, to nearest even
 

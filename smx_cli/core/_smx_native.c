@@ -62,7 +62,7 @@
 
 enum { DT_F16 = 0, DT_BF16 = 1, DT_F32 = 2, DT_F64 = 3 };
 static const int ITEMSIZE[4] = {2, 2, 4, 8};
-#define LANES 16
+#define LANES 8
 
 /* FMA available (decided once at import, matching the clone gcc's resolver picks) */
 static int g_fma = 0;
@@ -216,7 +216,7 @@ AI void exp_hl_scaled(double x, int64_t K, double *hi, double *lo, const int USE
     double rr = (rh - r) + rl;
     double h = 1.0 + r;
     double l = (1.0 - h) + r;   /* Fast2Sum(1, r): exact */
-    l += FMA_(r * r, expq(r, USE_FMA), rr * h, USE_FMA);
+    l += (r * r) * expq(r, 0) + rr * h;
     double ph = h + l;
     double pl = l - (ph - h);
     int64_t k = (int64_t)(ki - asu64(SHIFT)) + K;
@@ -548,14 +548,9 @@ AI void softmax_rows_t(const sm_args *A, Py_ssize_t r0, Py_ssize_t r1, stats_t *
     }
 
 AI void softmax_rows_dt(const sm_args *A, Py_ssize_t r0, Py_ssize_t r1, stats_t *S, const int DT) {
-    int has_t = A->t != 1.0;
-    if (g_fma) {
-        if (has_t) softmax_rows_t(A, r0, r1, S, DT, 1, 1);
-        else softmax_rows_t(A, r0, r1, S, DT, 0, 1);
-    } else {
-        if (has_t) softmax_rows_t(A, r0, r1, S, DT, 1, 0);
-        else softmax_rows_t(A, r0, r1, S, DT, 0, 0);
-    }
+    /* g_fma is a run-time flag (not a template constant) to halve the code size */
+    if (A->t != 1.0) softmax_rows_t(A, r0, r1, S, DT, 1, g_fma);
+    else softmax_rows_t(A, r0, r1, S, DT, 0, g_fma);
 }
 
 SMX_CLONES
@@ -607,12 +602,8 @@ AI void lse_rows_t(const lse_args *A, Py_ssize_t r0, Py_ssize_t r1, const int DT
 }
 
 AI void lse_rows_dt(const lse_args *A, Py_ssize_t r0, Py_ssize_t r1, const int DT) {
-    int has_t = A->t != 1.0;
-    if (g_fma) {
-        if (has_t) lse_rows_t(A, r0, r1, DT, 1, 1); else lse_rows_t(A, r0, r1, DT, 0, 1);
-    } else {
-        if (has_t) lse_rows_t(A, r0, r1, DT, 1, 0); else lse_rows_t(A, r0, r1, DT, 0, 0);
-    }
+    if (A->t != 1.0) lse_rows_t(A, r0, r1, DT, 1, g_fma);
+    else lse_rows_t(A, r0, r1, DT, 0, g_fma);
 }
 
 SMX_CLONES
@@ -715,8 +706,7 @@ AI void xent_rows_t(const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb
 }
 
 AI void xent_rows_dt(const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, const int DT) {
-    if (g_fma) xent_rows_t(A, r0, r1, nfb, DT, 1);
-    else xent_rows_t(A, r0, r1, nfb, DT, 0);
+    xent_rows_t(A, r0, r1, nfb, DT, g_fma);
 }
 
 SMX_CLONES
