@@ -219,6 +219,7 @@ def test_special_rows_match_reference(dt, kind):
         [0.0, -inf, 1.0, -inf],
         [inf, nan, 1.0, 1.0],
         [-inf, 3.0, -inf, -inf],
+        [1.0, inf, -inf, 2.0],
     ])
     x = x64.astype(dt)
     out = np.empty_like(x)
@@ -228,9 +229,13 @@ def test_special_rows_match_reference(dt, kind):
     np.testing.assert_array_equal(np.isnan(out.astype(np.float64)), np.isnan(ref.astype(np.float64)))
     err = ulp_errors(out, ref.astype(np.float64), dt)
     assert err.max() <= bound(dt) + 0.5  # the reference itself is within a few ulps
-    assert stats["nan_rows"] == 3 and stats["masked_rows"] == 1 and stats["posinf_rows"] == 1
+    assert stats["nan_rows"] == 3 and stats["masked_rows"] == 1 and stats["posinf_rows"] == 2
     assert stats["nan_entries"] == 12
     np.testing.assert_array_equal(am, np.argmax(x64, axis=1))
+    # signs of zeros too (a single +inf entry: log p = +0.0, as numpy's log(1.0))
+    fin = np.isfinite(ref.astype(np.float64)) & (ref.astype(np.float64) == 0)
+    np.testing.assert_array_equal(np.signbit(out.astype(np.float64))[fin],
+                                  np.signbit(ref.astype(np.float64))[fin])
     zeros = np.empty_like(x)
     native.softmax_rows(x, zeros, kind=kind, masked="zeros")
     assert np.all(zeros[2].astype(np.float64) == (0.0 if kind == "prob" else -np.inf))

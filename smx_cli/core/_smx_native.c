@@ -436,7 +436,7 @@ AI int special_row(const sm_args *A, const void *x, void *o, double m, int has_n
     if (m == INFINITY) {
         Py_ssize_t n = 0;
         for (Py_ssize_t j = 0; j < C; j++) n += ld(x, j, DT) == INFINITY;
-        double p = A->kind ? -log((double)n) : 1.0 / (double)n;
+        double p = A->kind ? (n == 1 ? 0.0 : -log((double)n)) : 1.0 / (double)n; /* +0.0 as numpy */
         double z = A->kind ? -INFINITY : 0.0;
         for (Py_ssize_t j = 0; j < C; j++) st(o, j, ld(x, j, DT) == INFINITY ? p : z, DT);
         S->posinf_rows++;
