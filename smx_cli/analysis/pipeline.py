@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 
@@ -177,8 +177,8 @@ def streamable(file: str | None, *, axis: int, key: str | None, out_fmt: str | N
 
     Row-local work only (no mask or gradients, no Gumbel draws, whose random
     stream is per call) along the last axis, from a file (not stdin):
-    ``"npy"`` for an NPY file with output to .npy or none; ``"text"`` for a
-    CSV/TSV file of at least 16 MB with output to .csv/.tsv or none.
+    ``"npy"`` for an NPY file, ``"text"`` for a CSV/TSV file of at least
+    16 MB, each with output to .npy, .csv, .tsv or none.
     Anything else returns None: one block.
     """
     if (file in (None, "-") or job.mask is not None or whole_array_needed
@@ -195,11 +195,11 @@ def streamable(file: str | None, *, axis: int, key: str | None, out_fmt: str | N
             return None
         else:
             big = os.path.getsize(file) >= TEXT_STREAM_BYTES
-            ok = big and out_fmt in (None, "csv", "tsv") and axis in (-1, 1)
+            ok = big and out_fmt in (None, "csv", "tsv", "npy") and axis in (-1, 1)
             return "text" if ok else None
     except (OSError, ValueError):
         return None  # the whole-array reader reports it properly
-    if out_fmt not in (None, "npy"):
+    if out_fmt not in (None, "npy", "csv", "tsv"):
         return None
     if dtype.hasobject or dtype.kind not in "fiu" or len(shape) < 1:
         return None
@@ -216,7 +216,7 @@ class Streamed:
 
 
 def stream_file(file: str, how: str, job: SoftmaxJob, keep: int, *, output: str | None,
-                out_fmt: str | None, delimiter=None, header=None,
+                out_fmt: str | None, delimiter=None, header=None, digits: int | None = None,
                 progress: Callable[[int], Callable[[int, int], None]] | None = None) -> Streamed:
     """Run the pipeline over ``file`` block by block, writing ``output`` as it goes.
 
@@ -225,7 +225,7 @@ def stream_file(file: str, how: str, job: SoftmaxJob, keep: int, *, output: str 
     """
     pipe = BlockPipeline(job, keep)
     if how == "text":
-        names = _stream_text(file, pipe, output, out_fmt, delimiter, header)
+        names = _stream_text(file, pipe, output, out_fmt, delimiter, header, digits)
         res = pipe.finish()
         return Streamed(res, (res.rows, res.diagnostics.inputs.classes), names)
     shape, in_dtype = stream.npy_info(file)
@@ -233,7 +233,12 @@ def stream_file(file: str, how: str, job: SoftmaxJob, keep: int, *, output: str 
     bar = progress(total) if progress else _no_progress()
     with bar as advance:
         try:
-            if output:
+            if output and out_fmt != "npy":
+                # NPY -> CSV/TSV: the rows of the last axis, as the whole-array path writes them
+                results = (pipe.feed(xb) for _, _, xb in stream.iter_npy_blocks(
+                    file, block_bytes=STREAM_BLOCK))
+                _write_blocks(output, out_fmt, results, None, digits, total * 2)
+            elif output:
                 stream.stream_npy(file, output, pipe.feed, progress=advance,
                                   block_bytes=STREAM_BLOCK)
             else:
@@ -255,28 +260,31 @@ class _no_progress:
         return False
 
 
-def _stream_text(file, pipe: BlockPipeline, output, out_fmt, delimiter, header):
-    """Feed a big CSV/TSV file to the pipeline in row blocks; write CSV/TSV as it comes."""
-    names = None
-    blocks: Iterable = io_mod.iter_text_blocks(file, delimiter=delimiter, header=header,
-                                               block_bytes=TEXT_BLOCK)
+def _stream_text(file, pipe: BlockPipeline, output, out_fmt, delimiter, header, digits):
+    """Feed a big CSV/TSV file to the pipeline in row blocks; write the output as it comes."""
+    state = {"names": None}
+
+    def results():
+        for values, names in io_mod.iter_text_blocks(file, delimiter=delimiter, header=header,
+                                                     block_bytes=TEXT_BLOCK):
+            state["names"] = names
+            yield pipe.feed(values)
+
     if not output:
-        for values, names in blocks:
-            pipe.feed(values)
-        return names
-    out_delim = "\t" if out_fmt == "tsv" else ","
+        for _ in results():
+            pass
+        return state["names"]
+    _write_blocks(output, out_fmt, results(), lambda: state["names"], digits,
+                  os.path.getsize(file))
+    return state["names"]
+
+
+def _write_blocks(output, out_fmt, results, columns, digits, size_hint):
     try:
-        with io_mod.atomic_output(output, "w") as fh:
-            first = True
-            for values, names in blocks:
-                result = pipe.feed(values)
-                if first and names is not None:
-                    fh.write(out_delim.join(io_mod.csv_field(c, out_delim) for c in names) + "\n")
-                first = False
-                fh.write(io_mod.csv_text(result, None, out_delim))
+        stream.write_row_blocks(output, out_fmt, results, columns=columns, digits=digits,
+                                size_hint=size_hint)
     except OSError as exc:
         raise SmxError(f"{output}: {exc.strerror or exc}; nothing was written") from None
-    return names
 
 
 def strict_failure(diag: SoftmaxDiagnostics) -> str | None:

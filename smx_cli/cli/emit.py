@@ -33,13 +33,15 @@ class Payload:
     array: np.ndarray | None = None
     # row names (--id-column): the first column of CSV/TSV (NPY carries numbers only)
     row_ids: list[str] | None = None
+    # CSV/TSV values rounded to this many significant digits (None: shortest exact)
+    digits: int | None = None
 
     def encode(self, fmt: str) -> bytes:
         if fmt == "npy":
             return io.npy_bytes(self.matrix if self.array is None else self.array)
         if fmt in ("csv", "tsv"):
             delim = "," if fmt == "csv" else "\t"
-            text = io.csv_text(self.table(), self.columns, delim)
+            text = io.csv_text(self.table(), self.columns, delim, digits=self.digits)
             if self.row_ids is not None:
                 text = _with_ids(text, self.row_ids, self.columns is not None, delim)
             return text.encode()

@@ -92,7 +92,8 @@ def _softmax(sd, p):
             console, rep.head_values, rep.head_logits, kind=rep.head_result.kind,
             tiny=rep.head_result.fmt.smallest_normal, variant=p["variant"],
             temperature=p["temperature"], source=p["file"], max_rows=p["max_rows"],
-            top_k=p["top_k"], digits=p["digits"], total_rows=n))
+            top_k=p["top_k"], digits=p["digits"] if p["digits"] is not None else 6,
+            total_rows=n))
     parts.append(Text(f"computed in {len(x.chunks[0]) * len(x.chunks[1]):,} chunks on Dask "
                       "(-o DIR.zarr for all rows)", style="dim"))
     parts.append(render.diagnostics_panel(rep.diagnostics, p["file"], support=rep.support))

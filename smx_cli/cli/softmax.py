@@ -155,7 +155,7 @@ def softmax_cmd(file, delimiter, header, key, axis, label_column, id_column, var
     rows = None
     if how:
         streamed = pipeline.stream_file(file, how, job, keep, output=output, out_fmt=out_fmt,
-                                        delimiter=delimiter, header=header,
+                                        delimiter=delimiter, header=header, digits=digits,
                                         progress=lambda total: progress_bar(total, "smx softmax"))
         res, shape, class_names = streamed.result, streamed.shape, streamed.class_names
         lead_shape = tuple(shape[:-1]) if len(shape) > 1 else None
@@ -183,6 +183,7 @@ def softmax_cmd(file, delimiter, header, key, axis, label_column, id_column, var
                                             "gradient": "upstream @ Jacobian"}, {"vjp": vjp},
                     array=from_rows(vjp, rows.moved_shape, rows.axis, rows.ndim)), None)
         payload = _payload(rows, res)
+        payload.digits = digits
         if output:
             write_file(output, payload, out_fmt)
         if stdout_fmt not in ("table", "none"):
@@ -200,9 +201,10 @@ def softmax_cmd(file, delimiter, header, key, axis, label_column, id_column, var
                 console, res.head_values, res.head_logits, kind=res.template.kind,
                 tiny=res.template.fmt.smallest_normal, variant=variant, temperature=temperature,
                 source=source, class_names=class_names, lead_shape=lead_shape,
-                max_rows=max_rows, top_k=top_k, digits=digits, total_rows=res.rows))
-            if res.blocks > 1:
-                parts.append(Text("the file was streamed in row blocks", style="dim"))
+                max_rows=max_rows, top_k=top_k, digits=digits if digits is not None else 6,
+                total_rows=res.rows))
+        if res.blocks > 1:
+            parts.append(Text("the file was streamed in row blocks", style="dim"))
         parts.append(panel)
         report = None
         if rows is not None and gradients:
