@@ -112,7 +112,7 @@ def run(x2: np.ndarray, variant: str = "stable", *, temperature: float = 1.0,
                 raise ValueError(f"samples must be >= 1, got {opts.samples}")
             samples = opts.samples
             draws = family.gumbel_softmax(z, opts.tau, False, samples, opts.seed, masked)
-            soft = draws.reshape(-1, z.shape[1])
+            soft = draws.reshape(samples * z.shape[0], z.shape[1])  # -1 fails for 0 classes
             values = family.hardmax(soft, masked) if opts.hard else soft
             z = np.tile(z, (samples, 1)) if samples > 1 else z
             xr = np.tile(np.asarray(xr), (samples, 1)) if samples > 1 else xr
@@ -281,7 +281,8 @@ def check_gradients(variant: str, x2: np.ndarray, *, temperature: float = 1.0,
 def _check_sparse(variant, x2, alpha, temperature, opts, rows, seed, rtol=1e-5, atol=1e-7):
     rng = np.random.default_rng(seed)
     x2 = np.asarray(x2, dtype=np.float64)
-    finite = np.flatnonzero(np.isfinite(x2).all(axis=1))
+    # rows of at least one class, all finite (a row of 0 classes has nothing to check)
+    finite = np.flatnonzero(np.isfinite(x2).all(axis=1)) if x2.shape[1] else np.arange(0)
     pick = rng.choice(finite, size=min(rows, len(finite)), replace=False) if len(finite) else []
 
     def forward(v):
