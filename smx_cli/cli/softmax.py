@@ -15,7 +15,7 @@ from smx_cli.render import grad as render_grad
 from smx_cli.io import stream
 from smx_cli.core import registry as variants
 from smx_cli.analysis.diagnostics import Accumulator, diagnose
-from smx_cli.cli.emit import (Payload, check_output_path, progress_bar, stdout_console, write_file,
+from smx_cli.cli.emit import (Payload, check_outputs, progress_bar, stdout_console, write_files,
                           write_stdout)
 from smx_cli.errors import SmxError
 from smx_cli.core.sparse import FAMILY_HELP
@@ -109,8 +109,7 @@ def softmax_cmd(file, delimiter, header, key, axis, variant, dtype, temperature,
         raise click.BadParameter("must be a finite number > 1", param_hint="'--alpha'")
     if not (tau > 0 and tau != float("inf")):
         raise click.BadParameter("must be a finite number > 0", param_hint="'--tau'")
-    check_output_path(output, file, mask_path, upstream)
-    check_output_path(grad_out, file, mask_path, upstream)
+    check_outputs([(output, fmt), (grad_out, None)], (file, mask_path, upstream))
     opts = variants.VariantOptions(alpha=alpha, tau=tau, hard=hard, samples=samples, seed=seed)
     source_kind = _streamable(file, axis, key, output, fmt, variant, mask_path,
                               show_grad or upstream or check_grad)
@@ -128,18 +127,15 @@ def softmax_cmd(file, delimiter, header, key, axis, variant, dtype, temperature,
     lead_shape = rows.lead_shape if run.samples == 1 else (run.samples,) + tuple(rows.lead_shape)
     diag = diagnose(run.logits, result, sparse=variant in variants.SPARSE_OUTPUT or (variant == "gumbel" and hard))
     payload = _payload(rows, result, diag, run)
-    vjp = None
+    vjp = grad_payload = None
     if upstream:
         vjp = _vjp(upstream, rows, run, variant, temperature, opts)
         if grad_out:
-            write_file(grad_out, Payload(vjp, rows.class_names,
-                                         {"command": "softmax", "gradient": "upstream @ Jacobian",
-                                          "variant": variant}, {"vjp": vjp},
-                                         array=from_rows(vjp, rows.moved_shape, rows.axis, rows.ndim)),
-                       None)
-
-    if output:
-        write_file(output, payload, fmt)
+            grad_payload = Payload(vjp, rows.class_names,
+                                   {"command": "softmax", "gradient": "upstream @ Jacobian",
+                                    "variant": variant}, {"vjp": vjp},
+                                   array=from_rows(vjp, rows.moved_shape, rows.axis, rows.ndim))
+    write_files([(grad_out, grad_payload, None), (output, payload, fmt)])  # all or none
     if fmt and fmt != "table" and not output:
         write_stdout(payload, fmt)
     else:
