@@ -86,7 +86,7 @@ Examples:
                    "100, ... and show where each variant first breaks")
 @click.option("--max-scale", type=click.FloatRange(min=1, max=1e300), default=MAX_SCALE,
               show_default=True, help="--sweep: the largest scale tried")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="--sweep without FILE: seed of the 256 x 10 standard-normal sample")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               show_default=True, help="table for people, json for scripts (the same data)")

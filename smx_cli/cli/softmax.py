@@ -75,7 +75,8 @@ Examples:
 @click.option("--hard", is_flag=True, help="gumbel: one-hot samples (straight-through)")
 @click.option("--samples", type=click.IntRange(min=1), default=1, show_default=True,
               help="gumbel: samples per row")
-@click.option("--seed", type=int, default=None, help="gumbel: random seed for reproducible draws")
+@click.option("--seed", type=click.IntRange(min=0), default=None,
+              help="gumbel: random seed (an integer >= 0) for reproducible draws")
 @click.option("--grad", "show_grad", is_flag=True,
               help="Show Jacobians of the displayed rows and the saturation panel")
 @click.option("--grad-rows", type=click.IntRange(min=1), default=3, show_default=True,

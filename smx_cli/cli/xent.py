@@ -21,7 +21,8 @@ from smx_cli.cli.options import input_options
 from smx_cli.core.precision import result_format
 from smx_cli.cli.prepare import Rows, load_rows
 from smx_cli.core.softmax import as_rows
-from smx_cli.core.xent import INPUT_KINDS, REDUCTIONS, evaluate, evaluate_blocks
+from smx_cli.core.xent import (INPUT_KINDS, REDUCTIONS, NotProbabilities, evaluate,
+                               evaluate_blocks)
 
 
 @click.command("xent", epilog="""\b
@@ -114,6 +115,8 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
         try:
             res = evaluate(x2, labels, weight=weights, want_grad=want_grad, threads=threads,
                            **opts)
+        except NotProbabilities as exc:  # the logits file is at fault, not the labels
+            raise SmxError(f"{source}: {exc}") from None
         except ValueError as exc:
             raise SmxError(f"{labels_source}: {exc}") from None
         counts = _count_inputs(x2)
@@ -252,6 +255,8 @@ def _streamed(file, shape, labels_path, weight, opts, threads):
                                   on_block=on_block, **opts)
         except stream.StreamError as exc:
             raise SmxError(str(exc)) from None
+        except NotProbabilities as exc:
+            raise SmxError(f"{file}: {exc}") from None
         except ValueError as exc:
             raise SmxError(f"{labels_path}: {exc}") from None
         except OSError as exc:
