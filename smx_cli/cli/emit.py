@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from rich.console import Console
+from rich.segment import Segments
 
 from smx_cli import io
 from smx_cli.errors import SmxError, StdoutClosed
@@ -146,6 +147,27 @@ class _PipeConsole(Console):
     def on_broken_pipe(self) -> None:
         self.quiet = True
         raise StdoutClosed
+
+
+def print_progressively(console: Console, renderable, batch_lines: int = 256) -> None:
+    """Print ``renderable`` a batch of lines at a time, not all at the end.
+
+    rich renders a table row by row but ``Console.print`` writes only when
+    all is rendered: ``smx ... --rows 100000 | head`` would render every row
+    before ``head`` saw the first. Here each batch is written as it is
+    rendered, so a closed pipe (:class:`StdoutClosed`) stops the work after
+    at most one more batch.
+    """
+    batch, lines = [], 0
+    for seg in console.render(renderable, console.options):
+        batch.append(seg)
+        if "\n" in seg.text:
+            lines += 1
+            if lines >= batch_lines:
+                console.print(Segments(batch), end="")
+                batch, lines = [], 0
+    if batch:
+        console.print(Segments(batch), end="")
 
 
 def stdout_console() -> Console:

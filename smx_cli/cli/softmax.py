@@ -15,8 +15,8 @@ from smx_cli.render import grad as render_grad
 from smx_cli.io import stream
 from smx_cli.core import registry as variants
 from smx_cli.analysis.diagnostics import Accumulator, diagnose
-from smx_cli.cli.emit import (Payload, check_outputs, progress_bar, stdout_console, write_files,
-                          write_stdout)
+from smx_cli.cli.emit import (Payload, check_outputs, print_progressively, progress_bar,
+                          stdout_console, write_files, write_stdout)
 from smx_cli.errors import SmxError
 from smx_cli.core.sparse import FAMILY_HELP
 from smx_cli.io import NPY_MAGIC, ZIP_MAGIC, output_format, read_array
@@ -172,26 +172,34 @@ def _show_values(console, values, logits, result, variant, temperature, source, 
     width = values.shape[1]
     common = dict(kind=kind, tiny=result.fmt.smallest_normal, class_names=class_names,
                   lead_shape=lead_shape, max_rows=max_rows, title=title, digits=digits)
+    # the fit is judged on the first rows only: measuring every shown row of up
+    # to six candidate tables took minutes for --rows 20000
+    probe = dict(common, max_rows=min(max_rows, _FIT_ROWS))
     table = None
     why = f"{width} classes"
     if top_k is None and width <= render.DEFAULT_MAX_COLS:
-        table = render.values_table(values, logits, **common)
+        table = render.values_table(values, logits, **probe)
         if _needed_width(console, table) > console.width:
             # rich would squeeze every cell to "0.9…": show fewer columns instead
             table = None
             why = f"{width} classes do not fit in {console.width} columns"
-    if table is None and top_k is not None:
+    if table is not None:
+        table = render.values_table(values, logits, **common)
+    elif top_k is not None:
         table = render.topk_table(values, logits, top_k, **common)
-    elif table is None:
+    else:
         # the largest k <= DEFAULT_TOP_K whose table fits the terminal
         for k in range(render.DEFAULT_TOP_K, 0, -1):
             reason = f"{why}: showing each row's top {k} (--top-k K to choose)"
-            table = render.topk_table(values, logits, k, reason=reason, **common)
+            table = render.topk_table(values, logits, k, reason=reason, **probe)
             if _needed_width(console, table) <= console.width:
                 break
-    console.print(table)
+        table = render.topk_table(values, logits, k, reason=reason, **common)
+    print_progressively(console, table)  # | head stops the rendering early
 
 
+# rows of a candidate table measured to see whether it fits the terminal
+_FIT_ROWS = 64
 # input bytes per streamed block: peak memory is a few times this
 _STREAM_BLOCK = 32 << 20
 # CSV/TSV inputs at least this big are parsed and written in row blocks
