@@ -113,8 +113,19 @@ def _quiet_stdout() -> None:
         pass
 
 
-def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
-    raise Terminated
+def _on_signal(signum, frame):  # noqa: ARG001 - signal handler signature
+    """The first SIGINT/SIGTERM stops the work; later ones wait until smx exits.
+
+    A second signal landing while the first unwinds would interrupt the
+    removal of the temporary output file (SIGINT then SIGTERM a few ms apart).
+    """
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _later)
+    raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
+
+
+def _later(signum, frame):  # noqa: ARG001 - signal handler signature
+    """Ignored while cleaning up; :func:`_exit` ends the process right after."""
 
 
 def _exit_now(signum, frame):  # noqa: ARG001 - signal handler signature
@@ -210,7 +221,8 @@ def main() -> None:
 
 def _run() -> int:
     try:
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _on_signal)
     except (ValueError, OSError):  # not the main thread: leave the default
         pass
     _standard_streams()

@@ -105,10 +105,18 @@ def _create_temp(directory: str) -> tuple[int, str]:
                 return fd, path
         except FileNotFoundError:
             pass
-        except BaseException:
+        except BaseException:  # Ctrl-C included: leave nothing behind
             os.close(fd)
+            _unlink_quietly(path)
             raise
         os.close(fd)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def remove_stale_temps(directory: str) -> list[str]:
@@ -215,8 +223,10 @@ def check_output_target(path: str) -> str:
                        "files atomically -- redirect stdout with --format instead")
     try:  # the only sure test of "can I write here" (root, ACLs, read-only mounts)
         fd, probe = _create_temp(directory)
-        os.close(fd)
-        os.unlink(probe)
+        try:
+            os.close(fd)
+        finally:  # also when Ctrl-C lands here
+            _unlink_quietly(probe)
     except OSError as exc:
         raise SmxError(f"{path}: cannot write in {shown} ({exc.strerror or exc}); "
                        "choose another -o") from None
@@ -250,12 +260,13 @@ def atomic_output(path: str, mode: str = "w"):
     target = check_output_target(path)
     directory = os.path.dirname(target)
     remove_stale_temps(directory)
+    tmp = None
     try:
-        fd, tmp = _create_temp(directory)
-    except OSError as exc:
-        raise SmxError(f"{path}: cannot write in {os.path.dirname(path) or '.'} "
-                       f"({exc.strerror or exc}); choose another -o") from None
-    try:
+        try:
+            fd, tmp = _create_temp(directory)
+        except OSError as exc:
+            raise SmxError(f"{path}: cannot write in {os.path.dirname(path) or '.'} "
+                           f"({exc.strerror or exc}); choose another -o") from None
         with os.fdopen(fd, mode, **({"newline": ""} if "b" not in mode else {})) as fh:
             yield fh
             fh.flush()
@@ -264,10 +275,8 @@ def atomic_output(path: str, mode: str = "w"):
             # renamed while still open (and locked): no sweep can take it first
             os.replace(tmp, target)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        if tmp is not None:
+            _unlink_quietly(tmp)
         raise
 
 
