@@ -203,6 +203,8 @@ def test_sweep_spares_user_files_and_locked_temps(tmp_path):
     user.write_text("my notes")
     lookalike = tmp_path / f".smx-{dead}-abcdefgh.part"  # mkstemp-like, no tag: not ours
     lookalike.write_text("also mine")
+    wrong_tag = tmp_path / f".smx-{dead}-{'0' * 16}{'f' * 8}.part"  # our pattern, bad tag
+    wrong_tag.write_text("mine too")
     # a live writer whose PID means nothing here (another PID namespace, another
     # NFS client): the name holds a dead PID, but the file is locked
     holder = subprocess.Popen(
@@ -217,13 +219,14 @@ def test_sweep_spares_user_files_and_locked_temps(tmp_path):
         assert smx_io.is_temp_name(live)
         ok("softmax", SEEDS, "-o", tmp_path / "out.csv")
         assert sorted(os.listdir(tmp_path)) == sorted(
-            [user.name, lookalike.name, live, "out.csv"])
+            [user.name, lookalike.name, wrong_tag.name, live, "out.csv"])
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
     # once the writer is gone (its lock with it), its file is a leftover
     ok("softmax", SEEDS, "-o", tmp_path / "out2.csv")
-    assert live not in os.listdir(tmp_path) and user.exists() and lookalike.exists()
+    assert live not in os.listdir(tmp_path)
+    assert user.exists() and lookalike.exists() and wrong_tag.exists()
 
 
 WRITER = """
