@@ -17,7 +17,8 @@ from smx_cli.cli.emit import (Payload, check_outputs, progress_bar, stdout_conso
 from smx_cli.errors import SmxError
 from smx_cli.io import NPY_MAGIC
 from smx_cli.io.labels import read_labels, read_weights, split_label_column
-from smx_cli.cli.options import input_options
+from smx_cli.cli import scale
+from smx_cli.cli.options import input_options, scheduler_option
 from smx_cli.core.precision import result_format
 from smx_cli.cli.prepare import Rows, load_rows
 from smx_cli.core.softmax import as_rows
@@ -72,9 +73,13 @@ Examples:
                    "in float64 on a sample of rows; exit 1 if they disagree")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Worker threads [default: the machine's cores]")
+@click.option("-t", "--temperature", type=float, default=1.0, show_default=True,
+              help="Divide the logits by T > 0 first (e.g. the T of smx calibrate "
+                   "--save-temperature FILE: --temperature \"$(cat FILE)\")")
+@scheduler_option
 def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, reduction,
              label_smoothing, weight, ignore_index, input_kind, worst, max_rows, show_grad,
-             grad_out, output, fmt, strict, check_grad, threads):
+             grad_out, output, fmt, strict, check_grad, threads, temperature, scheduler=None):
     """Cross-entropy of the logits in FILE against the true labels.
 
     Reports each sample's loss, predicted class, p(true) and margin, and a
@@ -84,8 +89,14 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
     large loss. A 2-D NPY file is read in row blocks (memory does not grow
     with it) unless --grad, --grad-out or --check-grad need the whole array.
     """
+    if scheduler:
+        return scale.run("xent", locals())
     if not 0.0 <= label_smoothing <= 1.0:
         raise click.BadParameter("must be in [0, 1]", param_hint="'--label-smoothing'")
+    if not 0.0 < temperature < math.inf:
+        raise click.BadParameter("must be a finite number > 0", param_hint="'--temperature'")
+    if temperature != 1.0 and input_kind != "logits":
+        raise click.UsageError("--temperature divides logits; it needs --input-kind logits")
     if (labels_path is None) == (label_column is None):
         raise click.UsageError("give exactly one of --labels FILE or --label-column NAME|INDEX")
     if file == "-" and labels_path == "-":
@@ -99,7 +110,7 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
     shape = _streamable(file, axis, key, label_column, want_grad or check_grad)
     if shape is not None:
         res, source, dtype, counts, weights = _streamed(file, shape, labels_path, weight, opts,
-                                                        threads)
+                                                        threads, temperature)
         class_names = None
         checks = None
     else:
@@ -108,6 +119,8 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
         source = rows.loaded.source
         class_names = rows.class_names
         dtype = x2.dtype
+        if temperature != 1.0:
+            x2 = np.asarray(x2, dtype=np.float64) / temperature
         if label_column is None:
             labels = read_labels(labels_path, class_names=class_names)
         labels_source = labels_path or f"{source} column {label_column}"
@@ -130,6 +143,7 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
     fmt_eps = result_format(dtype).eps
     meta = _summary(res, source, n_classes, class_names, reduction, label_smoothing, ignore_index,
                     input_kind, weights, fmt_eps)
+    meta["temperature"] = temperature
     if checks is not None:
         meta["grad_check"] = [dataclasses.asdict(c) for c in checks]
     per_sample = _per_sample_matrix(res)
@@ -236,7 +250,7 @@ def _streamable(file, axis, key, label_column, whole) -> tuple[int, int] | None:
     return int(shape[0]), int(shape[1])
 
 
-def _streamed(file, shape, labels_path, weight, opts, threads):
+def _streamed(file, shape, labels_path, weight, opts, threads, temperature=1.0):
     """Cross-entropy of an NPY file read block by block: (result, source, dtype, counts, weights)."""
     n, c = shape
     labels = read_labels(labels_path)
@@ -248,8 +262,8 @@ def _streamed(file, shape, labels_path, weight, opts, threads):
             tally.add(xb)
             advance(start + len(xb), n)
 
-        blocks = ((s0, xb) for s0, _, xb in stream.iter_npy_blocks(file,
-                                                                   block_bytes=_STREAM_BLOCK))
+        blocks = ((s0, xb if temperature == 1.0 else np.asarray(xb, np.float64) / temperature)
+                  for s0, _, xb in stream.iter_npy_blocks(file, block_bytes=_STREAM_BLOCK))
         try:
             res = evaluate_blocks(blocks, n, c, labels, weight=weights, threads=threads,
                                   on_block=on_block, **opts)
@@ -367,7 +381,7 @@ def _summary(res, source, n_classes, class_names, reduction, eps, ignore_index, 
     return {
         "command": "xent",
         "source": source,
-        "samples": int(len(res.loss)),
+        "samples": res.n_samples,
         "classes": int(n_classes),
         "class_names": class_names,
         "target_kind": res.target_kind,
@@ -383,8 +397,8 @@ def _summary(res, source, n_classes, class_names, reduction, eps, ignore_index, 
         "top5_accuracy": _finite_or_none(res.top5_accuracy) if n_classes > 5 else None,
         "mean_entropy": _finite_or_none(res.mean_entropy),
         "perplexity": _finite_or_none(res.perplexity),
-        "ignored": int(res.ignored.sum()),
+        "ignored": res.n_ignored,
         "vanished_gradients": res.vanished(fmt_eps),
         "vanished_eps": fmt_eps,
-        "nonfinite_losses": int((~np.isfinite(res.loss) & ~res.ignored).sum()),
+        "nonfinite_losses": res.n_nonfinite,
     }
