@@ -54,14 +54,14 @@ def _read_header(fh, source: str):
 # NPY
 
 
-def read_npy_header(fh, source: str = "NPY file") -> tuple[tuple[int, ...], np.dtype, bool]:
+def read_npy_header(fh, source: str | None = None) -> tuple[tuple[int, ...], np.dtype, bool]:
     """(shape, dtype, fortran_order) of the NPY file open at its start.
 
     Leaves ``fh`` at the first data byte. The checks are the whole-array
     reader's (:func:`smx_cli.io.npyheader.read_npy_header`): both paths accept
     and refuse the same files.
     """
-    head = _read_header(fh, source)
+    head = _read_header(fh, source or str(getattr(fh, "name", "NPY file")))
     return head.shape, head.dtype, head.fortran
 
 
