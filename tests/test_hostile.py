@@ -129,13 +129,17 @@ def test_output_symlink_is_written_through(tmp_path, x_csv):
     assert sorted(os.listdir(tmp_path)) == ["link.csv", "real.csv", "x.csv"]
 
 
-@pytest.mark.parametrize("target", ["/dev/stdout", "/dev/fd/1", "/proc/self/fd/1", "link"])
+@pytest.mark.parametrize("target", ["/dev/stdout", "/dev/fd/1", "/proc/self/fd/1", "link",
+                                    "dirlink"])
 def test_standard_streams_are_refused_as_outputs(tmp_path, x_csv, target):
     """With stdout redirected to a regular file, -o /dev/stdout used to replace the
     link (as root: /dev/stdout itself) with a regular file."""
     if target == "link":
         target = tmp_path / "to-stdout.csv"
         target.symlink_to("/dev/stdout")
+    elif target == "dirlink":  # a link among the directories: tmp/me -> /proc/self
+        (tmp_path / "me").symlink_to("/proc/self")
+        target = tmp_path / "me" / "fd" / "1"
     captured = tmp_path / "captured.txt"
     with open(captured, "w") as out:
         r = subprocess.run([sys.executable, "-m", "smx_cli", "softmax", x_csv, "-o", str(target),
@@ -143,7 +147,7 @@ def test_standard_streams_are_refused_as_outputs(tmp_path, x_csv, target):
                            env=env(), timeout=60)
     assert r.returncode == 1 and "standard stream" in one_error_line(r)
     if str(target).startswith(str(tmp_path)):
-        assert os.path.islink(target)
+        assert os.path.islink(target) or os.path.islink(tmp_path / "me")
     assert os.path.islink("/dev/stdout") or not os.path.exists("/dev/stdout") \
         or not os.path.isfile("/dev/stdout")
     assert captured.read_text() == ""

@@ -199,7 +199,11 @@ def output_target(path: str) -> str:
     else:
         raise SmxError(f"{path}: too many levels of symbolic links; choose another -o")
     # links among the directories are followed too: the rename happens in the real one
-    return os.path.join(os.path.realpath(os.path.dirname(current)), os.path.basename(current))
+    final = os.path.join(os.path.realpath(os.path.dirname(current)), os.path.basename(current))
+    if _STREAM_PATH.match(final):  # e.g. through a link to /proc/self
+        raise SmxError(f"{path}: names a standard stream, not a file; to write to stdout "
+                       "drop -o and use --format")
+    return final
 
 
 def check_output_target(path: str) -> str:
