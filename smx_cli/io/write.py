@@ -189,21 +189,16 @@ def output_target(path: str) -> str:
         raise SmxError(f"{path}: names a directory (it ends in '/'); give a file name")
     current = os.path.abspath(path)
     for _ in range(40):  # the kernel's own limit on a chain of links
-        if _STREAM_PATH.match(current):
+        # links among the directories are followed too: the rename happens in the real one
+        current = os.path.join(os.path.realpath(os.path.dirname(current)),
+                               os.path.basename(current))
+        if _STREAM_PATH.match(current):  # also reached through a link to /proc/self
             raise SmxError(f"{path}: names a standard stream, not a file; to write to stdout "
                            "drop -o and use --format")
         if not os.path.islink(current):
-            break
-        link = os.readlink(current)
-        current = os.path.abspath(os.path.join(os.path.dirname(current), link))
-    else:
-        raise SmxError(f"{path}: too many levels of symbolic links; choose another -o")
-    # links among the directories are followed too: the rename happens in the real one
-    final = os.path.join(os.path.realpath(os.path.dirname(current)), os.path.basename(current))
-    if _STREAM_PATH.match(final):  # e.g. through a link to /proc/self
-        raise SmxError(f"{path}: names a standard stream, not a file; to write to stdout "
-                       "drop -o and use --format")
-    return final
+            return current
+        current = os.path.abspath(os.path.join(os.path.dirname(current), os.readlink(current)))
+    raise SmxError(f"{path}: too many levels of symbolic links; choose another -o")
 
 
 def check_output_target(path: str) -> str:
