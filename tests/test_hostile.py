@@ -496,7 +496,7 @@ def test_a_huge_bad_token_is_not_echoed_in_full(tmp_path):
     f = write(tmp_path, "tok.csv", f"1,2\n3,{token}\n")
     r = run("softmax", f)
     line = one_error_line(r)
-    assert len(line) < 500 and "[5,000,00" in line and "line 2, column 2" in line
+    assert len(line) < 500 and "line 2, column 2" in line and "9" * 200 not in line
     r = run("softmax", f, "--temperature", token[:100_000])  # argv: at most 128 KB each
     assert r.returncode == 2 and len(r.stderr) < 500
 

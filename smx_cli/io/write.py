@@ -10,7 +10,9 @@ import json
 import os
 import re
 import secrets
+import signal
 import stat
+import threading
 from contextlib import contextmanager
 
 try:
@@ -22,28 +24,8 @@ import numpy as np
 
 from smx_cli.errors import SmxError
 from smx_cli.core.precision import BFLOAT16
+from smx_cli.io.csv_engine import csv_field, format_rows, header_line, shortest_strings
 # writing
-
-
-def shortest_strings(values: np.ndarray) -> list[str]:
-    """Each float in the shortest decimal form that reads back exactly.
-
-    float64 uses Python's repr; float32/float16 numpy's scalar repr (the
-    shortest string that round-trips in that format); bfloat16 the float32
-    form, which round-trips through float32. Non-finite values are written
-    ``nan``, ``inf``, ``-inf``.
-
-    Examples
-    --------
-    >>> shortest_strings(np.array([0.1, 1/3], dtype=np.float32))
-    ['0.1', '0.33333334']
-    """
-    flat = np.asarray(values).ravel()
-    if flat.dtype == np.float64 or flat.dtype.kind in "iub":
-        return [repr(v) for v in flat.tolist()]
-    if flat.dtype == BFLOAT16:
-        flat = flat.astype(np.float32)
-    return [str(v) for v in flat]
 
 
 #: temporary files are named ``.smx-<pid>-<16 hex random><8 hex tag>.part`` beside the
@@ -110,6 +92,37 @@ def _create_temp(directory: str) -> tuple[int, str]:
             _unlink_quietly(path)
             raise
         os.close(fd)
+
+
+@contextmanager
+def _signals_held():
+    """Defer SIGINT and SIGTERM while a file is created and recorded.
+
+    Without this a Ctrl-C between ``open`` and the caller's ``try`` leaves a
+    temporary file nobody removes. A signal that arrives meanwhile is handed
+    to the previous handler on exit (so Ctrl-C still stops smx, right after).
+    Python runs signal handlers in the main thread only, whichever thread the
+    kernel delivered to: elsewhere this is a no-op.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending = []
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    old = {sig: signal.getsignal(sig) for sig in sigs}
+    for sig in sigs:
+        signal.signal(sig, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        if pending:
+            handler = old[pending[0]]
+            if callable(handler):
+                handler(pending[0], None)
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), pending[0])
 
 
 def _unlink_quietly(path: str) -> None:
@@ -221,10 +234,9 @@ def check_output_target(path: str) -> str:
         raise SmxError(f"{path}: is not a regular file (a device, pipe or socket); smx writes "
                        "files atomically -- redirect stdout with --format instead")
     try:  # the only sure test of "can I write here" (root, ACLs, read-only mounts)
-        fd, probe = _create_temp(directory)
-        try:
+        with _signals_held():  # a Ctrl-C now would leave the probe behind
+            fd, probe = _create_temp(directory)
             os.close(fd)
-        finally:  # also when Ctrl-C lands here
             _unlink_quietly(probe)
     except OSError as exc:
         raise SmxError(f"{path}: cannot write in {shown} ({exc.strerror or exc}); "
@@ -262,7 +274,8 @@ def atomic_output(path: str, mode: str = "w"):
     tmp = None
     try:
         try:
-            fd, tmp = _create_temp(directory)
+            with _signals_held():  # Ctrl-C lands once ``tmp`` is known, to be removed
+                fd, tmp = _create_temp(directory)
         except OSError as exc:
             raise SmxError(f"{path}: cannot write in {os.path.dirname(path) or '.'} "
                            f"({exc.strerror or exc}); choose another -o") from None
@@ -298,24 +311,18 @@ def output_format(path: str, fmt: str | None) -> str:
     return by_ext[ext]
 
 
-def csv_text(values: np.ndarray, columns: list[str] | None = None, delimiter: str = ",") -> str:
-    """A 2-D array as delimited text, floats in shortest exact form."""
+def csv_text(values: np.ndarray, columns: list[str] | None = None, delimiter: str = ",",
+             digits: int | None = None) -> str:
+    """A 2-D array as delimited text: shortest exact values (or ``digits`` digits).
+
+    Examples
+    --------
+    >>> csv_text(np.array([[0.5, 1e-300]]), ["a,b", "c"])
+    '"a,b",c\\n0.5,1e-300\\n'
+    """
     values = np.atleast_2d(values)
-    strings = shortest_strings(values)
-    width = values.shape[1]
-    lines = []
-    if columns is not None:
-        lines.append(delimiter.join(csv_field(c, delimiter) for c in columns))
-    for i in range(values.shape[0]):
-        lines.append(delimiter.join(strings[i * width:(i + 1) * width]))
-    return "\n".join(lines) + "\n" if lines else ""
-
-
-def csv_field(name: str, delimiter: str) -> str:
-    name = str(name)
-    if delimiter in name or '"' in name or "\n" in name:
-        return '"' + name.replace('"', '""') + '"'
-    return name
+    head = header_line(columns, delimiter) if columns is not None else b""
+    return (head + format_rows(values, delimiter, digits=digits)).decode()
 
 
 def json_number_rows(values: np.ndarray) -> str:
