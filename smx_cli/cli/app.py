@@ -46,6 +46,28 @@ COMMANDS = {
 }
 
 
+def _show_version(ctx, value) -> None:
+    """``smx --version``: the package version and which engine computes
+    (the compiled core and its instruction set, or the numpy fallback)."""
+    if not value or ctx.resilient_parsing:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    from smx_cli.core import native
+
+    try:
+        v = version("smx-cli")
+    except PackageNotFoundError:  # a source tree
+        v = "0+unknown"
+    eng = native.engine()
+    why = ""
+    if eng == "numpy":
+        why = (" (SMX_ENGINE=numpy)" if native.available()
+               else " (the compiled core is not built; reinstall with a C compiler)")
+    click.echo(f"smx, version {v}\nengine: {eng}{why}")
+    ctx.exit()
+
+
 class _CliError(click.ClickException):
     """A library error (SmxError, a ValueError) as click shows it: one line, its exit code."""
 
@@ -82,7 +104,9 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup,
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
              epilog=EPILOG)
-@click.version_option(package_name="smx-cli", prog_name="smx")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=lambda ctx, param, value: _show_version(ctx, value),
+              help="Show the version and the compute engine, and exit.")
 def cli():
     """smx: softmax, log-softmax and cross-entropy from the shell.
 
