@@ -13,8 +13,8 @@ from rich.text import Text
 
 from smx_cli.analysis import pipeline
 from smx_cli.analysis.gradients import gradient_report, upstream_vjp
-from smx_cli.cli.emit import (Messages, Payload, check_output_path, progress_bar, show,
-                              stdout_console, write_file, write_stdout)
+from smx_cli.cli.emit import (Messages, Payload, check_outputs, progress_bar, show,
+                              stdout_console, write_files, write_stdout)
 from smx_cli.cli.options import (display_options, input_options, numerics_options,
                                  output_options, resolve_formats, resolve_input)
 from smx_cli.cli.prepare import label_like_columns, load_rows
@@ -92,7 +92,8 @@ Examples:
 @click.option("--hard", is_flag=True, help="gumbel: one-hot samples (straight-through)")
 @click.option("--samples", type=click.IntRange(min=1), default=1, show_default=True,
               help="gumbel: samples per row")
-@click.option("--seed", type=int, default=None, help="gumbel: random seed for reproducible draws")
+@click.option("--seed", type=click.IntRange(min=0), default=None,
+              help="gumbel: random seed (an integer >= 0) for reproducible draws")
 @click.option("--grad", "show_grad", is_flag=True,
               help="Show Jacobians of the displayed rows and the saturation panel")
 @click.option("--grad-rows", type=click.IntRange(min=1), default=3, show_default=True,
@@ -133,8 +134,9 @@ def softmax_cmd(file, delimiter, header, key, axis, label_column, id_column, var
         raise click.BadParameter("must be a finite number > 0", param_hint="'--tau'")
     if emulate == "torch" and dtype is None:
         raise click.UsageError("--emulate torch needs --dtype float16, bfloat16 or float32")
-    check_output_path(output, file, mask_path, upstream)
-    check_output_path(grad_out, file, mask_path, upstream)
+    # every output checked before any work (places, devices, inputs: exit 1), then
+    # their formats (the extension decides; unknown or conflicting: exit 2)
+    check_outputs([(output, "npy"), (grad_out, "npy")], (file, mask_path, upstream))
     out_fmt, stdout_fmt = resolve_formats(output, fmt)
     if grad_out:
         resolve_formats(grad_out, None)
@@ -173,19 +175,18 @@ def softmax_cmd(file, delimiter, header, key, axis, label_column, id_column, var
         lead_shape = rows.lead_shape if run.samples == 1 else (run.samples,) + tuple(rows.lead_shape)
         if rows.ids is not None and run.samples == 1:
             lead_shape = render.RowIds(rows.ids)
-        vjp = None
+        vjp = grad_payload = None
         if upstream:
             g = read_array(upstream)
             vjp = upstream_vjp(g.values, g.source, rows, run, variant, temperature, opts)
             if grad_out:
-                write_file(grad_out, Payload(
+                grad_payload = Payload(
                     vjp, rows.class_names, {"command": "softmax", "variant": variant,
                                             "gradient": "upstream @ Jacobian"}, {"vjp": vjp},
-                    array=from_rows(vjp, rows.moved_shape, rows.axis, rows.ndim)), None)
+                    array=from_rows(vjp, rows.moved_shape, rows.axis, rows.ndim))
         payload = _payload(rows, res)
         payload.digits = digits
-        if output:
-            write_file(output, payload, out_fmt)
+        write_files([(grad_out, grad_payload, None), (output, payload, out_fmt)])  # all or none
         if stdout_fmt not in ("table", "none"):
             write_stdout(payload, stdout_fmt)
     panel = render.diagnostics_panel(res.diagnostics, source, support=res.support,

@@ -20,6 +20,8 @@ from smx_cli.render.fit import first_fitting, needed_width, never_cut
 DEFAULT_MAX_ROWS = 20
 DEFAULT_MAX_COLS = 12
 DEFAULT_TOP_K = 5
+#: rows of a candidate table measured to see whether it fits the terminal
+FIT_ROWS = 64
 
 
 def class_label(j: int, class_names: list[str] | None) -> str:
@@ -328,10 +330,13 @@ def values_view(console, values: np.ndarray, logits: np.ndarray, *, kind: str, t
     title = _title(kind, variant, temperature, source)
     common = dict(kind=kind, tiny=tiny, class_names=class_names, lead_shape=lead_shape,
                   max_rows=max_rows, title=title, total_rows=total_rows)
+    # the fit is judged on the first rows only (measuring 20,000 rows of several
+    # candidates takes minutes); the chosen layout is then built for every row
+    probe = dict(common, max_rows=min(max_rows, FIT_ROWS))
     if top_k is None and width <= DEFAULT_MAX_COLS:
-        table = values_table(values, logits, digits=digits, **common)
-        if needed_width(console, table) <= console.width:
-            return never_cut(table)
+        if needed_width(console, values_table(values, logits, digits=digits, **probe)) \
+                <= console.width:
+            return never_cut(values_table(values, logits, digits=digits, **common))
         why = f"{width} classes do not fit in {console.width} columns"
     else:
         why = f"{width:,} classes"
@@ -350,11 +355,12 @@ def values_view(console, values: np.ndarray, logits: np.ndarray, *, kind: str, t
 
     candidates = [((k, digits), None) for k in range(start, 0, -1)]
     candidates += [((1, dg), None) for dg in range(digits - 1, 2, -1)]
-    _, table = first_fitting(console, (
+    (k, dg), _ = first_fitting(console, (
         (key, (lambda k=key[0], dg=key[1]: topk_table(
-            values, logits, k, reason=reason(k, dg) or None, digits=dg, **common)))
+            values, logits, k, reason=reason(k, dg) or None, digits=dg, **probe)))
         for key, _ in candidates))
-    return table
+    return never_cut(topk_table(values, logits, k, reason=reason(k, dg) or None, digits=dg,
+                                **common))
 
 
 def summary_line(d: SoftmaxDiagnostics, lead_shape=None) -> str:
