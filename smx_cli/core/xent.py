@@ -214,7 +214,7 @@ def check_weight(weight, n_classes: int) -> np.ndarray | None:
 
 
 def check_target(target, n_rows: int, n_classes: int, ignore_index: int,
-                 tolerance: float = 1e-6) -> tuple[str, np.ndarray]:
+                 tolerance: float | None = 1e-6) -> tuple[str, np.ndarray]:
     """Tell index targets from probability targets and validate them.
 
     Returns ``("index", int64 labels)`` or ``("prob", float64 (N, C))``.
@@ -223,7 +223,8 @@ def check_target(target, n_rows: int, n_classes: int, ignore_index: int,
     is a probability column, not class indices); anything else holds class
     indices: N integers (integral floats are accepted, and an (N, 1) column),
     each in [0, C) or equal to ``ignore_index``. Probability targets' rows
-    must be non-negative and sum to 1 within ``tolerance``.
+    must be non-negative and sum to 1 within ``tolerance`` (None: any sum,
+    as PyTorch takes them).
     """
     t = np.asarray(target)
     if t.ndim == 2 and t.shape == (n_rows, n_classes) and t.dtype.kind == "f":
@@ -237,7 +238,8 @@ def check_target(target, n_rows: int, n_classes: int, ignore_index: int,
             raise ValueError(f"probability target row {i}, class {j} is {float(t[i, j])!r}: "
                              "targets must be finite and >= 0")
         sums = t.sum(axis=1)
-        off = np.flatnonzero(np.abs(sums - 1) > tolerance)
+        off = np.flatnonzero(np.abs(sums - 1) > tolerance) if tolerance is not None \
+            else np.zeros(0, dtype=np.intp)
         if off.size:
             i = int(off[0])
             raise ValueError(f"probability target row {i} sums to {float(sums[i])!r}, not 1 "
@@ -316,7 +318,8 @@ def _coefficients(kind, tb, lp_shape, ign, yy, w, eps, n_classes) -> np.ndarray:
 def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
              reduction: str = "mean", label_smoothing: float = 0.0,
              input_kind: str = "logits", want_grad: bool = False,
-             threads: int | None = None) -> XentResult:
+             threads: int | None = None,
+             target_tolerance: float | None = 1e-6) -> XentResult:
     """Cross-entropy of (N, C) ``x2`` against ``target``, with every statistic.
 
     Parameters are those of :func:`cross_entropy`; ``want_grad`` also returns
@@ -346,7 +349,7 @@ def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
     n, n_classes = x2.shape
     if n_classes == 0:
         raise ValueError("the logits have no classes (0 columns)")
-    kind, t = check_target(target, n, n_classes, int(ignore_index))
+    kind, t = check_target(target, n, n_classes, int(ignore_index), target_tolerance)
     w = check_weight(weight, n_classes)
     eps = float(label_smoothing)
 
@@ -584,16 +587,20 @@ def evaluate_blocks(blocks, n_rows: int, n_classes: int, target, *, weight=None,
 
 
 def cross_entropy(logits, target, weight=None, ignore_index: int = -100, reduction: str = "mean",
-                  label_smoothing: float = 0.0, input_kind: str = "logits"):
+                  label_smoothing: float = 0.0, input_kind: str = "logits",
+                  class_axis: int | None = None, target_tolerance: float | None = 1e-6):
     """Cross-entropy loss with ``torch.nn.functional.cross_entropy``'s semantics.
 
     Parameters
     ----------
-    logits : array_like, shape (N, C) or (C,)
+    logits : array_like, shape (C,), (N, C) or (N, C, d1, ..., dK)
         Unnormalised scores (or log-probabilities / probabilities with
-        ``input_kind``).
+        ``input_kind``). The class axis is PyTorch's (1; 0 for a single row)
+        unless ``class_axis`` says otherwise: -1 for a language model's
+        (batch, tokens, vocab).
     target : array_like
-        N class indices, or an N x C matrix of class probabilities.
+        Class indices of the logits' shape without the class axis ((), (N,),
+        (N, d1, ..., dK)), or class probabilities of the logits' own shape.
     weight : array_like of C floats, optional
         Per-class weights (>= 0).
     ignore_index : int
@@ -601,12 +608,18 @@ def cross_entropy(logits, target, weight=None, ignore_index: int = -100, reducti
     reduction : {'mean', 'sum', 'none'}
     label_smoothing : float in [0, 1]
     input_kind : {'logits', 'log-probs', 'probs'}
+    class_axis : int, optional
+        The axis of the classes (default: PyTorch's).
+    target_tolerance : float or None
+        Probability targets must sum to 1 within this (default 1e-6); None
+        takes any non-negative targets, as PyTorch does.
 
     Returns
     -------
     float or ndarray
-        The reduced loss, or the per-sample losses for ``reduction='none'``.
-        Mean over all-ignored targets is NaN, as in PyTorch.
+        The reduced loss, or the per-position losses for ``reduction='none'``
+        in the targets' shape (a 0-d array for a single (C,) row, as in
+        PyTorch). Mean over all-ignored targets is NaN, as in PyTorch.
 
     Examples
     --------
@@ -616,17 +629,26 @@ def cross_entropy(logits, target, weight=None, ignore_index: int = -100, reducti
     9.357622968839737e-14
     >>> float(cross_entropy([[0.0, 1000.0]], [0]))
     1000.0
+    >>> cross_entropy([0.0, 0.0], 1, reduction="none").shape
+    ()
     """
-    x = np.asarray(logits)
-    t = np.asarray(target)
-    if x.ndim == 1:
-        x = x[None, :]
-        # (C,) float target for (C,) logits: probabilities, as in PyTorch (also for C = 1)
-        t = t.reshape(1, -1) if t.ndim == 1 and t.dtype.kind == "f" and t.size == x.shape[1] \
-            else t.reshape(1)
-    res = evaluate(x, t, weight=weight, ignore_index=ignore_index, reduction=reduction,
-                   label_smoothing=label_smoothing, input_kind=input_kind)
-    return res.loss if reduction == "none" else res.reduced
+    from smx_cli.core.xent_kdim import cross_entropy_nd
+
+    x, t = _legacy_target(logits, target)
+    return cross_entropy_nd(x, t, class_axis=class_axis, target_tolerance=target_tolerance,
+                            weight=weight, ignore_index=ignore_index, reduction=reduction,
+                            label_smoothing=label_smoothing, input_kind=input_kind)
+
+
+def _legacy_target(logits, target):
+    """Targets smx took before the K-dim API: an (N, 1) column, a (1,) target of a row."""
+    x, t = np.asarray(logits), np.asarray(target)
+    if x.ndim == 2 and t.shape == (x.shape[0], 1) and not (t.dtype.kind == "f"
+                                                          and x.shape[1] == 1):
+        t = t[:, 0]
+    elif x.ndim == 1 and t.shape == (1,) and not (t.dtype.kind == "f" and x.shape[0] == 1):
+        t = t.reshape(())
+    return x, t
 
 
 def nll_loss(log_probs, target, weight=None, ignore_index: int = -100, reduction: str = "mean"):
@@ -645,17 +667,25 @@ def nll_loss(log_probs, target, weight=None, ignore_index: int = -100, reduction
 
 
 def cross_entropy_grad(logits, target, weight=None, ignore_index: int = -100,
-                       reduction: str = "mean", label_smoothing: float = 0.0) -> np.ndarray:
+                       reduction: str = "mean", label_smoothing: float = 0.0,
+                       class_axis: int | None = None,
+                       target_tolerance: float | None = 1e-6) -> np.ndarray:
     """dL/dlogits of :func:`cross_entropy`: softmax minus the (smoothed, weighted) target.
 
-    For ``reduction='none'`` row i is the gradient of sample i's own loss.
+    Takes the shapes :func:`cross_entropy` takes and returns the logits'
+    shape. For ``reduction='none'`` each position's row is the gradient of
+    that position's own loss.
 
     Examples
     --------
     >>> cross_entropy_grad([[0.0, 0.0]], [0]).tolist()
     [[-0.5, 0.5]]
+    >>> cross_entropy_grad([0.0, 0.0], 0).tolist()
+    [-0.5, 0.5]
     """
-    x = np.atleast_2d(np.asarray(logits))
-    res = evaluate(x, target, weight=weight, ignore_index=ignore_index, reduction=reduction,
-                   label_smoothing=label_smoothing, want_grad=True)
-    return res.grad
+    from smx_cli.core.xent_kdim import cross_entropy_grad_nd
+
+    x, t = _legacy_target(logits, target)
+    return cross_entropy_grad_nd(x, t, class_axis=class_axis, target_tolerance=target_tolerance,
+                                 weight=weight, ignore_index=ignore_index, reduction=reduction,
+                                 label_smoothing=label_smoothing)
