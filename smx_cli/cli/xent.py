@@ -22,6 +22,7 @@ from smx_cli.core.precision import result_format
 from smx_cli.cli.prepare import Rows, load_rows
 from smx_cli.core.softmax import as_rows
 from smx_cli.core.xent import INPUT_KINDS, REDUCTIONS, evaluate, evaluate_blocks
+from smx_cli.cli import xent_lm
 
 
 @click.command("xent", epilog="""\b
@@ -38,7 +39,17 @@ Examples:
   smx xent logits.csv --label-column label --label-smoothing 0.1 --reduction sum
   smx xent logits.npy --labels y.npy --grad --rows 3 --grad-out grad.npy
   smx xent logits.npy --labels y.npy -o losses.csv
-  smx xent samples/mnist_lenet_logits.npy --labels samples/mnist_lenet_labels.npy --check-grad""")
+  smx xent samples/mnist_lenet_logits.npy --labels samples/mnist_lenet_labels.npy --check-grad
+  smx xent samples/lm_logits.safetensors --labels samples/lm_ids.npy --shift-labels \\
+      --vocab samples/lm_vocab.txt
+
+\b
+N-d logits: PyTorch's K-dim cross-entropy with the class axis given by
+--class-axis (default: the last, as language models write (batch, tokens,
+vocab)); labels have the logits' shape without it. With (batch, tokens)
+labels a sequence report follows: per sequence tokens, mean NLL,
+perplexity, bits per token, accuracy; the worst tokens; and the corpus
+perplexity exp(total NLL / total tokens).""")
 @input_options
 @click.option("--labels", "labels_path", metavar="FILE",
               help="True labels: one class index or class name per line (CSV/TSV/NPY), or "
@@ -71,9 +82,11 @@ Examples:
                    "in float64 on a sample of rows; exit 1 if they disagree")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Worker threads [default: the machine's cores]")
+@xent_lm.lm_options
 def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, reduction,
              label_smoothing, weight, ignore_index, input_kind, worst, max_rows, show_grad,
-             grad_out, output, fmt, strict, check_grad, threads):
+             grad_out, output, fmt, strict, check_grad, threads, class_axis, shift_labels, pad_id,
+             vocab_path):
     """Cross-entropy of the logits in FILE against the true labels.
 
     Reports each sample's loss, predicted class, p(true) and margin, and a
@@ -97,6 +110,12 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
     want_grad = bool(show_grad or grad_out)
     opts = dict(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
                 input_kind=input_kind)
+    if xent_lm.wants_nd(file, key, label_column, class_axis, shift_labels, pad_id, vocab_path):
+        return xent_lm.run_nd(file=file, key=key, axis=axis, class_axis=class_axis,
+                              labels_path=labels_path, weight=weight, opts=opts, worst=worst,
+                              max_rows=max_rows, output=output, fmt=fmt, strict=strict,
+                              threads=threads, shift=shift_labels, pad_id=pad_id,
+                              vocab_path=vocab_path, want_grad=want_grad or check_grad)
 
     shape = _streamable(file, axis, key, label_column, want_grad or check_grad)
     if shape is not None:
