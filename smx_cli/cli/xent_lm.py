@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 import click
 import numpy as np
@@ -18,6 +19,7 @@ from smx_cli.analysis.sequences import (evaluate_tokens, pad_to_ignore, sequence
                                         shift_labels)
 from smx_cli.cli.emit import Payload, progress_bar, stdout_console, write_file, write_stdout
 from smx_cli.core.precision import result_format
+from smx_cli.core.xent_kdim import relocate
 from smx_cli.errors import SmxError
 from smx_cli.io import NPY_MAGIC, ZIP_MAGIC, read_array, stream
 from smx_cli.io import safetensors as st
@@ -65,7 +67,7 @@ def _header_shape(file: str, key: str | None):
             shape, dtype = stream.npy_info(file)
         except (OSError, ValueError):
             return None, None, None  # the whole-array path reports it
-        return "npy", tuple(shape), dtype
+        return "npy", tuple(shape), dtype.newbyteorder("=")
     if file.lower().endswith(st.SUFFIXES) or st.looks_like_safetensors(head[:9], size):
         tensors, _ = st.read_info(file)
         info = st.choose(tensors, key, file)
@@ -92,10 +94,18 @@ def wants_nd(file, key, label_column, class_axis, shift, pad_id, vocab_path) -> 
     return shape is not None and len(shape) >= 3
 
 
+def _is_safetensors(path: str) -> bool:
+    if path == "-" or not os.path.isfile(path):
+        return False
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    return path.lower().endswith(st.SUFFIXES) or st.looks_like_safetensors(
+        head, os.path.getsize(path))
+
+
 def _read_ids(path: str) -> np.ndarray:
     """Token ids or targets from --labels: safetensors (a labels/input_ids tensor), NPY, text."""
-    kind, _, _ = _header_shape(path, None) if path != "-" else (None, None, None)
-    if kind == "safetensors":
+    if _is_safetensors(path):
         tensors, _ = st.read_info(path)
         names = [k for k in _ID_KEYS if k in tensors]
         key = names[0] if names and len(tensors) > 1 else None
@@ -170,7 +180,9 @@ def run_nd(*, file, key, axis, class_axis, labels_path, weight, opts, worst, max
     lead = tuple(d for i, d in enumerate(shape) if i != ax)
     m = math.prod(lead)
     tally = cx._InputTally()  # noqa: SLF001 - the command's own helper
-    itemsize = (info.dtype.itemsize if kind in ("npy", "safetensors") else x.dtype.itemsize)
+    dtype = {"npy": info, "safetensors": getattr(info, "dtype", None)}.get(kind) \
+        if x is None else x.dtype
+    itemsize = dtype.itemsize
     with progress_bar(m * c * itemsize, "smx xent") as advance:
         def on_block(start, xb):
             tally.add(xb)
@@ -184,8 +196,7 @@ def run_nd(*, file, key, axis, class_axis, labels_path, weight, opts, worst, max
         except SmxError:
             raise
         except ValueError as exc:
-            raise SmxError(f"{labels_path}: {exc}") from None
-    dtype = info.dtype if kind == "npy" else (info.dtype if kind == "safetensors" else x.dtype)
+            raise SmxError(f"{labels_path}: {_where(exc, lead, shift)}") from None
     seq = None
     if len(lead) == 2 and res.target_kind == "index":
         seq = sequence_report(res, lead, top_p_counts=cover, worst=worst or 10)
@@ -208,6 +219,15 @@ def _options(cx, opts, weights, shift, pad_id) -> str:
     if pad_id is not None:
         text += f", pad id {pad_id} not scored"
     return text
+
+
+def _where(exc: ValueError, lead, shift: bool) -> str:
+    """The error with the flat row index as a position; with --shift-labels, the ids' own."""
+    msg = str(relocate(exc, lead))
+    if shift and len(lead) == 2:
+        msg = re.sub(r"^label at \((\d+), (\d+)\)",
+                     lambda m: f"token id at ({m.group(1)}, {int(m.group(2)) + 1})", msg)
+    return msg
 
 
 LM_COLUMNS = ["seq", "pos", "label", "predicted", "p_true", "loss", "nll", "entropy",

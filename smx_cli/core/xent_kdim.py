@@ -44,7 +44,7 @@ def _position(i: int, lead: tuple[int, ...]) -> str:
     return str(tuple(int(v) for v in np.unravel_index(i, lead))) if len(lead) > 1 else str(i)
 
 
-def _relocate(exc: ValueError, lead: tuple[int, ...]) -> ValueError:
+def relocate(exc: ValueError, lead: tuple[int, ...]) -> ValueError:
     """The 2-D error with its flat row index turned into the position in ``lead``."""
     msg = re.sub(r"^(label|probability target row) (\d+)",
                  lambda m: f"{m.group(1).replace(' row', '')} at {_position(int(m.group(2)), lead)}",
@@ -97,7 +97,7 @@ def cross_entropy_nd(logits, target, *, class_axis: int | None = None, target_to
     try:
         res = xent.evaluate(x2, t2, target_tolerance=target_tolerance, **options)
     except ValueError as exc:
-        raise _relocate(exc, lead) from None
+        raise relocate(exc, lead) from None
     if options.get("reduction", "mean") == "none":
         return res.loss.reshape(lead)
     return res.reduced
@@ -117,5 +117,5 @@ def cross_entropy_grad_nd(logits, target, *, class_axis: int | None = None,
     try:
         res = xent.evaluate(x2, t2, want_grad=True, target_tolerance=target_tolerance, **options)
     except ValueError as exc:
-        raise _relocate(exc, lead) from None
+        raise relocate(exc, lead) from None
     return np.moveaxis(res.grad.reshape(*lead, x2.shape[1]), -1, ax)
