@@ -106,3 +106,27 @@ def test_report_shape_mismatch_and_all_ignored():
     rep = sequence_report(res, (2, 2))
     assert rep.corpus_tokens == 0 and math.isnan(rep.corpus_perplexity)
     assert np.isnan(rep.perplexity).all() and rep.worst == []
+
+
+def _loop_top_p(row, p=0.9):
+    m = max(row)
+    ps = sorted((math.exp(z - m) for z in row), reverse=True)
+    total, acc = math.fsum(ps), 0.0
+    for k, q in enumerate(ps, start=1):
+        acc += q
+        if acc >= p * total:
+            return k
+    return len(ps)
+
+
+@pytest.mark.parametrize("scale", [0.0, 1e-3, 0.5, 3.0, 20.0, 200.0])
+@pytest.mark.parametrize("p", [0.5, 0.9, 0.99])
+def test_top_p_count_equals_a_sorted_loop(scale, p):
+    rng = np.random.default_rng(int(scale * 10) + int(p * 100))
+    x = rng.standard_normal((40, 300)) * scale
+    x[3, :] = np.round(x[3, :])  # ties
+    x[5, :5] = 50.0  # a few dominant tokens
+    np.testing.assert_array_equal(top_p_count(x, p), [_loop_top_p(list(r), p) for r in x])
+    np.testing.assert_array_equal(top_p_count(x.astype(np.float32), p),
+                                  [_loop_top_p([float(v) for v in r], p)
+                                   for r in x.astype(np.float32)])

@@ -116,25 +116,103 @@ class SequenceReport:
         return float(exact_sum(ppl) / len(ppl)) if len(ppl) else math.nan
 
 
-def top_p_count(log_probs: np.ndarray, p: float = 0.9) -> np.ndarray:
+# top-p histogram: bins at most 1/128 of their value wide over the 60 binary orders of magnitude below
+# a row's maximum (the entries below 2**-60 of it hold < V * 2**-60 of the mass: never needed)
+_SUB_BITS = 7
+_OCTAVES = 60
+_NBINS = _OCTAVES << _SUB_BITS
+_TOP_P_BLOCK = 1 << 20  # elements per piece: float64 work of a few MB
+
+
+def top_p_count(logits: np.ndarray, p: float = 0.9, *, input_kind: str = "logits") -> np.ndarray:
     """How many of each row's most likely classes it takes to hold mass ``p``.
 
     The smallest k with p_(1) + ... + p_(k) >= p (probabilities sorted in
-    decreasing order). A row with a NaN counts 0.
+    decreasing order). A row with a NaN or no finite entry counts 0.
+
+    Notes
+    -----
+    No row is sorted. With e = exp(x - max x) in float64, each entry's bin is
+    its exponent and 7 leading mantissa bits (bins at most 1/128 of their
+    value wide, from 1 down to 2**-60); counting per bin bounds each bin's mass between count x its
+    lower and upper edge, which brackets the bin where the sorted cumulative
+    mass crosses p * sum(e) to a few adjacent bins. The mass above the
+    bracket is summed exactly, and only the entries inside it (a small
+    fraction of the row) are sorted to find k exactly.
 
     Examples
     --------
     >>> top_p_count(np.log([[0.5, 0.3, 0.2], [0.95, 0.03, 0.02]])).tolist()
     [3, 1]
+    >>> top_p_count(np.zeros((1, 10))).tolist()  # uniform: 9 of 10 hold 90 %
+    [9]
     """
-    lp = np.asarray(log_probs, dtype=np.float64)
-    if lp.shape[-1] == 0 or lp.shape[0] == 0:
-        return np.zeros(lp.shape[0], dtype=np.int64)
-    s = np.sort(np.exp(lp), axis=1)[:, ::-1]
-    np.cumsum(s, axis=1, out=s)
-    # mass short of 1 by rounding: compare with p times the row's own total
-    k = (s < p * s[:, -1:]).sum(axis=1) + 1
-    return np.where(np.isnan(s[:, -1]), 0, np.minimum(k, lp.shape[1])).astype(np.int64)
+    x = np.asarray(logits)
+    n, v = x.shape
+    out = np.zeros(n, dtype=np.int64)
+    if n == 0 or v == 0:
+        return out
+    step = max(1, _TOP_P_BLOCK // v)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        for s0 in range(0, n, step):
+            xb = np.asarray(x[s0:s0 + step], dtype=np.float64)
+            if input_kind == "probs":
+                xb = np.log(xb)
+            out[s0:s0 + step] = _top_p_rows(xb, p)
+    return out
+
+
+def _top_p_rows(x: np.ndarray, p: float) -> np.ndarray:
+    r, v = x.shape
+    m = x.max(axis=1)
+    ok = np.isfinite(m)
+    e = x - np.where(ok, m, 0.0)[:, None]
+    np.exp(e, out=e)  # in [0, 1], the maximum exactly 1
+    z = e.sum(axis=1)
+    ok &= np.isfinite(z)
+    e[~ok] = 0.0
+    target = p * z
+    # bin 0: below 2**-60 (and 0); bin NBINS - 1 + 1: exactly 1
+    raw = (e.view(np.int64) >> (52 - _SUB_BITS)) - ((1023 - _OCTAVES) << _SUB_BITS)
+    bins = np.clip(raw, 0, _NBINS).astype(np.int32)
+    nb = _NBINS + 1
+    counts = np.bincount((bins + (np.arange(r, dtype=np.int32) * nb)[:, None]).ravel(),
+                         minlength=r * nb).reshape(r, nb)
+    # bin b holds 2**E (1 + f / 128) up to 2**E (1 + (f + 1) / 128), E = b // 128 - 60
+    b = np.arange(nb)
+    octave = np.exp2((b >> _SUB_BITS) - _OCTAVES)
+    frac = (b & ((1 << _SUB_BITS) - 1)) / (1 << _SUB_BITS)
+    lo = np.where(b == 0, 0.0, octave * (1 + frac))
+    hi = np.minimum(octave * (1 + frac + 1 / (1 << _SUB_BITS)), 1.0)
+    # cumulative mass from the top bin down, bounded above and below
+    cs_hi = np.cumsum((counts * hi)[:, ::-1], axis=1)
+    cs_lo = np.cumsum((counts * lo)[:, ::-1], axis=1)
+    # the crossing bin lies between the first bin (from the top) where the upper
+    # bound reaches the target and the first where the lower bound does
+    j_top = (cs_hi < target[:, None]).sum(axis=1)
+    j_bot = np.minimum((cs_lo < target[:, None]).sum(axis=1), nb - 1)
+    b_top = nb - 1 - j_top  # highest bin of the bracket (value bins: larger = larger)
+    b_bot = nb - 1 - j_bot
+    above = bins > b_top[:, None]
+    mass_above = np.where(above, e, 0.0).sum(axis=1)
+    count_above = above.sum(axis=1)
+    inside = (bins >= b_bot[:, None]) & ~above & (e > 0)
+    rows, cols = np.nonzero(inside)
+    vals = e[rows, cols]
+    order = np.lexsort((-vals, rows))
+    rows, vals = rows[order], vals[order]
+    starts = np.searchsorted(rows, np.arange(r + 1))
+    out = np.zeros(r, dtype=np.int64)
+    need = target - mass_above
+    for i in np.flatnonzero(ok):
+        seg = vals[starts[i]:starts[i + 1]]
+        if need[i] <= 0:  # the entries above the bracket already hold the mass
+            out[i] = count_above[i]
+            continue
+        cum = np.cumsum(seg)
+        k = int(np.searchsorted(cum, need[i]))  # first index with cum >= need
+        out[i] = count_above[i] + min(k + 1, len(seg))
+    return out
 
 
 def sequence_report(res: XentResult, shape: tuple[int, int], *, top_p_counts=None,
@@ -223,7 +301,7 @@ def evaluate_tokens(blocks, n_rows: int, n_classes: int, labels, *, top_p: float
 
     ``blocks`` yields ``(start, block)`` as for
     :func:`smx_cli.core.xent.evaluate_blocks` (which this runs, with
-    ``options``); on each block the number of tokens holding ``top_p`` of
+    ``options``; 16-bit blocks are widened to float32 first, exactly); on each block the number of tokens holding ``top_p`` of
     the predicted mass is counted too (for ``input_kind='logits'``).
     Returns ``(XentResult, top_p_counts)``.
 
@@ -234,7 +312,6 @@ def evaluate_tokens(blocks, n_rows: int, n_classes: int, labels, *, top_p: float
     >>> cover.tolist(), res.correct.tolist()
     ([3, 1], [True, True])
     """
-    from smx_cli.core.softmax import compute
     from smx_cli.core.xent import evaluate_blocks
 
     counts = np.zeros(n_rows, dtype=np.int64)
@@ -243,15 +320,16 @@ def evaluate_tokens(blocks, n_rows: int, n_classes: int, labels, *, top_p: float
     def each(start, xb):
         if on_block is not None:
             on_block(start, xb)
-        if kind == "logits":
-            lp = compute(np.asarray(xb, dtype=np.float64), "log", threads=threads).values
-        elif kind == "log-probs":
-            lp = np.asarray(xb, dtype=np.float64)
-        else:
-            with np.errstate(divide="ignore"):
-                lp = np.log(np.asarray(xb, dtype=np.float64))
-        counts[start:start + len(xb)] = top_p_count(lp, top_p)
+        counts[start:start + len(xb)] = top_p_count(xb, top_p, input_kind=kind)
 
-    res = evaluate_blocks(blocks, n_rows, n_classes, labels, threads=threads, on_block=each,
-                          **options)
+    res = evaluate_blocks(((s, _widened(b)) for s, b in blocks), n_rows, n_classes, labels,
+                          threads=threads, on_block=each, **options)
     return res, counts
+
+
+def _widened(block: np.ndarray) -> np.ndarray:
+    """bfloat16/float16 blocks as float32 (exact): numpy's ufuncs on them are several times slower."""
+    b = np.asarray(block)
+    if b.dtype.kind == "f" and b.dtype.itemsize < 4 or b.dtype.name == "bfloat16":
+        return b.astype(np.float32)
+    return b
