@@ -132,7 +132,8 @@ def top_p_count(logits: np.ndarray, p: float = 0.9, *, input_kind: str = "logits
 
     Notes
     -----
-    No row is sorted. With e = exp(x - max x) in float64, each entry's bin is
+    No row is sorted. With e = exp(x - max x) (in float32 for inputs of 32
+    bits or fewer, else float64; sums in float64), each entry's bin is
     its exponent and 7 leading mantissa bits (bins at most 1/128 of their
     value wide, from 1 down to 2**-60); counting per bin bounds each bin's mass between count x its
     lower and upper edge, which brackets the bin where the sorted cumulative
@@ -153,31 +154,41 @@ def top_p_count(logits: np.ndarray, p: float = 0.9, *, input_kind: str = "logits
     if n == 0 or v == 0:
         return out
     step = max(1, _TOP_P_BLOCK // v)
+    # 16/32-bit inputs in float32 (exact for them; exp to 1 ulp), 64-bit ones in float64
+    work = np.float32 if x.dtype.kind == "f" and x.dtype.itemsize <= 4 or \
+        x.dtype.name == "bfloat16" else np.float64
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         for s0 in range(0, n, step):
-            xb = np.asarray(x[s0:s0 + step], dtype=np.float64)
+            xb = np.asarray(x[s0:s0 + step], dtype=work)
             if input_kind == "probs":
                 xb = np.log(xb)
             out[s0:s0 + step] = _top_p_rows(xb, p)
     return out
 
 
+# (mantissa bits, exponent bias, integer view) of the work formats
+_LAYOUT = {np.dtype(np.float32): (23, 127, np.int32), np.dtype(np.float64): (52, 1023, np.int64)}
+
+
 def _top_p_rows(x: np.ndarray, p: float) -> np.ndarray:
     r, v = x.shape
     m = x.max(axis=1)
     ok = np.isfinite(m)
-    e = x - np.where(ok, m, 0.0)[:, None]
+    e = x - np.where(ok, m, 0)[:, None].astype(x.dtype)
     np.exp(e, out=e)  # in [0, 1], the maximum exactly 1
-    z = e.sum(axis=1)
+    z = e.sum(axis=1, dtype=np.float64)
     ok &= np.isfinite(z)
-    e[~ok] = 0.0
+    e[~ok] = 0
     target = p * z
-    # bin 0: below 2**-60 (and 0); bin NBINS - 1 + 1: exactly 1
-    raw = (e.view(np.int64) >> (52 - _SUB_BITS)) - ((1023 - _OCTAVES) << _SUB_BITS)
-    bins = np.clip(raw, 0, _NBINS).astype(np.int32)
+    # bin 0: below 2**-60 (and 0); bin NBINS: exactly 1 (e <= 1: no upper clip needed)
+    mant, bias, view = _LAYOUT[e.dtype]
+    bins = e.view(view) >> (mant - _SUB_BITS)
+    bins -= (bias - _OCTAVES) << _SUB_BITS
+    np.maximum(bins, 0, out=bins)
     nb = _NBINS + 1
-    counts = np.bincount((bins + (np.arange(r, dtype=np.int32) * nb)[:, None]).ravel(),
-                         minlength=r * nb).reshape(r, nb)
+    bins_off = bins + (np.arange(r, dtype=view) * nb)[:, None]
+    counts = np.bincount(bins_off.ravel(), minlength=r * nb).reshape(r, nb)
+    del bins_off
     # bin b holds 2**E (1 + f / 128) up to 2**E (1 + (f + 1) / 128), E = b // 128 - 60
     b = np.arange(nb)
     octave = np.exp2((b >> _SUB_BITS) - _OCTAVES)
@@ -194,11 +205,11 @@ def _top_p_rows(x: np.ndarray, p: float) -> np.ndarray:
     b_top = nb - 1 - j_top  # highest bin of the bracket (value bins: larger = larger)
     b_bot = nb - 1 - j_bot
     above = bins > b_top[:, None]
-    mass_above = np.where(above, e, 0.0).sum(axis=1)
+    mass_above = np.where(above, e, 0).sum(axis=1, dtype=np.float64)
     count_above = above.sum(axis=1)
     inside = (bins >= b_bot[:, None]) & ~above & (e > 0)
     rows, cols = np.nonzero(inside)
-    vals = e[rows, cols]
+    vals = e[rows, cols].astype(np.float64)
     order = np.lexsort((-vals, rows))
     rows, vals = rows[order], vals[order]
     starts = np.searchsorted(rows, np.arange(r + 1))
