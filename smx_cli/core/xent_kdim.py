@@ -13,6 +13,10 @@ That is exactly the 2-D computation on the rows obtained by moving the class
 axis last and flattening the rest, which is how it is done here: the
 reductions are exact sums, so the order of the positions does not matter.
 Language models lay logits out as (batch, tokens, vocab): ``class_axis=-1``.
+
+The public API functions (``cross_entropy``, ``nll_loss``,
+``cross_entropy_grad``) are defined here and re-exported by
+:mod:`smx_cli.core.xent`.
 """
 from __future__ import annotations
 
@@ -119,3 +123,108 @@ def cross_entropy_grad_nd(logits, target, *, class_axis: int | None = None,
     except ValueError as exc:
         raise relocate(exc, lead) from None
     return np.moveaxis(res.grad.reshape(*lead, x2.shape[1]), -1, ax)
+
+
+# ----------------------------------------------------------------------------
+# the public API (smx_cli.cross_entropy, ...)
+
+
+def cross_entropy(logits, target, weight=None, ignore_index: int = -100, reduction: str = "mean",
+                  label_smoothing: float = 0.0, input_kind: str = "logits",
+                  class_axis: int | None = None, target_tolerance: float | None = 1e-6):
+    """Cross-entropy loss with ``torch.nn.functional.cross_entropy``'s semantics.
+
+    Parameters
+    ----------
+    logits : array_like, shape (C,), (N, C) or (N, C, d1, ..., dK)
+        Unnormalised scores (or log-probabilities / probabilities with
+        ``input_kind``). The class axis is PyTorch's (1; 0 for a single row)
+        unless ``class_axis`` says otherwise: -1 for a language model's
+        (batch, tokens, vocab).
+    target : array_like
+        Class indices of the logits' shape without the class axis ((), (N,),
+        (N, d1, ..., dK)), or class probabilities of the logits' own shape.
+    weight : array_like of C floats, optional
+        Per-class weights (>= 0).
+    ignore_index : int
+        Class-index targets equal to this are ignored (default -100).
+    reduction : {'mean', 'sum', 'none'}
+    label_smoothing : float in [0, 1]
+    input_kind : {'logits', 'log-probs', 'probs'}
+    class_axis : int, optional
+        The axis of the classes (default: PyTorch's).
+    target_tolerance : float or None
+        Probability targets must sum to 1 within this (default 1e-6); None
+        takes any non-negative targets, as PyTorch does.
+
+    Returns
+    -------
+    float or ndarray
+        The reduced loss, or the per-position losses for ``reduction='none'``
+        in the targets' shape (a 0-d array for a single (C,) row, as in
+        PyTorch). Mean over all-ignored targets is NaN, as in PyTorch.
+
+    Examples
+    --------
+    A confidently correct sample keeps its tiny loss (log(softmax) gives 0):
+
+    >>> float(cross_entropy([[30.0, 0.0]], [0]))
+    9.357622968839737e-14
+    >>> float(cross_entropy([[0.0, 1000.0]], [0]))
+    1000.0
+    >>> cross_entropy([0.0, 0.0], 1, reduction="none").shape
+    ()
+    """
+    x, t = _legacy_target(logits, target)
+    return cross_entropy_nd(x, t, class_axis=class_axis, target_tolerance=target_tolerance,
+                            weight=weight, ignore_index=ignore_index, reduction=reduction,
+                            label_smoothing=label_smoothing, input_kind=input_kind)
+
+
+def _legacy_target(logits, target):
+    """Targets smx took before the K-dim API: an (N, 1) column, a (1,) target of a row."""
+    x, t = np.asarray(logits), np.asarray(target)
+    if x.ndim == 2 and t.shape == (x.shape[0], 1) and not (t.dtype.kind == "f"
+                                                          and x.shape[1] == 1):
+        t = t[:, 0]
+    elif x.ndim == 1 and t.shape == (1,) and not (t.dtype.kind == "f" and x.shape[0] == 1):
+        t = t.reshape(())
+    return x, t
+
+
+def nll_loss(log_probs, target, weight=None, ignore_index: int = -100, reduction: str = "mean"):
+    """Negative log-likelihood of log-probabilities, as ``torch.nn.functional.nll_loss``.
+
+    CrossEntropy = LogSoftmax + NLL: ``nll_loss(log_softmax(x), y)`` equals
+    ``cross_entropy(x, y)``.
+
+    Examples
+    --------
+    >>> float(nll_loss([[-0.1, -2.4]], [1]))
+    2.4
+    """
+    return cross_entropy(log_probs, target, weight=weight, ignore_index=ignore_index,
+                         reduction=reduction, input_kind="log-probs")
+
+
+def cross_entropy_grad(logits, target, weight=None, ignore_index: int = -100,
+                       reduction: str = "mean", label_smoothing: float = 0.0,
+                       class_axis: int | None = None,
+                       target_tolerance: float | None = 1e-6) -> np.ndarray:
+    """dL/dlogits of :func:`cross_entropy`: softmax minus the (smoothed, weighted) target.
+
+    Takes the shapes :func:`cross_entropy` takes and returns the logits'
+    shape. For ``reduction='none'`` each position's row is the gradient of
+    that position's own loss.
+
+    Examples
+    --------
+    >>> cross_entropy_grad([[0.0, 0.0]], [0]).tolist()
+    [[-0.5, 0.5]]
+    >>> cross_entropy_grad([0.0, 0.0], 0).tolist()
+    [-0.5, 0.5]
+    """
+    x, t = _legacy_target(logits, target)
+    return cross_entropy_grad_nd(x, t, class_axis=class_axis, target_tolerance=target_tolerance,
+                                 weight=weight, ignore_index=ignore_index, reduction=reduction,
+                                 label_smoothing=label_smoothing)
