@@ -12,20 +12,45 @@ from smx_cli.io import read_array
 from smx_cli.io import safetensors as st
 
 stnp = pytest.importorskip("safetensors.numpy")
-torch = pytest.importorskip("torch")
-sttorch = pytest.importorskip("safetensors.torch")
 
-TORCH_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32,
-                "F64": torch.float64, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
-                "I8": torch.int8, "U8": torch.uint8}
+
+def _torch():
+    torch = pytest.importorskip("torch")
+    return torch, pytest.importorskip("safetensors.torch")
 
 
 def _bits(a: np.ndarray) -> bytes:
     return np.ascontiguousarray(a).view(np.uint8).tobytes()
 
 
-@pytest.mark.parametrize("dname", list(TORCH_DTYPES))
-def test_every_dtype_reads_bit_exactly(tmp_path, dname):
+@pytest.mark.parametrize("dname", list(st.DTYPES))
+def test_every_dtype_written_by_safetensors_numpy_reads_bit_exactly(tmp_path, dname):
+    rng = np.random.default_rng(0)
+    dtype = st.DTYPES[dname]
+    if dname[0] in "IU":
+        a = rng.integers(0, 100, size=(2, 3, 7)).astype(dtype)
+    else:
+        a = (rng.standard_normal((2, 3, 7)) * 50).astype(dtype)
+        a.reshape(-1)[:3] = np.array([np.inf, -np.inf, np.nan]).astype(dtype)
+    p = tmp_path / "x.safetensors"
+    stnp.save_file({"logits": a, "other": np.zeros(3, np.float32)}, str(p))
+    assert st.read_info(str(p))[0]["logits"].dtype_name == dname
+    r = read_array(str(p))
+    assert r.values.dtype == dtype and _bits(r.values) == _bits(a)
+    info = st.read_info(str(p))[0]["logits"]
+    blocks = [b.copy() for _, _, b in st.iter_blocks(str(p), info, block_bytes=3 * 7 * 2)]
+    assert _bits(np.concatenate(blocks)) == _bits(a.reshape(6, 7))
+
+
+TORCH_NAMES = ["BF16", "F16", "F32", "F64", "I64", "I32", "I16", "I8", "U8"]
+
+
+@pytest.mark.parametrize("dname", TORCH_NAMES)
+def test_every_dtype_written_by_torch_reads_bit_exactly(tmp_path, dname):
+    torch, sttorch = _torch()
+    TORCH_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32,
+                    "F64": torch.float64, "I64": torch.int64, "I32": torch.int32,
+                    "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8}
     g = torch.Generator().manual_seed(0)
     if dname[0] in "IU":
         t = torch.randint(0, 100, (2, 3, 7), generator=g).to(TORCH_DTYPES[dname])
@@ -133,6 +158,12 @@ def test_data_ending_early_while_streaming_names_tensor_and_offset(tmp_path):
 
 @pytest.mark.parametrize("suffix", [".pt", ".bin"])
 def test_torch_pickles_are_refused_never_unpickled(tmp_path, suffix, monkeypatch):
+    torch, _ = _torch()
+    # a bare pickle (no torch needed to make one)
+    b = tmp_path / f"bare{suffix}"
+    b.write_bytes(pickle.dumps({"logits": [1.0, 2.0]}))
+    with pytest.raises(SmxError, match="is a pickle"):
+        read_array(str(b))
     calls = []
     monkeypatch.setattr(pickle, "loads", lambda *a, **k: calls.append(a))
     monkeypatch.setattr(pickle, "load", lambda *a, **k: calls.append(a))
@@ -165,6 +196,7 @@ def test_header_length_starting_with_0x80_is_not_a_pickle(tmp_path):
 
 def test_writer_round_trips_through_the_reference_reader(tmp_path):
     import ml_dtypes
+    torch, sttorch = _torch()
     p = tmp_path / "w.safetensors"
     x = np.arange(12, dtype=np.float32).reshape(3, 4).astype(ml_dtypes.bfloat16)
     st.write(str(p), {"logits": x, "ids": np.arange(3)}, {"k": "v"})

@@ -116,12 +116,7 @@ class SequenceReport:
         return float(exact_sum(ppl) / len(ppl)) if len(ppl) else math.nan
 
 
-# top-p histogram: bins at most 1/128 of their value wide over the 60 binary orders of magnitude below
-# a row's maximum (the entries below 2**-60 of it hold < V * 2**-60 of the mass: never needed)
-_SUB_BITS = 7
-_OCTAVES = 60
-_NBINS = _OCTAVES << _SUB_BITS
-_TOP_P_BLOCK = 1 << 20  # elements per piece: float64 work of a few MB
+_TOP_P_BLOCK = 1 << 20  # elements per piece: float work of a few MB
 
 
 def top_p_count(logits: np.ndarray, p: float = 0.9, *, input_kind: str = "logits") -> np.ndarray:
@@ -132,14 +127,13 @@ def top_p_count(logits: np.ndarray, p: float = 0.9, *, input_kind: str = "logits
 
     Notes
     -----
-    No row is sorted. With e = exp(x - max x) (in float32 for inputs of 32
-    bits or fewer, else float64; sums in float64), each entry's bin is
-    its exponent and 7 leading mantissa bits (bins at most 1/128 of their
-    value wide, from 1 down to 2**-60); counting per bin bounds each bin's mass between count x its
-    lower and upper edge, which brackets the bin where the sorted cumulative
-    mass crosses p * sum(e) to a few adjacent bins. The mass above the
-    bracket is summed exactly, and only the entries inside it (a small
-    fraction of the row) are sorted to find k exactly.
+    Only candidates are sorted. With e = exp(x - max x) and Z = sum(e), the
+    entries below t = (1 - p) Z / V hold less than V t = (1 - p) Z between
+    them, so the entries >= t hold more than p Z: the top-k set lies among
+    them. A peaked row (a language model's usual) has a handful; only a flat
+    row sorts most of itself. e is computed in float32 for inputs of 32 bits
+    or fewer (exact inputs, exp to 1 ulp) and float64 otherwise; the sums in
+    float64.
 
     Examples
     --------
@@ -154,7 +148,6 @@ def top_p_count(logits: np.ndarray, p: float = 0.9, *, input_kind: str = "logits
     if n == 0 or v == 0:
         return out
     step = max(1, _TOP_P_BLOCK // v)
-    # 16/32-bit inputs in float32 (exact for them; exp to 1 ulp), 64-bit ones in float64
     work = np.float32 if x.dtype.kind == "f" and x.dtype.itemsize <= 4 or \
         x.dtype.name == "bfloat16" else np.float64
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
@@ -166,10 +159,6 @@ def top_p_count(logits: np.ndarray, p: float = 0.9, *, input_kind: str = "logits
     return out
 
 
-# (mantissa bits, exponent bias, integer view) of the work formats
-_LAYOUT = {np.dtype(np.float32): (23, 127, np.int32), np.dtype(np.float64): (52, 1023, np.int64)}
-
-
 def _top_p_rows(x: np.ndarray, p: float) -> np.ndarray:
     r, v = x.shape
     m = x.max(axis=1)
@@ -178,51 +167,17 @@ def _top_p_rows(x: np.ndarray, p: float) -> np.ndarray:
     np.exp(e, out=e)  # in [0, 1], the maximum exactly 1
     z = e.sum(axis=1, dtype=np.float64)
     ok &= np.isfinite(z)
-    e[~ok] = 0
     target = p * z
-    # bin 0: below 2**-60 (and 0); bin NBINS: exactly 1 (e <= 1: no upper clip needed)
-    mant, bias, view = _LAYOUT[e.dtype]
-    bins = e.view(view) >> (mant - _SUB_BITS)
-    bins -= (bias - _OCTAVES) << _SUB_BITS
-    np.maximum(bins, 0, out=bins)
-    nb = _NBINS + 1
-    bins_off = bins + (np.arange(r, dtype=view) * nb)[:, None]
-    counts = np.bincount(bins_off.ravel(), minlength=r * nb).reshape(r, nb)
-    del bins_off
-    # bin b holds 2**E (1 + f / 128) up to 2**E (1 + (f + 1) / 128), E = b // 128 - 60
-    b = np.arange(nb)
-    octave = np.exp2((b >> _SUB_BITS) - _OCTAVES)
-    frac = (b & ((1 << _SUB_BITS) - 1)) / (1 << _SUB_BITS)
-    lo = np.where(b == 0, 0.0, octave * (1 + frac))
-    hi = np.minimum(octave * (1 + frac + 1 / (1 << _SUB_BITS)), 1.0)
-    # cumulative mass from the top bin down, bounded above and below
-    cs_hi = np.cumsum((counts * hi)[:, ::-1], axis=1)
-    cs_lo = np.cumsum((counts * lo)[:, ::-1], axis=1)
-    # the crossing bin lies between the first bin (from the top) where the upper
-    # bound reaches the target and the first where the lower bound does
-    j_top = (cs_hi < target[:, None]).sum(axis=1)
-    j_bot = np.minimum((cs_lo < target[:, None]).sum(axis=1), nb - 1)
-    b_top = nb - 1 - j_top  # highest bin of the bracket (value bins: larger = larger)
-    b_bot = nb - 1 - j_bot
-    above = bins > b_top[:, None]
-    mass_above = np.where(above, e, 0).sum(axis=1, dtype=np.float64)
-    count_above = above.sum(axis=1)
-    inside = (bins >= b_bot[:, None]) & ~above & (e > 0)
-    rows, cols = np.nonzero(inside)
-    vals = e[rows, cols].astype(np.float64)
-    order = np.lexsort((-vals, rows))
-    rows, vals = rows[order], vals[order]
+    t = ((1 - p) * z / v).astype(e.dtype)
+    rows, cols = np.nonzero(e >= t[:, None])
+    vals = e[rows, cols]
     starts = np.searchsorted(rows, np.arange(r + 1))
     out = np.zeros(r, dtype=np.int64)
-    need = target - mass_above
     for i in np.flatnonzero(ok):
-        seg = vals[starts[i]:starts[i + 1]]
-        if need[i] <= 0:  # the entries above the bracket already hold the mass
-            out[i] = count_above[i]
-            continue
-        cum = np.cumsum(seg)
-        k = int(np.searchsorted(cum, need[i]))  # first index with cum >= need
-        out[i] = count_above[i] + min(k + 1, len(seg))
+        seg = np.sort(vals[starts[i]:starts[i + 1]])[::-1]
+        cum = np.cumsum(seg, dtype=np.float64)
+        k = int(np.searchsorted(cum, target[i]))  # first index with cum >= target
+        out[i] = min(k + 1, len(seg))
     return out
 
 
