@@ -37,7 +37,8 @@ sys.path.insert(0, ROOT)
 from smx_cli.io import safetensors as st  # noqa: E402
 
 
-def make_file(path: str, ids_path: str, shape, seed: int = 0) -> None:
+def make_file(path: str, ids_path: str, shape, zipf_scale: float, noise: float,
+              seed: int = 0) -> None:
     """Write (B, T, V) bfloat16 logits block by block (never the whole array in memory)."""
     import ml_dtypes
 
@@ -55,7 +56,8 @@ def make_file(path: str, ids_path: str, shape, seed: int = 0) -> None:
         for i in range(b):
             for t0 in range(0, t, 256):
                 rows = min(256, t - t0)
-                x = zipf[rng.permutation(v)][None, :] + rng.standard_normal((rows, v)) * 1.5
+                x = (zipf[rng.permutation(v)][None, :] * zipf_scale
+                     + rng.standard_normal((rows, v)) * noise)
                 # the model is right about half the time: the next token gets a boost
                 hit = rng.random(rows) < 0.5
                 nxt = ids[i, t0 + 1:t0 + rows + 1]
@@ -84,7 +86,8 @@ def _child(code: str) -> dict:
 # would carry the parent's size over a fork)
 _PRE = "import time as _t, json as _j\nimport numpy\n_w, _c = _t.perf_counter(), _t.process_time()\n"
 _POST = """
-_res = dict(_RESULT, wall=_t.perf_counter() - _w, cpu=_t.process_time() - _c)
+_e = globals().get('_END') or (_t.perf_counter(), _t.process_time())
+_res = dict(_RESULT, wall=_e[0] - _w, cpu=_e[1] - _c)
 for _line in open('/proc/self/status'):
     if _line.startswith('VmHWM:'):
         _res['peak_mb'] = int(_line.split()[1]) / 1024
@@ -108,8 +111,13 @@ try:
     main()
 except SystemExit as e:
     if e.code: raise
+_END = (_t.perf_counter(), _t.process_time())  # the report's checks below are not timed
 d = json.load(open({out!r}))
-_RESULT = {{'loss': d['loss'], 'ppl': d['corpus']['perplexity']}}
+import numpy as np
+per = np.array(d['per_token'], dtype=float)
+_RESULT = {{'loss': d['loss'], 'ppl': d['corpus']['perplexity'],
+           'top_p': float(np.median(per[:, d['columns'].index('top_p_tokens')])),
+           'entropy': d['mean_entropy']}}
 """
 
 
@@ -130,15 +138,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="8,2048,32000")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--zipf", type=float, default=1.8,
+                    help="logit of the rank-r token: -ZIPF log r (1.8: entropy ~2 nats, the "
+                         "90 %% of the mass in ~10 tokens; 1.0: a flat heavy tail, ~4000)")
+    ap.add_argument("--noise", type=float, default=1.0, help="Gaussian noise on every logit")
     args = ap.parse_args()
     b, t, v = (int(s) for s in args.shape.split(","))
     out_dir = os.path.join(HERE, "out")
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, f"lm_{b}_{t}_{v}.safetensors")
-    ids = os.path.join(out_dir, f"lm_{b}_{t}_{v}_ids.safetensors")
+    stem = f"lm_{b}_{t}_{v}_z{args.zipf:g}_n{args.noise:g}"
+    path = os.path.join(out_dir, stem + ".safetensors")
+    ids = os.path.join(out_dir, stem + "_ids.safetensors")
     if not (os.path.exists(path) and os.path.exists(ids)):
         print(f"writing {path} ...", file=sys.stderr)
-        make_file(path, ids, (b, t, v))
+        make_file(path, ids, (b, t, v), args.zipf, args.noise)
     size = os.path.getsize(path)
     out = os.path.join(out_dir, "lm_report.json")
     _child(READ.format(path=path))  # warm the page cache
@@ -158,7 +171,8 @@ def main() -> None:
     print(f"\nratio (wall): {med(runs, 'wall') / med(reads, 'wall'):.1f}x, "
           f"(CPU): {med(runs, 'cpu') / max(med(reads, 'cpu'), 1e-9):.1f}x the read; "
           f"repeats: {args.repeat}; cores: {os.cpu_count()}")
-    print(f"loss {runs[0]['loss']!r}, corpus perplexity {runs[0]['ppl']!r}")
+    print(f"loss {runs[0]['loss']!r}, corpus perplexity {runs[0]['ppl']!r}, median top-90% "
+          f"size {runs[0]['top_p']:g} tokens, mean entropy {runs[0]['entropy']:.3g} nats")
     if b == 1:
         ref = check_against_torch(path, ids, b, t)
         if ref is not None:

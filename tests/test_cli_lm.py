@@ -66,7 +66,7 @@ def test_the_sample_run_matches_torch_and_shows_words():
     assert doc["corpus"]["tokens"] == 6 * 47
     assert doc["worst_tokens"][0]["true"] == "Z" and isinstance(doc["worst_tokens"][0]["true_id"], int)
     assert len(doc["per_token"]) == 6 * 47  # the shifted-out last positions are not rows
-    assert doc["true_tokens"][0] == repr("h")  # "The": after 'T' comes 'h'
+    assert doc["true_tokens"][:3] == ["h", "e", " "]  # "The ": after 'T' come 'h', 'e', ' '
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
@@ -164,6 +164,21 @@ def test_hostile_labels_and_options(tmp_path):
                                              code=2)
     torch.save(torch.zeros(2, 3, 4), str(tmp_path / "x.pt"))
     assert "never unpickles" in fails("xent", tmp_path / "x.pt", "--labels", LM_IDS)
+
+
+def test_2d_safetensors_takes_the_2d_path_with_its_options(tmp_path):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((5, 4)).astype(np.float32)
+    y = np.array([0, 1, 2, 3, 0])
+    st.write(str(tmp_path / "x.safetensors"), {"logits": x})
+    np.save(tmp_path / "y.npy", y)
+    doc = json.loads(ok("xent", tmp_path / "x.safetensors", "--labels", tmp_path / "y.npy",
+                        "--grad-out", tmp_path / "g.npy", "--format", "json").stdout)
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    loss = F.cross_entropy(xt, torch.tensor(y))
+    loss.backward()
+    assert doc["loss"] == pytest.approx(loss.item(), rel=1e-14)
+    np.testing.assert_allclose(np.load(tmp_path / "g.npy"), xt.grad.numpy(), rtol=1e-13)
 
 
 def test_softmax_and_compare_stability_read_safetensors(tmp_path):

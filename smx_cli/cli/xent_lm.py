@@ -24,7 +24,7 @@ from smx_cli.errors import SmxError
 from smx_cli.io import NPY_MAGIC, ZIP_MAGIC, read_array, stream
 from smx_cli.io import safetensors as st
 from smx_cli.io.labels import read_labels
-from smx_cli.io.vocab import read_vocab, token_text
+from smx_cli.io.vocab import read_vocab
 from smx_cli.render import sequences as render_seq
 from smx_cli.render import xent as render_xent
 
@@ -89,8 +89,6 @@ def wants_nd(file, key, label_column, class_axis, shift, pad_id, vocab_path) -> 
     kind, shape, _ = _header_shape(file, key)
     if kind == "npz":
         return read_array(file, key=key).values.ndim >= 3
-    if kind == "safetensors":
-        return True  # every safetensors input: the same path, whatever its rank
     return shape is not None and len(shape) >= 3
 
 
@@ -283,9 +281,11 @@ def _emit(res, seq, cover, ids, vocab, *, cx, file, shape, ax, c, dtype, weights
     meta["columns"] = LM_COLUMNS
     arrays = {"per_token": per_token}
     if vocab is not None and len(per_token) <= 100_000:
-        arrays_meta = {"true_tokens": [token_text(int(i), vocab) for i in per_token[:, 2]],
-                       "predicted_tokens": [token_text(int(i), vocab) for i in per_token[:, 3]]}
-        meta.update(arrays_meta)
+        def word(i):
+            return vocab[int(i)] if 0 <= i < len(vocab) else None
+
+        meta["true_tokens"] = [word(i) for i in per_token[:, 2]]
+        meta["predicted_tokens"] = [word(i) for i in per_token[:, 3]]
     payload = Payload(per_token, LM_COLUMNS, meta, arrays)
     if output:
         write_file(output, payload, fmt)
