@@ -191,3 +191,13 @@ def test_softmax_and_compare_stability_read_safetensors(tmp_path):
     np.testing.assert_allclose(p, ref, rtol=1e-6)
     out = ok("compare-stability", tmp_path / "x.safetensors").stdout
     assert "x.safetensors" in out
+
+
+@pytest.mark.parametrize("command", ["xent", "softmax", "compare-stability"])
+def test_damaged_safetensors_is_one_line_in_every_command(tmp_path, command):
+    p = tmp_path / "x.safetensors"
+    st.write(str(p), {"logits": np.zeros((2, 3, 4), np.float32)})
+    p.write_bytes(p.read_bytes()[:-10])  # truncated
+    args = [command, p] + (["--labels", LM_IDS] if command == "xent" else [])
+    msg = fails(*args)
+    assert "tensor 'logits': truncated: its data ends at offset" in msg and str(p) in msg
