@@ -40,7 +40,7 @@ Examples:
   smx xent logits.npy --labels y.npy --grad --rows 3 --grad-out grad.npy
   smx xent logits.npy --labels y.npy -o losses.csv
   smx xent samples/mnist_lenet_logits.npy --labels samples/mnist_lenet_labels.npy --check-grad
-  smx xent samples/lm_logits.safetensors --labels samples/lm_ids.npy --shift-labels \\
+  smx xent samples/lm_logits.safetensors --labels samples/lm_ids.safetensors --shift-labels \\
       --vocab samples/lm_vocab.txt
 
 \b
