@@ -195,6 +195,8 @@ def run_nd(*, file, key, axis, class_axis, labels_path, weight, opts, worst, max
             raise
         except ValueError as exc:
             raise SmxError(f"{labels_path}: {_where(exc, lead, shift)}") from None
+        except OSError as exc:
+            raise SmxError(f"{file}: cannot read ({exc.strerror or exc})") from None
     seq = None
     if len(lead) == 2 and res.target_kind == "index":
         seq = sequence_report(res, lead, top_p_counts=cover, worst=worst or 10)
