@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import pickle
 
 import numpy as np
@@ -203,3 +204,42 @@ def test_writer_round_trips_through_the_reference_reader(tmp_path):
     got = sttorch.load_file(str(p))
     assert torch.equal(got["logits"], torch.arange(12.0).reshape(3, 4).bfloat16())
     assert got["ids"].tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("spec,match", [
+    ({"dtype": ["F32"], "shape": [2], "data_offsets": [0, 8]}, r"dtype \['F32'\] is not a name"),
+    ({"dtype": 32, "shape": [2], "data_offsets": [0, 8]}, r"dtype 32 is not a name"),
+    ({"dtype": "F32", "shape": "2", "data_offsets": [0, 8]}, r"shape '2' is not a list"),
+    ({"dtype": "F32", "shape": [True, 2], "data_offsets": [0, 8]}, r"shape \[True, 2\]"),
+    ({"dtype": "F32", "shape": [2.0], "data_offsets": [0, 8]}, r"shape \[2.0\]"),
+    ({"dtype": "F32", "shape": [2], "data_offsets": [0]}, r"data_offsets \[0\] are not two"),
+    ({"dtype": "F32", "shape": [2], "data_offsets": None}, r"data_offsets None"),
+    ("F32", r"lacks dtype, shape or data_offsets"),
+])
+def test_wrong_types_in_the_header(tmp_path, spec, match):
+    path = _file(tmp_path, {"x": spec}, bytes(8))
+    with pytest.raises(SmxError, match=match):
+        read_array(path)
+
+
+def test_random_damage_is_an_smx_error_or_a_clean_read(tmp_path):
+    """Flip bytes of a valid file's header and data: never another exception, never a hang."""
+    p = tmp_path / "x.safetensors"
+    stnp.save_file({"logits": np.arange(24, dtype=np.float32).reshape(2, 3, 4),
+                    "ids": np.arange(6, dtype=np.int64)}, str(p))
+    good = p.read_bytes()
+    rng = np.random.default_rng(16)
+    q = tmp_path / "bad.safetensors"
+    for _ in range(400):
+        b = bytearray(good)
+        for _ in range(rng.integers(1, 4)):
+            i = int(rng.integers(0, min(len(b), 8 + int.from_bytes(good[:8], "little"))))
+            b[i] = int(rng.integers(0, 256))
+        if rng.random() < 0.2:
+            b = b[:int(rng.integers(0, len(b)))]
+        q.write_bytes(bytes(b))
+        try:
+            r = read_array(str(q), key="logits")
+            assert r.values.size == math.prod(r.values.shape)
+        except SmxError as exc:
+            assert "\n" not in str(exc) and str(exc).startswith(str(q))

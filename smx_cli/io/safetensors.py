@@ -148,6 +148,8 @@ def _tensor_info(name, spec, data_start, data_len, source) -> TensorInfo:
         raise _fail(source, f"{where}: header entry at offset 8 lacks dtype, shape or "
                             "data_offsets; the header is damaged")
     dname = spec["dtype"]
+    if not isinstance(dname, str):
+        raise _fail(source, f"{where}: dtype {dname!r} is not a name such as 'F32'")
     if dname not in DTYPES:
         known = "supported by safetensors but not by smx" if dname in _UNSUPPORTED else "unknown"
         raise _fail(source, f"{where}: dtype {dname!r} is {known} (smx reads "
