@@ -14,13 +14,14 @@ from importlib import import_module
 # console script do not import numpy before they need it.
 _API = {
     "softmax": "core.softmax", "log_softmax": "core.softmax", "logsumexp": "core.softmax",
-    "compute": "core.softmax", "VARIANTS": "core.softmax",
+    "compute": "core.softmax", "VARIANTS": "core.softmax", "ALL_VARIANTS": "core.softmax",
     "cross_entropy": "core.xent", "nll_loss": "core.xent", "cross_entropy_grad": "core.xent",
     "read_safetensors": "io.safetensors",
     "softmax_jacobian": "core.grad", "softmax_vjp": "core.grad", "log_softmax_vjp": "core.grad",
     "check_grad": "core.grad", "saturation": "core.grad",
     "hardmax": "core.sparse", "sparsemax": "core.sparse", "entmax15": "core.sparse",
     "entmax_bisect": "core.sparse", "gumbel_softmax": "core.sparse",
+    "compare_stability": "analysis.compare", "sweep": "analysis.sweep",
     "diagnose": "analysis.diagnostics", "SoftmaxDiagnostics": "analysis.diagnostics",
     "read_array": "io", "exact_softmax": "core.reference", "ulp_error": "core.precision",
     "FORMATS": "core.precision", "SmxError": "errors",

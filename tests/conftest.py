@@ -1,3 +1,4 @@
+import importlib
 import os
 
 import pytest
@@ -13,3 +14,23 @@ def _plain_terminal(monkeypatch):
 
 
 SAMPLES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "samples")
+
+
+def need(module: str):
+    """Import ``module`` for an agreement test: skip without it, but FAIL in CI.
+
+    CI (``CI=true``, set by ``.ci/run``) installs PyTorch and entmax; a test that
+    compares with them must not pass by skipping there.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{module} is required in CI (CI=true) but cannot be imported: {exc}")
+        pytest.skip(f"{module} is not installed")
+
+
+@pytest.fixture
+def torch():
+    """PyTorch, for the agreement tests (required when CI=true)."""
+    return need("torch")

@@ -187,8 +187,7 @@ def test_grad_out_matches_the_gradient(mnist, tmp_path):
     assert np.abs(g - ref).max() <= 1e-12 * np.abs(ref).max()
 
 
-def test_grad_out_agrees_with_torch(small):
-    torch = pytest.importorskip("torch")
+def test_grad_out_agrees_with_torch(small, torch):
     d, x, y, w = small
     for args, kw in [((), {}), (("--label-smoothing", "0.2", "--weight", "1,2,0.5,3"),
                                 {"label_smoothing": 0.2, "weight": torch.tensor(w)}),

@@ -1,6 +1,8 @@
 """sparsemax / entmax / hardmax / Gumbel-softmax against independent references."""
 import numpy as np
 import pytest
+
+from conftest import need
 from scipy.optimize import brentq
 
 from smx_cli.core.sparse import (apply_mask, entmax15, entmax_bisect, gumbel_softmax, hardmax,
@@ -132,9 +134,8 @@ def test_mask_sets_minus_inf_and_checks_shape():
         apply_mask(x, m[:, :2])
 
 
-def test_agrees_with_entmax_package():
-    torch = pytest.importorskip("torch")
-    entmax = pytest.importorskip("entmax")
+def test_agrees_with_entmax_package(torch):
+    entmax = need("entmax")
     t = torch.tensor(ROWS, dtype=torch.float64)
     np.testing.assert_allclose(sparsemax(ROWS), entmax.sparsemax(t, dim=-1).numpy(), atol=1e-12)
     np.testing.assert_allclose(entmax15(ROWS), entmax.entmax15(t, dim=-1).numpy(), atol=1e-12)

@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from smx_cli.core.softmax import KernelStats, SoftmaxResult, _split_row_sum
+from smx_cli.core.eft import split_sum
+from smx_cli.core.result import KernelStats, SoftmaxResult
 
 
 @dataclass
@@ -190,7 +191,7 @@ class Accumulator:
         p = prob[rows]
         if self.fmt.name == "float64":
             # an error-free split sum: numpy's own sum errs by up to ~(C/8) u
-            hi, lo = _split_row_sum(np.asarray(p, dtype=np.float64))
+            hi, lo = split_sum(np.asarray(p, dtype=np.float64))
             err = np.abs((hi[:, 0] - 1) + lo[:, 0])  # hi - 1 is exact near 1 (Sterbenz)
         else:
             err = np.abs(p.sum(axis=1, dtype=np.float64) - 1)

@@ -18,16 +18,15 @@ from smx_cli.analysis.diagnostics import Accumulator, diagnose
 from smx_cli.cli.emit import (Payload, check_output_path, progress_bar, stdout_console, write_file,
                           write_stdout)
 from smx_cli.errors import SmxError
-from smx_cli.core.sparse import FAMILY_HELP
 from smx_cli.io import NPY_MAGIC, ZIP_MAGIC, output_format, read_array
 from smx_cli.core.kernels import FAST_ULP_NOTE
 from smx_cli.io.masks import read_mask
 from smx_cli.cli.options import display_options, input_options, numerics_options, output_options
 from smx_cli.cli.prepare import load_rows
-from smx_cli.core.softmax import MASKED_POLICIES, VARIANT_HELP, as_rows, from_rows
+from smx_cli.core.softmax import MASKED_POLICIES, as_rows, from_rows
 
 _VARIANT_LINES = "\n".join(f"  {name:<9} {text}"
-                           for name, text in {**VARIANT_HELP, **FAMILY_HELP}.items())
+                           for name, text in variants.HELP.items())
 
 
 @click.command("softmax", epilog=f"""\b
@@ -105,7 +104,7 @@ def softmax_cmd(file, delimiter, header, key, axis, variant, dtype, temperature,
         raise click.BadParameter("must be a finite number > 0", param_hint="'--temperature'")
     if grad_out and not upstream:
         raise click.UsageError("--grad-out writes the vector-Jacobian product: give --upstream FILE")
-    if variant == "entmax" and not (alpha > 1 and alpha != float("inf")):
+    if variants.get(variant).needs_alpha and not (alpha > 1 and alpha != float("inf")):
         raise click.BadParameter("must be a finite number > 1", param_hint="'--alpha'")
     if not (tau > 0 and tau != float("inf")):
         raise click.BadParameter("must be a finite number > 0", param_hint="'--tau'")
@@ -126,7 +125,7 @@ def softmax_cmd(file, delimiter, header, key, axis, variant, dtype, temperature,
         raise SmxError(str(exc)) from None
     result = run.result
     lead_shape = rows.lead_shape if run.samples == 1 else (run.samples,) + tuple(rows.lead_shape)
-    diag = diagnose(run.logits, result, sparse=variant in variants.SPARSE_OUTPUT or (variant == "gumbel" and hard))
+    diag = diagnose(run.logits, result, sparse=variants.exact_zeros(variant, opts))
     payload = _payload(rows, result, diag, run)
     vjp = None
     if upstream:
@@ -168,8 +167,7 @@ def _show_values(console, values, logits, result, variant, temperature, source, 
                  lead_shape, max_rows, top_k, digits) -> None:
     """The values table (all classes when they fit, else each row's top k)."""
     kind = result.kind
-    what = "log_softmax" if kind == "logprob" else (
-        "softmax" if variant in ("stable", "naive", "online", "lse") else variant)
+    what = "log_softmax" if kind == "logprob" else variants.get(variant).title
     t = f"x/{temperature:g}" if temperature != 1 else "x"
     title = f"{what}({t}) of {source}"
     width = values.shape[1]
@@ -211,7 +209,7 @@ def _streamable(file, axis, key, output, fmt, variant, mask_path, gradients) -> 
     CSV/TSV file of at least 16 MB with output to .csv/.tsv or none.
     Anything else returns None and takes the whole-array path.
     """
-    if file == "-" or mask_path or gradients or variant == "gumbel" or key:
+    if file == "-" or mask_path or gradients or variants.get(variant).stochastic or key:
         return None
     if fmt not in (None, "table") and not output:
         return None
@@ -258,7 +256,7 @@ def _streamed(file, source_kind, variant, temperature, dtype, masked, opts, fast
         res = run.result
         if acc is None:
             acc = Accumulator(variant, res.fmt, res.kind, res.emulated,
-                              sparse=variant in variants.SPARSE_OUTPUT)
+                              sparse=variants.exact_zeros(variant, opts))
             state["result"] = res
         acc.add(run.logits, res.values, res.stats)
         if kept[0] < max_rows:
@@ -366,13 +364,13 @@ def _show_gradients(console, rows, run, variant, temperature, dtype, opts, lead_
     x = run.logits
     n, c = values.shape
     if show_grad:
-        kind = "log" if variant == "log" else "softmax"
+        kind = "log" if variants.get(variant).log_output else "softmax"
         fit = max(2, min(12, (console.width - 10) // 10))
         for i in range(min(n, grad_rows)):
             p_row = np.asarray(values[i], dtype=np.float64)
             if kind == "log":
                 p_row = np.exp(p_row)
-            if variant == "gumbel" and run.soft is not None:
+            if run.soft is not None:
                 p_row = run.soft[i]
             idx = np.arange(c) if c <= fit else np.sort(np.argsort(-p_row, kind="stable")[:min(fit, 5)])
             jac = variants.jacobian_block(variant, p_row, idx, temperature=temperature, options=opts)
@@ -389,10 +387,8 @@ def _show_gradients(console, rows, run, variant, temperature, dtype, opts, lead_
             vjp, title="vector-Jacobian product: upstream @ J", class_names=rows.class_names,
             lead_shape=lead_shape, max_rows=max_rows))
     sat = None
-    if variant not in ("sparsemax", "entmax15", "entmax", "hardmax"):
-        x_sat = x if variant != "gumbel" else x  # gumbel: the logits' own saturation
-        sat = grad_mod.saturation(x_sat, temperature * (opts.tau if variant == "gumbel" else 1.0),
-                                  dtype)
+    if not variants.get(variant).sparse_output:
+        sat = grad_mod.saturation(x, variants.get(variant).gradient_scale(temperature, opts), dtype)
     checks = variants.check_gradients(variant, x, temperature=temperature, options=opts) \
         if check_grad else None
     if sat is not None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from smx_cli.core.gradcheck import GradCheck, Tally, central_difference, pick_rows  # noqa: F401
 from smx_cli.core.precision import format_of, result_format
 from smx_cli.core.softmax import as_rows, check_temperature, compute, from_rows
 
@@ -266,33 +267,6 @@ def _hint_block(x2: np.ndarray, temperature: float, target: float, iterations: i
 # finite-difference checks
 
 
-@dataclass
-class GradCheck:
-    """Analytic gradient against central finite differences, for one function."""
-
-    function: str
-    rows_checked: int
-    entries_checked: int
-    max_abs_error: float
-    max_rel_error: float
-    rtol: float
-    atol: float
-    passed: bool
-
-
-def _central_difference(phi, x: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """d phi / d x_j by central differences with a relative step (float64)."""
-    h = np.cbrt(np.finfo(np.float64).eps) * np.maximum(np.abs(x[cols]), 1.0)
-    out = np.empty(len(cols))
-    for k, j in enumerate(cols):
-        xp = x.copy()
-        xm = x.copy()
-        xp[j] += h[k]
-        xm[j] -= h[k]
-        out[k] = (phi(xp) - phi(xm)) / (xp[j] - xm[j])
-    return out
-
-
 def check_grad(x2: np.ndarray, *, labels=None, temperature: float = 1.0, rows: int = 8,
                cols: int = 32, seed: int = 0, rtol: float = 1e-5, atol: float = 1e-8,
                functions=("softmax", "log", "xent"), xent_options: dict | None = None,
@@ -327,22 +301,15 @@ def check_grad(x2: np.ndarray, *, labels=None, temperature: float = 1.0, rows: i
     rng = np.random.default_rng(seed)
     n, c = x2.shape
     xopts = dict(xent_options or {})
-    finite = np.isfinite(x2).all(axis=1)
+    eligible = None
     if labels is not None and "xent" in functions and np.ndim(labels) == 1:
-        counted = finite & (np.asarray(labels) != xopts.get("ignore_index", -100))
-        if counted.any():
-            finite = counted
-    finite_rows = np.flatnonzero(finite)
-    pick = rng.choice(finite_rows, size=min(rows, len(finite_rows)), replace=False) \
-        if len(finite_rows) else np.array([], dtype=int)
+        eligible = np.asarray(labels) != xopts.get("ignore_index", -100)
+    pick = pick_rows(x2, rows, rng, eligible)
     results = []
     for name in functions:
         if name == "xent" and labels is None:
             continue
-        max_abs = max_rel = 0.0
-        entries = skipped = 0
-        ok = True
-        tol = atol / xent_divisor if name == "xent" else atol
+        tally = Tally(name, rtol, atol / xent_divisor if name == "xent" else atol)
         for i in pick:
             x = x2[i].copy()
             cidx = np.sort(rng.choice(c, size=min(cols, c), replace=False))
@@ -360,21 +327,68 @@ def check_grad(x2: np.ndarray, *, labels=None, temperature: float = 1.0, rows: i
                 kind = "stable" if name == "softmax" else "log"
                 fd_fn = lambda v, g=g, kind=kind: float(  # noqa: E731
                     np.dot(g, compute(v[None], kind, t).values[0]))
-            fd = _central_difference(fd_fn, x, cidx)
-            # a step that overflows (rows like [1e308, -1e308]) gives no difference to
-            # compare with: those entries, and rows left with none, are not counted
-            checkable = np.isfinite(fd)
-            if not checkable.any():
-                skipped += 1
-                continue
-            cidx, fd = cidx[checkable], fd[checkable]
-            err = np.abs(analytic[cidx] - fd)
-            scale = np.maximum(np.abs(fd), np.max(np.abs(fd)))
-            rel = err / np.where(scale > 0, scale, 1.0)
-            max_abs = max(max_abs, float(err.max()))
-            max_rel = max(max_rel, float(rel.max()))
-            ok &= bool(np.all(err <= tol + rtol * scale))
-            entries += len(cidx)
-        results.append(GradCheck(name, len(pick) - skipped, entries, max_abs, max_rel, rtol, tol,
-                                 ok))
+            tally.add(analytic[cidx], central_difference(fd_fn, x, cidx))
+        results.append(tally.result())
     return results
+
+
+# ----------------------------------------------------------------------------
+# Jacobians in factored form: J = (diag(a) - b c^T) / scale, sum(c) = 1
+
+
+def _others(c: np.ndarray) -> np.ndarray:
+    """sum_{j != i} c_j for weights c summing to 1, free of cancellation at the max."""
+    out = 1.0 - c
+    if len(c) > 1:
+        k = int(np.argmax(c))
+        out[k] = np.delete(c, k).sum()
+    return out
+
+
+def _diagonal(a: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """a_i - a_i c_i = a_i sum_{j != i} c_j (every family Jacobian has a = b, sum c = 1)."""
+    if not c.any():
+        return np.zeros_like(a)
+    return a * _others(c)
+
+
+def factored_block(a: np.ndarray, b: np.ndarray, c: np.ndarray, scale: float,
+                   idx: np.ndarray) -> np.ndarray:
+    """The block J[idx, idx] of J = (diag(a) - b c^T) / scale, without forming C x C.
+
+    Every family Jacobian has this form with a = b and sum(c) = 1 (see
+    :func:`smx_cli.core.registry.jacobian_factors`). The diagonal a_i (1 - c_i)
+    is taken as a_i sum_{j != i} c_j, so a saturated row keeps its tiny
+    entries' relative accuracy.
+
+    Examples
+    --------
+    >>> p = np.array([0.5, 0.5])
+    >>> factored_block(p, p, p, 1.0, np.array([0, 1])).tolist()
+    [[0.25, -0.25], [-0.25, 0.25]]
+    """
+    idx = np.asarray(idx)
+    block = -np.outer(b[idx], c[idx])
+    block[np.arange(len(idx)), np.arange(len(idx))] = _diagonal(a, c)[idx]
+    return block / scale
+
+
+def factored_summary(a: np.ndarray, b: np.ndarray, c: np.ndarray,
+                     scale: float) -> tuple[float, float]:
+    """(largest |entry|, Frobenius norm) of J = (diag(a) - b c^T) / scale, in O(C).
+
+    ||J||_F^2 = sum_i (a_i sum_{j != i} c_j)^2 + sum_i a_i^2 sum_{j != i} c_j^2;
+    the largest entry is on the diagonal or is the largest a_i c_j, i != j.
+    """
+    diag = np.abs(_diagonal(a, c))
+    sq = c * c
+    rest_sq = sq.sum() - sq
+    if len(c) > 1:
+        k = int(np.argmax(sq))
+        rest_sq[k] = np.delete(sq, k).sum()
+    fro2 = (diag * diag).sum() + (b * b * rest_sq).sum()
+    off = 0.0
+    if len(a) > 1:
+        ib, ic = np.argsort(-np.abs(b))[:2], np.argsort(-np.abs(c))[:2]
+        off = max(abs(b[i] * c[j]) for i in ib for j in ic if i != j)
+    return float(max(diag.max(initial=0.0), off) / scale), float(np.sqrt(fro2) / scale)

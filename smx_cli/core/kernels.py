@@ -28,7 +28,7 @@ float64 inputs, temperature 1
     S >= exp(m) >= 1 cannot overflow. For m < 0 every |x| >= |m|, so
     Fast2Sum recovers the rounding error e of d = fl(x - m) in two passes and
     exp(x - m) = exp(d)(1 + e). The row sum is split error-free (a
-    double-double, as :func:`smx_cli.core.softmax._split_row_sum`), and the
+    double-double, as :func:`smx_cli.core.eft.split_sum`), and the
     per-row reciprocal is formed in long double. Log-softmax is computed as
     (x - M_hi) - M_lo with M = m + lse a double-double, so the output needs
     no compensation at all. Rows outside these cases (m > 600, NaN, +/-inf
@@ -45,6 +45,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from smx_cli.core.eft import fast_two_sum_into, split_sum_long, two_sum_into
 
 # elements per block: 256 KB of float64 per work buffer
 BLOCK_ELEMENTS = 1 << 15
@@ -192,25 +194,6 @@ def lowp_block(xb: np.ndarray, ob: np.ndarray, ax: int, t: float, kind: str, fmt
 # accurate: float64 inputs, temperature 1
 
 
-def _split_sum(e: np.ndarray, ax: int, scale_exp):
-    """Row sums of non-negative terms below 2**scale_exp, as long double.
-
-    The error-free split of :func:`smx_cli.core.softmax._split_row_sum`, with the
-    grid scaled per row by 2**scale_exp (terms need not be <= 1). Uses one
-    work buffer; ``e`` is left unchanged.
-    """
-    width = e.shape[ax]
-    kbits = 52 - int(np.ceil(np.log2(width + 1)))
-    sigma = np.ldexp(1.5, (52 - kbits) + scale_exp)
-    hi = work("hi", e.shape)
-    np.add(e, sigma, out=hi)
-    hi -= sigma
-    s_hi = np.sum(hi, axis=ax, keepdims=True)
-    np.subtract(e, hi, out=hi)  # the low parts
-    s_lo = np.sum(hi, axis=ax, keepdims=True)
-    return s_hi.astype(np.longdouble) + s_lo.astype(np.longdouble)
-
-
 def f64_block(xb: np.ndarray, ob: np.ndarray, ax: int, kind: str) -> np.ndarray:
     """Accurate (log-)softmax of a float64 block (temperature 1), into ``ob``.
 
@@ -230,15 +213,10 @@ def f64_block(xb: np.ndarray, ob: np.ndarray, ax: int, kind: str) -> np.ndarray:
     d = ob if kind != "prob" else work("E", shape)
     c = work("c", shape)
     h = work("hi", shape)
-    np.subtract(xb, m, out=d)               # d = fl(x - m)
-    np.subtract(d, xb, out=c)               # z = d - x
-    if (m <= 0).all():
-        np.subtract(-m, c, out=c)           # Fast2Sum(x, -m), |x| >= |m|: err = -m - z
-    else:                                   # TwoSum(x, -m) (Knuth)
-        np.subtract(d, c, out=h)            # d - z
-        np.subtract(xb, h, out=h)           # x - (d - z)
-        c += m                              # z + m
-        np.subtract(h, c, out=c)            # err = (x - (d - z)) - (z + m)
+    if (m <= 0).all():                      # |x| >= |m|: Fast2Sum(x, -m)
+        fast_two_sum_into(xb, -m, d, c)     # d = fl(x - m), c its error
+    else:
+        two_sum_into(xb, -m, d, c, h)       # TwoSum(x, -m) (Knuth)
     e = d if kind == "prob" else work("E", shape)
     np.exp(d, out=e)
     if kind != "prob":
@@ -247,7 +225,7 @@ def f64_block(xb: np.ndarray, ob: np.ndarray, ax: int, kind: str) -> np.ndarray:
     # sum of e split error-free (every term <= 1: the grid of 2**1), plus
     # the tiny corrections' plain sum, in long double
     h_sum = np.sum(h, axis=ax, keepdims=True).astype(np.longdouble)
-    total = _split_sum(e, ax, 1) + h_sum
+    total = split_sum_long(e, ax, 1, work('hi', shape)) + h_sum
     if kind == "prob":
         # p = e(1 + err) / (S_hi (1 + rho)) = q + q (err - rho), q = fl(e / S_hi):
         # a division, not a multiply by 1/S, so one column gives exactly 1 and

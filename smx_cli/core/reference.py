@@ -21,23 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from smx_cli.core.eft import SPLITTER_LONG, two_prod, two_sum
+
 HAVE_EXTENDED = np.finfo(np.longdouble).nmant >= 63
-# Veltkamp's splitter for a 64-bit significand: 2**32 + 1
-_SPLIT_LONG = 4294967297
-
-
-def _two_prod_long(a: np.ndarray, b):
-    """a * b = p + err exactly, in long double (Dekker, Veltkamp splitting)."""
-    L = np.longdouble
-    p = a * b
-    a_s = a * L(_SPLIT_LONG)
-    a_hi = a_s - (a_s - a)
-    a_lo = a - a_hi
-    b_s = b * L(_SPLIT_LONG)
-    b_hi = b_s - (b_s - b)
-    b_lo = b - b_hi
-    err = ((a_hi * b_hi - p) + a_hi * b_lo + a_lo * b_hi) + a_lo * b_lo
-    return p, err
 
 
 def exact_softmax(x2: np.ndarray, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -67,9 +53,7 @@ def exact_softmax(x2: np.ndarray, temperature: float = 1.0) -> tuple[np.ndarray,
         finite = np.isfinite(m)
         shift = np.where(finite, m, 0.0)
         # TwoSum: x - shift = d + e exactly
-        d = xb - shift
-        bv = d - xb
-        e = (xb - (d - bv)) - (shift + bv)
+        d, e = two_sum(xb, -shift)
         e = np.where(np.isfinite(e), e, 0.0)
         dl = d.astype(L)
         if temperature == 1.0:
@@ -77,7 +61,7 @@ def exact_softmax(x2: np.ndarray, temperature: float = 1.0) -> tuple[np.ndarray,
             c = e.astype(L)
         else:
             q = dl / t
-            p_hi, p_lo = _two_prod_long(q, t)
+            p_hi, p_lo = two_prod(q, t, L(SPLITTER_LONG))
             # d - q*t = (d - p_hi) - p_lo, the first difference exact (Sterbenz)
             c = (((dl - p_hi) - p_lo) + e.astype(L)) / t
         c = np.where(np.isfinite(c), c, L(0))

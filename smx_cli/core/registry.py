@@ -1,27 +1,36 @@
-"""One entry point for every member of the softmax family, and its gradients.
+"""The softmax family, declared once: one :class:`Variant` entry per member.
 
-:func:`run` dispatches a variant name to :mod:`smx_cli.core.softmax` (naive, stable,
-log, online, lse) or :mod:`smx_cli.core.sparse` (hardmax, sparsemax, entmax15,
-entmax, gumbel), applies an optional mask, and returns a
-:class:`~smx_cli.core.softmax.SoftmaxResult` plus what only some variants have
-(support sizes, the soft sample behind a hard Gumbel draw).
-:func:`vjp` and :func:`jacobian` give each variant's gradient in closed form.
+Each entry names its forward map, its log-map where it has one, its
+vector-Jacobian product and Jacobian factors, and the properties callers ask
+for (sparse output, stochastic, needs alpha / tau, accurate / emulated,
+sums to one). Nothing outside this module compares variant names: callers
+look an entry up with :func:`get` and read its properties.
+
+:func:`run` computes any variant over (N, C) rows (softmax-like variants
+through :func:`smx_cli.core.softmax.compute`, accurate or emulated; the sparse
+maps and Gumbel samples through :mod:`smx_cli.core.sparse`), with an optional
+mask. :func:`vjp`, :func:`jacobian_block` and :func:`jacobian_summary` give
+each variant's gradient in closed form; :func:`check_gradients` checks it
+against central differences (:mod:`smx_cli.core.gradcheck`).
+
+Examples
+--------
+>>> [v.name for v in VARIANTS.values() if v.sparse_output]
+['hardmax', 'sparsemax', 'entmax15', 'entmax']
+>>> get("entmax15").alpha_of(VariantOptions())
+1.5
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
+from smx_cli.core import accurate, emulate
 from smx_cli.core import sparse as family
-from smx_cli.core import grad
 from smx_cli.core.precision import format_of, result_format
-from smx_cli.core.softmax import VARIANTS as SOFTMAX_VARIANTS
-from smx_cli.core.softmax import KernelStats, SoftmaxResult, compute
-
-ALL_VARIANTS = SOFTMAX_VARIANTS + family.SPARSE_VARIANTS
-# variants whose zeros are exact by design, not underflow
-SPARSE_OUTPUT = ("hardmax", "sparsemax", "entmax15", "entmax")
+from smx_cli.core.result import KernelStats, SoftmaxResult
 
 
 @dataclass
@@ -33,6 +42,270 @@ class VariantOptions:
     hard: bool = False     # gumbel straight-through one-hot
     samples: int = 1       # gumbel draws per row
     seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One member of the softmax family.
+
+    Attributes
+    ----------
+    name, help : str
+        The ``--variant`` name and its one-line help.
+    kind : {'prob', 'logprob'}
+        What the forward map gives: probabilities or log-probabilities.
+    title : str
+        What the values table calls the map (``softmax(x)``, ``sparsemax(x)``).
+    forward : callable
+        ``forward(z, masked, options) -> (values, support, soft)`` on float64
+        (N, C) rows already divided by the temperature: the float64 map the
+        finite-difference checks difference. ``support`` (non-zeros per row) and
+        ``soft`` (the soft sample behind a hard Gumbel draw) may be None.
+    log_map : callable or None
+        ``log_map(x, axis, temperature)``: the accurate log of the map, where
+        it has one (log-softmax for the softmax variants).
+    vjp : callable
+        ``vjp(x2, probs, g, temperature, options, soft) -> g^T J`` row by row.
+    factors : callable
+        ``factors(p, temperature, options) -> (a, b, c, scale)`` with
+        J = (diag(a) - b c^T) / scale for one row of probabilities ``p``.
+    accurate : callable or None
+        The plain accurate kernel (:mod:`smx_cli.core.accurate`) used when
+        no ``dtype`` asks for emulation; None: the variant runs in the input
+        format's arithmetic (naive, lse) or is a sparse/stochastic map.
+    emulate : callable or None
+        The per-operation-rounding algorithm (:mod:`smx_cli.core.emulate`);
+        None for the sparse and stochastic maps (rounded at input and output).
+    fast : bool
+        Has the opt-in fast mode (and the blocked fast kernels).
+    shifted : bool
+        Subtracts the row maximum first (naive does not, and overflows).
+    sparse_output, stochastic, needs_alpha, needs_tau, sums_to_one : bool
+    alpha : float or None
+        The fixed entmax alpha (2 for sparsemax, 1.5 for entmax15).
+    label : str
+        The short description ``smx compare-stability`` shows (emulated variants).
+    """
+
+    name: str
+    help: str
+    kind: str
+    title: str
+    forward: Callable
+    vjp: Callable
+    factors: Callable
+    log_map: Callable | None = None
+    accurate: Callable | None = None
+    emulate: Callable | None = None
+    fast: bool = False
+    shifted: bool = True
+    sparse_output: bool = False
+    stochastic: bool = False
+    needs_alpha: bool = False
+    needs_tau: bool = False
+    sums_to_one: bool = True
+    alpha: float | None = None
+    label: str = ""
+
+    @property
+    def emulatable(self) -> bool:
+        """Runs under ``dtype=`` emulation with every operation rounded."""
+        return self.emulate is not None
+
+    @property
+    def log_output(self) -> bool:
+        return self.kind == "logprob"
+
+    def alpha_of(self, options: VariantOptions | None = None) -> float | None:
+        """The entmax alpha of a sparse variant (2 for sparsemax), else None."""
+        if self.needs_alpha:
+            return (options or VariantOptions()).alpha
+        return self.alpha
+
+    def exact_zeros(self, options: VariantOptions | None = None) -> bool:
+        """Whether zeros in the output are exact by design, not underflow."""
+        return self.sparse_output or (self.stochastic and (options or VariantOptions()).hard)
+
+    def gradient_scale(self, temperature: float, options: VariantOptions | None = None) -> float:
+        """What the logits are divided by before the map (T, times tau for Gumbel)."""
+        return temperature * ((options or VariantOptions()).tau if self.needs_tau else 1.0)
+
+
+# ----------------------------------------------------------------------------
+# forward maps, VJPs and Jacobian factors, one per shape of Jacobian
+
+
+def _softmax_forward(name):
+    def forward(z, masked, options):
+        from smx_cli.core.softmax import compute
+
+        return compute(z, name, masked=masked).values, None, None
+    return forward
+
+
+def _log_map(x, axis=-1, temperature=1.0):
+    from smx_cli.core.softmax import log_softmax
+
+    return log_softmax(x, axis, temperature)
+
+
+def _softmax_vjp(x2, probs, g, temperature, options, soft):
+    from smx_cli.core import grad
+
+    # blocked inside, in float64 per block: g is not widened as a whole
+    return grad.softmax_vjp(x2, g, temperature=temperature)
+
+
+def _log_softmax_vjp(x2, probs, g, temperature, options, soft):
+    from smx_cli.core import grad
+
+    return grad.log_softmax_vjp(x2, g, temperature=temperature)
+
+
+def _softmax_factors(p, temperature, options):
+    return p, p, p, temperature
+
+
+def _log_softmax_factors(p, temperature, options):
+    return np.ones_like(p), np.ones_like(p), p, temperature
+
+
+def _sparse_vjp(x2, probs, g, temperature, options, soft, *, alpha=None):
+    a = alpha if alpha is not None else options.alpha
+    return family.sparse_vjp(probs, np.asarray(g, dtype=np.float64), a) / temperature
+
+
+def _sparse_factors(p, temperature, options, *, alpha=None):
+    s = family.support_weights(p, alpha if alpha is not None else options.alpha)
+    total = s.sum()
+    return s, s, (s / total if total > 0 else s * 0), temperature
+
+
+def _zero_vjp(x2, probs, g, temperature, options, soft):
+    return np.zeros_like(np.asarray(g, dtype=np.float64))
+
+
+def _zero_factors(p, temperature, options):
+    return p * 0, p * 0, p * 0, 1.0
+
+
+def _gumbel_vjp(x2, probs, g, temperature, options, soft):
+    # the gradient of the (soft) sample, straight-through for a hard one
+    g = np.asarray(g, dtype=np.float64)
+    p = soft if soft is not None else np.asarray(probs, dtype=np.float64)
+    t = temperature * options.tau
+    return p * (g - (g * p).sum(axis=1, keepdims=True)) / t
+
+
+def _gumbel_factors(p, temperature, options):
+    return p, p, p, temperature * options.tau
+
+
+def _with_alpha(fn, alpha):
+    return lambda *args: fn(*args, alpha=alpha)
+
+
+def _hardmax_forward(z, masked, options):
+    return family.hardmax(z, masked), None, None
+
+
+def _sparsemax_forward(z, masked, options):
+    values, support = family.sparsemax(z, masked, return_support=True)
+    return values, support, None
+
+
+def _entmax15_forward(z, masked, options):
+    values, support = family.entmax15(z, masked, return_support=True)
+    return values, support, None
+
+
+def _entmax_forward(z, masked, options):
+    values, support = family.entmax_bisect(z, options.alpha, masked, return_support=True)
+    return values, support, None
+
+
+def _gumbel_forward(z, masked, options):
+    if options.samples < 1:
+        raise ValueError(f"samples must be >= 1, got {options.samples}")
+    draws = family.gumbel_softmax(z, options.tau, False, options.samples, options.seed, masked)
+    soft = draws.reshape(-1, z.shape[1])
+    values = family.hardmax(soft, masked) if options.hard else soft
+    return values, None, soft
+
+
+def _softmax_like(name, help, label, emulated, accurate_kernel=None, fast=False, shifted=True):
+    return Variant(name, help, "prob", "softmax", _softmax_forward(name), _softmax_vjp,
+                   _softmax_factors, log_map=_log_map, accurate=accurate_kernel, emulate=emulated,
+                   fast=fast, shifted=shifted, label=label)
+
+
+_ENTRIES = (
+    _softmax_like("stable", "max-shifted, divide-by-sum (accurate; default)",
+                  "max-shifted, divide by sum", emulate.stable, accurate.softmax_block, fast=True),
+    _softmax_like("naive", "exp(x)/sum(exp(x)), unshifted textbook formula (overflows)",
+                  "exp(x)/sum exp(x), unshifted", emulate.naive, shifted=False),
+    Variant("log", "log-softmax: log-probabilities (accurate)", "logprob", "log_softmax",
+            _softmax_forward("log"), _log_softmax_vjp, _log_softmax_factors, log_map=_log_map,
+            accurate=accurate.log_softmax_block, emulate=emulate.log, fast=True,
+            sums_to_one=False, label="exp(log-softmax)"),
+    _softmax_like("online", "one-pass online normaliser over column blocks (accurate)",
+                  "online normaliser", emulate.online, accurate.online_block),
+    _softmax_like("lse", "exp(x - logsumexp(x)), division-free textbook form",
+                  "exp(x - logsumexp), no division", emulate.lse),
+    Variant("hardmax", "one-hot of the argmax, ties split evenly (no gradient)", "prob",
+            "hardmax", _hardmax_forward, _zero_vjp, _zero_factors, sparse_output=True),
+    Variant("sparsemax",
+            "Euclidean projection onto the simplex: exact zeros (Martins & Astudillo 2016)",
+            "prob", "sparsemax", _sparsemax_forward, _with_alpha(_sparse_vjp, 2.0),
+            _with_alpha(_sparse_factors, 2.0), sparse_output=True, alpha=2.0),
+    Variant("entmax15", "1.5-entmax, exact sort-based (Peters et al. 2019)", "prob", "entmax15",
+            _entmax15_forward, _with_alpha(_sparse_vjp, 1.5), _with_alpha(_sparse_factors, 1.5),
+            sparse_output=True, alpha=1.5),
+    Variant("entmax", "alpha-entmax by bisection (--alpha A > 1; 2 = sparsemax, ->1 = softmax)",
+            "prob", "entmax", _entmax_forward, _sparse_vjp, _sparse_factors, sparse_output=True,
+            needs_alpha=True),
+    Variant("gumbel", "Gumbel-softmax sample(s): --tau, --hard, --samples K, --seed", "prob",
+            "gumbel", _gumbel_forward, _gumbel_vjp, _gumbel_factors, stochastic=True,
+            needs_tau=True),
+)
+#: every variant by name, in the order ``--variant`` lists them
+VARIANTS: dict[str, Variant] = {v.name: v for v in _ENTRIES}
+ALL_VARIANTS = tuple(VARIANTS)
+#: variants whose zeros are exact by design, not underflow
+SPARSE_OUTPUT = tuple(v.name for v in _ENTRIES if v.sparse_output)
+#: the variants :func:`smx_cli.core.softmax.compute` runs (accurate or emulated)
+SOFTMAX_VARIANTS = tuple(v.name for v in _ENTRIES if v.emulatable)
+#: smx's accurate kernels when no dtype asks for emulation
+ACCURATE_VARIANTS = tuple(v.name for v in _ENTRIES if v.accurate is not None)
+#: variants that do not subtract the row maximum (their exp can overflow)
+UNSHIFTED = tuple(v.name for v in _ENTRIES if not v.shifted)
+HELP = {v.name: v.help for v in _ENTRIES}
+
+
+def get(variant: str, among: tuple[str, ...] = ALL_VARIANTS) -> Variant:
+    """The entry of ``variant``; a ValueError naming the choices when unknown.
+
+    Examples
+    --------
+    >>> get("log").kind
+    'logprob'
+    >>> get("fast")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown variant 'fast'; choose one of stable, naive, log, ..., gumbel
+    """
+    if not isinstance(variant, str) or variant not in among:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(among)}")
+    return VARIANTS[variant]
+
+
+def exact_zeros(variant: str, options: VariantOptions | None = None) -> bool:
+    """Whether ``variant``'s zeros are exact by design (sparse maps, hard Gumbel draws)."""
+    return get(variant).exact_zeros(options)
+
+
+# ----------------------------------------------------------------------------
+# running a variant
 
 
 @dataclass
@@ -78,13 +351,14 @@ def run(x2: np.ndarray, variant: str = "stable", *, temperature: float = 1.0,
     >>> run(np.array([[1.0, 2.0, 5.0]]), mask=m).result.values.round(4).tolist()
     [[0.2689, 0.7311, 0.0]]
     """
+    from smx_cli.core.softmax import compute
+
     opts = options or VariantOptions()
-    if variant not in ALL_VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(ALL_VARIANTS)}")
+    spec = get(variant)
     if mask is not None:
         masked = "zeros"
     x = family.apply_mask(x2, mask) if mask is not None else x2
-    if variant in SOFTMAX_VARIANTS:
+    if spec.emulatable:
         res = compute(x, variant, temperature, dtype, masked, fast=fast, threads=threads)
         return VariantRun(res, None, None, x)
     if fast:
@@ -96,26 +370,11 @@ def run(x2: np.ndarray, variant: str = "stable", *, temperature: float = 1.0,
     # float64, and the output rounded once (no per-operation emulation)
     xr = fmt.cast(np.asarray(x, dtype=np.float64)) if dtype else np.asarray(x)
     z = np.asarray(xr, dtype=np.float64) / temperature
-    support = soft = None
-    samples = 1
+    samples = opts.samples if spec.stochastic else 1
     with np.errstate(invalid="ignore", over="ignore"):
-        if variant == "hardmax":
-            values = family.hardmax(z, masked)
-        elif variant == "sparsemax":
-            values, support = family.sparsemax(z, masked, return_support=True)
-        elif variant == "entmax15":
-            values, support = family.entmax15(z, masked, return_support=True)
-        elif variant == "entmax":
-            values, support = family.entmax_bisect(z, opts.alpha, masked, return_support=True)
-        else:  # gumbel
-            if opts.samples < 1:
-                raise ValueError(f"samples must be >= 1, got {opts.samples}")
-            samples = opts.samples
-            draws = family.gumbel_softmax(z, opts.tau, False, samples, opts.seed, masked)
-            soft = draws.reshape(-1, z.shape[1])
-            values = family.hardmax(soft, masked) if opts.hard else soft
-            z = np.tile(z, (samples, 1)) if samples > 1 else z
-            xr = np.tile(np.asarray(xr), (samples, 1)) if samples > 1 else xr
+        values, support, soft = spec.forward(z, masked, opts)
+    if samples > 1:
+        xr = np.tile(np.asarray(xr), (samples, 1))
     out = values.astype(fmt.dtype) if not dtype else fmt.cast(values)
     res = SoftmaxResult(out, "prob", fmt, bool(dtype), variant, float(temperature), KernelStats())
     return VariantRun(res, support, soft if opts.hard else None, np.asarray(xr), samples)
@@ -123,13 +382,11 @@ def run(x2: np.ndarray, variant: str = "stable", *, temperature: float = 1.0,
 
 def alpha_of(variant: str, options: VariantOptions | None = None) -> float | None:
     """The entmax alpha of a sparse variant (2 for sparsemax), else None."""
-    if variant == "sparsemax":
-        return 2.0
-    if variant == "entmax15":
-        return 1.5
-    if variant == "entmax":
-        return (options or VariantOptions()).alpha
-    return None
+    return get(variant).alpha_of(options)
+
+
+# ----------------------------------------------------------------------------
+# gradients
 
 
 def vjp(variant: str, x2: np.ndarray, probs: np.ndarray, g: np.ndarray, *,
@@ -142,74 +399,28 @@ def vjp(variant: str, x2: np.ndarray, probs: np.ndarray, g: np.ndarray, *,
     their support; hardmax has zero gradient; a hard Gumbel draw passes the
     gradient of its soft sample (straight-through).
     """
-    opts = options or VariantOptions()
-    alpha = alpha_of(variant, opts)
-    if variant in ("log", "stable", "naive", "online", "lse"):
-        # blocked inside, in float64 per block: g is not widened as a whole
-        fn = grad.log_softmax_vjp if variant == "log" else grad.softmax_vjp
-        return fn(x2, g, temperature=temperature)
-    g = np.asarray(g, dtype=np.float64)
-    if alpha is not None:
-        return family.sparse_vjp(probs, g, alpha) / temperature
-    if variant == "hardmax":
-        return np.zeros_like(g)
-    # gumbel: the gradient of the (soft) sample, straight-through for a hard one
-    p = soft if soft is not None else np.asarray(probs, dtype=np.float64)
-    t = temperature * opts.tau
-    return p * (g - (g * p).sum(axis=1, keepdims=True)) / t
+    return get(variant).vjp(x2, probs, g, temperature, options or VariantOptions(), soft)
 
 
-def jacobian(variant: str, x_row: np.ndarray, p_row: np.ndarray, *, temperature: float = 1.0,
-             options: VariantOptions | None = None, soft_row: np.ndarray | None = None) -> np.ndarray:
-    """The C x C Jacobian d out_i / d x_j of ``variant`` for one row."""
-    opts = options or VariantOptions()
-    alpha = alpha_of(variant, opts)
-    c = len(p_row)
-    if alpha is not None:
-        return family.sparse_jacobian(p_row, alpha) / temperature
-    if variant == "hardmax":
-        return np.zeros((c, c))
-    if variant == "gumbel":
-        p = np.asarray(soft_row if soft_row is not None else p_row, dtype=np.float64)
-        jac = np.diag(p) - np.outer(p, p)
-        return jac / (temperature * opts.tau)
-    kind = "log" if variant == "log" else "softmax"
-    return grad.softmax_jacobian(np.asarray(x_row, dtype=np.float64), temperature=temperature,
-                                 kind=kind)
+def jacobian_factors(variant: str, p: np.ndarray, *, temperature: float = 1.0,
+                     options: VariantOptions | None = None):
+    """J = (diag(a) - b c^T) / scale for the row's probabilities ``p``: (a, b, c, scale).
 
-
-def _jacobian_factors(variant: str, p: np.ndarray, temperature: float,
-                      options: VariantOptions | None):
-    """J = (diag(a) - b c^T) / scale for the row's outputs ``p``: (a, b, c, scale, log?)."""
-    opts = options or VariantOptions()
+    Examples
+    --------
+    >>> a, b, c, scale = jacobian_factors("entmax15", np.array([0.0, 0.25, 0.75]))
+    >>> a.tolist(), scale
+    ([0.0, 0.5, 0.8660254037844386], 1.0)
+    """
     p = np.asarray(p, dtype=np.float64)
-    alpha = alpha_of(variant, opts)
-    if alpha is not None:
-        s = (p > 0).astype(np.float64) if alpha == 2 else np.where(p > 0, p ** (2.0 - alpha), 0.0)
-        total = s.sum()
-        return s, s, (s / total if total > 0 else s * 0), temperature
-    if variant == "hardmax":
-        return p * 0, p * 0, p * 0, 1.0
-    scale = temperature * (opts.tau if variant == "gumbel" else 1.0)
-    if variant == "log":
-        return np.ones_like(p), np.ones_like(p), p, scale
-    return p, p, p, scale
+    return get(variant).factors(p, temperature, options or VariantOptions())
 
 
-def _others(c: np.ndarray) -> np.ndarray:
-    """sum_{j != i} c_j for weights c summing to 1, free of cancellation at the max."""
-    out = 1.0 - c
-    if len(c) > 1:
-        k = int(np.argmax(c))
-        out[k] = np.delete(c, k).sum()
-    return out
-
-
-def _diagonal(a: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """a_i - a_i c_i = a_i sum_{j != i} c_j (every family Jacobian has a = b, sum c = 1)."""
-    if not c.any():
-        return np.zeros_like(a)
-    return a * _others(c)
+def jacobian(variant: str, p_row: np.ndarray, *, temperature: float = 1.0,
+             options: VariantOptions | None = None) -> np.ndarray:
+    """The full C x C Jacobian d out_i / d x_j of ``variant`` at one row of probabilities."""
+    return jacobian_block(variant, p_row, np.arange(len(p_row)), temperature=temperature,
+                          options=options)
 
 
 def jacobian_block(variant: str, p_row: np.ndarray, idx: np.ndarray, *, temperature: float = 1.0,
@@ -227,11 +438,10 @@ def jacobian_block(variant: str, p_row: np.ndarray, idx: np.ndarray, *, temperat
     >>> jacobian_block("stable", np.array([0.5, 0.5]), np.array([0, 1])).tolist()
     [[0.25, -0.25], [-0.25, 0.25]]
     """
-    a, b, c, scale = _jacobian_factors(variant, p_row, temperature, options)
-    idx = np.asarray(idx)
-    block = -np.outer(b[idx], c[idx])
-    block[np.arange(len(idx)), np.arange(len(idx))] = _diagonal(a, c)[idx]
-    return block / scale
+    from smx_cli.core import grad
+
+    return grad.factored_block(*jacobian_factors(variant, p_row, temperature=temperature,
+                                                 options=options), idx)
 
 
 def jacobian_summary(variant: str, p_row: np.ndarray, *, temperature: float = 1.0,
@@ -246,66 +456,32 @@ def jacobian_summary(variant: str, p_row: np.ndarray, *, temperature: float = 1.
     >>> [round(v, 6) for v in jacobian_summary("stable", np.array([0.5, 0.5]))]
     [0.25, 0.5]
     """
-    a, b, c, scale = _jacobian_factors(variant, p_row, temperature, options)
-    diag = np.abs(_diagonal(a, c))
-    sq = c * c
-    rest_sq = sq.sum() - sq
-    if len(c) > 1:
-        k = int(np.argmax(sq))
-        rest_sq[k] = np.delete(sq, k).sum()
-    fro2 = (diag * diag).sum() + (b * b * rest_sq).sum()
-    off = 0.0
-    if len(a) > 1:
-        ib, ic = np.argsort(-np.abs(b))[:2], np.argsort(-np.abs(c))[:2]
-        off = max(abs(b[i] * c[j]) for i in ib for j in ic if i != j)
-    return float(max(diag.max(initial=0.0), off) / scale), float(np.sqrt(fro2) / scale)
+    from smx_cli.core import grad
+
+    return grad.factored_summary(*jacobian_factors(variant, p_row, temperature=temperature,
+                                                   options=options))
 
 
 def check_gradients(variant: str, x2: np.ndarray, *, temperature: float = 1.0,
                     options: VariantOptions | None = None, rows: int = 8, seed: int = 0):
     """Finite-difference checks of this variant's gradient (and softmax/log-softmax).
 
-    Returns a list of :class:`~smx_cli.core.grad.GradCheck`. Sparse variants are
-    checked with their closed-form VJP against central differences of the
-    map itself.
+    Returns a list of :class:`~smx_cli.core.gradcheck.GradCheck`. Sparse
+    variants are also checked with their closed-form VJP against central
+    differences of the map itself (:func:`smx_cli.core.gradcheck.check_map`).
     """
+    from smx_cli.core import grad, gradcheck
+
     opts = options or VariantOptions()
+    spec = get(variant)
     checks = grad.check_grad(x2, temperature=temperature, rows=rows, seed=seed,
                              functions=("softmax", "log"))
-    alpha = alpha_of(variant, opts)
-    if alpha is not None:
-        checks.append(_check_sparse(variant, x2, alpha, temperature, opts, rows, seed))
+    if spec.alpha_of(opts) is not None:
+        def forward(v):
+            return spec.forward(v[None] / temperature, "nan", opts)[0][0]
+
+        def analytic(x, p, g):
+            return spec.vjp(x[None], p[None], g[None], temperature, opts, None)[0]
+
+        checks.append(gradcheck.check_map(variant, x2, forward, analytic, rows=rows, seed=seed))
     return checks
-
-
-def _check_sparse(variant, x2, alpha, temperature, opts, rows, seed, rtol=1e-5, atol=1e-7):
-    rng = np.random.default_rng(seed)
-    x2 = np.asarray(x2, dtype=np.float64)
-    finite = np.flatnonzero(np.isfinite(x2).all(axis=1))
-    pick = rng.choice(finite, size=min(rows, len(finite)), replace=False) if len(finite) else []
-
-    def forward(v):
-        return run(v[None], variant, temperature=temperature, options=opts).result.values[0]
-
-    max_abs = max_rel = 0.0
-    ok = True
-    entries = 0
-    for i in pick:
-        x = x2[i]
-        p = forward(x)
-        g = rng.normal(size=len(x))
-        analytic = vjp(variant, x[None], p[None], g[None], temperature=temperature, options=opts)[0]
-        h = 1e-6 * np.maximum(np.abs(x), 1.0)
-        fd = np.empty(len(x))
-        for j in range(len(x)):
-            xp, xm = x.copy(), x.copy()
-            xp[j] += h[j]
-            xm[j] -= h[j]
-            fd[j] = (g @ forward(xp) - g @ forward(xm)) / (xp[j] - xm[j])
-        err = np.abs(analytic - fd)
-        scale = max(float(np.max(np.abs(fd))), 1e-300)
-        max_abs = max(max_abs, float(err.max()))
-        max_rel = max(max_rel, float(err.max() / scale))
-        ok &= bool(np.all(err <= atol + rtol * scale))
-        entries += len(x)
-    return grad.GradCheck(variant, len(pick), entries, max_abs, max_rel, rtol, atol, ok)

@@ -24,14 +24,9 @@ from __future__ import annotations
 
 import numpy as np
 
-SPARSE_VARIANTS = ("hardmax", "sparsemax", "entmax15", "entmax", "gumbel")
-FAMILY_HELP = {
-    "hardmax": "one-hot of the argmax, ties split evenly (no gradient)",
-    "sparsemax": "Euclidean projection onto the simplex: exact zeros (Martins & Astudillo 2016)",
-    "entmax15": "1.5-entmax, exact sort-based (Peters et al. 2019)",
-    "entmax": "alpha-entmax by bisection (--alpha A > 1; 2 = sparsemax, ->1 = softmax)",
-    "gumbel": "Gumbel-softmax sample(s): --tau, --hard, --samples K, --seed",
-}
+from smx_cli.core.precision import result_format
+from smx_cli.core.result import floating
+
 BISECT_ITERATIONS = 60
 
 
@@ -61,24 +56,37 @@ def _fill_special(out: np.ndarray, z: np.ndarray, special: np.ndarray, m: np.nda
             out[i] = np.nan if masked == "nan" else 0.0
 
 
-def _as_2d(z) -> tuple[np.ndarray, tuple[int, ...]]:
-    """float64 (N, C) rows of ``z`` and the shape to give the result back in.
+class _Shape:
+    """How to give a result back: the input's shape and float format."""
+
+    def __init__(self, z):
+        a = floating(np.asarray(z))
+        self.shape = a.shape
+        self.fmt = result_format(a.dtype)
+        self.z = np.asarray(a, dtype=np.float64)
+
+
+def _as_2d(z) -> tuple[np.ndarray, _Shape]:
+    """float64 (N, C) rows of ``z`` and how to give the result back.
 
     A 1-D input is one row (its result is 1-D again, like :func:`smx_cli.softmax`);
     anything but 1-D or 2-D is refused with a ValueError, not an IndexError.
+    The result keeps the input's float type (float64 for integers), as
+    softmax does; the map itself runs in float64 and is rounded once.
     """
-    z = np.asarray(z, dtype=np.float64)
+    back = _Shape(z)
+    z = back.z
     if z.ndim == 1:
-        return z[None, :], z.shape
+        return z[None, :], back
     if z.ndim != 2:
         raise ValueError(f"expected a 1-D row or (N, C) rows, got shape {z.shape}")
-    return z, z.shape
+    return z, back
 
 
-def _restore(out: np.ndarray, support, shape: tuple[int, ...], return_support: bool):
-    out = out.reshape(shape)
+def _restore(out: np.ndarray, support, back: _Shape, return_support: bool = False):
+    out = back.fmt.cast(out.reshape(back.shape))
     if return_support:
-        return out, support.reshape(shape[:-1])
+        return out, support.reshape(back.shape[:-1])
     return out
 
 
@@ -95,7 +103,7 @@ def hardmax(z, masked: str = "nan") -> np.ndarray:
     top = zs == 0.0
     out = top / top.sum(axis=1, keepdims=True).clip(min=1)
     _fill_special(out, z, special, m, masked)
-    return out.reshape(shape)
+    return _restore(out, None, shape)
 
 
 def _sorted_threshold(zs: np.ndarray, alpha15: bool):
@@ -211,9 +219,10 @@ def gumbel_softmax(z, tau: float = 1.0, hard: bool = False, samples: int = 1,
                    seed: int | None = None, masked: str = "nan") -> np.ndarray:
     """Gumbel-softmax samples: softmax((z + g) / tau), g ~ Gumbel(0, 1).
 
-    Returns shape (samples, N, C). With ``hard`` each sample is the one-hot of
-    its argmax (the forward value of the straight-through estimator); the
-    argmax frequencies then follow softmax(z) (the Gumbel-max trick).
+    Returns shape (samples, N, C), in the input's float type. With ``hard``
+    each sample is the one-hot of its argmax (the forward value of the
+    straight-through estimator); the argmax frequencies then follow
+    softmax(z) (the Gumbel-max trick).
 
     Examples
     --------
@@ -225,6 +234,7 @@ def gumbel_softmax(z, tau: float = 1.0, hard: bool = False, samples: int = 1,
 
     if not (np.isfinite(tau) and tau > 0):
         raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
+    fmt = result_format(floating(np.asarray(z)).dtype)
     z = np.asarray(z, dtype=np.float64)
     rng = np.random.default_rng(seed)
     out = np.empty((samples,) + z.shape)
@@ -238,11 +248,29 @@ def gumbel_softmax(z, tau: float = 1.0, hard: bool = False, samples: int = 1,
             out[s] = hardmax(y, masked=masked)
         else:
             out[s] = compute(y, "stable", tau, None, masked).values
-    return out
+    return fmt.cast(out)
 
 
 # ----------------------------------------------------------------------------
 # gradients: closed forms on the support
+
+
+def support_weights(p: np.ndarray, alpha: float) -> np.ndarray:
+    """s = p^(2 - alpha) on the support (p > 0) and 0 off it; the indicator for alpha = 2.
+
+    The Jacobian of alpha-entmax at output p is diag(s) - s s^T / sum(s)
+    (Peters, Niculae & Martins 2019, Prop. 1).
+
+    Examples
+    --------
+    >>> support_weights(np.array([0.0, 0.25, 1.0]), 1.5).tolist()
+    [0.0, 0.5, 1.0]
+    """
+    p = np.asarray(p, dtype=np.float64)
+    if alpha == 2:
+        return (p > 0).astype(np.float64)
+    with np.errstate(divide="ignore"):  # 0 ** negative off the support, discarded
+        return np.where(p > 0, p ** (2.0 - alpha), 0.0)
 
 
 def sparse_vjp(p: np.ndarray, g: np.ndarray, alpha: float) -> np.ndarray:
@@ -257,9 +285,8 @@ def sparse_vjp(p: np.ndarray, g: np.ndarray, alpha: float) -> np.ndarray:
     >>> sparse_vjp(np.array([[0.0, 0.45, 0.55]]), np.array([[1.0, 1.0, 0.0]]), 2.0).tolist()
     [[0.0, 0.5, -0.5]]
     """
-    p = np.asarray(p, dtype=np.float64)
     g = np.asarray(g, dtype=np.float64)
-    s = np.where(p > 0, p ** (2.0 - alpha), 0.0) if alpha != 2 else (p > 0).astype(np.float64)
+    s = support_weights(p, alpha)
     total = s.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         q = (s * g).sum(axis=1, keepdims=True) / total
@@ -269,7 +296,7 @@ def sparse_vjp(p: np.ndarray, g: np.ndarray, alpha: float) -> np.ndarray:
 def sparse_jacobian(p_row: np.ndarray, alpha: float) -> np.ndarray:
     """The C x C Jacobian of sparsemax / entmax at one output row ``p_row``."""
     p = np.asarray(p_row, dtype=np.float64)
-    s = np.where(p > 0, p ** (2.0 - alpha), 0.0) if alpha != 2 else (p > 0).astype(np.float64)
+    s = support_weights(p, alpha)
     total = s.sum()
     return np.diag(s) - np.outer(s, s) / total if total > 0 else np.zeros((len(p), len(p)))
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from smx_cli.core import kernels
+from smx_cli.core.result import check_class_weights
 from smx_cli.core.softmax import compute
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -199,20 +200,6 @@ def check_options(reduction: str, label_smoothing: float, input_kind: str) -> No
         raise ValueError(f"input kind must be one of {', '.join(INPUT_KINDS)}, got {input_kind!r}")
 
 
-def check_weight(weight, n_classes: int) -> np.ndarray | None:
-    if weight is None:
-        return None
-    w = np.asarray(weight, dtype=np.float64).ravel()
-    if w.size != n_classes:
-        raise ValueError(f"weight has {w.size} values but the logits have {n_classes} classes")
-    bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
-    if bad.size:
-        i = int(bad[0])
-        raise ValueError(f"weight[{i}] = {float(w[i])!r} is negative or not finite; class weights "
-                         "must be finite and >= 0")
-    return w
-
-
 def check_target(target, n_rows: int, n_classes: int, ignore_index: int,
                  tolerance: float | None = 1e-6) -> tuple[str, np.ndarray]:
     """Tell index targets from probability targets and validate them.
@@ -350,7 +337,7 @@ def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
     if n_classes == 0:
         raise ValueError("the logits have no classes (0 columns)")
     kind, t = check_target(target, n, n_classes, int(ignore_index), target_tolerance)
-    w = check_weight(weight, n_classes)
+    w = None if weight is None else check_class_weights(weight, n_classes)
     eps = float(label_smoothing)
 
     loss = np.zeros(n)
@@ -554,7 +541,7 @@ def evaluate_blocks(blocks, n_rows: int, n_classes: int, target, *, weight=None,
     if n_classes == 0:
         raise ValueError("the logits have no classes (0 columns)")
     kind, t = check_target(target, n_rows, n_classes, int(ignore_index))
-    w = check_weight(weight, n_classes)
+    w = None if weight is None else check_class_weights(weight, n_classes)
     out = None
     done = 0
     for start, xb in blocks:
@@ -592,5 +579,5 @@ from smx_cli.core.xent_kdim import (cross_entropy, cross_entropy_grad,  # noqa: 
                                     nll_loss)
 
 __all__ = ["REDUCTIONS", "INPUT_KINDS", "XentResult", "exact_sum", "check_options",
-           "check_weight", "check_target", "evaluate", "evaluate_blocks", "cross_entropy",
+           "check_target", "evaluate", "evaluate_blocks", "cross_entropy",
            "nll_loss", "cross_entropy_grad"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from smx_cli import io
+from smx_cli.core.result import check_class_weights
 from smx_cli.errors import SmxError
 
 
@@ -182,13 +183,10 @@ def read_weights(spec: str, n_classes: int) -> np.ndarray:
         loaded = io.read_array(spec)
         w = np.asarray(loaded.values, dtype=np.float64).ravel()
         source = spec
-    if w.size != n_classes:
-        raise SmxError(f"{source}: {w.size} class weights for {n_classes} classes")
-    bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
-    if bad.size:
-        raise SmxError(f"{source}: weight {int(bad[0])} is {float(w[bad[0]])!r}; weights must be "
-                       "finite and >= 0")
-    return w
+    try:
+        return check_class_weights(w, n_classes, source)
+    except ValueError as exc:
+        raise SmxError(str(exc)) from None
 
 
 def _is_float(s: str) -> bool:

@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from smx_cli.analysis.diagnostics import SoftmaxDiagnostics
+from smx_cli.core import registry
 
 DEFAULT_MAX_ROWS = 20
 DEFAULT_MAX_COLS = 12
@@ -198,7 +199,7 @@ def verdict_of(d: SoftmaxDiagnostics) -> tuple[str, str]:
 
 def hints(d: SoftmaxDiagnostics) -> list[str]:
     out = []
-    if d.variant == "naive" and (d.exp_overflow or d.sum_overflow_rows):
+    if d.variant in registry.UNSHIFTED and (d.exp_overflow or d.sum_overflow_rows):
         out.append("exp(x) overflowed: the max-shifted --variant stable cannot overflow")
     if d.produced_nan_rows and d.inputs.inf_rows and d.emulated:
         out.append("+inf logits make inf - inf = NaN in plain arithmetic; smx's accurate "
