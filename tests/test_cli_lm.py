@@ -16,7 +16,12 @@ from conftest import SAMPLES
 from smx_cli.cli import cli
 from smx_cli.io import safetensors as st
 
-torch = pytest.importorskip("torch")
+try:
+    import torch
+except ImportError:  # the agreement tests skip without torch, but CI (CI=true) requires it
+    if os.environ.get("CI", "").lower() == "true":
+        raise
+    pytest.skip("torch is not installed", allow_module_level=True)
 F = torch.nn.functional
 
 LM_LOGITS = os.path.join(SAMPLES, "lm_logits.safetensors")

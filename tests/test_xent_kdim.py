@@ -9,6 +9,7 @@ numpy's generator in the same shapes, ranges and options.
 from __future__ import annotations
 
 import itertools
+import os
 import math
 
 import numpy as np
@@ -17,7 +18,12 @@ import pytest
 from smx_cli import cross_entropy, cross_entropy_grad, nll_loss
 from smx_cli.core.xent_kdim import class_axis_of, to_rows
 
-torch = pytest.importorskip("torch")
+try:
+    import torch
+except ImportError:  # the agreement tests skip without torch, but CI (CI=true) requires it
+    if os.environ.get("CI", "").lower() == "true":
+        raise
+    pytest.skip("torch is not installed", allow_module_level=True)
 F = torch.nn.functional
 
 
