@@ -138,6 +138,9 @@ def test_tokenizer_json_vocab(tmp_path):
     (b"\xff\xfe", "not UTF-8"),
     (b'{"model": {"vocab": {"a": -1}}}', r"model.vocab\['a'\] = -1 is not a token id"),
     (b'{"model": {"vocab": {"a": 1e30}}}', r"model.vocab\['a'\] = 1e\+30 is not a token id"),
+    (b'{"model": {"vocab": {"a": 100000000}}}', r"= 100000000 is not a token id \(an integer in "
+                                                 r"\[0, 1e\+07\)\)"),
+    pytest.param(b'{"model": ' + b"[" * 100000, "nested too deeply|not valid JSON", id="deep"),
     (b'{"model": {}}', "no model.vocab map"),
     (b'{"model": {"vocab": [1, 2]}}', "not of \\[token, score\\] pairs"),
     (b'{"model": ', "line 1, column 11: not valid JSON"),

@@ -250,3 +250,14 @@ def test_random_damage_is_an_smx_error_or_a_clean_read(tmp_path):
             assert r.values.size == math.prod(r.values.shape)
         except SmxError as exc:
             assert "\n" not in str(exc) and str(exc).startswith(str(q))
+
+
+def test_deep_json_and_newline_names_stay_one_line(tmp_path):
+    path = _file(tmp_path, None, b"", b"[" * 100000 + b"]" * 100000)
+    with pytest.raises(SmxError, match="nests JSON too deeply|not a JSON object|not valid JSON"):
+        read_array(path)
+    p = tmp_path / "n.safetensors"
+    st.write(str(p), {"a\nb": np.zeros(2), "c": np.zeros(2)})
+    with pytest.raises(SmxError) as info:
+        read_array(str(p))
+    assert "\n" not in str(info.value) and "a\\nb" in str(info.value)

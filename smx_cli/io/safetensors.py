@@ -120,6 +120,9 @@ def parse_header(head: bytes, size: int, source: str) -> tuple[dict[str, TensorI
                             f"(the header length says {n} bytes)")
     try:
         doc = json.loads(head[8:8 + n].decode("utf-8"))
+    except RecursionError:
+        raise _fail(source, "safetensors header at offset 8 nests JSON too deeply; the file "
+                            "is damaged") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         pos = getattr(exc, "pos", getattr(exc, "start", 0))
         raise _fail(source, f"safetensors header is not valid JSON at offset {8 + pos} "
@@ -199,10 +202,10 @@ def read_info(path: str) -> tuple[dict[str, TensorInfo], dict]:
 
 def choose(tensors: dict[str, TensorInfo], key: str | None, source: str) -> TensorInfo:
     """The tensor ``key`` names, else the only one, else ``logits`` (as for NPZ)."""
-    names = list(tensors)
+    names = [repr(k)[1:-1] for k in tensors]  # a newline in a name stays on one line
     if key is None:
-        if len(names) == 1:
-            return tensors[names[0]]
+        if len(tensors) == 1:
+            return next(iter(tensors.values()))
         if "logits" in tensors:
             return tensors["logits"]
         raise _fail(source, f"safetensors file holds {len(names)} tensors "

@@ -10,6 +10,10 @@ from smx_cli.errors import SmxError
 from smx_cli.io.arrays import read_bytes
 
 
+# ids above this are refused: a vocabulary list that long would take ~100 MB
+MAX_ID = 10**7
+
+
 def read_vocab(path: str) -> list[str]:
     """The token of each id: line i (from 0) of a text file, or tokenizer.json's map.
 
@@ -69,6 +73,8 @@ def escape(token: str) -> str:
 def _tokenizer_json(text: str, source: str) -> list[str]:
     try:
         doc = json.loads(text)
+    except RecursionError:
+        raise SmxError(f"{source}: JSON nested too deeply to be a tokenizer.json") from None
     except json.JSONDecodeError as exc:
         raise SmxError(f"{source}: line {exc.lineno}, column {exc.colno}: not valid JSON "
                        f"({exc.msg})") from None
@@ -81,17 +87,17 @@ def _tokenizer_json(text: str, source: str) -> list[str]:
     if not isinstance(vocab, dict) or not vocab:
         raise SmxError(f"{source}: no model.vocab map (token -> id) in this JSON; give a "
                        "tokenizer.json or a file with one token per line")
-    bad = [(k, v) for k, v in vocab.items() if type(v) is not int or not 0 <= v < 10**8]
+    bad = [(k, v) for k, v in vocab.items() if type(v) is not int or not 0 <= v < MAX_ID]
     if bad:
         k, v = bad[0]
         raise SmxError(f"{source}: model.vocab[{k!r}] = {v!r} is not a token id "
-                       "(an integer in [0, 1e8))")
+                       f"(an integer in [0, {MAX_ID:.0e}))")
     tokens = [None] * (max(vocab.values()) + 1)
     for k, v in vocab.items():
         tokens[v] = k
     for extra in doc.get("added_tokens") or []:
         if isinstance(extra, dict) and type(extra.get("id")) is int and isinstance(
-                extra.get("content"), str) and 0 <= extra["id"] < len(tokens) + 1000:
+                extra.get("content"), str) and 0 <= extra["id"] < MAX_ID:
             if extra["id"] >= len(tokens):
                 tokens.extend([None] * (extra["id"] + 1 - len(tokens)))
             tokens[extra["id"]] = extra["content"]
