@@ -209,3 +209,15 @@ def test_damaged_safetensors_is_one_line_in_every_command(tmp_path, command):
     args = [command, p] + (["--labels", LM_IDS] if command == "xent" else [])
     msg = fails(*args)
     assert "tensor 'logits': truncated: its data ends at offset" in msg and str(p) in msg
+
+
+def test_vocab_names_classes_without_a_sequence_report(tmp_path):
+    """(N, C, d1) logits with --class-axis 1: no sequences, but the table shows tokens."""
+    x = np.zeros((2, 3, 4))
+    x[:, 2, :] = 5.0  # every position predicts token 2
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", np.ones((2, 4), dtype=np.int64))
+    (tmp_path / "v.txt").write_text("alpha\nbeta\ngamma\n")
+    out = ok("xent", tmp_path / "x.npy", "--labels", tmp_path / "y.npy", "--class-axis", 1,
+             "--vocab", tmp_path / "v.txt").stdout
+    assert "beta" in out and "gamma" in out

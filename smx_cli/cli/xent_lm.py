@@ -304,7 +304,8 @@ def _emit(res, seq, cover, ids, vocab, *, cx, file, shape, ax, c, dtype, weights
     else:
         n = len(res.loss)
         order = cx._worst(res, worst) if worst else np.arange(min(n, max_rows))  # noqa: SLF001
-        console.print(render_xent.sample_table(res, order, title=f"cross-entropy of {file} "
+        console.print(render_xent.sample_table(res, order, class_names=vocab,
+                                               title=f"cross-entropy of {file} "
                                                f"(rows: positions of {lead})"))
     console.print(render_xent.summary_panel(
         res, eps=result_format(dtype).eps, input_counts=tally.counts, source=file, n_classes=c,
