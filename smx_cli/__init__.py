@@ -25,6 +25,8 @@ _API = {
     "diagnose": "analysis.diagnostics", "SoftmaxDiagnostics": "analysis.diagnostics",
     "read_array": "io", "exact_softmax": "core.reference", "ulp_error": "core.precision",
     "FORMATS": "core.precision", "SmxError": "errors",
+    "calibrate": "analysis.calibrate", "fit_temperature": "analysis.calibrate",
+    "ece": "analysis.calibration", "calibration_metrics": "analysis.calibrate",
 }
 __all__ = [*_API, "__version__"]
 

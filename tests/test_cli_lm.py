@@ -221,3 +221,12 @@ def test_vocab_names_classes_without_a_sequence_report(tmp_path):
     out = ok("xent", tmp_path / "x.npy", "--labels", tmp_path / "y.npy", "--class-axis", 1,
              "--vocab", tmp_path / "v.txt").stdout
     assert "beta" in out and "gamma" in out
+
+
+def test_temperature_reaches_the_lm_path():
+    x = st.load(LM_LOGITS)
+    ids = st.load(LM_IDS)
+    ref = _torch_lm_loss(np.asarray(x, dtype=np.float64) / 2.0, ids)
+    doc = json.loads(ok("xent", LM_LOGITS, "--labels", LM_IDS, "--shift-labels",
+                        "--temperature", 2, "--format", "json").stdout)
+    assert doc["loss"] == pytest.approx(ref, rel=1e-14) and doc["temperature"] == 2.0

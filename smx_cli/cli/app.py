@@ -41,6 +41,8 @@ COMMANDS = {
              "Cross-entropy against true labels, with PyTorch's semantics."),
     "compare-stability": ("smx_cli.cli.compare", "compare_cmd",
                           "Every softmax variant x precision against the exact result."),
+    "calibrate": ("smx_cli.cli.calibrate", "calibrate_cmd",
+                  "Calibration metrics, a fitted temperature, reliability diagrams."),
 }
 
 

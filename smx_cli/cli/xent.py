@@ -82,11 +82,14 @@ perplexity exp(total NLL / total tokens).""")
                    "in float64 on a sample of rows; exit 1 if they disagree")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Worker threads [default: the machine's cores]")
+@click.option("-t", "--temperature", type=float, default=1.0, show_default=True,
+              help="Divide the logits by T > 0 first (e.g. the T of smx calibrate "
+                   "--save-temperature FILE: --temperature \"$(cat FILE)\")")
 @xent_lm.lm_options
 def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, reduction,
              label_smoothing, weight, ignore_index, input_kind, worst, max_rows, show_grad,
-             grad_out, output, fmt, strict, check_grad, threads, class_axis, shift_labels, pad_id,
-             vocab_path):
+             grad_out, output, fmt, strict, check_grad, threads, temperature, class_axis,
+             shift_labels, pad_id, vocab_path):
     """Cross-entropy of the logits in FILE against the true labels.
 
     Reports each sample's loss, predicted class, p(true) and margin, and a
@@ -98,6 +101,10 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
     """
     if not 0.0 <= label_smoothing <= 1.0:
         raise click.BadParameter("must be in [0, 1]", param_hint="'--label-smoothing'")
+    if not 0.0 < temperature < math.inf:
+        raise click.BadParameter("must be a finite number > 0", param_hint="'--temperature'")
+    if temperature != 1.0 and input_kind != "logits":
+        raise click.UsageError("--temperature divides logits; it needs --input-kind logits")
     if (labels_path is None) == (label_column is None):
         raise click.UsageError("give exactly one of --labels FILE or --label-column NAME|INDEX")
     if file == "-" and labels_path == "-":
@@ -115,12 +122,13 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
                               labels_path=labels_path, weight=weight, opts=opts, worst=worst,
                               max_rows=max_rows, output=output, fmt=fmt, strict=strict,
                               threads=threads, shift=shift_labels, pad_id=pad_id,
-                              vocab_path=vocab_path, want_grad=want_grad or check_grad)
+                              vocab_path=vocab_path, want_grad=want_grad or check_grad,
+                              temperature=temperature)
 
     shape = _streamable(file, axis, key, label_column, want_grad or check_grad)
     if shape is not None:
         res, source, dtype, counts, weights = _streamed(file, shape, labels_path, weight, opts,
-                                                        threads)
+                                                        threads, temperature)
         class_names = None
         checks = None
     else:
@@ -129,6 +137,8 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
         source = rows.loaded.source
         class_names = rows.class_names
         dtype = x2.dtype
+        if temperature != 1.0:
+            x2 = np.asarray(x2, dtype=np.float64) / temperature
         if label_column is None:
             labels = read_labels(labels_path, class_names=class_names)
         labels_source = labels_path or f"{source} column {label_column}"
@@ -149,6 +159,7 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
     fmt_eps = result_format(dtype).eps
     meta = _summary(res, source, n_classes, class_names, reduction, label_smoothing, ignore_index,
                     input_kind, weights, fmt_eps)
+    meta["temperature"] = temperature
     if checks is not None:
         meta["grad_check"] = [dataclasses.asdict(c) for c in checks]
     per_sample = _per_sample_matrix(res)
@@ -255,7 +266,7 @@ def _streamable(file, axis, key, label_column, whole) -> tuple[int, int] | None:
     return int(shape[0]), int(shape[1])
 
 
-def _streamed(file, shape, labels_path, weight, opts, threads):
+def _streamed(file, shape, labels_path, weight, opts, threads, temperature=1.0):
     """Cross-entropy of an NPY file read block by block: (result, source, dtype, counts, weights)."""
     n, c = shape
     labels = read_labels(labels_path)
@@ -267,8 +278,8 @@ def _streamed(file, shape, labels_path, weight, opts, threads):
             tally.add(xb)
             advance(start + len(xb), n)
 
-        blocks = ((s0, xb) for s0, _, xb in stream.iter_npy_blocks(file,
-                                                                   block_bytes=_STREAM_BLOCK))
+        blocks = ((s0, xb if temperature == 1.0 else np.asarray(xb, np.float64) / temperature)
+                  for s0, _, xb in stream.iter_npy_blocks(file, block_bytes=_STREAM_BLOCK))
         try:
             res = evaluate_blocks(blocks, n, c, labels, weight=weights, threads=threads,
                                   on_block=on_block, **opts)

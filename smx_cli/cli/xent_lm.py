@@ -143,7 +143,7 @@ def _row_blocks(kind, file, info, x, c):
 
 
 def run_nd(*, file, key, axis, class_axis, labels_path, weight, opts, worst, max_rows, output,
-           fmt, strict, threads, shift, pad_id, vocab_path, want_grad):
+           fmt, strict, threads, shift, pad_id, vocab_path, want_grad, temperature=1.0):
     """``smx xent`` on N-d logits (and every safetensors input)."""
     from smx_cli.cli import xent as cx  # the 2-D command's summary helpers
 
@@ -186,8 +186,10 @@ def run_nd(*, file, key, axis, class_axis, labels_path, weight, opts, worst, max
             tally.add(xb)
             advance(start + len(xb), m)
         try:
-            res, cover = evaluate_tokens(_row_blocks(kind if x is None else None, file, info, x, c),
-                                         m, c, targets, weight=weights, threads=threads,
+            blocks = _row_blocks(kind if x is None else None, file, info, x, c)
+            if temperature != 1.0:  # as the 2-D path: divided in float64
+                blocks = ((s, np.asarray(b, np.float64) / temperature) for s, b in blocks)
+            res, cover = evaluate_tokens(blocks, m, c, targets, weight=weights, threads=threads,
                                          on_block=on_block, **opts)
         except stream.StreamError as exc:
             raise SmxError(str(exc)) from None
@@ -200,7 +202,7 @@ def run_nd(*, file, key, axis, class_axis, labels_path, weight, opts, worst, max
     seq = None
     if len(lead) == 2 and res.target_kind == "index":
         seq = sequence_report(res, lead, top_p_counts=cover, worst=worst or 10)
-    _emit(res, seq, cover, ids if shift else None, vocab, cx=cx, file=file,
+    _emit(res, seq, cover, ids if shift else None, vocab, cx=cx, file=file, temperature=temperature,
           shape=tuple(shape), ax=ax, c=c, dtype=dtype, weights=weights, opts=opts, tally=tally,
           shift=shift, pad_id=pad_id, vocab_path=vocab_path, output=output, fmt=fmt,
           worst=worst, max_rows=max_rows, lead=lead)
@@ -276,9 +278,10 @@ def _meta(res, seq, cx, *, file, shape, ax, c, dtype, weights, opts, shift, pad_
 
 
 def _emit(res, seq, cover, ids, vocab, *, cx, file, shape, ax, c, dtype, weights, opts, tally,
-          shift, pad_id, vocab_path, output, fmt, worst, max_rows, lead):
+          shift, pad_id, vocab_path, output, fmt, worst, max_rows, lead, temperature=1.0):
     meta = _meta(res, seq, cx, file=file, shape=shape, ax=ax, c=c, dtype=dtype, weights=weights,
                  opts=opts, shift=shift, pad_id=pad_id, vocab=vocab, vocab_path=vocab_path)
+    meta["temperature"] = temperature
     per_token = _per_token_matrix(res, cover, lead, shift and len(lead) == 2)
     meta["columns"] = LM_COLUMNS
     arrays = {"per_token": per_token}
