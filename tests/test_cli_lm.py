@@ -230,3 +230,9 @@ def test_temperature_reaches_the_lm_path():
     doc = json.loads(ok("xent", LM_LOGITS, "--labels", LM_IDS, "--shift-labels",
                         "--temperature", 2, "--format", "json").stdout)
     assert doc["loss"] == pytest.approx(ref, rel=1e-14) and doc["temperature"] == 2.0
+
+
+def test_lm_options_are_refused_with_the_scheduler():
+    msg = fails("xent", LM_LOGITS, "--labels", LM_IDS, "--shift-labels", "--scheduler",
+                "synchronous", code=2)
+    assert "--shift-labels is not supported with --scheduler" in msg

@@ -318,7 +318,10 @@ def _finite_max(a: np.ndarray) -> float | None:
     return float(np.max(a))
 
 
-def measure(prep: _Prepared, variant: str, t: float, locate: bool = True) -> VariantReport:
+def measure(prep: _Prepared, variant: str, t: float, locate: bool = True,
+            errors: list | None = None) -> VariantReport:
+    """One variant in one format; ``errors``, if given, receives the ulp errors measured
+    (:mod:`smx_cli.dask.compare` merges their histograms for an exact median)."""
     fmt = FORMATS[prep.dtype]
     kind_variant, dtype = engine(variant, prep.dtype)
     m = prep.x.shape[0]
@@ -337,6 +340,8 @@ def measure(prep: _Prepared, variant: str, t: float, locate: bool = True) -> Var
         normal = (ref >= fmt.smallest_normal) & good[:, None]
         err = ulp_error(g, prep.p, fmt)
         errs = err[normal]
+        if errors is not None:
+            errors.append(errs)
         denom = fmt.unit_roundoff * np.abs(ref).max(axis=1)
         row_err = np.abs(g - ref).max(axis=1) / denom
         sums = np.abs(g.sum(axis=1) - 1.0)

@@ -15,7 +15,8 @@ from smx_cli.analysis.compare import (ALL_VARIANTS, DEFAULT_DTYPES, MAX_SCALE, S
                              sweep)
 from smx_cli.cli.emit import check_output_path, stdout_console, write_stdout_bytes
 from smx_cli.errors import SmxError
-from smx_cli.cli.options import input_options
+from smx_cli.cli import scale
+from smx_cli.cli.options import input_options, scheduler_option
 from smx_cli.core.precision import FORMATS
 from smx_cli.cli.prepare import load_rows
 from smx_cli.render.compare import COLUMNS, DROP_ORDER, comparison_table, comparison_view, sweep_view
@@ -92,8 +93,9 @@ Examples:
               show_default=True, help="table for people, json for scripts (the same data)")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="FILE",
               help="Also write the JSON report to FILE (atomically)")
+@scheduler_option
 def compare_cmd(file, delimiter, header, key, axis, variants, dtypes, temperature, max_rows,
-                do_sweep, max_scale, seed, fmt, output):
+                do_sweep, max_scale, seed, fmt, output, scheduler=None):
     """Compare every softmax variant in every precision against an exact reference.
 
     Runs each variant (naive, stable, log, online, lse, and smx's own
@@ -104,6 +106,8 @@ def compare_cmd(file, delimiter, header, key, axis, variants, dtypes, temperatur
     log-probability error, and a verdict. Without FILE: the four seed
     examples [1,2,3], [1,2,5], [1000,2000,3000], [-1000,1,10000].
     """
+    if scheduler:
+        return scale.run("compare", locals())
     if not (temperature > 0 and math.isfinite(temperature)):
         raise click.BadParameter("must be a finite number > 0", param_hint="'--temperature'")
     if file is None and (delimiter or header is not None or key or axis != -1):

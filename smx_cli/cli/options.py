@@ -80,3 +80,23 @@ def numerics_options(fn):
         click.option("-t", "--temperature", type=float, default=1.0, show_default=True,
                      help="Divide the logits by T > 0 first"),
     )(fn)
+
+
+def _scheduler(ctx, param, value):
+    if value is None:
+        return None
+    from smx_cli.dask.run import check_scheduler  # no dask import: a name check
+
+    try:
+        return check_scheduler(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def scheduler_option(fn):
+    """--scheduler: run on Dask (local threads/processes, or a distributed scheduler)."""
+    return click.option(
+        "--scheduler", metavar="threads|processes|synchronous|ADDRESS", callback=_scheduler,
+        help="Run on Dask over a Zarr store or NPY shards ('shards/*.npy'): a local scheduler, "
+             "or the ADDRESS of a running dask.distributed scheduler (tcp://host:8786); "
+             "needs pip install 'smx-cli[dask]'")(fn)

@@ -21,7 +21,9 @@ from smx_cli.errors import SmxError
 from smx_cli.io import NPY_MAGIC, ZIP_MAGIC, output_format, read_array
 from smx_cli.core.kernels import FAST_ULP_NOTE
 from smx_cli.io.masks import read_mask
-from smx_cli.cli.options import display_options, input_options, numerics_options, output_options
+from smx_cli.cli import scale
+from smx_cli.cli.options import (display_options, input_options, numerics_options, output_options,
+                                 scheduler_option)
 from smx_cli.cli.prepare import load_rows
 from smx_cli.core.softmax import MASKED_POLICIES, as_rows, from_rows
 
@@ -91,15 +93,19 @@ Examples:
               help="Worker threads [default: the machine's cores]")
 @output_options
 @display_options
+@scheduler_option
 def softmax_cmd(file, delimiter, header, key, axis, variant, dtype, temperature, masked,
                 mask_path, alpha, tau, hard, samples, seed, show_grad, grad_rows, upstream,
-                grad_out, check_grad, fast, threads, output, fmt, strict, max_rows, top_k, digits):
+                grad_out, check_grad, fast, threads, output, fmt, strict, max_rows, top_k, digits,
+                scheduler=None):
     """Softmax of each row of logits in FILE (CSV, TSV, NPY, NPZ, or - for stdin).
 
     Shows the probabilities (log-probabilities for --variant log) with
     a diagnostics panel: NaN/inf in the input, exp overflow and underflow,
     NaN produced, rows that do not sum to 1.
     """
+    if scheduler:
+        return scale.run("softmax", locals())
     if not temperature > 0 or temperature == float("inf"):
         raise click.BadParameter("must be a finite number > 0", param_hint="'--temperature'")
     if grad_out and not upstream:

@@ -17,7 +17,8 @@ from smx_cli.cli.emit import (Payload, check_output_path, progress_bar, stdout_c
 from smx_cli.errors import SmxError
 from smx_cli.io import NPY_MAGIC
 from smx_cli.io.labels import read_labels, read_weights, split_label_column
-from smx_cli.cli.options import input_options
+from smx_cli.cli import scale
+from smx_cli.cli.options import input_options, scheduler_option
 from smx_cli.core.precision import result_format
 from smx_cli.cli.prepare import Rows, load_rows
 from smx_cli.core.softmax import as_rows
@@ -86,10 +87,11 @@ perplexity exp(total NLL / total tokens).""")
               help="Divide the logits by T > 0 first (e.g. the T of smx calibrate "
                    "--save-temperature FILE: --temperature \"$(cat FILE)\")")
 @xent_lm.lm_options
+@scheduler_option
 def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, reduction,
              label_smoothing, weight, ignore_index, input_kind, worst, max_rows, show_grad,
              grad_out, output, fmt, strict, check_grad, threads, temperature, class_axis,
-             shift_labels, pad_id, vocab_path):
+             shift_labels, pad_id, vocab_path, scheduler=None):
     """Cross-entropy of the logits in FILE against the true labels.
 
     Reports each sample's loss, predicted class, p(true) and margin, and a
@@ -99,6 +101,9 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
     large loss. A 2-D NPY file is read in row blocks (memory does not grow
     with it) unless --grad, --grad-out or --check-grad need the whole array.
     """
+    if scheduler:
+        xent_lm.refuse_with_scheduler(class_axis, shift_labels, pad_id, vocab_path)
+        return scale.run("xent", locals())
     if not 0.0 <= label_smoothing <= 1.0:
         raise click.BadParameter("must be in [0, 1]", param_hint="'--label-smoothing'")
     if not 0.0 < temperature < math.inf:
@@ -395,7 +400,7 @@ def _summary(res, source, n_classes, class_names, reduction, eps, ignore_index, 
     return {
         "command": "xent",
         "source": source,
-        "samples": int(len(res.loss)),
+        "samples": res.n_samples,
         "classes": int(n_classes),
         "class_names": class_names,
         "target_kind": res.target_kind,
@@ -411,8 +416,8 @@ def _summary(res, source, n_classes, class_names, reduction, eps, ignore_index, 
         "top5_accuracy": _finite_or_none(res.top5_accuracy) if n_classes > 5 else None,
         "mean_entropy": _finite_or_none(res.mean_entropy),
         "perplexity": _finite_or_none(res.perplexity),
-        "ignored": int(res.ignored.sum()),
+        "ignored": res.n_ignored,
         "vanished_gradients": res.vanished(fmt_eps),
         "vanished_eps": fmt_eps,
-        "nonfinite_losses": int((~np.isfinite(res.loss) & ~res.ignored).sum()),
+        "nonfinite_losses": res.n_nonfinite,
     }

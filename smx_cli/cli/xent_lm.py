@@ -52,6 +52,14 @@ def lm_options(fn):
     return fn
 
 
+def refuse_with_scheduler(class_axis, shift, pad_id, vocab_path) -> None:
+    """The Dask engine (--scheduler) takes 2-D rows: the LM options are not silently dropped."""
+    for value, flag in ((class_axis, "--class-axis"), (shift or None, "--shift-labels"),
+                        (pad_id, "--pad-id"), (vocab_path, "--vocab")):
+        if value is not None:
+            raise click.UsageError(f"{flag} is not supported with --scheduler")
+
+
 def _header_shape(file: str, key: str | None):
     """(kind, shape, info) from a file's header alone: safetensors, npy, or (None, None, None)."""
     if file == "-" or not os.path.isfile(file):

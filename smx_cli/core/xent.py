@@ -137,6 +137,24 @@ class XentResult:
     def all_ignored(self) -> bool:
         return self.target_kind == "index" and bool(self.ignored.all())
 
+    # the counts a summary shows (smx_cli.dask.xent.XentSummary has the same, merged)
+    @property
+    def n_samples(self) -> int:
+        return len(self.loss)
+
+    @property
+    def n_correct(self) -> int:
+        return int(self.correct.sum())
+
+    @property
+    def n_ignored(self) -> int:
+        return int(self.ignored.sum())
+
+    @property
+    def n_nonfinite(self) -> int:
+        """Counted samples whose loss is NaN or inf."""
+        return int((~np.isfinite(self.loss) & ~self.ignored).sum())
+
     @property
     def counted(self) -> int:
         return int((~self.ignored).sum())

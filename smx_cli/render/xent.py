@@ -74,7 +74,7 @@ def summary_panel(res: XentResult, *, eps: float, input_counts=None, source: str
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", justify="right")
     grid.add_column()
-    n = len(res.loss)
+    n = res.n_samples
     grid.add_row("input", f"{n:,} samples x {n_classes:,} classes" + (f" from {source}" if source else ""))
     if options:
         grid.add_row("options", options)
@@ -88,20 +88,20 @@ def summary_panel(res: XentResult, *, eps: float, input_counts=None, source: str
     counted = res.counted
     if counted:
         acc = res.accuracy
-        grid.add_row("accuracy", f"{acc * 100:.2f} % ({int(res.correct.sum()):,} of {counted:,})")
+        grid.add_row("accuracy", f"{acc * 100:.2f} % ({res.n_correct:,} of {counted:,})")
         if n_classes > 5:
             grid.add_row("top-5 accuracy", f"{res.top5_accuracy * 100:.2f} %")
         grid.add_row("mean entropy", f"{_num(res.mean_entropy)} nats")
         grid.add_row("perplexity", f"{_num(res.perplexity)} (exp of the mean -log p(true), "
                      "without weights or smoothing)")
-    grid.add_row("ignored", Text(_count(int(res.ignored.sum()), "sample"),
-                                 style="yellow" if res.ignored.any() else "green"))
+    grid.add_row("ignored", Text(_count(res.n_ignored, "sample"),
+                                 style="yellow" if res.n_ignored else "green"))
     vanished = res.vanished(eps)
     what = "1 - p(true)" if res.target_kind == "index" and not smoothed else "max |softmax - target|"
     grid.add_row("vanished gradient", Text(
         f"{_count(vanished, 'sample')} with {what} <= {eps:.3g}: their gradient is ~0",
         style="yellow" if vanished else "green"))
-    inf_loss = int((~np.isfinite(res.loss) & ~res.ignored).sum())
+    inf_loss = res.n_nonfinite
     if inf_loss:
         grid.add_row("non-finite loss", Text(f"{_count(inf_loss, 'sample')} (inf: p(true) is exactly 0; "
                                              "nan: NaN in the input)", style="bold red"))
