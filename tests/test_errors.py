@@ -127,7 +127,7 @@ def test_data_error_through_main_is_one_line(monkeypatch, capsys):
 def test_internal_error_is_one_line_not_a_traceback(monkeypatch, capsys):
     def boom(*a, **k):
         raise RuntimeError("something\nunexpected")
-    monkeypatch.setattr(smx_io.arrays, "parse_text", boom)
+    monkeypatch.setattr(smx_io.arrays, "read_text", boom)
     monkeypatch.delenv("SMX_DEBUG", raising=False)
     monkeypatch.setattr(sys, "argv", ["smx", "softmax", SEEDS])
     with pytest.raises(SystemExit) as exc:

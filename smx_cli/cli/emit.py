@@ -31,12 +31,15 @@ class Payload:
     # what NPY carries when it differs from ``matrix``: the result in the
     # input's own shape (a 1-D or 0-d input must not come back as (1, C))
     array: np.ndarray | None = None
+    # CSV/TSV values rounded to this many significant digits (None: shortest exact)
+    digits: int | None = None
 
     def encode(self, fmt: str) -> bytes:
         if fmt == "npy":
             return io.npy_bytes(self.matrix if self.array is None else self.array)
         if fmt in ("csv", "tsv"):
-            return io.csv_text(self.table(), self.columns, "," if fmt == "csv" else "\t").encode()
+            return io.csv_text(self.table(), self.columns, "," if fmt == "csv" else "\t",
+                               digits=self.digits).encode()
         if fmt == "json":
             arrays = self.json_arrays or {"values": self.matrix.reshape(-1, self.matrix.shape[-1])
                                           if self.matrix.ndim else self.matrix.reshape(1, 1)}

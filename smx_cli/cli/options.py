@@ -54,6 +54,10 @@ def output_options(fn):
                      help="Format of stdout (with -o: of FILE) [default: table on stdout]"),
         click.option("--strict", is_flag=True,
                      help="Exit 1 when the result holds NaN or inf (for CI checks)"),
+        click.option("--digits", type=click.IntRange(1, 17), default=None,
+                     help="Significant digits shown in the table [default: 6]; with CSV/TSV "
+                          "output, values rounded to N digits [default: the shortest form "
+                          "that reads back exactly]"),
     )(fn)
 
 
@@ -65,8 +69,6 @@ def display_options(fn):
         click.option("--top-k", "top_k", type=click.IntRange(min=1), default=None,
                      help="Show each row's K most likely classes [default: all classes when "
                           "C <= 12, else the top 5]"),
-        click.option("--digits", type=click.IntRange(1, 17), default=6, show_default=True,
-                     help="Significant digits in the table"),
     )(fn)
 
 

@@ -133,6 +133,7 @@ def softmax_cmd(file, delimiter, header, key, axis, variant, dtype, temperature,
     lead_shape = rows.lead_shape if run.samples == 1 else (run.samples,) + tuple(rows.lead_shape)
     diag = diagnose(run.logits, result, sparse=variants.exact_zeros(variant, opts))
     payload = _payload(rows, result, diag, run)
+    payload.digits = digits
     vjp = None
     if upstream:
         vjp = _vjp(upstream, rows, run, variant, temperature, opts)
@@ -178,7 +179,8 @@ def _show_values(console, values, logits, result, variant, temperature, source, 
     title = f"{what}({t}) of {source}"
     width = values.shape[1]
     common = dict(kind=kind, tiny=result.fmt.smallest_normal, class_names=class_names,
-                  lead_shape=lead_shape, max_rows=max_rows, title=title, digits=digits)
+                  lead_shape=lead_shape, max_rows=max_rows, title=title,
+                  digits=digits if digits is not None else 6)
     table = None
     why = f"{width} classes"
     if top_k is None and width <= render.DEFAULT_MAX_COLS:
@@ -212,7 +214,7 @@ def _streamable(file, axis, key, output, fmt, variant, mask_path, gradients) -> 
     Row-local work only (no mask or gradients, no Gumbel draws, whose random
     stream is per call) along the last axis, from a file (not stdin):
     ``"npy"`` for an NPY file with output to .npy or none; ``"text"`` for a
-    CSV/TSV file of at least 16 MB with output to .csv/.tsv or none.
+    CSV/TSV file of at least 16 MB with output to .csv/.tsv/.npy or none.
     Anything else returns None and takes the whole-array path.
     """
     if file == "-" or mask_path or gradients or variants.get(variant).stochastic or key:
@@ -231,11 +233,11 @@ def _streamable(file, axis, key, output, fmt, variant, mask_path, gradients) -> 
             return None
         else:
             big = os.path.getsize(file) >= _TEXT_STREAM_BYTES
-            ok = big and out_fmt in (None, "csv", "tsv") and axis in (-1, 1)
+            ok = big and out_fmt in (None, "csv", "tsv", "npy") and axis in (-1, 1)
             return "text" if ok else None
     except (OSError, ValueError):
         return None  # the whole-array reader reports it properly
-    if out_fmt not in (None, "npy"):
+    if out_fmt not in (None, "npy", "csv", "tsv"):
         return None
     if dtype.hasobject or dtype.kind not in "fiu" or len(shape) < 1:
         return None
@@ -276,14 +278,19 @@ def _streamed(file, source_kind, variant, temperature, dtype, masked, opts, fast
         return res.values
 
     if source_kind == "text":
-        names = _stream_text(file, output, fmt, block, delimiter, header)
+        names = _stream_text(file, output, fmt, block, delimiter, header, digits)
         shape = (acc.rows if acc else 0, acc.classes if acc else 1)
         return _show_streamed(file, acc, state, head_x, head_y, shape, names, variant,
                               temperature, output, strict, max_rows, top_k, digits)
     total_bytes = int(np.prod(shape, dtype=np.int64)) * in_dtype.itemsize
     with progress_bar(total_bytes, "smx") as advance:
         try:
-            if output:
+            if output and output_format(output, fmt if fmt != "table" else None) != "npy":
+                # NPY -> CSV/TSV: the rows of the last axis, as the whole-array path writes them
+                results = (block(xb) for _, _, xb in stream.iter_npy_blocks(
+                    file, block_bytes=_STREAM_BLOCK))
+                _write_blocks(output, fmt, results, None, digits, total_bytes * 2)
+            elif output:
                 stream.stream_npy(file, output, block, progress=advance, block_bytes=_STREAM_BLOCK)
             else:
                 for s0, n, xb in stream.iter_npy_blocks(file, block_bytes=_STREAM_BLOCK):
@@ -297,28 +304,31 @@ def _streamed(file, source_kind, variant, temperature, dtype, masked, opts, fast
                           output, strict, max_rows, top_k, digits)
 
 
-def _stream_text(file, output, fmt, block, delimiter, header):
-    """Feed a big CSV/TSV file to ``block`` in row blocks; write CSV/TSV output as it comes."""
-    names = None
-    blocks = io_mod.iter_text_blocks(file, delimiter=delimiter, header=header,
-                                     block_bytes=_TEXT_BLOCK)
+def _stream_text(file, output, fmt, block, delimiter, header, digits):
+    """Feed a big CSV/TSV file to ``block`` in row blocks; write the output as it comes."""
+    state = {"names": None}
+
+    def results():
+        for values, names in io_mod.iter_text_blocks(file, delimiter=delimiter, header=header,
+                                                     block_bytes=_TEXT_BLOCK):
+            state["names"] = names
+            yield block(values)
+
     if not output:
-        for values, names in blocks:
-            block(values)
-        return names
-    out_delim = "\t" if output_format(output, fmt if fmt != "table" else None) == "tsv" else ","
+        for _ in results():
+            pass
+        return state["names"]
+    _write_blocks(output, fmt, results(), lambda: state["names"], digits, os.path.getsize(file))
+    return state["names"]
+
+
+def _write_blocks(output, fmt, results, columns, digits, size_hint):
+    out_fmt = output_format(output, fmt if fmt != "table" else None)
     try:
-        with io_mod.atomic_output(output, "w") as fh:
-            first = True
-            for values, names in blocks:
-                result = block(values)
-                if first and names is not None:
-                    fh.write(out_delim.join(io_mod.csv_field(c, out_delim) for c in names) + "\n")  # noqa: SLF001
-                first = False
-                fh.write(io_mod.csv_text(result, None, out_delim))
+        stream.write_row_blocks(output, out_fmt, results, columns=columns, digits=digits,
+                                size_hint=size_hint)
     except OSError as exc:
         raise SmxError(f"{output}: {exc.strerror or exc}; nothing was written") from None
-    return names
 
 
 def _show_streamed(file, acc, state, head_x, head_y, shape, names, variant, temperature, output,

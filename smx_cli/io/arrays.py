@@ -19,7 +19,7 @@ import numpy as np
 from smx_cli.errors import SmxError
 from smx_cli.core.precision import BFLOAT16
 from smx_cli.io import safetensors
-from smx_cli.io.text import parse_text
+from smx_cli.io.csv_engine import read_text
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -122,7 +122,7 @@ def read_array(path: str, *, delimiter: str | None = None, header: bool | None =
     if data.startswith(ZIP_MAGIC):
         values, names = load_npz(data, source, key)
         return Loaded(values, source, names, "npz")
-    values, names = parse_text(data, source, delimiter=delimiter, header=header)
+    values, names = read_text(data, source, delimiter=delimiter, header=header)
     return Loaded(values, source, names, "csv")
 
 

@@ -63,11 +63,7 @@ def read_labels(path: str, *, class_names: list[str] | None = None,
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise SmxError(f"{source}: not UTF-8 text (bad byte at offset {exc.start})") from None
-    entries = []
-    for lineno, raw in enumerate(text.splitlines(), start=1):
-        line = raw.split("#", 1)[0].strip()
-        if line:
-            entries.append((lineno, line))
+    entries = io.content_lines(text)  # lines end at \n only, not at \v or \f
     if not entries:
         raise SmxError(f"{source}: no labels (the file is empty or holds only comments)")
     delim = delimiter if delimiter is not None else io.sniff_delimiter([e[1] for e in entries])  # noqa: SLF001
@@ -112,9 +108,8 @@ def split_label_column(path: str, column: str, *, delimiter: str | None = None,
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise SmxError(f"{source}: not UTF-8 text (bad byte at offset {exc.start})") from None
-    raw_lines = text.splitlines()
-    content = [(i, ln.split("#", 1)[0].strip()) for i, ln in enumerate(raw_lines)]
-    content = [(i, ln) for i, ln in content if ln]
+    raw_lines = text.split("\n")  # lines end at \n only, not at \v or \f
+    content = io.content_lines(text, first_line=0)
     if not content:
         raise SmxError(f"{source}: no data (the file is empty or holds only comments)")
     delim = delimiter if delimiter is not None else io.sniff_delimiter([c[1] for c in content])  # noqa: SLF001

@@ -60,8 +60,7 @@ def read_mask(path: str, shape: tuple[int, int], *, delimiter: str | None = None
             text = data.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise SmxError(f"{source}: not UTF-8 text (bad byte at offset {exc.start})") from None
-        lines = [(n, ln.split("#", 1)[0].strip()) for n, ln in enumerate(text.splitlines(), 1)]
-        lines = [(n, ln) for n, ln in lines if ln]
+        lines = io.content_lines(text)  # lines end at \n only, not at \v or \f
         if not lines:
             raise SmxError(f"{source}: empty mask file")
         delim = delimiter or io.sniff_delimiter([ln for _, ln in lines])  # noqa: SLF001

@@ -13,24 +13,21 @@ NPY -> NPY (:func:`stream_npy`)
     included, the temporary file is removed and the output left untouched.
 
 CSV (:func:`iter_csv_blocks`, :func:`write_csv_blocks`, :func:`stream_csv`)
-    The file is cut into chunks of whole lines (about ``block_bytes``), each
-    parsed to float64 by polars when installed (``pip install smx-cli[fast]``,
-    imported only when a CSV is big enough to need it) or else by numpy;
-    both parse every token to the correctly rounded float64, so the results
-    are identical. Output floats are written in the shortest form that reads
-    back exactly, as :func:`smx_cli.io.shortest_strings`.
+    Thin wrappers over :mod:`smx_cli.io.csv_engine` (polars for big files,
+    the exact parser otherwise; identical values). Output floats are written
+    in the shortest form that reads back exactly, as
+    :func:`smx_cli.io.shortest_strings`.
 """
 from __future__ import annotations
 
-import io
 import os
 from typing import Callable, Iterator
 
 import numpy as np
 
+from smx_cli.io import csv_engine
+
 DEFAULT_BLOCK_BYTES = 64 << 20
-# CSV chunks below this size are parsed by numpy even when polars is there
-POLARS_MIN_BYTES = 4 << 20
 
 Progress = Callable[[int, int], None]
 
@@ -229,41 +226,16 @@ def blocked_copy(src: str, dst: str, block_bytes: int = DEFAULT_BLOCK_BYTES) -> 
 
 
 # ----------------------------------------------------------------------------
-# CSV
+# CSV: thin wrappers over the text engine (smx_cli.io.csv_engine)
+
+_ENGINES = {None: None, "polars": "fast", "fast": "fast", "numpy": "exact", "exact": "exact"}
 
 
 def have_polars() -> bool:
-    """True when the optional polars engine can be imported."""
+    """True when the polars engine can be imported."""
     import importlib.util
 
     return importlib.util.find_spec("polars") is not None
-
-
-def _parse_numpy(chunk: bytes, delimiter: str, n_cols: int | None) -> np.ndarray:
-    lines = chunk.split(b"\n")
-    if lines and not lines[-1].strip():
-        lines.pop()
-    if not lines:
-        return np.empty((0, n_cols or 0))
-    tokens = chunk.replace(delimiter.encode(), b" ").split()
-    # float(bytes) is Python's correctly rounded parser, also for nan/inf
-    vals = np.array([float(t) for t in tokens], dtype=np.float64)
-    width = len(lines[0].split(delimiter.encode()))
-    if vals.size != width * len(lines):
-        raise StreamError("rows of different lengths in the CSV")
-    return vals.reshape(len(lines), width)
-
-
-def _parse_polars(chunk: bytes, delimiter: str, n_cols: int | None) -> np.ndarray:
-    import polars as pl
-
-    df = pl.read_csv(io.BytesIO(chunk), has_header=False, separator=delimiter,
-                     infer_schema=False, truncate_ragged_lines=False)
-    if df.width == 0:
-        return np.empty((0, n_cols or 0))
-    # parse as text, then to float64 by polars' correctly rounded parser
-    out = df.select(pl.all().str.strip_chars().cast(pl.Float64, strict=True)).to_numpy()
-    return np.ascontiguousarray(out, dtype=np.float64)
 
 
 def iter_csv_blocks(path: str, *, delimiter: str = ",", header: bool = False,
@@ -271,19 +243,8 @@ def iter_csv_blocks(path: str, *, delimiter: str = ",", header: bool = False,
                     progress: Progress | None = None) -> Iterator[np.ndarray]:
     """Yield float64 (rows, C) blocks of a numeric CSV, about ``block_bytes`` each.
 
-    Parameters
-    ----------
-    path : str
-    delimiter : str
-    header : bool
-        Skip the first line.
-    block_bytes : int
-        Bytes of text per block (cut at line ends).
-    engine : {None, 'polars', 'numpy'}
-        ``None``: polars when installed and the file is big enough, else numpy.
-        Both give identical float64 values.
-    progress : callable or None
-        ``progress(bytes_done, bytes_total)`` after each block.
+    ``engine``: ``'polars'`` (fast) or ``'numpy'`` (exact); None picks by
+    size. Both give identical values (see :mod:`smx_cli.io.csv_engine`).
 
     Examples
     --------
@@ -293,65 +254,26 @@ def iter_csv_blocks(path: str, *, delimiter: str = ",", header: bool = False,
     >>> [b.tolist() for b in iter_csv_blocks(p, engine="numpy")]
     [[[1.0, 2.0], [3.0, 4.0]]]
     """
-    size = os.path.getsize(path)
-    if engine is None:
-        engine = "polars" if size >= POLARS_MIN_BYTES and have_polars() else "numpy"
-    parse = _parse_polars if engine == "polars" else _parse_numpy
-    n_cols = None
-    done = 0
-    with open(path, "rb") as fh:
-        if header:
-            done += len(fh.readline())
-        rest = b""
-        while True:
-            data = fh.read(block_bytes)
-            if not data and not rest:
-                break
-            chunk = rest + data
-            if data:
-                cut = chunk.rfind(b"\n") + 1
-                if cut == 0:  # one line longer than a block: read on
-                    rest = chunk
-                    continue
-                chunk, rest = chunk[:cut], chunk[cut:]
-            else:
-                rest = b""
-            done += len(chunk)
-            if chunk.strip():
-                block = parse(chunk.replace(b"\r\n", b"\n"), delimiter, n_cols)
-                if n_cols is not None and block.shape[1] != n_cols and block.shape[0]:
-                    raise StreamError("rows of different lengths in the CSV")
-                n_cols = block.shape[1]
-                yield block
-            if progress is not None:
-                progress(done, size)
+    for values, _ in csv_engine.iter_blocks(path, delimiter=delimiter, header=header,
+                                            block_bytes=block_bytes,
+                                            engine=_ENGINES[engine], progress=progress):
+        yield values
 
 
 def csv_lines(values: np.ndarray, delimiter: str = ",") -> str:
-    """Rows as delimited text, floats in shortest exact form, one per line.
-
-    The same strings as :func:`smx_cli.io.shortest_strings`: ``repr`` for
-    float64, numpy's shortest round-trip form for float32/float16, the
-    float32 form for bfloat16.
+    """Rows as delimited text, shortest exact values (:func:`smx_cli.io.shortest_strings`).
 
     Examples
     --------
     >>> csv_lines(np.array([[0.1, 1e-05], [1.0, float("nan")]]))
     '0.1,1e-05\\n1.0,nan\\n'
     """
-    a = np.atleast_2d(values)
-    if a.dtype.name == "bfloat16":
-        a = a.astype(np.float32)
-    if a.dtype == np.float64 or a.dtype.kind in "iub":
-        rows = a.tolist()
-        text = "\n".join(delimiter.join(map(repr, r)) for r in rows)
-    else:
-        text = "\n".join(delimiter.join(map(str, r)) for r in a)
-    return text + "\n" if a.shape[0] else ""
+    return csv_engine.format_rows(values, delimiter, engine="exact").decode()
 
 
 def write_csv_blocks(out_path: str, blocks, *, delimiter: str = ",",
-                     columns: list[str] | None = None) -> int:
+                     columns: list[str] | None = None, digits: int | None = None,
+                     size_hint: int = 0) -> int:
     """Write an iterable of 2-D blocks as one CSV, atomically. Returns the rows.
 
     Examples
@@ -363,16 +285,16 @@ def write_csv_blocks(out_path: str, blocks, *, delimiter: str = ",",
     >>> open(p).read()
     '0.5,0.5\\n1.0,0.0\\n'
     """
-    rows = 0
     from smx_cli import io as smx_io  # atomic, Ctrl-C-safe output shared with every command
 
-    with smx_io.atomic_output(out_path, "w") as fo:
-        if columns is not None:
-            fo.write(delimiter.join(columns) + "\n")
+    with smx_io.atomic_output(out_path, "wb") as fo:
+        writer = csv_engine.TextWriter(fo, delimiter, columns=columns, digits=digits,
+                                       size_hint=size_hint)
         for b in blocks:
-            fo.write(csv_lines(b, delimiter))
-            rows += np.atleast_2d(b).shape[0]
-    return rows
+            writer.write(b)
+        if writer.columns is not None:
+            writer.write(np.empty((0, len(columns))))
+    return writer.rows
 
 
 def stream_csv(in_path: str, out_path: str, fn: Callable[[np.ndarray], np.ndarray], *,
@@ -396,4 +318,111 @@ def stream_csv(in_path: str, out_path: str, fn: Callable[[np.ndarray], np.ndarra
     blocks = (fn(b) for b in iter_csv_blocks(in_path, delimiter=delimiter, header=header,
                                              block_bytes=block_bytes, engine=engine,
                                              progress=progress))
-    return write_csv_blocks(out_path, blocks, delimiter=delimiter, columns=columns)
+    return write_csv_blocks(out_path, blocks, delimiter=delimiter, columns=columns,
+                            size_hint=os.path.getsize(in_path))
+
+
+class NpyRowWriter:
+    """Append (rows, C) blocks to an open binary file as one NPY array.
+
+    For inputs whose row count is not known until their end (CSV): the
+    header is written first with room for any row count, and rewritten in
+    place, same length, by :meth:`finish` once the rows are counted.
+
+    Examples
+    --------
+    >>> import io
+    >>> buf = io.BytesIO()
+    >>> w = NpyRowWriter(buf)
+    >>> w.write(np.ones((2, 3))); w.write(np.zeros((1, 3))); w.finish()
+    (3, 3)
+    >>> np.load(io.BytesIO(buf.getvalue())).sum().item()
+    6.0
+    """
+
+    def __init__(self, fh):
+        self.fh = fh
+        self.start = fh.tell()
+        self.shape = None
+        self.dtype = None
+        self.header_len = 0
+
+    def _header(self, rows: int) -> bytes:
+        descr = np.lib.format.dtype_to_descr(self.dtype)
+        text = f"{{'descr': {descr!r}, 'fortran_order': False, 'shape': ({rows}, {self.shape}), }}"
+        return text.encode("latin1")
+
+    def write(self, block: np.ndarray) -> None:
+        from smx_cli import io as smx_io
+
+        block = np.atleast_2d(block)
+        if block.dtype.name == "bfloat16":
+            block = block.astype(np.float32)
+        if self.shape is None:
+            self.shape, self.dtype, self.rows = block.shape[1], block.dtype, 0
+            # room for any row count: the longest header this array can need
+            body = self._header(10 ** 20)
+            self.header_len = -(-(len(body) + 11) // 64) * 64
+            self.fh.write(self._padded(0))
+        if block.shape[1] != self.shape:
+            raise ValueError("the block function changed its column count")
+        smx_io.write_chunks(self.fh, memoryview(np.ascontiguousarray(block, dtype=self.dtype))
+                            .cast("B"))
+        self.rows += block.shape[0]
+
+    def _padded(self, rows: int) -> bytes:
+        body = self._header(rows)
+        pad = self.header_len - 10 - len(body) - 1
+        return b"\x93NUMPY\x01\x00" + (self.header_len - 10).to_bytes(2, "little") + body \
+            + b" " * pad + b"\n"
+
+    def finish(self) -> tuple[int, int]:
+        """Write the final header; returns the array's shape."""
+        if self.shape is None:  # no block: an empty (0, 0) array
+            self.dtype, self.shape, self.rows = np.dtype(np.float64), 0, 0
+            self.header_len = 64 * 2
+            self.fh.write(self._padded(0))
+            return (0, 0)
+        end = self.fh.tell()
+        self.fh.seek(self.start)
+        self.fh.write(self._padded(self.rows))
+        self.fh.seek(end)
+        return (self.rows, self.shape)
+
+
+def write_row_blocks(out_path: str, out_fmt: str, blocks, *, columns=None,
+                     digits: int | None = None, size_hint: int = 0) -> tuple[int, int]:
+    """Write result blocks as one NPY, CSV or TSV file, atomically, in bounded memory.
+
+    ``columns`` is a list of names, or a callable returning them (or None),
+    called when the first block has arrived (for CSV/TSV headers). Returns
+    the (rows, columns) written.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "p.tsv")
+    >>> write_row_blocks(p, "tsv", iter([np.array([[0.5, 0.25]])]), columns=["a", "b"])
+    (1, 2)
+    >>> open(p).read()
+    'a\\tb\\n0.5\\t0.25\\n'
+    """
+    from smx_cli import io as smx_io  # atomic, Ctrl-C-safe output shared with every command
+
+    width = 0
+    with smx_io.atomic_output(out_path, "wb") as fo:
+        if out_fmt == "npy":
+            writer = NpyRowWriter(fo)
+            for b in blocks:
+                writer.write(b)
+            return writer.finish()
+        delim = "\t" if out_fmt == "tsv" else ","
+        writer = csv_engine.TextWriter(fo, delim, digits=digits, size_hint=size_hint)
+        for b in blocks:
+            if writer.rows == 0 and width == 0:
+                names = columns() if callable(columns) else columns
+                writer.columns = names
+            b = np.atleast_2d(b)
+            width = b.shape[1]
+            writer.write(b)
+    return writer.rows, width

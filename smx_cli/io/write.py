@@ -15,28 +15,8 @@ import numpy as np
 
 from smx_cli.errors import SmxError
 from smx_cli.core.precision import BFLOAT16
+from smx_cli.io.csv_engine import csv_field, format_rows, header_line, shortest_strings
 # writing
-
-
-def shortest_strings(values: np.ndarray) -> list[str]:
-    """Each float in the shortest decimal form that reads back exactly.
-
-    float64 uses Python's repr; float32/float16 numpy's scalar repr (the
-    shortest string that round-trips in that format); bfloat16 the float32
-    form, which round-trips through float32. Non-finite values are written
-    ``nan``, ``inf``, ``-inf``.
-
-    Examples
-    --------
-    >>> shortest_strings(np.array([0.1, 1/3], dtype=np.float32))
-    ['0.1', '0.33333334']
-    """
-    flat = np.asarray(values).ravel()
-    if flat.dtype == np.float64 or flat.dtype.kind in "iub":
-        return [repr(v) for v in flat.tolist()]
-    if flat.dtype == BFLOAT16:
-        flat = flat.astype(np.float32)
-    return [str(v) for v in flat]
 
 
 #: temporary files are named ``.smx-<pid>-<random>.part`` beside the target
@@ -166,24 +146,18 @@ def output_format(path: str, fmt: str | None) -> str:
     return by_ext[ext]
 
 
-def csv_text(values: np.ndarray, columns: list[str] | None = None, delimiter: str = ",") -> str:
-    """A 2-D array as delimited text, floats in shortest exact form."""
+def csv_text(values: np.ndarray, columns: list[str] | None = None, delimiter: str = ",",
+             digits: int | None = None) -> str:
+    """A 2-D array as delimited text: shortest exact values (or ``digits`` digits).
+
+    Examples
+    --------
+    >>> csv_text(np.array([[0.5, 1e-300]]), ["a,b", "c"])
+    '"a,b",c\\n0.5,1e-300\\n'
+    """
     values = np.atleast_2d(values)
-    strings = shortest_strings(values)
-    width = values.shape[1]
-    lines = []
-    if columns is not None:
-        lines.append(delimiter.join(csv_field(c, delimiter) for c in columns))
-    for i in range(values.shape[0]):
-        lines.append(delimiter.join(strings[i * width:(i + 1) * width]))
-    return "\n".join(lines) + "\n" if lines else ""
-
-
-def csv_field(name: str, delimiter: str) -> str:
-    name = str(name)
-    if delimiter in name or '"' in name or "\n" in name:
-        return '"' + name.replace('"', '""') + '"'
-    return name
+    head = header_line(columns, delimiter) if columns is not None else b""
+    return (head + format_rows(values, delimiter, digits=digits)).decode()
 
 
 def json_number_rows(values: np.ndarray) -> str:

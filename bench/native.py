@@ -1,0 +1,172 @@
+"""Benchmark of the compiled core (smx_cli.core.native) against torch, scipy and numpy.
+
+Run from the repository root after building the extension in place
+(``python setup.py build_ext --inplace``):
+
+    python bench/native.py              # the issue's shapes (needs ~6 GB of RAM)
+    python bench/native.py --quick      # 1024-row wide case, fewer repeats
+    python bench/native.py --repeat 7 --wide-rows 4096
+
+Each cell is the median of ``--repeat`` runs taken side by side in one process.
+Two clocks:
+
+* wall: ``time.perf_counter`` with the default threads (native: min(cpu, 2);
+  torch: its default intra-op threads), allocating calls for torch/scipy/numpy
+  (what a user calls) and the native kernel writing into a fresh ``np.empty``
+  (so both pay the first-touch page faults of a new output);
+* cpu1: ``time.process_time`` of the same call with ONE thread (native
+  threads=1, torch.set_num_threads(1)) writing into a preallocated output
+  (torch ``out=``): the per-core cost, stable on a noisy machine.
+
+Ratios are native / other (< 1: native is faster).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+from smx_cli.core import native  # noqa: E402
+
+try:
+    from smx_cli.core.softmax import compute  # after the restructure
+except ImportError:  # pragma: no cover
+    from smx_cli.softmax_ops import compute
+
+try:
+    import torch
+except ImportError:  # pragma: no cover
+    torch = None
+try:
+    import scipy.special as sps
+except ImportError:  # pragma: no cover
+    sps = None
+
+
+def median_time(fn, repeat: int, clock) -> float:
+    fn()  # warm up (and first-touch any cached buffers)
+    ts = []
+    for _ in range(repeat):
+        t0 = clock()
+        fn()
+        ts.append(clock() - t0)
+    return statistics.median(ts)
+
+
+def fmt_ms(t: float | None) -> str:
+    return "-" if t is None else f"{t * 1e3:.1f}"
+
+
+def fmt_ratio(a: float | None, b: float | None) -> str:
+    return "-" if a is None or b is None or b == 0 else f"{a / b:.2f}x"
+
+
+def bench_softmax(shape, dtype, kind, repeat, with_numpy, with_scipy):
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(shape) * 3).astype(dtype)
+    out = np.empty_like(x)
+    nat_threads = native.default_threads()
+    r = {}
+    r["native_wall"] = median_time(
+        lambda: native.softmax_rows(x, np.empty_like(x), kind=kind, threads=nat_threads),
+        repeat, time.perf_counter)
+    r["native_cpu1"] = median_time(lambda: native.softmax_rows(x, out, kind=kind, threads=1),
+                                   repeat, time.process_time)
+    if torch is not None:
+        t = torch.from_numpy(x)
+        to = torch.empty_like(t)
+        f = torch.softmax if kind == "prob" else torch.log_softmax
+        torch.set_num_threads(os.cpu_count() or 1)
+        r["torch_wall"] = median_time(lambda: f(t, -1), repeat, time.perf_counter)
+        r["torch_out_wall"] = median_time(lambda: f(t, -1, out=to), repeat, time.perf_counter)
+        torch.set_num_threads(1)
+        r["torch_cpu1"] = median_time(lambda: f(t, -1, out=to), repeat, time.process_time)
+        torch.set_num_threads(os.cpu_count() or 1)
+    if with_scipy and sps is not None:
+        f = sps.softmax if kind == "prob" else sps.log_softmax
+        r["scipy_wall"] = median_time(lambda: f(x, axis=-1), max(1, repeat // 2),
+                                      time.perf_counter)
+    if with_numpy:
+        variant = "stable" if kind == "prob" else "log"
+        r["numpy_wall"] = median_time(lambda: compute(x, variant), max(1, repeat // 2),
+                                      time.perf_counter)
+    return r
+
+
+def bench_xent(shape, dtype, repeat):
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal(shape) * 3).astype(dtype)
+    y = rng.integers(0, shape[1], shape[0])
+    r = {}
+    r["native_wall"] = median_time(lambda: native.xent_rows(x, y), repeat, time.perf_counter)
+    r["native_cpu1"] = median_time(lambda: native.xent_rows(x, y, threads=1), repeat,
+                                   time.process_time)
+    res = native.xent_rows(x, y)
+    r["extra_mb"] = sum(a.nbytes for a in res.values()) / 2 ** 20
+    if torch is not None:
+        t = torch.from_numpy(x)
+        ty = torch.from_numpy(y)
+        F = torch.nn.functional
+        torch.set_num_threads(os.cpu_count() or 1)
+        r["torch_wall"] = median_time(lambda: F.cross_entropy(t, ty, reduction="none"), repeat,
+                                      time.perf_counter)
+        torch.set_num_threads(1)
+        r["torch_cpu1"] = median_time(lambda: F.cross_entropy(t, ty, reduction="none"), repeat,
+                                      time.process_time)
+        torch.set_num_threads(os.cpu_count() or 1)
+    return r
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--wide-rows", type=int, default=4096)
+    ap.add_argument("--quick", action="store_true", help="1024 wide rows, 3 repeats")
+    ap.add_argument("--no-numpy", action="store_true", help="skip the (slow) numpy reference")
+    ap.add_argument("--no-scipy", action="store_true")
+    args = ap.parse_args(argv)
+    if not native.available():
+        print(f"native extension not built: {native.why_unavailable()}")
+        return 1
+    if args.quick:
+        args.wide_rows, args.repeat = 1024, 3
+    shapes = [(args.wide_rows, 32000), (1000, 1000), (100000, 10)]
+    print(f"engine {native.engine()}, {os.cpu_count()} CPUs, torch "
+          f"{torch.__version__ if torch else 'missing'}, medians of {args.repeat}\n")
+    print("| case | native wall ms | torch wall ms | native/torch wall | native/torch out= wall "
+          "| native cpu1 ms | torch out= cpu1 ms | native/torch cpu1 | native/scipy | native/numpy |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for shape in shapes:
+        for dtype in (np.float32, np.float64):
+            for kind in ("prob", "logprob"):
+                r = bench_softmax(shape, dtype, kind, args.repeat, not args.no_numpy,
+                                  not args.no_scipy)
+                name = f"{'softmax' if kind == 'prob' else 'log_softmax'} {np.dtype(dtype).name} " \
+                       f"{shape[0]}x{shape[1]}"
+                print(f"| {name} | {fmt_ms(r['native_wall'])} | {fmt_ms(r.get('torch_wall'))} | "
+                      f"{fmt_ratio(r['native_wall'], r.get('torch_wall'))} | "
+                      f"{fmt_ratio(r['native_wall'], r.get('torch_out_wall'))} | "
+                      f"{fmt_ms(r['native_cpu1'])} | {fmt_ms(r.get('torch_cpu1'))} | "
+                      f"{fmt_ratio(r['native_cpu1'], r.get('torch_cpu1'))} | "
+                      f"{fmt_ratio(r['native_wall'], r.get('scipy_wall'))} | "
+                      f"{fmt_ratio(r['native_wall'], r.get('numpy_wall'))} |", flush=True)
+    shape = (args.wide_rows, 32000)
+    r = bench_xent(shape, np.float32, args.repeat)
+    print(f"| cross_entropy float32 {shape[0]}x{shape[1]} (class idx; extra "
+          f"{r['extra_mb']:.2f} MB) | {fmt_ms(r['native_wall'])} | {fmt_ms(r.get('torch_wall'))} | "
+          f"{fmt_ratio(r['native_wall'], r.get('torch_wall'))} | - | {fmt_ms(r['native_cpu1'])} | "
+          f"{fmt_ms(r.get('torch_cpu1'))} | {fmt_ratio(r['native_cpu1'], r.get('torch_cpu1'))} "
+          f"| - | - |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,914 @@
+/* _smx_native: fused, accurate softmax / log-softmax / logsumexp / cross-entropy
+ * kernels for smx (module smx_cli.core._smx_native).
+ *
+ * CPython C API only, arrays through the buffer protocol (no numpy C-API); the
+ * GIL is released inside the row loops, so the Python wrapper
+ * (smx_cli/core/native.py) runs contiguous row blocks on Python threads.
+ *
+ * Numerics (see native.py for the stated bounds):
+ *   - every input format is widened to float64; 16/32-bit results are rounded
+ *     ONCE from float64 (f64 -> f16 and f64 -> bf16 round-to-nearest-even are
+ *     done directly on the bits, never through float32);
+ *   - d = fl(x - m) and its exact rounding error (TwoSum) are kept, so
+ *     exp(x - m) = exp(d) (1 + err) to O(u^2);
+ *   - exp: branch-free Cody-Waite reduction (ln2 split hi/lo), degree-13
+ *     Taylor polynomial, result as an unevaluated pair hi + lo (Fast2Sum of
+ *     1 + r and the polynomial tail), scaled by 2^k in two exact steps so
+ *     subnormal results are rounded once;
+ *   - row sums: each term is split on a grid scaled to the largest term
+ *     (add and subtract 1.5 * 2^g), the grid parts sum exactly in any order,
+ *     the remainders (and the exp's lo words) are summed plainly: a SIMD
+ *     friendly compensated sum (Rump, Ogita & Oishi's ExtractVector);
+ *   - probabilities: one corrected division out = q + (r + p_lo - q S_lo)/S_hi,
+ *     q = p_hi / S_hi, r = p_hi - q S_hi exact (FMA, or Dekker's product on
+ *     CPUs without FMA: the results are bitwise identical on every clone);
+ *   - log-probabilities: L = log1p(sum_{i != argmax} e_i) as a double-double
+ *     (one Newton step on libm's log1p with our accurate exp/expm1), then
+ *     out = TwoSum(z, -L_hi) folded with the shift error and L_lo; the
+ *     dominant entry is -L (relative accuracy kept).
+ *
+ * Build flags (setup.py): -O3 -fno-trapping-math -ffp-contract=off.
+ *   -fno-trapping-math: lets gcc if-convert and vectorise the exp loop (we never
+ *     read FP exception flags); it does not change any result.
+ *   -ffp-contract=off: the error-free transformations (TwoSum, Veltkamp
+ *     splitting, the grid split) must not be fused into FMAs behind our back;
+ *     FMAs are used explicitly where they are exact.
+ *   Never -ffast-math (it would delete the compensations) and never
+ *   -march=native (the wheel must run everywhere): CPU dispatch is done at run
+ *   time with gcc's target_clones (x86-64-v4 = AVX-512, x86-64-v3 = AVX2+FMA,
+ *   default = SSE2).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
+    && !defined(SMX_NO_CLONES)
+#define SMX_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define SMX_X86 1
+#else
+#define SMX_CLONES
+#define SMX_X86 0
+#endif
+
+#if defined(__GNUC__)
+#define AI static inline __attribute__((always_inline))
+#else
+#define AI static inline
+#endif
+
+enum { DT_F16 = 0, DT_BF16 = 1, DT_F32 = 2, DT_F64 = 3 };
+static const int ITEMSIZE[4] = {2, 2, 4, 8};
+#define LANES 8
+
+/* FMA available (decided once at import, matching the clone gcc's resolver picks) */
+static int g_fma = 0;
+
+/* ------------------------------------------------------------------------ */
+/* bits                                                                      */
+
+AI uint64_t asu64(double d) { uint64_t u; memcpy(&u, &d, 8); return u; }
+AI double asf64(uint64_t u) { double d; memcpy(&d, &u, 8); return d; }
+AI uint32_t asu32(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+AI float asf32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+
+/* float16 -> float32 (exact) */
+AI float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t a = h & 0x7fffu;
+    /* normals and subnormals: as a scaled float32, times 2^112 (exact) */
+    float v = asf32(a << 13) * 0x1p112f;
+    uint32_t bits = asu32(v);
+    uint32_t special = 0x7f800000u | (a & 0x3ffu) << 13; /* inf / nan */
+    bits = (a >= 0x7c00u) ? special : bits;
+    return asf32(bits | sign);
+}
+
+AI float bf16_to_f32(uint16_t h) { return asf32((uint32_t)h << 16); }
+
+/* float64 -> float16, round to nearest even, in one rounding */
+AI uint16_t f64_to_f16(double x) {
+    uint64_t u = asu64(x);
+    uint16_t sign = (uint16_t)((u >> 48) & 0x8000u);
+    uint64_t a = u & 0x7fffffffffffffffull;
+    double ax = asf64(a);
+    /* normal range (|x| >= 2^-14): rebias, round the 52-bit mantissa to 10 */
+    uint64_t reb = a - ((uint64_t)(1023 - 15) << 52);
+    uint64_t rnd = (reb + ((1ull << 41) - 1) + ((reb >> 42) & 1)) >> 42;
+    /* subnormal range: round |x| to a multiple of 2^-24 by one addition */
+    double s = ax + 0x1p28;
+    uint64_t sub = asu64(s) - asu64(0x1p28);
+    uint64_t r = (ax < 0x1p-14) ? sub : rnd;
+    r = (ax >= 65520.0) ? 0x7c00u : r;           /* overflow -> inf */
+    r = (x != x) ? 0x7e00u : r;                   /* NaN */
+    return (uint16_t)(r | sign);
+}
+
+/* float64 -> bfloat16, round to nearest even, in one rounding */
+AI uint16_t f64_to_bf16(double x) {
+    uint64_t u = asu64(x);
+    uint16_t sign = (uint16_t)((u >> 48) & 0x8000u);
+    uint64_t a = u & 0x7fffffffffffffffull;
+    double ax = asf64(a);
+    uint64_t reb = a - ((uint64_t)(1023 - 127) << 52);
+    uint64_t rnd = (reb + ((1ull << 44) - 1) + ((reb >> 45) & 1)) >> 45;
+    double s = ax + 0x1p-81;                      /* multiples of 2^-133 */
+    uint64_t sub = asu64(s) - asu64(0x1p-81);
+    uint64_t r = (ax < 0x1p-126) ? sub : rnd;
+    r = (ax >= 0x1p128) ? 0x7f80u : r;
+    r = (x != x) ? 0x7fc0u : r;
+    return (uint16_t)(r | sign);
+}
+
+AI double ld(const void *p, Py_ssize_t j, const int DT) {
+    switch (DT) {
+    case DT_F16: return (double)f16_to_f32(((const uint16_t *)p)[j]);
+    case DT_BF16: return (double)bf16_to_f32(((const uint16_t *)p)[j]);
+    case DT_F32: return (double)((const float *)p)[j];
+    default: return ((const double *)p)[j];
+    }
+}
+
+AI void st(void *p, Py_ssize_t j, double v, const int DT) {
+    switch (DT) {
+    case DT_F16: ((uint16_t *)p)[j] = f64_to_f16(v); break;
+    case DT_BF16: ((uint16_t *)p)[j] = f64_to_bf16(v); break;
+    case DT_F32: ((float *)p)[j] = (float)v; break;
+    default: ((double *)p)[j] = v; break;
+    }
+}
+
+/* is the stored value a zero (used for the underflow count) */
+AI int st_is_zero(double v, const int DT) {
+    switch (DT) {
+    case DT_F16: return (f64_to_f16(v) & 0x7fffu) == 0;
+    case DT_BF16: return (f64_to_bf16(v) & 0x7fffu) == 0;
+    case DT_F32: return (float)v == 0.0f;
+    default: return v == 0.0;
+    }
+}
+
+/* log of half the smallest subnormal of the format: a log-probability below
+ * this is a probability that rounds to 0 in the format */
+static const double LOG_UNDER[4] = {
+    -17.328679513998633,  /* ln 2^-25  (float16)  */
+    -92.88123235939186,   /* ln 2^-134 (bfloat16) */
+    -103.97207708399179,  /* ln 2^-150 (float32)  */
+    -744.44007192138126,  /* ln 2^-1075 (float64) */
+};
+
+/* ------------------------------------------------------------------------ */
+/* error-free transformations                                                */
+
+#define SPLITTER 134217729.0 /* 2^27 + 1 */
+
+/* a*b - p exactly (p = fl(a*b)); FMA when USE_FMA, else Dekker/Veltkamp */
+AI double prod_err(double a, double b, double p, const int USE_FMA) {
+    if (USE_FMA) return fma(a, b, -p);
+    double as = a * SPLITTER, ah = as - (as - a), al = a - ah;
+    double bs = b * SPLITTER, bh = bs - (bs - b), bl = b - bh;
+    return ((ah * bh - p) + ah * bl + al * bh) + al * bl;
+}
+
+/* ------------------------------------------------------------------------ */
+/* exp as hi + lo                                                            */
+
+#define LOG2E 0x1.71547652b82fep0
+#define LN2HI 0x1.62e42feep-1          /* fdlibm ln2_hi: k * LN2HI exact for |k| < 2^21 */
+#define LN2LO 0x1.a39ef35793c76p-33
+#define SHIFT 0x1.8p52
+
+/* Q(r) with exp(r) = 1 + r + r^2 Q(r): Taylor coefficients 1/n!, n = 2..13
+ * (|r| <= ln2/2: truncation below 2^-58) */
+#define FMA_(a, b, c, USE_FMA) ((USE_FMA) ? fma((a), (b), (c)) : (a) * (b) + (c))
+AI double expq(double r, const int USE_FMA) {
+    /* Estrin's scheme: short dependency chains (the loop is latency bound) */
+    double r2 = r * r, r4 = r2 * r2, r8 = r4 * r4;
+    double c01 = FMA_(1.0 / 6.0, r, 0.5, USE_FMA);
+    double c23 = FMA_(1.0 / 120.0, r, 1.0 / 24.0, USE_FMA);
+    double c45 = FMA_(1.0 / 5040.0, r, 1.0 / 720.0, USE_FMA);
+    double c67 = FMA_(1.0 / 362880.0, r, 1.0 / 40320.0, USE_FMA);
+    double c89 = FMA_(1.0 / 39916800.0, r, 1.0 / 3628800.0, USE_FMA);
+    double cab = FMA_(1.0 / 6227020800.0, r, 1.0 / 479001600.0, USE_FMA);
+    double c03 = FMA_(c23, r2, c01, USE_FMA);
+    double c47 = FMA_(c67, r2, c45, USE_FMA);
+    double c8b = FMA_(cab, r2, c89, USE_FMA);
+    double c07 = FMA_(c47, r4, c03, USE_FMA);
+    return FMA_(c8b, r8, c07, USE_FMA);
+}
+
+/* exp(x) * 2^K = *hi + *lo, relative error ~0.15 u of the pair; x = -inf or
+ * below -1000 gives 0, x >= 710 gives inf, NaN propagates. Branch-free.
+ * K in [0, 1000] scales exactly (tiny terms keep their lo word out of the
+ * subnormal range). */
+AI void exp_hl_scaled(double x, int64_t K, double *hi, double *lo, const int USE_FMA) {
+    x = x < -1000.0 ? -1000.0 : x;
+    x = x > 710.0 ? 710.0 : x;
+    double kd = x * LOG2E + SHIFT;
+    uint64_t ki = asu64(kd);
+    kd -= SHIFT;
+    double rh = x - kd * LN2HI; /* exact (Sterbenz; kd * LN2HI exact) */
+    double rl = -kd * LN2LO;
+    double r = rh + rl;
+    double rr = (rh - r) + rl;
+    double h = 1.0 + r;
+    double l = (1.0 - h) + r;   /* Fast2Sum(1, r): exact */
+    l += (r * r) * expq(r, 0) + rr * h;
+    double ph = h + l;
+    double pl = l - (ph - h);
+    int64_t k = (int64_t)(ki - asu64(SHIFT)) + K;
+    int64_t k1 = (int64_t)((uint64_t)(k + 4096) >> 1) - 2048;
+    int64_t k2 = k - k1;
+    double s1 = asf64((uint64_t)(k1 + 1023) << 52);
+    double s2 = asf64((uint64_t)(k2 + 1023) << 52);
+    *hi = (ph * s1) * s2;   /* the first product is exact, the second rounds once */
+    *lo = (pl * s1) * s2;
+}
+
+AI void exp_hl(double x, double *hi, double *lo, const int USE_FMA) {
+    exp_hl_scaled(x, 0, hi, lo, USE_FMA);
+}
+
+/* log1p(S_hi + S_lo) as a double-double (*lh + *ll), S >= 0 */
+static void log1p_dd(double sh, double sl, double *lh, double *ll) {
+    if (!(sh > 0.0)) { *lh = sh == 0.0 ? 0.0 : sh; *ll = 0.0; return; }
+    if (isinf(sh)) { *lh = INFINITY; *ll = 0.0; return; }
+    double y = log1p(sh);
+    double delta;
+    if (y < 0.34) {
+        /* expm1(y) = y + t, t = y^2 Q(y) (relative error ~u t); Newton:
+         * L = y + (S - expm1(y)) / (1 + S) */
+        double t = (y * y) * expq(y, 0);
+        double num = ((sh - y) - t) + sl; /* sh - y exact (Sterbenz) */
+        delta = num / (1.0 + sh);
+    } else {
+        double eh, el;
+        exp_hl(y, &eh, &el, 0);
+        double a = 1.0 + sh, b = (a - 1.0);
+        double ae = (1.0 - (a - b)) + (sh - b); /* TwoSum(1, sh) error */
+        double num = (a - eh) + ((ae + sl) - el); /* a - eh exact (Sterbenz) */
+        delta = num / eh;
+    }
+    double h = y + delta;
+    *lh = h;
+    *ll = delta - (h - y);
+}
+
+/* ------------------------------------------------------------------------ */
+/* row helpers                                                               */
+
+/* max over x[j0:j1] and whether a NaN was seen. The NaN test is vectorised as
+ * a sum of (v - v), which is NaN for NaN and +-inf entries: only then is the
+ * row scanned again for a real NaN. */
+AI double row_max(const void *x, Py_ssize_t j0, Py_ssize_t j1, int *has_nan, const int DT) {
+    double acc[LANES], chk[LANES];
+    for (int l = 0; l < LANES; l++) { acc[l] = -INFINITY; chk[l] = 0.0; }
+    Py_ssize_t j = j0;
+    for (; j + LANES <= j1; j += LANES)
+        for (int l = 0; l < LANES; l++) {
+            double v = ld(x, j + l, DT);
+            acc[l] = v > acc[l] ? v : acc[l];
+            chk[l] += v - v;
+        }
+    double m = -INFINITY, ck = 0.0;
+    for (; j < j1; j++) {
+        double v = ld(x, j, DT);
+        m = v > m ? v : m;
+        ck += v - v;
+    }
+    for (int l = 0; l < LANES; l++) { m = acc[l] > m ? acc[l] : m; ck += chk[l]; }
+    if (has_nan) {
+        int n = 0;
+        if (ck != ck)
+            for (j = j0; j < j1; j++) { double v = ld(x, j, DT); if (v != v) { n = 1; break; } }
+        *has_nan = n;
+    }
+    return m;
+}
+
+AI Py_ssize_t first_index(const void *x, Py_ssize_t C, double m, const int DT) {
+    for (Py_ssize_t j = 0; j < C; j++)
+        if (ld(x, j, DT) == m) return j;
+    return 0;
+}
+
+/* z = (x - m)/t as q + c (c the rounding errors); -inf entries give c = 0 */
+AI void shifted(double xv, double m, double t, double *q, double *c, const int HAS_T,
+                const int USE_FMA) {
+    double d = xv - m;
+    double bv = d - xv;
+    double e = (xv - (d - bv)) + (-m - bv);      /* TwoSum(x, -m) */
+    if (HAS_T) {
+        double qq = d / t;
+        double p = qq * t;
+        double rem = (d - p) - prod_err(qq, t, p, USE_FMA); /* d - qq t exactly */
+        e = (rem + e) / t;
+        d = qq;
+    }
+    *q = d;
+    *c = (d == -INFINITY) ? 0.0 : e;
+}
+
+typedef struct { double hi, lo, dot; } sums_t;
+
+/* sum of exp(z_j) over j in [j0, j1) (hi + lo pair parts, to be combined),
+ * grid 1.5 * 2^g; optionally stores the terms (ph, pl) and the dot
+ * sum e_j * (-z_j) (entropy) */
+AI void exp_sum(const void *x, Py_ssize_t j0, Py_ssize_t j1, double m, double t, double sigma,
+                int64_t K,
+                double *ph, double *pl, sums_t *acc_out, const int DT, const int HAS_T,
+                const int USE_FMA, const int STORE, const int DOT) {
+    double ah[LANES], al[LANES], ad[LANES];
+    for (int l = 0; l < LANES; l++) { ah[l] = 0.0; al[l] = 0.0; ad[l] = 0.0; }
+    Py_ssize_t j = j0;
+#define EXP_BODY(J, L)                                                         \
+    {                                                                          \
+        double q, c, eh, el;                                                   \
+        shifted(ld(x, (J), DT), m, t, &q, &c, HAS_T, USE_FMA);                 \
+        exp_hl_scaled(q, K, &eh, &el, USE_FMA);                                \
+        if (DT == DT_F64) {                                                    \
+            el += eh * c;                                                      \
+            if (STORE) { ph[(J)] = eh; pl[(J)] = el; }                         \
+        } else { /* rounded to <= 24 bits later: the pair is not needed */     \
+            eh += eh * c;                                                      \
+            el = 0.0;                                                          \
+            if (STORE) ph[(J)] = eh;                                           \
+        }                                                                      \
+        double g = (eh + sigma) - sigma;                                       \
+        ah[L] += g;                                                            \
+        al[L] += (eh - g) + el;                                                \
+        if (DOT) ad[L] += (eh > 0.0) ? eh * -q : 0.0;                          \
+    }
+    for (; j + LANES <= j1; j += LANES)
+        for (int l = 0; l < LANES; l++) EXP_BODY(j + l, l)
+    for (; j < j1; j++) EXP_BODY(j, 0)
+#undef EXP_BODY
+    for (int l = 0; l < LANES; l++) {
+        acc_out->hi += ah[l];
+        acc_out->lo += al[l];
+        acc_out->dot += ad[l];
+    }
+}
+
+/* grid 1.5 * 2^g such that C terms below 2^e_top sum exactly on it */
+static double grid_sigma(double top, Py_ssize_t C) {
+    int e;
+    frexp(top, &e);              /* top < 2^e */
+    e += 1;                      /* room for the terms' lo words */
+    if (e < -900) e = -900;
+    int nb = 1;
+    while (((Py_ssize_t)1 << nb) < C + 1) nb++;
+    return ldexp(1.5, e + nb);
+}
+
+/* L = log1p(sum_{j != k} exp(z_j)) as a double-double, z_j = (x_j - m)/t, with
+ * k the argmax. The grid of the split sum is scaled to the largest such term
+ * (x's second maximum *m2_out), and rows of tiny terms are summed scaled by
+ * an exact 2^K. Returns S = sum (*s_out, float64) and, with DOT, the entropy
+ * dot product sum_j e_j (-z_j). */
+AI void rest_lse(const void *x, Py_ssize_t C, Py_ssize_t k, double m, double t, double *lh,
+                 double *ll, double *m2_out, double *s_out, double *dot_out, const int DT,
+                 const int HAS_T, const int USE_FMA, const int DOT) {
+    double m2 = -INFINITY;
+    *lh = 0.0; *ll = 0.0;
+    if (s_out) *s_out = 0.0;
+    if (dot_out) *dot_out = 0.0;
+    if (C > 1) {
+        double a = row_max(x, 0, k, NULL, DT), b = row_max(x, k + 1, C, NULL, DT);
+        m2 = a > b ? a : b;
+    }
+    *m2_out = m2;
+    if (!(m2 > -INFINITY)) return;
+    double top = exp(HAS_T ? (m2 - m) / t : (m2 - m));
+    if (!(top > 0.0)) return;
+    int e;
+    frexp(top, &e);
+    int64_t K = e < -900 ? (int64_t)(-e) : 0;     /* scale tiny terms up exactly */
+    if (K > 1000) K = 1000;
+    double sigma = grid_sigma(ldexp(top, (int)K), C);
+    sums_t s = {0.0, 0.0, 0.0};
+    exp_sum(x, 0, k, m, t, sigma, K, NULL, NULL, &s, DT, HAS_T, USE_FMA, 0, DOT);
+    exp_sum(x, k + 1, C, m, t, sigma, K, NULL, NULL, &s, DT, HAS_T, USE_FMA, 0, DOT);
+    double shi = s.hi + s.lo;   /* TwoSum: s.hi may be 0 */
+    double bb = shi - s.hi;
+    double slo = (s.hi - (shi - bb)) + (s.lo - bb);
+    if (K) { shi = ldexp(shi, (int)-K); slo = ldexp(slo, (int)-K); s.dot = ldexp(s.dot, (int)-K); }
+    log1p_dd(shi, slo, lh, ll);
+    if (s_out) *s_out = shi;
+    if (dot_out) *dot_out = s.dot;
+}
+
+/* ------------------------------------------------------------------------ */
+/* softmax / log-softmax over rows [r0, r1)                                  */
+
+typedef struct {
+    int64_t exp_overflow, exp_underflow, nan_entries, nan_rows, masked_rows, posinf_rows;
+} stats_t;
+
+typedef struct {
+    const void *x;
+    void *out;
+    Py_ssize_t C;
+    double t;
+    int kind;       /* 0 prob, 1 logprob */
+    int masked_zero;
+    int64_t *argmax;
+    double *ph, *pl;  /* scratch, C doubles each */
+} sm_args;
+
+/* special rows: NaN, +inf maximum, all -inf. Returns 1 if handled. */
+AI int special_row(const sm_args *A, const void *x, void *o, double m, int has_nan,
+                   Py_ssize_t r, stats_t *S, const int DT) {
+    Py_ssize_t C = A->C;
+    if (has_nan) {
+        for (Py_ssize_t j = 0; j < C; j++) st(o, j, NAN, DT);
+        S->nan_entries += C; S->nan_rows++;
+        if (A->argmax) {
+            Py_ssize_t k = 0;
+            for (Py_ssize_t j = 0; j < C; j++) { double v = ld(x, j, DT); if (v != v) { k = j; break; } }
+            A->argmax[r] = k;
+        }
+        return 1;
+    }
+    if (m == INFINITY) {
+        Py_ssize_t n = 0;
+        for (Py_ssize_t j = 0; j < C; j++) n += ld(x, j, DT) == INFINITY;
+        double p = A->kind ? (n == 1 ? 0.0 : -log((double)n)) : 1.0 / (double)n; /* +0.0 as numpy */
+        double z = A->kind ? -INFINITY : 0.0;
+        for (Py_ssize_t j = 0; j < C; j++) st(o, j, ld(x, j, DT) == INFINITY ? p : z, DT);
+        S->posinf_rows++;
+        if (A->argmax) A->argmax[r] = first_index(x, C, m, DT);
+        return 1;
+    }
+    if (m == -INFINITY) {
+        double v = A->masked_zero ? (A->kind ? -INFINITY : 0.0) : NAN;
+        for (Py_ssize_t j = 0; j < C; j++) st(o, j, v, DT);
+        S->masked_rows++;
+        if (!A->masked_zero) { S->nan_entries += C; S->nan_rows++; }
+        if (A->argmax) A->argmax[r] = 0;
+        return 1;
+    }
+    return 0;
+}
+
+AI void softmax_row_prob(const sm_args *A, const void *x, void *o, double m, stats_t *S,
+                         const int DT, const int HAS_T, const int USE_FMA) {
+    Py_ssize_t C = A->C;
+    double *ph = A->ph, *pl = A->pl;
+    double sigma = grid_sigma(1.0, C);
+    sums_t s = {0.0, 0.0, 0.0};
+    exp_sum(x, 0, C, m, A->t, sigma, 0, ph, pl, &s, DT, HAS_T, USE_FMA, 1, 0);
+    double shi = s.hi + s.lo;              /* Fast2Sum: s.hi >= 1 > |s.lo| */
+    double slo = s.lo - (shi - s.hi);
+    double inv = 1.0 / shi;
+    int64_t under[LANES];
+    for (int l = 0; l < LANES; l++) under[l] = 0;
+    Py_ssize_t j = 0;
+#define OUT_BODY(J, L)                                                          \
+    {                                                                           \
+        double h = ph[(J)];                                                     \
+        double q = h * inv;                                                     \
+        double v = q;                                                           \
+        if (DT == DT_F64) {                                                     \
+            double p = q * shi;                                                 \
+            double rr = (h - p) - prod_err(q, shi, p, USE_FMA); /* h - q shi */ \
+            v = q + ((rr + pl[(J)]) - q * slo) * inv;                           \
+        }                                                                       \
+        st(o, (J), v, DT);                                                      \
+        under[L] += st_is_zero(v, DT) & (ld(x, (J), DT) > -INFINITY);           \
+    }
+    for (; j + LANES <= C; j += LANES)
+        for (int l = 0; l < LANES; l++) OUT_BODY(j + l, l)
+    for (; j < C; j++) OUT_BODY(j, 0)
+#undef OUT_BODY
+    for (int l = 0; l < LANES; l++) S->exp_underflow += under[l];
+}
+
+AI void softmax_row_log(const sm_args *A, const void *x, void *o, double m, Py_ssize_t k,
+                        stats_t *S, const int DT, const int HAS_T, const int USE_FMA) {
+    Py_ssize_t C = A->C;
+    double t = A->t;
+    double lh, ll, m2;
+    rest_lse(x, C, k, m, t, &lh, &ll, &m2, NULL, NULL, DT, HAS_T, USE_FMA, 0);
+    double lim = LOG_UNDER[DT];
+    int64_t under[LANES];
+    for (int l = 0; l < LANES; l++) under[l] = 0;
+    Py_ssize_t j = 0;
+#define LOG_BODY(J, L)                                                          \
+    {                                                                           \
+        double xv = ld(x, (J), DT);                                             \
+        double q, c;                                                            \
+        shifted(xv, m, t, &q, &c, HAS_T, USE_FMA);                              \
+        double s = q - lh;                                                      \
+        double bv = s - q;                                                      \
+        double e1 = (q - (s - bv)) + (-lh - bv);                                \
+        double v = s + ((e1 + c) - ll);                                         \
+        v = (q == -INFINITY) ? -INFINITY : v;                                   \
+        st(o, (J), v, DT);                                                      \
+        under[L] += (v < lim) & (xv > -INFINITY);                               \
+    }
+    for (; j + LANES <= C; j += LANES)
+        for (int l = 0; l < LANES; l++) LOG_BODY(j + l, l)
+    for (; j < C; j++) LOG_BODY(j, 0)
+#undef LOG_BODY
+    for (int l = 0; l < LANES; l++) S->exp_underflow += under[l];
+    st(o, k, -(lh + ll), DT);
+}
+
+AI void softmax_rows_t(const sm_args *A, Py_ssize_t r0, Py_ssize_t r1, stats_t *S, const int DT,
+                       const int HAS_T, const int USE_FMA) {
+    Py_ssize_t C = A->C;
+    size_t isz = (size_t)ITEMSIZE[DT];
+    for (Py_ssize_t r = r0; r < r1; r++) {
+        const char *x = (const char *)A->x + (size_t)r * C * isz;
+        char *o = (char *)A->out + (size_t)r * C * isz;
+        int has_nan;
+        double m = row_max(x, 0, C, &has_nan, DT);
+        if (special_row(A, x, o, m, has_nan, r, S, DT)) continue;
+        if (A->kind == 0) {
+            softmax_row_prob(A, x, o, m, S, DT, HAS_T, USE_FMA);
+            if (A->argmax) A->argmax[r] = first_index(x, C, m, DT);
+        } else {
+            Py_ssize_t k = first_index(x, C, m, DT);
+            softmax_row_log(A, x, o, m, k, S, DT, HAS_T, USE_FMA);
+            if (A->argmax) A->argmax[r] = k;
+        }
+    }
+}
+
+#define DISPATCH_DT(FN, ...)                                                    \
+    switch (dt) {                                                               \
+    case DT_F16: FN(__VA_ARGS__, DT_F16); break;                                \
+    case DT_BF16: FN(__VA_ARGS__, DT_BF16); break;                              \
+    case DT_F32: FN(__VA_ARGS__, DT_F32); break;                                \
+    default: FN(__VA_ARGS__, DT_F64); break;                                    \
+    }
+
+AI void softmax_rows_dt(const sm_args *A, Py_ssize_t r0, Py_ssize_t r1, stats_t *S, const int DT) {
+    /* g_fma is a run-time flag (not a template constant) to halve the code size */
+    if (A->t != 1.0) softmax_rows_t(A, r0, r1, S, DT, 1, g_fma);
+    else softmax_rows_t(A, r0, r1, S, DT, 0, g_fma);
+}
+
+SMX_CLONES
+static void softmax_rows_kernel(const sm_args *A, Py_ssize_t r0, Py_ssize_t r1, stats_t *S, int dt) {
+    DISPATCH_DT(softmax_rows_dt, A, r0, r1, S)
+}
+
+/* ------------------------------------------------------------------------ */
+/* logsumexp                                                                 */
+
+typedef struct {
+    const void *x;
+    void *out;
+    int out_dt;
+    Py_ssize_t C;
+    double t;
+} lse_args;
+
+AI void lse_rows_t(const lse_args *A, Py_ssize_t r0, Py_ssize_t r1, const int DT, const int HAS_T,
+                   const int USE_FMA) {
+    Py_ssize_t C = A->C;
+    size_t isz = (size_t)ITEMSIZE[DT];
+    double t = A->t;
+    for (Py_ssize_t r = r0; r < r1; r++) {
+        const char *x = (const char *)A->x + (size_t)r * C * isz;
+        int has_nan;
+        double m = C ? row_max(x, 0, C, &has_nan, DT) : -INFINITY;
+        double v;
+        if (C == 0) v = -INFINITY;
+        else if (has_nan) v = NAN;
+        else if (!isfinite(m)) v = m;
+        else {
+            Py_ssize_t k = first_index(x, C, m, DT);
+            double m2, lh, ll;
+            rest_lse(x, C, k, m, t, &lh, &ll, &m2, NULL, NULL, DT, HAS_T, USE_FMA, 0);
+            /* m / t as mq + mr */
+            double mq = m, mr = 0.0;
+            if (HAS_T) {
+                mq = m / t;
+                double p = mq * t;
+                mr = ((m - p) - prod_err(mq, t, p, USE_FMA)) / t;
+            }
+            double s = mq + lh, bv = s - mq;
+            double e = (mq - (s - bv)) + (lh - bv);
+            v = s + (e + (mr + ll));
+        }
+        st(A->out, r, v, A->out_dt == DT_F64 ? DT_F64 : DT);
+    }
+}
+
+AI void lse_rows_dt(const lse_args *A, Py_ssize_t r0, Py_ssize_t r1, const int DT) {
+    if (A->t != 1.0) lse_rows_t(A, r0, r1, DT, 1, g_fma);
+    else lse_rows_t(A, r0, r1, DT, 0, g_fma);
+}
+
+SMX_CLONES
+static void lse_rows_kernel(const lse_args *A, Py_ssize_t r0, Py_ssize_t r1, int dt) {
+    DISPATCH_DT(lse_rows_dt, A, r0, r1)
+}
+
+/* ------------------------------------------------------------------------ */
+/* cross-entropy with class indices, one sweep per row                      */
+
+typedef struct {
+    const void *x;
+    Py_ssize_t C;
+    const int64_t *target;
+    const double *weight;  /* NULL: 1 */
+    double wsum;           /* sum of weights (smoothing) */
+    int64_t ignore_index;
+    double eps;
+    double *loss, *logp_true, *p_true, *margin, *entropy;
+    int64_t *argmax;
+    uint8_t *top5, *fallback;
+} xe_args;
+
+AI void xent_rows_t(const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, const int DT,
+                    const int USE_FMA) {
+    Py_ssize_t C = A->C;
+    size_t isz = (size_t)ITEMSIZE[DT];
+    Py_ssize_t k5 = C < 5 ? C : 5;
+    double eps = A->eps;
+    const double *w = A->weight;
+    for (Py_ssize_t r = r0; r < r1; r++) {
+        const char *x = (const char *)A->x + (size_t)r * C * isz;
+        int has_nan;
+        double m = row_max(x, 0, C, &has_nan, DT);
+        if (has_nan || !isfinite(m)) { A->fallback[r] = 1; (*nfb)++; continue; }
+        A->fallback[r] = 0;
+        Py_ssize_t k = first_index(x, C, m, DT);
+        double m2, lh, ll, shi, dot;
+        rest_lse(x, C, k, m, 1.0, &lh, &ll, &m2, &shi, &dot, DT, 0, USE_FMA, 1);
+        A->argmax[r] = k;
+        A->entropy[r] = (lh + ll) + dot / (1.0 + shi);
+        int64_t y = A->target[r];
+        if (y == A->ignore_index) {
+            A->loss[r] = 0.0;
+            A->logp_true[r] = NAN;
+            A->p_true[r] = NAN;
+            A->margin[r] = NAN;
+            A->top5[r] = 0;
+            continue;
+        }
+        double lpy, zy;
+        double xy = ld(x, y, DT);
+        {
+            double q, c;
+            shifted(xy, m, 1.0, &q, &c, 0, USE_FMA);
+            zy = q + c;
+            double s = q - lh, bv = s - q;
+            double e1 = (q - (s - bv)) + (-lh - bv);
+            lpy = (y == k) ? -(lh + ll) : s + ((e1 + c) - ll);
+            if (q == -INFINITY) lpy = -INFINITY;
+        }
+        A->logp_true[r] = lpy;
+        A->p_true[r] = exp(lpy);
+        double wy = w ? w[y] : 1.0;
+        double loss = (wy > 0.0) ? -(wy * lpy) : 0.0;
+        if (eps > 0.0) {
+            /* sum_c w_c (-logp_c) = L W + sum_c w_c (-z_c), every term >= 0 */
+            double acc[LANES];
+            for (int l = 0; l < LANES; l++) acc[l] = 0.0;
+            Py_ssize_t j = 0;
+            for (; j + LANES <= C; j += LANES)
+                for (int l = 0; l < LANES; l++) {
+                    double wc = w ? w[j + l] : 1.0;
+                    double nz = m - ld(x, j + l, DT);
+                    acc[l] += wc > 0.0 ? wc * nz : 0.0;
+                }
+            double sm = 0.0;
+            for (; j < C; j++) {
+                double wc = w ? w[j] : 1.0;
+                double nz = m - ld(x, j, DT);
+                sm += wc > 0.0 ? wc * nz : 0.0;
+            }
+            for (int l = 0; l < LANES; l++) sm += acc[l];
+            double smooth = (lh + ll) * A->wsum + sm;
+            double nll_part = (wy > 0.0) ? (1.0 - eps) * (wy * -lpy) : 0.0;
+            loss = nll_part + (eps / (double)C) * smooth;
+        }
+        A->loss[r] = 0.0 + loss;
+        /* top-5: fewer than k5 classes strictly above the true one */
+        int64_t above = 0;
+        for (Py_ssize_t j = 0; j < C; j++) above += ld(x, j, DT) > xy;
+        A->top5[r] = above < k5;
+        if (C == 1) A->margin[r] = NAN;
+        else if (y == k) {
+            double q, c;
+            shifted(m2, m, 1.0, &q, &c, 0, USE_FMA);
+            A->margin[r] = -(q + c);
+        } else A->margin[r] = zy;
+    }
+}
+
+AI void xent_rows_dt(const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, const int DT) {
+    xent_rows_t(A, r0, r1, nfb, DT, g_fma);
+}
+
+SMX_CLONES
+static void xent_rows_kernel(const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, int dt) {
+    DISPATCH_DT(xent_rows_dt, A, r0, r1, nfb)
+}
+
+/* ------------------------------------------------------------------------ */
+/* Python glue                                                               */
+
+static int get_buf(PyObject *o, Py_buffer *b, int writable, Py_ssize_t need, const char *what) {
+    if (PyObject_GetBuffer(o, b, PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0)) < 0)
+        return -1;
+    if (b->len < need) {
+        PyErr_Format(PyExc_ValueError, "%s: buffer of %zd bytes, need %zd", what, b->len, need);
+        PyBuffer_Release(b);
+        return -1;
+    }
+    return 0;
+}
+
+static int check_rows(int dt, Py_ssize_t n, Py_ssize_t c, Py_ssize_t r0, Py_ssize_t r1) {
+    if (dt < 0 || dt > 3) { PyErr_SetString(PyExc_ValueError, "bad dtype code"); return -1; }
+    if (n < 0 || c < 0 || r0 < 0 || r1 > n || r0 > r1) {
+        PyErr_SetString(PyExc_ValueError, "bad shape or row range");
+        return -1;
+    }
+    return 0;
+}
+
+/* softmax(x, out, dt, n, c, kind, t, masked_zero, r0, r1, argmax|None) -> stats tuple */
+static PyObject *py_softmax(PyObject *self, PyObject *args) {
+    PyObject *xo, *oo, *ao;
+    int dt, kind, mz;
+    Py_ssize_t n, c, r0, r1;
+    double t;
+    if (!PyArg_ParseTuple(args, "OOinnidinnO", &xo, &oo, &dt, &n, &c, &kind, &t, &mz, &r0, &r1, &ao))
+        return NULL;
+    if (check_rows(dt, n, c, r0, r1) < 0) return NULL;
+    Py_ssize_t need = n * c * ITEMSIZE[dt];
+    Py_buffer xb, ob, ab;
+    int have_a = ao != Py_None;
+    if (get_buf(xo, &xb, 0, need, "x") < 0) return NULL;
+    if (get_buf(oo, &ob, 1, need, "out") < 0) { PyBuffer_Release(&xb); return NULL; }
+    if (have_a && get_buf(ao, &ab, 1, n * 8, "argmax") < 0) {
+        PyBuffer_Release(&xb); PyBuffer_Release(&ob); return NULL;
+    }
+    stats_t S = {0, 0, 0, 0, 0, 0};
+    double *scratch = NULL;
+    if (kind == 0 && c > 0) {
+        scratch = (double *)malloc(sizeof(double) * 2 * (size_t)c);
+        if (!scratch) {
+            PyBuffer_Release(&xb); PyBuffer_Release(&ob);
+            if (have_a) PyBuffer_Release(&ab);
+            return PyErr_NoMemory();
+        }
+    }
+    sm_args A = {xb.buf, ob.buf, c, t, kind, mz, have_a ? (int64_t *)ab.buf : NULL,
+                 scratch, scratch ? scratch + c : NULL};
+    if (c > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        softmax_rows_kernel(&A, r0, r1, &S, dt);
+        Py_END_ALLOW_THREADS
+    }
+    free(scratch);
+    PyBuffer_Release(&xb); PyBuffer_Release(&ob);
+    if (have_a) PyBuffer_Release(&ab);
+    return Py_BuildValue("(LLLLLL)", (long long)S.exp_overflow, (long long)S.exp_underflow,
+                         (long long)S.nan_entries, (long long)S.nan_rows,
+                         (long long)S.masked_rows, (long long)S.posinf_rows);
+}
+
+/* logsumexp(x, out, dt, out_dt, n, c, t, r0, r1) */
+static PyObject *py_logsumexp(PyObject *self, PyObject *args) {
+    PyObject *xo, *oo;
+    int dt, odt;
+    Py_ssize_t n, c, r0, r1;
+    double t;
+    if (!PyArg_ParseTuple(args, "OOiinndnn", &xo, &oo, &dt, &odt, &n, &c, &t, &r0, &r1)) return NULL;
+    if (check_rows(dt, n, c, r0, r1) < 0) return NULL;
+    if (odt != dt && odt != DT_F64) { PyErr_SetString(PyExc_ValueError, "bad out dtype"); return NULL; }
+    Py_buffer xb, ob;
+    if (get_buf(xo, &xb, 0, n * c * ITEMSIZE[dt], "x") < 0) return NULL;
+    if (get_buf(oo, &ob, 1, n * ITEMSIZE[odt], "out") < 0) { PyBuffer_Release(&xb); return NULL; }
+    lse_args A = {xb.buf, ob.buf, odt, c, t};
+    Py_BEGIN_ALLOW_THREADS
+    lse_rows_kernel(&A, r0, r1, dt);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&xb); PyBuffer_Release(&ob);
+    Py_RETURN_NONE;
+}
+
+/* xent(x, dt, n, c, target, weight|None, wsum, ignore_index, eps, r0, r1,
+ *      loss, logp_true, p_true, argmax, top5, margin, entropy, fallback) -> n_fallback */
+static PyObject *py_xent(PyObject *self, PyObject *args) {
+    PyObject *xo, *to, *wo, *outs[8];
+    int dt;
+    Py_ssize_t n, c, r0, r1;
+    long long ign;
+    double wsum, eps;
+    if (!PyArg_ParseTuple(args, "OinnOOdLdnnOOOOOOOO", &xo, &dt, &n, &c, &to, &wo, &wsum, &ign, &eps,
+                          &r0, &r1, &outs[0], &outs[1], &outs[2], &outs[3], &outs[4], &outs[5],
+                          &outs[6], &outs[7]))
+        return NULL;
+    if (check_rows(dt, n, c, r0, r1) < 0) return NULL;
+    if (c < 1) { PyErr_SetString(PyExc_ValueError, "no classes"); return NULL; }
+    Py_buffer bufs[11];
+    int nb = 0, ok = 1;
+    Py_ssize_t sizes[8] = {8, 8, 8, 8, 1, 8, 8, 1};
+    if (get_buf(xo, &bufs[nb], 0, n * c * ITEMSIZE[dt], "x") < 0) return NULL;
+    nb++;
+    if (get_buf(to, &bufs[nb], 0, n * 8, "target") < 0) ok = 0; else nb++;
+    int have_w = wo != Py_None;
+    if (ok && have_w) { if (get_buf(wo, &bufs[nb], 0, c * 8, "weight") < 0) ok = 0; else nb++; }
+    for (int i = 0; ok && i < 8; i++) {
+        if (get_buf(outs[i], &bufs[nb], 1, n * sizes[i], "output") < 0) ok = 0; else nb++;
+    }
+    if (!ok) { for (int i = 0; i < nb; i++) PyBuffer_Release(&bufs[i]); return NULL; }
+    int o0 = have_w ? 3 : 2;
+    /* check the targets here (with the GIL): in [0, C) or ignore_index */
+    const int64_t *tg = (const int64_t *)bufs[1].buf;
+    for (Py_ssize_t r = r0; r < r1; r++) {
+        if (tg[r] != ign && (tg[r] < 0 || tg[r] >= c)) {
+            PyErr_Format(PyExc_ValueError, "target %lld of row %zd is out of range [0, %zd)",
+                         (long long)tg[r], r, c);
+            for (int i = 0; i < nb; i++) PyBuffer_Release(&bufs[i]);
+            return NULL;
+        }
+    }
+    xe_args A = {bufs[0].buf, c, tg, have_w ? (const double *)bufs[2].buf : NULL, wsum,
+                 (int64_t)ign, eps,
+                 (double *)bufs[o0 + 0].buf, (double *)bufs[o0 + 1].buf, (double *)bufs[o0 + 2].buf,
+                 (double *)bufs[o0 + 5].buf, (double *)bufs[o0 + 6].buf,
+                 (int64_t *)bufs[o0 + 3].buf, (uint8_t *)bufs[o0 + 4].buf, (uint8_t *)bufs[o0 + 7].buf};
+    int64_t nfb = 0;
+    Py_BEGIN_ALLOW_THREADS
+    xent_rows_kernel(&A, r0, r1, &nfb, dt);
+    Py_END_ALLOW_THREADS
+    for (int i = 0; i < nb; i++) PyBuffer_Release(&bufs[i]);
+    return PyLong_FromLongLong((long long)nfb);
+}
+
+/* the instruction set of the clone that runs (the resolver's choice) */
+static const char *isa_name(void) {
+#if SMX_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("x86-64-v4")) return "avx512";
+    if (__builtin_cpu_supports("x86-64-v3")) return "avx2";
+#endif
+    return "baseline";
+}
+
+static PyObject *py_isa(PyObject *self, PyObject *noargs) { return PyUnicode_FromString(isa_name()); }
+
+/* test hook: exp_hl on one value -> (hi, lo) */
+static PyObject *py_exp_hl(PyObject *self, PyObject *args) {
+    double x, h, l;
+    if (!PyArg_ParseTuple(args, "d", &x)) return NULL;
+    exp_hl(x, &h, &l, 0);
+    return Py_BuildValue("(dd)", h, l);
+}
+
+/* test hook: round16(src float64 buffer, dst uint16 buffer, n, dt) */
+static PyObject *py_round16(PyObject *self, PyObject *args) {
+    PyObject *so, *dso;
+    Py_ssize_t n;
+    int dt;
+    if (!PyArg_ParseTuple(args, "OOni", &so, &dso, &n, &dt)) return NULL;
+    Py_buffer sb, db;
+    if (get_buf(so, &sb, 0, n * 8, "src") < 0) return NULL;
+    if (get_buf(dso, &db, 1, n * 2, "dst") < 0) { PyBuffer_Release(&sb); return NULL; }
+    const double *src = (const double *)sb.buf;
+    uint16_t *dst = (uint16_t *)db.buf;
+    for (Py_ssize_t i = 0; i < n; i++) dst[i] = dt == DT_F16 ? f64_to_f16(src[i]) : f64_to_bf16(src[i]);
+    PyBuffer_Release(&sb); PyBuffer_Release(&db);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_set_fma(PyObject *self, PyObject *args) {
+    int v;
+    if (!PyArg_ParseTuple(args, "p", &v)) return NULL;
+    int old = g_fma;
+    g_fma = v && (strcmp(isa_name(), "baseline") != 0);
+    return PyBool_FromLong(old);
+}
+
+static PyMethodDef methods[] = {
+    {"softmax", py_softmax, METH_VARARGS, "softmax(x, out, dt, n, c, kind, t, masked_zero, r0, r1, argmax)"},
+    {"logsumexp", py_logsumexp, METH_VARARGS, "logsumexp(x, out, dt, out_dt, n, c, t, r0, r1)"},
+    {"xent", py_xent, METH_VARARGS, "xent(x, dt, n, c, target, weight, wsum, ignore_index, eps, r0, r1, "
+                                    "loss, logp_true, p_true, argmax, top5, margin, entropy, fallback)"},
+    {"isa", py_isa, METH_NOARGS, "instruction set of the running clone"},
+    {"exp_hl", py_exp_hl, METH_VARARGS, "exp(x) as (hi, lo) (test hook)"},
+    {"round16", py_round16, METH_VARARGS, "round16(src_f64, dst_u16, n, dt) (test hook)"},
+    {"set_fma", py_set_fma, METH_VARARGS, "use FMA for exact products (test hook); returns old"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_smx_native",
+                                    "Fused accurate softmax kernels for smx.", -1, methods};
+
+PyMODINIT_FUNC PyInit__smx_native(void) {
+    g_fma = strcmp(isa_name(), "baseline") != 0;
+    return PyModule_Create(&moddef);
+}
