@@ -28,7 +28,7 @@ if not native.available():  # pragma: no cover - depends on the build
 import ml_dtypes  # noqa: E402
 import mpmath  # noqa: E402
 
-from smx_cli.reference import exact_softmax  # noqa: E402
+from smx_cli.core.reference import exact_softmax  # noqa: E402
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 DTYPES = [np.dtype(np.float16), BF16, np.dtype(np.float32), np.dtype(np.float64)]
