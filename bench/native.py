@@ -36,10 +36,13 @@ sys.path.insert(0, ROOT)
 
 from smx_cli.core import native  # noqa: E402
 
-try:
-    from smx_cli.core.softmax import compute  # after the restructure
-except ImportError:  # pragma: no cover
-    from smx_cli.softmax_ops import compute
+from smx_cli.core.softmax import compute as _compute
+
+
+def compute(*args, **kwargs):
+    """The numpy reference engine (compute() runs the native one when it is built)."""
+    with native.numpy_engine():
+        return _compute(*args, **kwargs)
 
 try:
     import torch

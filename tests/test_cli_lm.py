@@ -236,3 +236,12 @@ def test_lm_options_are_refused_with_the_scheduler():
     msg = fails("xent", LM_LOGITS, "--labels", LM_IDS, "--shift-labels", "--scheduler",
                 "synchronous", code=2)
     assert "--shift-labels is not supported with --scheduler" in msg
+
+
+def test_probs_input_out_of_range_names_the_logits_file(tmp_path):
+    p = np.full((2, 3, 4), 0.25)
+    p[1, 2, 0] = 1.5
+    np.save(tmp_path / "p.npy", p)
+    np.save(tmp_path / "y.npy", np.zeros((2, 3), dtype=np.int64))
+    msg = fails("xent", tmp_path / "p.npy", "--labels", tmp_path / "y.npy", "--input-kind", "probs")
+    assert msg.startswith(f"Error: {tmp_path / 'p.npy'}: ")

@@ -437,6 +437,18 @@ def test_help_and_version():
     assert r.exit_code == 0 and "smx" in r.stdout
 
 
+def test_version_names_the_engine(monkeypatch):
+    """--version says which engine computes: the compiled core or the numpy fallback."""
+    from smx_cli.core import native
+
+    monkeypatch.delenv("SMX_ENGINE", raising=False)
+    r = CliRunner().invoke(cli, ["--version"])
+    assert f"engine: {native.engine()}" in r.stdout
+    monkeypatch.setenv("SMX_ENGINE", "numpy")
+    r = CliRunner().invoke(cli, ["--version"])
+    assert r.exit_code == 0 and "engine: numpy" in r.stdout
+
+
 # ----------------------------------------------------------------------------
 # the installed entry points
 

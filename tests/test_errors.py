@@ -539,7 +539,7 @@ def test_output_into_missing_directory(tmp_path):
 def test_output_to_unwritable_place(tmp_path, monkeypatch):
     def denied(*a, **k):
         raise PermissionError(13, "Permission denied")
-    monkeypatch.setattr(smx_io.write.tempfile, "mkstemp", denied)
+    monkeypatch.setattr(smx_io.write, "_create_temp", denied)
     msg = fails("softmax", SEEDS, "-o", tmp_path / "out.csv")
     assert "cannot write in" in msg and "Permission denied" in msg and "another -o" in msg
     assert os.listdir(tmp_path) == []
@@ -615,16 +615,16 @@ def test_interrupt_mid_write_keeps_old_file(tmp_path, monkeypatch):
 
 
 def test_stale_temp_files_of_dead_processes_are_removed(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True).stdout.strip()
-    stale = tmp_path / f".smx-{dead}-abc123.part"
-    stale.write_bytes(b"half")
-    alive = tmp_path / f".smx-{os.getppid()}-xyz789.part"  # a running process's write
-    alive.write_bytes(b"busy")
+    """A leftover temporary file (our name, hash tag included, no lock held) is
+    removed; a file with a look-alike name is not (tests/test_hostile.py: locked ones)."""
+    fd, stale = smx_io.write._create_temp(str(tmp_path))  # noqa: SLF001
+    os.write(fd, b"half")
+    os.close(fd)  # closing drops the lock, as a SIGKILL does
     other = tmp_path / ".smx-notours.part"
     other.write_bytes(b"")
     ok("softmax", SEEDS, "-o", tmp_path / "out.csv")
-    assert sorted(os.listdir(tmp_path)) == sorted(["out.csv", alive.name, other.name])
+    assert sorted(os.listdir(tmp_path)) == sorted(["out.csv", other.name])
+    assert not os.path.exists(stale)
 
 
 def test_stdout_write_error_is_one_line(tmp_path):
@@ -776,7 +776,7 @@ def test_sigkill_mid_write(big_npy, tmp_path):
     assert 0 < pos < total and rc == -signal.SIGKILL
     assert out.read_bytes() == old
     residue = sorted(set(os.listdir(tmp_path)) - {"out.npy"})
-    assert all(smx_io.write._TEMP_NAME.match(n) for n in residue), residue  # noqa: SLF001
+    assert all(smx_io.is_temp_name(n) for n in residue), residue
     ok("softmax", SEEDS, "-o", tmp_path / "next.csv")
     assert sorted(os.listdir(tmp_path)) == ["next.csv", "out.npy"]
     np.testing.assert_array_equal(np.load(out), np.arange(3.0))

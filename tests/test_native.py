@@ -1,7 +1,7 @@
 """The compiled core (smx_cli.core._smx_native) against high-precision references.
 
 Every accuracy assertion compares with an independent reference: mpmath at 50
-digits for small cases, and the long double :func:`smx_cli.reference.exact_softmax`
+digits for small cases, and the long double :func:`smx_cli.core.reference.exact_softmax`
 (itself checked against mpmath in test_softmax.py, ~1/500 ulp of float64) for big
 ones -- never the kernel against itself. Bounds (the documented ones):
 
@@ -123,7 +123,8 @@ def adversarial_rows(rng, dt) -> list[np.ndarray]:
 # engine selection
 
 
-def test_engine_name():
+def test_engine_name(monkeypatch):
+    monkeypatch.delenv("SMX_ENGINE", raising=False)  # the suite also runs under SMX_ENGINE=numpy
     assert native.engine().startswith("native-")
     assert native.engine() in ("native-avx512", "native-avx2", "native-baseline")
 
@@ -132,6 +133,9 @@ def test_smx_engine_numpy_forces_fallback(monkeypatch):
     monkeypatch.setenv("SMX_ENGINE", "numpy")
     assert native.engine() == "numpy"
     monkeypatch.delenv("SMX_ENGINE")
+    assert native.engine() != "numpy"
+    with native.numpy_engine():
+        assert native.engine() == "numpy"
     assert native.engine() != "numpy"
 
 
@@ -201,11 +205,13 @@ def test_mpmath_spot_check_float64():
 
 
 def _reference_compute():
-    try:
-        from smx_cli.core.softmax import compute
-    except ImportError:
-        from smx_cli.softmax_ops import compute
-    return compute
+    """The numpy reference kernels (compute() itself runs the native engine when built)."""
+    from smx_cli.core.softmax import compute
+
+    def reference(*args, **kwargs):
+        with native.numpy_engine():
+            return compute(*args, **kwargs)
+    return reference
 
 
 @pytest.mark.parametrize("dt", DTYPES, ids=str)

@@ -138,6 +138,9 @@ class Accumulator:
         n = values.shape[0]
         width = values.shape[1] if values.ndim == 2 else 0
         self.classes = width
+        if not values.size:  # no values (maybe 10**15 rows of 0 classes): nothing to count
+            self.rows += n
+            return
         step = max(1, _DIAG_BLOCK // max(width, 1))
         with np.errstate(all="ignore"):
             for s0 in range(0, n, step):

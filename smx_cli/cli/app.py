@@ -46,6 +46,28 @@ COMMANDS = {
 }
 
 
+def _show_version(ctx, value) -> None:
+    """``smx --version``: the package version and which engine computes
+    (the compiled core and its instruction set, or the numpy fallback)."""
+    if not value or ctx.resilient_parsing:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    from smx_cli.core import native
+
+    try:
+        v = version("smx-cli")
+    except PackageNotFoundError:  # a source tree
+        v = "0+unknown"
+    eng = native.engine()
+    why = ""
+    if eng == "numpy":
+        why = (" (SMX_ENGINE=numpy)" if native.available()
+               else " (the compiled core is not built; reinstall with a C compiler)")
+    click.echo(f"smx, version {v}\nengine: {eng}{why}")
+    ctx.exit()
+
+
 class _CliError(click.ClickException):
     """A library error (SmxError, a ValueError) as click shows it: one line, its exit code."""
 
@@ -82,7 +104,9 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup,
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
              epilog=EPILOG)
-@click.version_option(package_name="smx-cli", prog_name="smx")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=lambda ctx, param, value: _show_version(ctx, value),
+              help="Show the version and the compute engine, and exit.")
 def cli():
     """smx: softmax, log-softmax and cross-entropy from the shell.
 
@@ -115,8 +139,94 @@ def _quiet_stdout() -> None:
         pass
 
 
-def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
-    raise Terminated
+def _on_signal(signum, frame):  # noqa: ARG001 - signal handler signature
+    """The first SIGINT/SIGTERM stops the work; later ones wait until smx exits.
+
+    A second signal landing while the first unwinds would interrupt the
+    removal of the temporary output file (SIGINT then SIGTERM a few ms apart).
+    """
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _later)
+    raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
+
+
+def _later(signum, frame):  # noqa: ARG001 - signal handler signature
+    """Ignored while cleaning up; :func:`_exit` ends the process right after."""
+
+
+def _exit_now(signum, frame):  # noqa: ARG001 - signal handler signature
+    os._exit(128 + signum)
+
+
+def _exit(code: int) -> None:
+    """Exit with ``code``; a signal from now on ends the process at once.
+
+    Interpreter shutdown joins worker threads: a second Ctrl-C or a SIGTERM
+    landing there would print "Exception ignored in threading._shutdown".
+    """
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            signal.signal(sig, _exit_now)
+        except (ValueError, OSError):  # not the main thread
+            pass
+    sys.exit(code)
+
+
+def _standard_streams() -> None:
+    """Make fds 0-2 safe to use, and every message encodable.
+
+    A closed stdout (``smx ... >&-``) becomes a pipe without a reader, so a
+    write to it is a closed pipe: smx stops quietly as for ``| head -0``. A
+    closed stdin or stderr becomes /dev/null. Without this the first file smx
+    opens would get fd 1 and the table would be printed into it. Text that
+    the terminal's encoding cannot show (PYTHONIOENCODING=ascii and a class
+    named "café") is written with backslash escapes instead of failing.
+    """
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+            is_open = getattr(sys, name) is not None
+        except OSError:
+            is_open = False
+        if is_open:
+            continue
+        try:
+            if fd == 1:
+                r, w = os.pipe()
+                os.close(r)
+                src = w
+            else:
+                src = os.open(os.devnull, os.O_RDWR)
+            if src != fd:
+                os.dup2(src, fd)
+                os.close(src)
+            setattr(sys, name, open(fd, mode, closefd=False, encoding="utf-8",  # noqa: SIM115
+                                    errors="backslashreplace"))
+        except OSError:
+            pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):
+            pass
+
+
+# tokens longer than this are cut in messages (a 5 MB "number" is not echoed)
+_MAX_TOKEN = 120
+_MAX_MESSAGE = 2000
+
+
+def _cap(text: str) -> str:
+    """One line, each overlong token cut to a head and its length, the whole bounded."""
+    words = []
+    for w in str(text).split():
+        if len(w) > _MAX_TOKEN:
+            w = f"{w[:_MAX_TOKEN // 2]}...[{len(w):,} characters]"
+        words.append(w)
+    line = " ".join(words)
+    if len(line) > _MAX_MESSAGE:
+        line = f"{line[:_MAX_MESSAGE]}...[{len(line):,} characters]"
+    return line
 
 
 def main() -> None:
@@ -128,9 +238,20 @@ def main() -> None:
     ``SMX_DEBUG=1``).
     """
     try:
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        _exit(_run())
+    except KeyboardInterrupt:  # landed between two handlers
+        _exit(EXIT_INTERRUPTED)
+    except Terminated:
+        _exit(EXIT_TERMINATED)
+
+
+def _run() -> int:
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _on_signal)
     except (ValueError, OSError):  # not the main thread: leave the default
         pass
+    _standard_streams()
     if not sys.warnoptions and not os.environ.get("SMX_DEBUG"):
         # numpy's floating-point warnings (e.g. casting a signalling NaN) are
         # not for users: NaN/inf are counted in the diagnostics, and stderr
@@ -140,50 +261,58 @@ def main() -> None:
     try:
         rv = cli.main(prog_name="smx", standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt):
-        click.echo("smx: interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        _say("smx: interrupted")
+        return EXIT_INTERRUPTED
     except Terminated:
-        click.echo("smx: terminated", err=True)
-        sys.exit(EXIT_TERMINATED)
+        _say("smx: terminated")
+        return EXIT_TERMINATED
     except click.UsageError as exc:
-        click.echo(f"Error: {_usage_line(exc)}", err=True)
-        sys.exit(exc.exit_code)
+        _say(f"Error: {_cap(_usage_line(exc))}")
+        return exc.exit_code
     except click.ClickException as exc:
-        click.echo(f"Error: {_one_line(exc.format_message())}", err=True)
-        sys.exit(exc.exit_code)
+        _say(f"Error: {_cap(exc.format_message())}")
+        return exc.exit_code
     except (StdoutClosed, BrokenPipeError):
         # the reader went away (smx ... | head): stop quietly
         _quiet_stdout()
-        sys.exit(EXIT_OK)
+        return EXIT_OK
     except SystemExit as exc:
         # click turns a broken pipe it meets itself into exit 1 after replacing
         # sys.stdout with a wrapper that ignores flushes: a closed pipe, not an error
         if exc.code == 1 and sys.stdout is not stdout:
             _quiet_stdout()
-            sys.exit(EXIT_OK)
+            return EXIT_OK
         raise
     except MemoryError:
-        click.echo("Error: out of memory; try a smaller input (--rows, or split the file)",
-                   err=True)
-        sys.exit(EXIT_BAD_DATA)
+        _say("Error: out of memory; give smx an NPY file with -o FILE (streamed in row "
+             "blocks, bounded memory), or split the input")
+        return EXIT_BAD_DATA
     except OSError as exc:
         # an I/O failure outside the readers and writers (they raise SmxError):
         # e.g. stdout on a full disk
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-        click.echo(f"Error: input/output error{where}: {exc.strerror or _one_line(exc)}; "
-                   "check the disk and the files named", err=True)
-        sys.exit(EXIT_BAD_DATA)
+        _say(f"Error: input/output error{where}: {_cap(exc.strerror or exc)}; "
+             "check the disk and the files named")
+        return EXIT_BAD_DATA
     except Exception as exc:  # noqa: BLE001 - never show a traceback to a user
         if os.environ.get("SMX_DEBUG"):
             raise
-        click.echo(f"Error: internal error: {type(exc).__name__}: {_one_line(exc)} "
-                   "(please report it; SMX_DEBUG=1 shows the traceback)", err=True)
-        sys.exit(EXIT_BAD_DATA)
+        _say(f"Error: internal error: {type(exc).__name__}: {_cap(exc)} "
+             "(please report it; SMX_DEBUG=1 shows the traceback)")
+        return EXIT_BAD_DATA
     try:
         sys.stdout.flush()
     except BrokenPipeError:
         _quiet_stdout()
     except OSError as exc:
-        click.echo(f"Error: cannot write to standard output ({exc.strerror or exc})", err=True)
-        sys.exit(EXIT_BAD_DATA)
-    sys.exit(rv if isinstance(rv, int) else EXIT_OK)
+        _say(f"Error: cannot write to standard output ({exc.strerror or exc})")
+        return EXIT_BAD_DATA
+    return rv if isinstance(rv, int) else EXIT_OK
+
+
+def _say(line: str) -> None:
+    """One line on stderr (never fails: a closed or odd stderr is not a second error)."""
+    try:
+        click.echo(line, err=True)
+    except (OSError, UnicodeError, ValueError):
+        pass

@@ -10,7 +10,7 @@ import numpy as np
 from smx_cli.analysis.calibrate import INPUT_KINDS, METHODS, calibrate
 from smx_cli.analysis.calibration import BINNINGS, NORMS
 from smx_cli.analysis.scan import Rows
-from smx_cli.cli.emit import (Payload, check_output_path, stdout_console, write_file,
+from smx_cli.cli.emit import (Payload, check_outputs, stdout_console, write_file,
                               write_stdout_bytes)
 from smx_cli.cli.options import input_options
 from smx_cli.cli.prepare import load_rows
@@ -58,7 +58,7 @@ Examples:
               help="ECE norm over bins")
 @click.option("--bootstrap", type=click.IntRange(min=0), default=100, show_default=True,
               metavar="B", help="Resamples for the debiased L2 error's 95% interval (0: none)")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of --split and --bootstrap")
 @click.option("--fit-on", "fit_on", metavar="LOGITS", help="Fit on these logits instead")
 @click.option("--fit-labels", metavar="FILE", help="Labels of --fit-on")
@@ -105,11 +105,12 @@ def calibrate_cmd(file, delimiter, header, key, axis, labels_path, label_column,
         raise click.UsageError("--save-temperature needs --method temperature")
     if plot and not plot.lower().endswith(".svg"):
         raise click.UsageError(f"--plot {plot}: smx writes SVG only; name the file .svg")
-    for path in (output, save_temperature, plot):
-        check_output_path(path, file, labels_path, fit_on, fit_labels)
     if len({p for p in (output, save_temperature, plot) if p}) < \
             len([p for p in (output, save_temperature, plot) if p]):
         raise click.UsageError("-o, --save-temperature and --plot must name different files")
+    # every output, before any work: format, place, inputs, one file by two names
+    check_outputs([(output, None), (save_temperature, "text"), (plot, "svg")],
+                  (file, labels_path, fit_on, fit_labels))
 
     rows, labels, names = _load(file, labels_path, label_column, delimiter, header, key, axis)
     fit_rows = fit_y = None

@@ -13,7 +13,7 @@ from smx_cli import io
 from smx_cli.analysis.compare import (ALL_VARIANTS, DEFAULT_DTYPES, MAX_SCALE, SEED_LABEL, SEED_ROWS,
                              VARIANT_LABELS, check_names, compare_stability, normal_sample,
                              sweep)
-from smx_cli.cli.emit import check_output_path, stdout_console, write_stdout_bytes
+from smx_cli.cli.emit import check_outputs, stdout_console, write_stdout_bytes
 from smx_cli.errors import SmxError
 from smx_cli.cli import scale
 from smx_cli.cli.options import input_options, scheduler_option
@@ -87,7 +87,7 @@ Examples:
                    "100, ... and show where each variant first breaks")
 @click.option("--max-scale", type=click.FloatRange(min=1, max=1e300), default=MAX_SCALE,
               show_default=True, help="--sweep: the largest scale tried")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="--sweep without FILE: seed of the 256 x 10 standard-normal sample")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               show_default=True, help="table for people, json for scripts (the same data)")
@@ -112,7 +112,7 @@ def compare_cmd(file, delimiter, header, key, axis, variants, dtypes, temperatur
         raise click.BadParameter("must be a finite number > 0", param_hint="'--temperature'")
     if file is None and (delimiter or header is not None or key or axis != -1):
         raise click.UsageError("--delimiter, --header, --key and --axis need a FILE")
-    check_output_path(output, file or "-")
+    check_outputs([(output, "json")], (file,))
     if file is not None:
         rows = load_rows(file, delimiter=delimiter, header=header, key=key, axis=axis)
         x2, source = rows.x2, rows.loaded.source

@@ -6,11 +6,12 @@ what would destroy the user's input or flood a terminal with binary.
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 from rich.console import Console
+from rich.segment import Segments
 
 from smx_cli import io
 from smx_cli.errors import SmxError, StdoutClosed
@@ -64,9 +65,40 @@ class Payload:
         return m.reshape(-1, m.shape[-1]) if m.size else m.reshape(0, m.shape[-1])
 
 
+def check_outputs(outputs, inputs=()) -> None:
+    """Validate every output target before anything is computed or written.
+
+    ``outputs`` holds ``(path, fmt)`` pairs (path None: not asked for; fmt
+    None or "table": from the extension). Each must be writable (see
+    :func:`smx_cli.io.check_output_target`: a file in an existing directory
+    we can write in, not a device, stream or directory; symlinks written
+    through), have a format, not be one of ``inputs`` (it would be destroyed
+    before being read), and no two may name one file (however spelled, hard
+    links included): all outputs are written, or none.
+    """
+    seen = {}
+    for path, fmt in outputs:
+        if path is None:
+            continue
+        io.check_output_target(path)
+        io.output_format(path, fmt if fmt != "table" else None)
+        for src in inputs:
+            if src and src != "-" and io.same_file(path, src):
+                raise SmxError(f"{path}: refusing to overwrite the input file {src}; "
+                               "choose another output")
+        target, inode = io.output_identity(path)
+        for key in (target, inode):
+            if key is not None and key in seen:
+                raise SmxError(f"{path} and {seen[key]} name the same file; give each output "
+                               "its own file")
+        seen[target] = path
+        if inode is not None:
+            seen[inode] = path
+
+
 def check_output_path(output: str | None, input_path: str, *others: str | None) -> None:
-    """Refuse -o pointing at an input file (it would be destroyed before being read),
-    into a missing directory, or at a directory or device -- before any work."""
+    """Refuse -o pointing at an input file, into a missing directory, or at a
+    directory or device -- before any work. (One output; see check_outputs.)"""
     if output is None:
         return
     io.check_output_target(output)
@@ -77,21 +109,34 @@ def check_output_path(output: str | None, input_path: str, *others: str | None) 
 
 def write_file(path: str, payload: Payload, fmt: str | None) -> str:
     """Write ``payload`` to ``path`` atomically; returns the format used."""
-    fmt = io.output_format(path, fmt if fmt != "table" else None)
+    return write_files([(path, payload, fmt)])[0]
+
+
+def write_files(items) -> list[str]:
+    """Write each ``(path, payload, fmt)`` atomically, all or none; the formats used.
+
+    Every file is written to its temporary file first; they are renamed into
+    place only when all are complete, so an error (a full disk, Ctrl-C) in
+    the second leaves the first's old file untouched too.
+    """
+    items = [(path, payload, io.output_format(path, fmt if fmt != "table" else None))
+             for path, payload, fmt in items if path is not None]
+    path = None
     try:
-        if fmt == "npy":
-            # header, then the array's own memory in chunks: no encoded copy of a big result
-            arr = payload.matrix if payload.array is None else payload.array
-            with io.atomic_output(path, "wb") as fh:
-                io.write_npy(fh, arr)
-            return fmt
-        data = payload.encode(fmt)
-        with io.atomic_output(path, "wb") as fh:
-            io.write_chunks(fh, data)
+        with ExitStack() as stack:
+            for path, payload, fmt in items:
+                fh = stack.enter_context(io.atomic_output(path, "wb"))
+                if fmt == "npy":
+                    # header, then the array's own memory in chunks: no encoded copy
+                    io.write_npy(fh, payload.matrix if payload.array is None else payload.array)
+                else:
+                    io.write_chunks(fh, payload.encode(fmt))
+            path = None  # the renames happen as the stack closes
     except OSError as exc:
-        raise SmxError(f"{path}: cannot write ({exc.strerror or exc}); nothing was written -- "
+        where = path or ", ".join(p for p, _, _ in items)
+        raise SmxError(f"{where}: cannot write ({exc.strerror or exc}); nothing was written -- "
                        "free space or choose another -o") from None
-    return fmt
+    return [fmt for _, _, fmt in items]
 
 
 class _PipeConsole(Console):
@@ -105,6 +150,27 @@ class _PipeConsole(Console):
     def on_broken_pipe(self) -> None:
         self.quiet = True
         raise StdoutClosed
+
+
+def print_progressively(console: Console, renderable, batch_lines: int = 256) -> None:
+    """Print ``renderable`` a batch of lines at a time, not all at the end.
+
+    rich renders a table row by row but ``Console.print`` writes only when
+    all is rendered: ``smx ... --rows 100000 | head`` would render every row
+    before ``head`` saw the first. Here each batch is written as it is
+    rendered, so a closed pipe (:class:`StdoutClosed`) stops the work after
+    at most one more batch.
+    """
+    batch, lines = [], 0
+    for seg in console.render(renderable, console.options):
+        batch.append(seg)
+        if "\n" in seg.text:
+            lines += 1
+            if lines >= batch_lines:
+                console.print(Segments(batch), end="")
+                batch, lines = [], 0
+    if batch:
+        console.print(Segments(batch), end="")
 
 
 def stdout_console() -> Console:

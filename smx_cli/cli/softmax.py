@@ -15,8 +15,8 @@ from smx_cli.render import grad as render_grad
 from smx_cli.io import stream
 from smx_cli.core import registry as variants
 from smx_cli.analysis.diagnostics import Accumulator, diagnose
-from smx_cli.cli.emit import (Payload, check_output_path, progress_bar, stdout_console, write_file,
-                          write_stdout)
+from smx_cli.cli.emit import (Payload, check_outputs, print_progressively, progress_bar,
+                          stdout_console, write_files, write_stdout)
 from smx_cli.errors import SmxError
 from smx_cli.io import NPY_MAGIC, ZIP_MAGIC, output_format, read_array
 from smx_cli.core.kernels import FAST_ULP_NOTE
@@ -76,7 +76,8 @@ Examples:
 @click.option("--hard", is_flag=True, help="gumbel: one-hot samples (straight-through)")
 @click.option("--samples", type=click.IntRange(min=1), default=1, show_default=True,
               help="gumbel: samples per row")
-@click.option("--seed", type=int, default=None, help="gumbel: random seed for reproducible draws")
+@click.option("--seed", type=click.IntRange(min=0), default=None,
+              help="gumbel: random seed (an integer >= 0) for reproducible draws")
 @click.option("--grad", "show_grad", is_flag=True,
               help="Show Jacobians of the displayed rows and the saturation panel")
 @click.option("--grad-rows", type=click.IntRange(min=1), default=3, show_default=True,
@@ -114,8 +115,7 @@ def softmax_cmd(file, delimiter, header, key, axis, variant, dtype, temperature,
         raise click.BadParameter("must be a finite number > 1", param_hint="'--alpha'")
     if not (tau > 0 and tau != float("inf")):
         raise click.BadParameter("must be a finite number > 0", param_hint="'--tau'")
-    check_output_path(output, file, mask_path, upstream)
-    check_output_path(grad_out, file, mask_path, upstream)
+    check_outputs([(output, fmt), (grad_out, None)], (file, mask_path, upstream))
     opts = variants.VariantOptions(alpha=alpha, tau=tau, hard=hard, samples=samples, seed=seed)
     source_kind = _streamable(file, axis, key, output, fmt, variant, mask_path,
                               show_grad or upstream or check_grad)
@@ -134,18 +134,15 @@ def softmax_cmd(file, delimiter, header, key, axis, variant, dtype, temperature,
     diag = diagnose(run.logits, result, sparse=variants.exact_zeros(variant, opts))
     payload = _payload(rows, result, diag, run)
     payload.digits = digits
-    vjp = None
+    vjp = grad_payload = None
     if upstream:
         vjp = _vjp(upstream, rows, run, variant, temperature, opts)
         if grad_out:
-            write_file(grad_out, Payload(vjp, rows.class_names,
-                                         {"command": "softmax", "gradient": "upstream @ Jacobian",
-                                          "variant": variant}, {"vjp": vjp},
-                                         array=from_rows(vjp, rows.moved_shape, rows.axis, rows.ndim)),
-                       None)
-
-    if output:
-        write_file(output, payload, fmt)
+            grad_payload = Payload(vjp, rows.class_names,
+                                   {"command": "softmax", "gradient": "upstream @ Jacobian",
+                                    "variant": variant}, {"vjp": vjp},
+                                   array=from_rows(vjp, rows.moved_shape, rows.axis, rows.ndim))
+    write_files([(grad_out, grad_payload, None), (output, payload, fmt)])  # all or none
     if fmt and fmt != "table" and not output:
         write_stdout(payload, fmt)
     else:
@@ -181,26 +178,34 @@ def _show_values(console, values, logits, result, variant, temperature, source, 
     common = dict(kind=kind, tiny=result.fmt.smallest_normal, class_names=class_names,
                   lead_shape=lead_shape, max_rows=max_rows, title=title,
                   digits=digits if digits is not None else 6)
+    # the fit is judged on the first rows only: measuring every shown row of up
+    # to six candidate tables took minutes for --rows 20000
+    probe = dict(common, max_rows=min(max_rows, _FIT_ROWS))
     table = None
     why = f"{width} classes"
     if top_k is None and width <= render.DEFAULT_MAX_COLS:
-        table = render.values_table(values, logits, **common)
+        table = render.values_table(values, logits, **probe)
         if _needed_width(console, table) > console.width:
             # rich would squeeze every cell to "0.9…": show fewer columns instead
             table = None
             why = f"{width} classes do not fit in {console.width} columns"
-    if table is None and top_k is not None:
+    if table is not None:
+        table = render.values_table(values, logits, **common)
+    elif top_k is not None:
         table = render.topk_table(values, logits, top_k, **common)
-    elif table is None:
+    else:
         # the largest k <= DEFAULT_TOP_K whose table fits the terminal
         for k in range(render.DEFAULT_TOP_K, 0, -1):
             reason = f"{why}: showing each row's top {k} (--top-k K to choose)"
-            table = render.topk_table(values, logits, k, reason=reason, **common)
+            table = render.topk_table(values, logits, k, reason=reason, **probe)
             if _needed_width(console, table) <= console.width:
                 break
-    console.print(table)
+        table = render.topk_table(values, logits, k, reason=reason, **common)
+    print_progressively(console, table)  # | head stops the rendering early
 
 
+# rows of a candidate table measured to see whether it fits the terminal
+_FIT_ROWS = 64
 # input bytes per streamed block: peak memory is a few times this
 _STREAM_BLOCK = 32 << 20
 # CSV/TSV inputs at least this big are parsed and written in row blocks

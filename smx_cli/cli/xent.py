@@ -12,7 +12,7 @@ from smx_cli.core import grad as grad_mod
 from smx_cli.render import xent as render_xent
 from smx_cli.io import stream
 from smx_cli.analysis.diagnostics import InputCounts, count_inputs
-from smx_cli.cli.emit import (Payload, check_output_path, progress_bar, stdout_console, write_file,
+from smx_cli.cli.emit import (Payload, check_outputs, progress_bar, stdout_console, write_files,
                           write_stdout)
 from smx_cli.errors import SmxError
 from smx_cli.io import NPY_MAGIC
@@ -22,7 +22,8 @@ from smx_cli.cli.options import input_options, scheduler_option
 from smx_cli.core.precision import result_format
 from smx_cli.cli.prepare import Rows, load_rows
 from smx_cli.core.softmax import as_rows
-from smx_cli.core.xent import INPUT_KINDS, REDUCTIONS, evaluate, evaluate_blocks
+from smx_cli.core.xent import (INPUT_KINDS, REDUCTIONS, NotProbabilities, evaluate,
+                               evaluate_blocks)
 from smx_cli.cli import xent_lm
 
 
@@ -115,10 +116,7 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
     if file == "-" and labels_path == "-":
         raise click.UsageError("FILE and --labels cannot both be - (standard input)")
     weight_file = weight if weight and os.path.exists(weight) else None
-    check_output_path(output, file, labels_path, weight_file)
-    check_output_path(grad_out, file, labels_path, weight_file)
-    if output and grad_out and output == grad_out:
-        raise SmxError(f"{output}: -o and --grad-out name the same file")
+    check_outputs([(output, fmt), (grad_out, None)], (file, labels_path, weight_file))
     want_grad = bool(show_grad or grad_out)
     opts = dict(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
                 input_kind=input_kind)
@@ -151,14 +149,16 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
         try:
             res = evaluate(x2, labels, weight=weights, want_grad=want_grad, threads=threads,
                            **opts)
+        except NotProbabilities as exc:  # the logits file is at fault, not the labels
+            raise SmxError(f"{source}: {exc}") from None
         except ValueError as exc:
             raise SmxError(f"{labels_source}: {exc}") from None
         counts = _count_inputs(x2)
         checks = _check_gradient(x2, labels, res, weights, opts) if check_grad else None
         if grad_out:
-            write_file(grad_out, Payload(res.grad, class_names, {
+            grad_payload = Payload(res.grad, class_names, {
                 "command": "xent", "gradient": "dL/dlogits", "reduction": reduction},
-                {"grad": res.grad}), None)
+                {"grad": res.grad})
     n_classes = int(shape[1]) if shape is not None else int(x2.shape[1])
 
     fmt_eps = result_format(dtype).eps
@@ -170,8 +170,8 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
     per_sample = _per_sample_matrix(res)
     meta["columns"] = PER_SAMPLE_COLUMNS
     payload = Payload(per_sample, PER_SAMPLE_COLUMNS, meta, {"per_sample": per_sample})
-    if output:
-        write_file(output, payload, fmt)
+    write_files([(grad_out, grad_payload if grad_out else None, None),
+                 (output, payload, fmt)])  # all or none
     if fmt and fmt != "table" and not output:
         write_stdout(payload, fmt)
         if meta["loss_undefined"] and not strict:
@@ -290,6 +290,8 @@ def _streamed(file, shape, labels_path, weight, opts, threads, temperature=1.0):
                                   on_block=on_block, **opts)
         except stream.StreamError as exc:
             raise SmxError(str(exc)) from None
+        except NotProbabilities as exc:
+            raise SmxError(f"{file}: {exc}") from None
         except ValueError as exc:
             raise SmxError(f"{labels_path}: {exc}") from None
         except OSError as exc:

@@ -19,6 +19,7 @@ from smx_cli.analysis.sequences import (evaluate_tokens, pad_to_ignore, sequence
                                         shift_labels)
 from smx_cli.cli.emit import Payload, progress_bar, stdout_console, write_file, write_stdout
 from smx_cli.core.precision import result_format
+from smx_cli.core.xent import NotProbabilities
 from smx_cli.core.xent_kdim import relocate
 from smx_cli.errors import SmxError
 from smx_cli.io import NPY_MAGIC, ZIP_MAGIC, read_array, stream
@@ -203,6 +204,8 @@ def run_nd(*, file, key, axis, class_axis, labels_path, weight, opts, worst, max
             raise SmxError(str(exc)) from None
         except SmxError:
             raise
+        except NotProbabilities as exc:  # the logits file is at fault, not the labels
+            raise SmxError(f"{file}: {exc}") from None
         except ValueError as exc:
             raise SmxError(f"{labels_path}: {_where(exc, lead, shift)}") from None
         except OSError as exc:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from smx_cli.core import kernels
+from smx_cli.core import kernels, native
 from smx_cli.core.eft import split_sum, two_prod, two_sum
 from smx_cli.core.precision import BFLOAT16, Format, result_format
 from smx_cli.core.result import SoftmaxResult
@@ -237,6 +237,13 @@ def accurate(x2: np.ndarray, spec, t: float, masked: str, threads: int | None = 
     out = _output(out, (n, width), fmt)
     if width == 0 or n == 0:  # rows of no classes: an empty result, like 0 rows
         return SoftmaxResult(out, kind, fmt, False, spec.name, t)
+
+    if spec.fast and native.supports(x2.dtype) and out.flags.c_contiguous \
+            and not np.shares_memory(out, x2):
+        # the compiled core: the same special rows, tighter bounds (see native.py)
+        native.softmax_rows(np.ascontiguousarray(x2), out, kind=kind, temperature=t,
+                            masked=masked, threads=threads)
+        return SoftmaxResult(out, kind, fmt, False, spec.name, t, engine=native.engine())
 
     def fix(rows):
         _plain_rows(x2, out, rows, spec.accurate, t, masked, fmt)

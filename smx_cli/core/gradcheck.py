@@ -88,7 +88,8 @@ class Tally:
 
 def pick_rows(x2: np.ndarray, rows: int, rng, eligible: np.ndarray | None = None) -> np.ndarray:
     """Up to ``rows`` distinct rows drawn from the finite (and ``eligible``) ones."""
-    ok = np.isfinite(x2).all(axis=1)
+    # a row of 0 classes is "all finite" but has nothing to check
+    ok = np.isfinite(x2).all(axis=1) & (x2.shape[1] > 0)
     if eligible is not None and (ok & eligible).any():
         ok &= eligible
     finite = np.flatnonzero(ok)

@@ -30,7 +30,7 @@ mpmath / the long double reference on adversarial rows -- spreads of
 The results do not depend on the thread count, nor on the instruction set
 (the FMA and the Dekker product paths are bitwise identical).
 
-Special rows follow :mod:`smx_cli.softmax_ops` exactly: a NaN anywhere makes
+Special rows follow :mod:`smx_cli.core.accurate` exactly: a NaN anywhere makes
 the row NaN; +inf entries share the mass equally (the rest get 0, log -inf);
 a row of all -inf ("masked") is NaN (``masked="zeros"``: 0, log -inf);
 0 rows or 0 columns give an empty result.
@@ -38,7 +38,9 @@ a row of all -inf ("masked") is NaN (``masked="zeros"``: 0, log -inf);
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -74,11 +76,40 @@ def why_unavailable() -> str | None:
     return _IMPORT_ERROR
 
 
+_forced = threading.local()
+
+
 def engine() -> str:
-    """'numpy' (extension missing or SMX_ENGINE=numpy), else 'native-<isa>'."""
-    if _ext is None or os.environ.get("SMX_ENGINE", "").strip().lower() == "numpy":
+    """'numpy' (extension missing, SMX_ENGINE=numpy, or inside :func:`numpy_engine`),
+    else 'native-<isa>'."""
+    if (_ext is None or getattr(_forced, "numpy", False)
+            or os.environ.get("SMX_ENGINE", "").strip().lower() == "numpy"):
         return "numpy"
     return "native-" + _ext.isa()
+
+
+@contextmanager
+def numpy_engine():
+    """Run the numpy reference kernels in this thread, whatever is built.
+
+    Examples
+    --------
+    >>> with numpy_engine():
+    ...     engine()
+    'numpy'
+    """
+    before = getattr(_forced, "numpy", False)
+    _forced.numpy = True
+    try:
+        yield
+    finally:
+        _forced.numpy = before
+
+
+def supports(dtype) -> bool:
+    """True when the compiled kernels take rows of this dtype (float16, bfloat16,
+    float32, float64) and the native engine is selected."""
+    return engine() != "numpy" and np.dtype(dtype) in _DT
 
 
 def default_threads() -> int:
@@ -239,11 +270,10 @@ def logsumexp_rows(x2: np.ndarray, out: np.ndarray, temperature: float = 1.0,
 
 def _reference_logsoftmax(xb: np.ndarray) -> np.ndarray:
     """float64 log-softmax of a few rows by the numpy reference kernels (lazy import)."""
-    try:
-        from smx_cli.core.softmax import compute  # after the restructure
-    except ImportError:
-        from smx_cli.softmax_ops import compute
-    return compute(np.asarray(xb, dtype=np.float64), "log").values
+    from smx_cli.core.softmax import compute
+
+    with numpy_engine():
+        return compute(np.asarray(xb, dtype=np.float64), "log").values
 
 
 def xent_rows(x2: np.ndarray, target: np.ndarray, *, weight=None, ignore_index: int = -100,

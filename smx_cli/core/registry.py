@@ -228,7 +228,7 @@ def _gumbel_forward(z, masked, options):
     if options.samples < 1:
         raise ValueError(f"samples must be >= 1, got {options.samples}")
     draws = family.gumbel_softmax(z, options.tau, False, options.samples, options.seed, masked)
-    soft = draws.reshape(-1, z.shape[1])
+    soft = draws.reshape(options.samples * z.shape[0], z.shape[1])  # -1 fails for 0 classes
     values = family.hardmax(soft, masked) if options.hard else soft
     return values, None, soft
 

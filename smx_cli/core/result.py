@@ -59,6 +59,9 @@ class SoftmaxResult:
     stats : KernelStats
     fast : bool
         True when computed by the opt-in fast mode (input-format arithmetic).
+    engine : str
+        What computed it: "numpy" or the compiled core ("native-avx512", ...;
+        see :func:`smx_cli.core.native.engine`).
     """
 
     values: np.ndarray
@@ -69,6 +72,7 @@ class SoftmaxResult:
     temperature: float
     stats: KernelStats = field(default_factory=KernelStats)
     fast: bool = False
+    engine: str = "numpy"
 
 
 

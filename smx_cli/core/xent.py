@@ -286,6 +286,50 @@ def check_target(target, n_rows: int, n_classes: int, ignore_index: int,
 # the computation
 
 
+#: --input-kind probs: values in [0, 1] and row sums within this of 1 (text
+#: written with 6 significant digits passes; 5 and 0.5 do not)
+PROBS_TOLERANCE = 1e-3
+
+
+class NotProbabilities(ValueError):
+    """``input_kind='probs'`` got values that are not probabilities (names the row)."""
+
+
+def check_probs(xb: np.ndarray, start: int = 0) -> None:
+    """Refuse rows that are not probability vectors, naming the first bad row.
+
+    Each value must lie in [0, 1] and each row sum to 1 within
+    :data:`PROBS_TOLERANCE`; NaN is left to the NaN count (reported as such).
+    ``start`` is the index of ``xb``'s first row in the whole array.
+
+    Examples
+    --------
+    >>> check_probs(np.array([[0.25, 0.75], [5.0, 0.5]]))
+    Traceback (most recent call last):
+    ...
+    smx_cli.core.xent.NotProbabilities: row 1, class 0: 5.0 is not a probability (--input-kind probs needs values in [0, 1]); give logits with --input-kind logits
+    """
+    x = np.asarray(xb, dtype=np.float64)
+    if not x.size:
+        return
+    with np.errstate(invalid="ignore"):
+        bad = (x < 0) | (x > 1)  # NaN compares False
+        if bad.any():
+            i, j = (int(v) for v in np.argwhere(bad)[0])
+            raise NotProbabilities(
+                f"row {start + i}, class {j}: {x[i, j].item()!r} is not a probability "
+                "(--input-kind probs needs values in [0, 1]); give logits with "
+                "--input-kind logits")
+        sums = x.sum(axis=1)
+        off = np.flatnonzero(np.abs(sums - 1) > PROBS_TOLERANCE)
+    if off.size:
+        i = int(off[0])
+        raise NotProbabilities(
+            f"row {start + i} sums to {sums[i].item():.6g}, not 1 (--input-kind probs: each "
+            f"row must sum to 1 within {PROBS_TOLERANCE:g}); normalise it, or give logits "
+            "with --input-kind logits")
+
+
 def _log_probs(xb: np.ndarray, input_kind: str, threads: int | None = None) -> np.ndarray:
     """float64 log-probabilities of a block, by input kind.
 
@@ -354,6 +398,8 @@ def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
     n, n_classes = x2.shape
     if n_classes == 0:
         raise ValueError("the logits have no classes (0 columns)")
+    if input_kind == "probs":
+        check_probs(x2)
     kind, t = check_target(target, n, n_classes, int(ignore_index), target_tolerance)
     w = None if weight is None else check_class_weights(weight, n_classes)
     eps = float(label_smoothing)
@@ -532,6 +578,6 @@ from smx_cli.core.xent_blocks import _PER_SAMPLE, evaluate_blocks  # noqa: E402,
 from smx_cli.core.xent_kdim import (cross_entropy, cross_entropy_grad,  # noqa: E402
                                     nll_loss)
 
-__all__ = ["REDUCTIONS", "INPUT_KINDS", "XentResult", "exact_sum", "check_options",
+__all__ = ["REDUCTIONS", "INPUT_KINDS", "XentResult", "exact_sum", "check_options", "check_probs",
            "check_target", "evaluate", "evaluate_blocks", "cross_entropy",
            "nll_loss", "cross_entropy_grad"]

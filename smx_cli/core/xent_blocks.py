@@ -9,7 +9,8 @@ import numpy as np
 
 from smx_cli.core.result import check_class_weights
 from smx_cli.core import xent as _xent  # evaluate looked up at call time (one patch point)
-from smx_cli.core.xent import XentResult, _reduce, check_options, check_target, evaluate
+from smx_cli.core.xent import (XentResult, _reduce, check_options, check_probs, check_target,
+                               evaluate)
 
 _PER_SAMPLE = ("loss", "true_class", "predicted", "p_true", "margin", "correct", "ignored",
                "top5", "entropy", "one_minus_p_true", "nll", "residual")
@@ -55,6 +56,8 @@ def evaluate_blocks(blocks, n_rows: int, n_classes: int, target, *, weight=None,
                              f"rows 0..{done - 1} of an ({n_rows}, {n_classes}) array")
         if on_block is not None:
             on_block(start, xb)
+        if input_kind == "probs":
+            check_probs(xb, start)  # here: the error names the row in the whole array
         stop = start + xb.shape[0]
         part = _xent.evaluate(xb, t[start:stop], weight=w, ignore_index=ignore_index,
                         reduction="none", label_smoothing=label_smoothing,

@@ -10,9 +10,9 @@ from smx_cli.io.text import (DELIMITERS, content_lines, is_number, parse_text, s
                              split_fields)
 from smx_cli.io.csv_engine import TextWriter, format_rows, iter_text_blocks, read_text
 from smx_cli.io.write import (atomic_output, check_output_target, csv_field, csv_text,
-                              json_document, json_number_rows, npy_bytes, output_format,
-                              remove_stale_temps, same_file, shortest_strings, write_chunks,
-                              write_npy)
+                              is_temp_name, json_document, json_number_rows, npy_bytes,
+                              output_format, output_identity, output_target, remove_stale_temps,
+                              same_file, shortest_strings, write_chunks, write_npy)
 
 __all__ = [
     "NPY_MAGIC", "ZIP_MAGIC", "Loaded", "load_npy", "load_npz", "read_array", "read_bytes",
@@ -20,5 +20,6 @@ __all__ = [
     "iter_text_blocks", "parse_text", "sniff_delimiter", "split_fields", "atomic_output",
     "check_output_target", "csv_field", "csv_text",
     "json_document", "json_number_rows", "npy_bytes", "output_format", "remove_stale_temps",
-    "same_file", "shortest_strings", "write_chunks", "write_npy",
+    "same_file", "shortest_strings", "write_chunks", "write_npy", "is_temp_name",
+    "output_identity", "output_target",
 ]

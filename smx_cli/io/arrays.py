@@ -6,11 +6,9 @@ Raises :class:`smx_cli.errors.SmxError` (a ValueError); never prints.
 from __future__ import annotations
 
 import io as _io
-import math
 import os
 import stat
 import sys
-import warnings
 import zipfile
 from dataclasses import dataclass, field
 
@@ -20,6 +18,7 @@ from smx_cli.errors import SmxError
 from smx_cli.core.precision import BFLOAT16
 from smx_cli.io import safetensors
 from smx_cli.io.csv_engine import read_text
+from smx_cli.io.npyheader import check_npy_size, read_npy_header
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -174,29 +173,6 @@ def _check_numeric(arr: np.ndarray, source: str) -> np.ndarray:
     return arr
 
 
-def _npy_header(buf, source: str):
-    """The (shape, fortran_order, dtype) of the NPY at ``buf``'s position."""
-    try:
-        with warnings.catch_warnings():
-            # numpy warns (on stderr) about Python 2 headers, ast about odd
-            # literals: a header is either valid or an error, never a warning
-            warnings.simplefilter("ignore")
-            return _npy_header_unchecked(buf)
-    except Exception as exc:  # noqa: BLE001 - any header fault is bad data
-        msg = " ".join(str(exc).split())
-        raise SmxError(f"{source}: not a valid NPY header ({msg}); the file is damaged or "
-                       "not written by numpy.save") from None
-
-
-def _npy_header_unchecked(buf):
-    version = np.lib.format.read_magic(buf)
-    if version == (1, 0):
-        return np.lib.format.read_array_header_1_0(buf)
-    if version in ((2, 0), (3, 0)):
-        return np.lib.format.read_array_header_2_0(buf)
-    raise ValueError(f"unknown NPY version {version[0]}.{version[1]}")
-
-
 def load_npy(data: bytes, source: str, numeric: bool = True) -> np.ndarray:
     """Decode NPY bytes: the header is checked before any data is touched.
 
@@ -205,27 +181,13 @@ def load_npy(data: bytes, source: str, numeric: bool = True) -> np.ndarray:
     shape says (shorter: truncated; longer: a damaged or foreign file).
     """
     buf = _io.BytesIO(data)
-    shape, fortran, dtype = _npy_header(buf, source)
-    if dtype.hasobject:
-        raise SmxError(f"{source}: NPY holds Python objects (dtype {dtype}); smx never "
-                       "unpickles files -- save a numeric array instead")
-    if dtype.subdtype is not None:  # e.g. '(3,)f8': the sub-shape is part of the array's
-        dtype, sub = dtype.subdtype
-        shape = tuple(shape) + tuple(sub)
+    head = read_npy_header(buf, source)
+    shape, fortran, dtype = head.shape, head.fortran, head.dtype
     if numeric:
         _check_dtype(dtype, source)
-    expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
-    available = len(data) - buf.tell()
-    if available < expected:
-        raise SmxError(f"{source}: truncated NPY: header says shape {tuple(shape)} "
-                       f"({expected} bytes) but the file holds {available} bytes of data; "
-                       "write the file again")
-    if available > expected:
-        raise SmxError(f"{source}: damaged NPY: header says shape {tuple(shape)} "
-                       f"({expected} bytes) but the file holds {available} bytes of data; "
-                       "write the file again")
+    check_npy_size(head, len(data) - head.offset, source)
     try:
-        arr = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=buf.tell())
+        arr = np.frombuffer(data, dtype=dtype, count=head.size, offset=head.offset)
         # a read-only view of the bytes: no second copy of a big file in memory
         arr = arr.reshape(shape, order="F" if fortran else "C")
     except Exception as exc:  # noqa: BLE001 - e.g. a dtype numpy cannot build from bytes
@@ -289,21 +251,16 @@ def _npz_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str,
             if not head.startswith(NPY_MAGIC):
                 raise SmxError(f"{where}: NPZ member is not an NPY array; the archive was not "
                                "written by numpy.savez")
-            hbuf = _io.BytesIO(head)
-            shape, _, dtype = _npy_header(hbuf, where)
-            if dtype.hasobject:
-                raise SmxError(f"{where}: array holds Python objects (dtype {dtype}); smx never "
-                               "unpickles files -- save a numeric array instead")
+            header = read_npy_header(_io.BytesIO(head), where)
             # the header's size must match the member's before decompressing it all
-            expected = hbuf.tell() + math.prod(shape) * dtype.itemsize
-            if expected != info.file_size:
-                what = "truncated" if expected > info.file_size else "damaged"
-                raise SmxError(f"{where}: {what} NPZ member: header says shape {tuple(shape)} "
-                               f"but the member holds {info.file_size} bytes; write the "
-                               "file again")
+            check_npy_size(header, info.file_size - header.offset, where, "NPZ member")
             body = head + fh.read()
     except SmxError:
         raise
+    except MemoryError:
+        raise SmxError(f"{where}: the NPZ member holds {info.file_size:,} bytes uncompressed, "
+                       "more than fits in memory; save it as a plain .npy file (smx streams "
+                       "those in row blocks) or free memory") from None
     except Exception as exc:  # noqa: BLE001 - zipfile/zlib fail in many ways on damaged data
 
         msg = " ".join(str(exc).split())

@@ -21,11 +21,20 @@ def _label_token(tok: str, names: dict[str, int], where: str) -> float:
     if tok in names:
         return float(names[tok])
     try:
+        if not io.is_number(tok):  # float() also takes 1_0 (ten) and other forms
+            raise ValueError(tok)
         return float(tok)
     except ValueError:
         known = f" (classes: {', '.join(list(names)[:10])}{', ...' if len(names) > 10 else ''})" \
             if names else ""
         raise SmxError(f"{where}: label {tok!r} is neither a number nor a class name{known}") from None
+
+
+def _is_header_word(tok: str) -> bool:
+    """A column name such as ``label`` or ``y_true``: starts with a letter (or ``_``)
+    and is not a number (``nan``, ``inf``). ``0x1``, ``1_0`` or ``-`` are bad
+    labels, reported as such, never silently skipped as a header."""
+    return bool(tok) and (tok[0].isalpha() or tok[0] == "_") and not io.is_number(tok)
 
 
 def labels_from_tokens(tokens: list[str], lines: list[int], source: str,
@@ -71,7 +80,7 @@ def read_labels(path: str, *, class_names: list[str] | None = None,
     if widths == {1}:
         names = _names_index(class_names)
         first = io.split_fields(entries[0][1], delim)  # noqa: SLF001
-        if len(first) == 1 and first[0] not in names and not io.is_number(first[0]):  # noqa: SLF001
+        if len(first) == 1 and first[0] not in names and _is_header_word(first[0]):
             entries = entries[1:]  # a header such as "label"
         if not entries:
             raise SmxError(f"{source}: only a header, no labels")

@@ -25,7 +25,9 @@ def _from_array(arr: np.ndarray, source: str) -> np.ndarray:
         ok = np.isin(arr, (0, 1))
         if not ok.all():
             idx = tuple(int(i) for i in np.argwhere(~ok)[0])
-            raise SmxError(f"{source}: mask value {arr[idx]!r} at index {idx} is not 0/1 or true/false")
+            # .item(): a Python number in the message, not numpy's repr (np.int64(2))
+            raise SmxError(f"{source}: mask value {arr[idx].item()!r} at index {idx} is not 0/1 "
+                           "or true/false")
         return arr.astype(bool)
     raise SmxError(f"{source}: a mask holds booleans (or 0/1), not dtype {arr.dtype}")
 
@@ -88,6 +90,7 @@ def read_mask(path: str, shape: tuple[int, int], *, delimiter: str | None = None
     if mask.ndim == 1 and mask.shape[0] == shape[1]:
         return np.broadcast_to(mask, shape).copy()
     if mask.shape != tuple(shape):
-        raise SmxError(f"{source}: mask has shape {mask.shape}, the logits {tuple(shape)}; give one "
+        raise SmxError(f"{source}: mask has shape {tuple(int(d) for d in mask.shape)}, the logits "
+                       f"{tuple(int(d) for d in shape)}; give one "
                        "row per logits row, or a single row for all")
     return mask

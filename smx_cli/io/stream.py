@@ -20,12 +20,14 @@ CSV (:func:`iter_csv_blocks`, :func:`write_csv_blocks`, :func:`stream_csv`)
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Callable, Iterator
 
 import numpy as np
 
-from smx_cli.io import csv_engine
+from smx_cli.io import csv_engine, npyheader
+from smx_cli.io.npyheader import check_npy_size
 
 DEFAULT_BLOCK_BYTES = 64 << 20
 
@@ -36,28 +38,26 @@ class StreamError(ValueError):
     """A file the streaming engine cannot read (bad header, short data, ...)."""
 
 
+def _read_header(fh, source: str):
+    try:
+        return npyheader.read_npy_header(fh, source)
+    except ValueError as exc:
+        raise StreamError(str(exc)) from None
+
+
 # ----------------------------------------------------------------------------
 # NPY
 
 
-def read_npy_header(fh) -> tuple[tuple[int, ...], np.dtype, bool]:
+def read_npy_header(fh, source: str | None = None) -> tuple[tuple[int, ...], np.dtype, bool]:
     """(shape, dtype, fortran_order) of the NPY file open at its start.
 
-    Leaves ``fh`` at the first data byte. Refuses object dtypes (they would
-    need unpickling).
+    Leaves ``fh`` at the first data byte. The checks are the whole-array
+    reader's (:func:`smx_cli.io.npyheader.read_npy_header`): both paths accept
+    and refuse the same files.
     """
-    fmt = np.lib.format
-    try:
-        version = fmt.read_magic(fh)
-        if version == (1, 0):
-            shape, fortran, dtype = fmt.read_array_header_1_0(fh)
-        else:
-            shape, fortran, dtype = fmt.read_array_header_2_0(fh)
-    except ValueError as exc:
-        raise StreamError(f"not an NPY file: {exc}") from None
-    if dtype.hasobject:
-        raise StreamError("NPY holds Python objects; smx never unpickles")
-    return tuple(shape), dtype, fortran
+    head = _read_header(fh, source or str(getattr(fh, "name", "NPY file")))
+    return head.shape, head.dtype, head.fortran
 
 
 def _write_header(fh, shape: tuple[int, ...], dtype: np.dtype) -> None:
@@ -81,14 +81,12 @@ def npy_info(path: str) -> tuple[tuple[int, ...], np.dtype]:
     header (truncated, or with trailing bytes).
     """
     with open(path, "rb") as fh:
-        shape, dtype, _ = read_npy_header(fh)
-        start = fh.tell()
-    expected = start + int(np.prod(shape, dtype=object)) * dtype.itemsize
-    size = os.path.getsize(path)
-    if size != expected:
-        what = "truncated NPY" if size < expected else "NPY with trailing bytes"
-        raise StreamError(f"{path}: {what}: the header says shape {tuple(shape)} "
-                          f"({expected - start} bytes) but the file holds {size - start}")
+        head = _read_header(fh, path)
+    try:
+        check_npy_size(head, os.path.getsize(path) - head.offset, path)
+    except ValueError as exc:
+        raise StreamError(str(exc)) from None
+    shape, dtype = head.shape, head.dtype
     return shape, dtype
 
 
@@ -110,23 +108,28 @@ def iter_npy_blocks(in_path: str, *, block_bytes: int = DEFAULT_BLOCK_BYTES
     [(0, [[0.0, 1.0], [2.0, 3.0]]), (2, [[4.0, 5.0]])]
     """
     with open(in_path, "rb") as fi:
-        shape, dtype, fortran = read_npy_header(fi)
+        shape, dtype, fortran = read_npy_header(fi, in_path)
         data_start = fi.tell()
         if len(shape) == 0:
             shape1 = (1, 1)
         elif len(shape) == 1:
             shape1 = (1, shape[0])
         else:
-            shape1 = (int(np.prod(shape[:-1], dtype=np.int64)), shape[-1])
+            shape1 = (math.prod(shape[:-1]), shape[-1])  # Python ints: no overflow
         n, c = shape1
         native = dtype.newbyteorder("=") if dtype.byteorder not in "=|" else dtype
+        if n == 0 or c == 0:
+            # no values: one empty block, however many rows or classes the
+            # header claims (the work is bounded by the data, not the header)
+            yield 0, n, np.empty((n, c), dtype=native)
+            return
         step = block_rows_for(c, dtype.itemsize, block_bytes)
         mm = None
         if fortran and len(shape) >= 2 and n and c:
             mm = np.memmap(in_path, dtype=dtype, mode="r", offset=data_start,
                            shape=shape, order="F").reshape(shape1, order="F")
-        buf = np.empty(min(step, max(n, 1)) * c, dtype=dtype)
-        for s0 in range(0, max(n, 1), step):
+        buf = np.empty(min(step, n) * c, dtype=dtype)
+        for s0 in range(0, n, step):
             s1 = min(s0 + step, n)
             rows = s1 - s0
             if mm is not None:
@@ -141,8 +144,6 @@ def iter_npy_blocks(in_path: str, *, block_bytes: int = DEFAULT_BLOCK_BYTES
             if native is not dtype:
                 xb = xb.astype(native)
             yield s0, n, xb
-            if n == 0:
-                break
 
 
 def stream_npy(in_path: str, out_path: str, fn: Callable[[np.ndarray], np.ndarray], *,

@@ -4,12 +4,21 @@ write leaves the old file or nothing.
 """
 from __future__ import annotations
 
+import hashlib
 import io as _io
 import json
 import os
 import re
-import tempfile
+import secrets
+import signal
+import stat
+import threading
 from contextlib import contextmanager
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: no locks, so no sweep of temporary files either
+    fcntl = None
 
 import numpy as np
 
@@ -19,46 +28,147 @@ from smx_cli.io.csv_engine import csv_field, format_rows, header_line, shortest_
 # writing
 
 
-#: temporary files are named ``.smx-<pid>-<random>.part`` beside the target
+#: temporary files are named ``.smx-<pid>-<16 hex random><8 hex tag>.part`` beside the
+#: target; the tag is a hash of the rest, so a user's file is never taken for one
 TEMP_PREFIX = ".smx-"
 TEMP_SUFFIX = ".part"
-_TEMP_NAME = re.compile(r"^\.smx-(\d+)-[A-Za-z0-9_]+\.part$")
+_TEMP_NAME = re.compile(r"^\.smx-(\d+)-([0-9a-f]{16})([0-9a-f]{8})\.part$")
 #: large writes go out in pieces of this size (an interrupt lands between two)
 WRITE_CHUNK = 1 << 22
+# paths that name a process's standard streams or open files, not files
+_STREAM_PATH = re.compile(r"^/(dev/(stdin|stdout|stderr|fd(/.*)?)|proc/[^/]+/fd(/.*)?)$")
 
 
-def _pid_alive(pid: int) -> bool:
+def _temp_tag(pid: str, token: str) -> str:
+    return hashlib.blake2s(f"smx-temp:{pid}:{token}".encode(), digest_size=4).hexdigest()
+
+
+def is_temp_name(name: str) -> bool:
+    """True for a name :func:`atomic_output` gives its temporary files (tag checked).
+
+    Examples
+    --------
+    >>> is_temp_name(".smx-999999-notes.part")
+    False
+    """
+    m = _TEMP_NAME.match(name)
+    return bool(m) and _temp_tag(m.group(1), m.group(2)) == m.group(3)
+
+
+def _lock(fd: int) -> bool:
+    """Take an exclusive lock on ``fd`` without waiting; False if someone holds one."""
+    if fcntl is None:
+        return True
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         return False
-    except (PermissionError, OSError):
-        return True  # someone else's process, or we cannot tell: leave its file alone
     return True
 
 
+def _create_temp(directory: str) -> tuple[int, str]:
+    """Create, open and lock a new temporary file in ``directory``: (fd, path).
+
+    The lock is held as long as the file is open: it tells every other
+    ``smx`` -- in another PID namespace or on another NFS client too -- that
+    the file is being written.
+    """
+    pid = str(os.getpid())
+    while True:
+        token = secrets.token_hex(8)
+        path = os.path.join(directory, f"{TEMP_PREFIX}{pid}-{token}{_temp_tag(pid, token)}"
+                                       f"{TEMP_SUFFIX}")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+                     0o600)
+        try:
+            # a sweep may have locked (and removed) the file between its creation
+            # and our lock: then start again with a new name
+            if _lock(fd) and os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                return fd, path
+        except FileNotFoundError:
+            pass
+        except BaseException:  # Ctrl-C included: leave nothing behind
+            os.close(fd)
+            _unlink_quietly(path)
+            raise
+        os.close(fd)
+
+
+@contextmanager
+def _signals_held():
+    """Defer SIGINT and SIGTERM while a file is created and recorded.
+
+    Without this a Ctrl-C between ``open`` and the caller's ``try`` leaves a
+    temporary file nobody removes. A signal that arrives meanwhile is handed
+    to the previous handler on exit (so Ctrl-C still stops smx, right after).
+    Python runs signal handlers in the main thread only, whichever thread the
+    kernel delivered to: elsewhere this is a no-op.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending = []
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    old = {sig: signal.getsignal(sig) for sig in sigs}
+    for sig in sigs:
+        signal.signal(sig, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        if pending:
+            handler = old[pending[0]]
+            if callable(handler):
+                handler(pending[0], None)
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), pending[0])
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def remove_stale_temps(directory: str) -> list[str]:
-    """Delete temporary files a killed ``smx`` left in ``directory``.
+    """Delete temporary files that a killed ``smx`` left in ``directory``.
 
     ``SIGKILL`` (or a power cut) stops ``smx`` before it can remove its
-    ``.smx-<pid>-*.part`` file. The next write into the same directory
-    removes every such file whose process no longer runs; a file of a
-    running ``smx`` (a concurrent write) is left alone. Returns the names
-    removed.
+    temporary file. A file is removed only when it is provably such a
+    leftover: its name is one :func:`atomic_output` makes (hash tag
+    included), it is a regular file, and no process holds the lock every
+    writer keeps on its open temporary file (which works across PID
+    namespaces and NFS clients, where process ids mean nothing). Returns the
+    names removed.
     """
     removed = []
+    if fcntl is None:
+        return removed
     try:
         names = os.listdir(directory)
     except OSError:
         return removed
     for name in names:
-        m = _TEMP_NAME.match(name)
-        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
-            try:
-                os.unlink(os.path.join(directory, name))
+        if not is_temp_name(name):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+                         | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            if (stat.S_ISREG(st.st_mode) and _lock(fd)
+                    and os.stat(path, follow_symlinks=False).st_ino == st.st_ino):
+                os.unlink(path)
                 removed.append(name)
-            except OSError:
-                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
     return removed
 
 
@@ -72,58 +182,113 @@ def _new_file_mode(target: str) -> int:
         return 0o666 & ~umask
 
 
+def output_target(path: str) -> str:
+    """The file that writing to ``path`` replaces: symlinks followed, streams refused.
+
+    ``-o`` naming a symbolic link writes through it: the link stays, the
+    file it points to is replaced (atomically, by a temporary file in *that*
+    file's directory). ``/dev/stdout``, ``/dev/fd/N`` and ``/proc/PID/fd/N``
+    (and links to them) are standard streams, not files: refused. A path
+    ending in ``/`` names a directory: refused.
+
+    Examples
+    --------
+    >>> output_target("/dev/stdout")
+    Traceback (most recent call last):
+    ...
+    smx_cli.errors.SmxError: /dev/stdout: names a standard stream, not a file; to write to stdout drop -o and use --format
+    """
+    if path.endswith(("/", os.sep)) or os.path.basename(path) in ("", ".", ".."):
+        raise SmxError(f"{path}: names a directory (it ends in '/'); give a file name")
+    current = os.path.abspath(path)
+    for _ in range(40):  # the kernel's own limit on a chain of links
+        # links among the directories are followed too: the rename happens in the real one
+        current = os.path.join(os.path.realpath(os.path.dirname(current)),
+                               os.path.basename(current))
+        if _STREAM_PATH.match(current):  # also reached through a link to /proc/self
+            raise SmxError(f"{path}: names a standard stream, not a file; to write to stdout "
+                           "drop -o and use --format")
+        if not os.path.islink(current):
+            return current
+        current = os.path.abspath(os.path.join(os.path.dirname(current), os.readlink(current)))
+    raise SmxError(f"{path}: too many levels of symbolic links; choose another -o")
+
+
 def check_output_target(path: str) -> str:
-    """Refuse an output path that cannot be written atomically; return its directory.
+    """Refuse an output path that cannot be written atomically; return the target file.
 
     Called before any work (so a long computation does not end in "directory
-    does not exist") and again when writing.
+    does not exist" or "permission denied"): the target (symlinks followed,
+    see :func:`output_target`) must be a regular file or not exist, in an
+    existing directory where a temporary file can be created.
     """
-    target = os.path.abspath(path)
+    target = output_target(path)
     directory = os.path.dirname(target)
+    shown = os.path.dirname(path) or "."
     if not os.path.isdir(directory):
-        shown = os.path.dirname(path) or "."
         what = "is not a directory" if os.path.exists(directory) else "does not exist"
         raise SmxError(f"{path}: directory {shown} {what}; create it or choose another -o")
     if os.path.isdir(target):
         raise SmxError(f"{path}: is a directory; give a file name")
-    if os.path.exists(target) and not os.path.isfile(target):
-        raise SmxError(f"{path}: is not a regular file (a device or pipe); smx writes files "
-                       "atomically -- redirect stdout with --format instead")
-    return directory
+    if os.path.lexists(target) and not os.path.isfile(target):
+        raise SmxError(f"{path}: is not a regular file (a device, pipe or socket); smx writes "
+                       "files atomically -- redirect stdout with --format instead")
+    try:  # the only sure test of "can I write here" (root, ACLs, read-only mounts)
+        with _signals_held():  # a Ctrl-C now would leave the probe behind
+            fd, probe = _create_temp(directory)
+            os.close(fd)
+            _unlink_quietly(probe)
+    except OSError as exc:
+        raise SmxError(f"{path}: cannot write in {shown} ({exc.strerror or exc}); "
+                       "choose another -o") from None
+    return target
+
+
+def output_identity(path: str) -> tuple:
+    """What two output paths must not share: the target's real path, and its
+    (device, inode) when it exists (hard links)."""
+    target = output_target(path)
+    try:
+        st = os.stat(target)
+        return (target, (st.st_dev, st.st_ino))
+    except OSError:
+        return (target, None)
 
 
 @contextmanager
 def atomic_output(path: str, mode: str = "w"):
-    """Open a temporary file beside ``path``; rename it over ``path`` on success.
+    """Open a temporary file beside the target; rename it over the target on success.
 
     On any exception (including KeyboardInterrupt) the temporary file is
-    removed and ``path`` is left untouched: a reader sees the old file or the
-    complete new one, never a truncated one. The temporary file is named
-    ``.smx-<pid>-<random>.part``; one left by a killed process (SIGKILL
-    cannot be caught) is removed by the next write into that directory. The
-    new file keeps the mode of the file it replaces (else 0666 minus umask).
+    removed and the target is left untouched: a reader sees the old file or
+    the complete new one, never a truncated one. The temporary file is named
+    ``.smx-<pid>-<random><tag>.part`` and locked while open; one left by a
+    killed process (SIGKILL cannot be caught) is removed by the next write
+    into that directory. The new file keeps the mode of the file it replaces
+    (else 0666 minus umask). A symlink is written through (see
+    :func:`output_target`).
     """
-    directory = check_output_target(path)
-    target = os.path.join(directory, os.path.basename(os.path.abspath(path)))
+    target = check_output_target(path)
+    directory = os.path.dirname(target)
     remove_stale_temps(directory)
+    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=TEMP_SUFFIX,
-                                   dir=directory)
-    except OSError as exc:
-        raise SmxError(f"{path}: cannot write in {os.path.dirname(path) or '.'} "
-                       f"({exc.strerror or exc}); choose another -o") from None
-    try:
+        try:
+            with _signals_held():  # Ctrl-C lands once ``tmp`` is known, to be removed
+                fd, tmp = _create_temp(directory)
+        except OSError as exc:
+            raise SmxError(f"{path}: cannot write in {os.path.dirname(path) or '.'} "
+                           f"({exc.strerror or exc}); choose another -o") from None
         with os.fdopen(fd, mode, **({"newline": ""} if "b" not in mode else {})) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, _new_file_mode(target))
-        os.replace(tmp, target)
+            os.chmod(tmp, _new_file_mode(target))
+            # renamed while still open (and locked): no sweep can take it first
+            os.replace(tmp, target)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        if tmp is not None:
+            _unlink_quietly(tmp)
         raise
 
 
@@ -215,9 +380,9 @@ def npy_bytes(values: np.ndarray) -> bytes:
 
 
 def same_file(a: str, b: str) -> bool:
-    """True when two paths name the same existing file."""
+    """True when two paths name the same file (links followed; or the same path)."""
     try:
         return os.path.samefile(a, b)
     except OSError:
-        return os.path.abspath(a) == os.path.abspath(b)
+        return os.path.realpath(a) == os.path.realpath(b)
 
