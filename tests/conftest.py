@@ -34,3 +34,11 @@ def need(module: str):
 def torch():
     """PyTorch, for the agreement tests (required when CI=true)."""
     return need("torch")
+
+
+def pytest_report_header(config):
+    """Which engine the suite exercises (CI runs it twice: native, then SMX_ENGINE=numpy)."""
+    from smx_cli.core import native
+
+    built = "built" if native.available() else f"not built: {native.why_unavailable()}"
+    return f"smx engine: {native.engine()} (compiled core {built})"
