@@ -16,6 +16,7 @@ _API = {
     "softmax": "core.softmax", "log_softmax": "core.softmax", "logsumexp": "core.softmax",
     "compute": "core.softmax", "VARIANTS": "core.softmax", "ALL_VARIANTS": "core.softmax",
     "cross_entropy": "core.xent", "nll_loss": "core.xent", "cross_entropy_grad": "core.xent",
+    "read_safetensors": "io.safetensors",
     "softmax_jacobian": "core.grad", "softmax_vjp": "core.grad", "log_softmax_vjp": "core.grad",
     "check_grad": "core.grad", "saturation": "core.grad",
     "hardmax": "core.sparse", "sparsemax": "core.sparse", "entmax15": "core.sparse",

@@ -16,11 +16,19 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
-BLOCK = re.compile(r"```text\n\$ ((?:[A-Z]+=\S+ )?smx [^\n]*)\n(.*?)\n```", re.S)
+BLOCK = re.compile(r"```text\n\$ ((?:[A-Z]+=\S+ )?smx .*?)\n```", re.S)
 
 
 def _examples():
-    return BLOCK.findall(open(README, encoding="utf-8").read())
+    """(command, shown output) pairs; a command may go on over lines ending in a backslash."""
+    out = []
+    for body in BLOCK.findall(open(README, encoding="utf-8").read()):
+        lines = body.split("\n")
+        cmd = lines.pop(0)
+        while cmd.endswith("\\") and lines:
+            cmd = cmd[:-1].rstrip() + " " + lines.pop(0).strip()
+        out.append((cmd, "\n".join(lines)))
+    return out
 
 
 def _run(cmdline: str) -> str:

@@ -40,7 +40,7 @@ def input_options(fn=None, *, file_required: bool = True):
                           "[default: sniffed]"),
         click.option("--header/--no-header", default=None,
                      help="First row holds class names [default: auto-detected]"),
-        click.option("--key", metavar="NAME", help="NPZ: the array to read [default: the only one]"),
+        click.option("--key", metavar="NAME", help="NPZ/safetensors: the array to read [default: the only one, or logits]"),
         click.option("--axis", type=int, default=-1, show_default=True,
                      help="The class axis of the input array"),
     )(fn)

@@ -25,6 +25,7 @@ from smx_cli.cli.prepare import Rows, load_rows
 from smx_cli.core.softmax import as_rows
 from smx_cli.core.xent import (INPUT_KINDS, REDUCTIONS, NotProbabilities, evaluate,
                                evaluate_blocks)
+from smx_cli.cli import xent_lm
 
 
 @click.command("xent", epilog="""\b
@@ -41,7 +42,17 @@ Examples:
   smx xent logits.csv --label-column label --label-smoothing 0.1
   smx xent logits.npy --labels y.npy --grad --rows 3 --grad-out grad.npy
   smx xent logits.npy --labels y.npy -o losses.csv
-  smx xent logits.npy --labels labels.npy --check-grad""")
+  smx xent logits.npy --labels labels.npy --check-grad
+  smx xent samples/lm_logits.safetensors --labels samples/lm_ids.safetensors \\
+      --shift-labels --vocab samples/lm_vocab.txt
+
+\b
+N-d logits: PyTorch's K-dim cross-entropy with the class axis given by
+--class-axis (default: the last, as language models write (batch, tokens,
+vocab)); labels have the logits' shape without it. With (batch, tokens)
+labels a sequence report follows: per sequence tokens, mean NLL,
+perplexity, bits per token, accuracy; the worst tokens; and the corpus
+perplexity exp(total NLL / total tokens).""")
 @input_options
 @click.option("--labels", "labels_path", metavar="FILE",
               help="True labels: one class index or class name per line (CSV/TSV/NPY), or "
@@ -81,11 +92,12 @@ Examples:
 @click.option("-t", "--temperature", type=float, default=1.0, show_default=True,
               help="Divide the logits by T > 0 first (e.g. the T of smx calibrate "
                    "--save-temperature FILE: --temperature \"$(cat FILE)\")")
+@xent_lm.lm_options
 @scheduler_option
 def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, reduction,
-             emulate_dtype, label_smoothing, weight, ignore_index, input_kind, worst, max_rows,
-             show_grad, grad_out, output, fmt, strict, check_grad, threads, temperature,
-             scheduler=None):
+             emulate_dtype, label_smoothing, weight, ignore_index, input_kind, worst, max_rows, show_grad,
+             grad_out, output, fmt, strict, check_grad, threads, temperature, class_axis,
+             shift_labels, pad_id, vocab_path, scheduler=None):
     """Cross-entropy of the logits in FILE against the true labels.
 
     Reports each sample's loss, predicted class, p(true) and margin, and a
@@ -96,6 +108,7 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
     with it) unless --grad, --grad-out or --check-grad need the whole array.
     """
     if scheduler:
+        xent_lm.refuse_with_scheduler(class_axis, shift_labels, pad_id, vocab_path)
         return scale.run("xent", locals())
     if not 0.0 <= label_smoothing <= 1.0:
         raise click.BadParameter("must be in [0, 1]", param_hint="'--label-smoothing'")
@@ -115,6 +128,13 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
                                "--grad-out, --check-grad and --input-kind")
     opts = dict(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
                 input_kind=input_kind)
+    if xent_lm.wants_nd(file, key, label_column, class_axis, shift_labels, pad_id, vocab_path):
+        return xent_lm.run_nd(file=file, key=key, axis=axis, class_axis=class_axis,
+                              labels_path=labels_path, weight=weight, opts=opts, worst=worst,
+                              max_rows=max_rows, output=output, fmt=fmt, strict=strict,
+                              threads=threads, shift=shift_labels, pad_id=pad_id,
+                              vocab_path=vocab_path, want_grad=want_grad or check_grad,
+                              temperature=temperature)
 
     shape = _streamable(file, axis, key, label_column,
                         want_grad or check_grad or bool(emulate_dtype))

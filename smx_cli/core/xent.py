@@ -219,7 +219,7 @@ def check_options(reduction: str, label_smoothing: float, input_kind: str) -> No
 
 
 def check_target(target, n_rows: int, n_classes: int, ignore_index: int,
-                 tolerance: float = 1e-6) -> tuple[str, np.ndarray]:
+                 tolerance: float | None = 1e-6) -> tuple[str, np.ndarray]:
     """Tell index targets from probability targets and validate them.
 
     Returns ``("index", int64 labels)`` or ``("prob", float64 (N, C))``.
@@ -228,7 +228,8 @@ def check_target(target, n_rows: int, n_classes: int, ignore_index: int,
     is a probability column, not class indices); anything else holds class
     indices: N integers (integral floats are accepted, and an (N, 1) column),
     each in [0, C) or equal to ``ignore_index``. Probability targets' rows
-    must be non-negative and sum to 1 within ``tolerance``.
+    must be non-negative and sum to 1 within ``tolerance`` (None: any sum,
+    as PyTorch takes them).
     """
     t = np.asarray(target)
     if t.ndim == 2 and t.shape == (n_rows, n_classes) and t.dtype.kind == "f":
@@ -242,7 +243,8 @@ def check_target(target, n_rows: int, n_classes: int, ignore_index: int,
             raise ValueError(f"probability target row {i}, class {j} is {float(t[i, j])!r}: "
                              "targets must be finite and >= 0")
         sums = t.sum(axis=1)
-        off = np.flatnonzero(np.abs(sums - 1) > tolerance)
+        off = np.flatnonzero(np.abs(sums - 1) > tolerance) if tolerance is not None \
+            else np.zeros(0, dtype=np.intp)
         if off.size:
             i = int(off[0])
             raise ValueError(f"probability target row {i} sums to {float(sums[i])!r}, not 1 "
@@ -365,7 +367,8 @@ def _coefficients(kind, tb, lp_shape, ign, yy, w, eps, n_classes) -> np.ndarray:
 def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
              reduction: str = "mean", label_smoothing: float = 0.0,
              input_kind: str = "logits", want_grad: bool = False,
-             threads: int | None = None) -> XentResult:
+             threads: int | None = None,
+             target_tolerance: float | None = 1e-6) -> XentResult:
     """Cross-entropy of (N, C) ``x2`` against ``target``, with every statistic.
 
     Parameters are those of :func:`cross_entropy`; ``want_grad`` also returns
@@ -397,7 +400,7 @@ def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
         raise ValueError("the logits have no classes (0 columns)")
     if input_kind == "probs":
         check_probs(x2)
-    kind, t = check_target(target, n, n_classes, int(ignore_index))
+    kind, t = check_target(target, n, n_classes, int(ignore_index), target_tolerance)
     w = None if weight is None else check_class_weights(weight, n_classes)
     eps = float(label_smoothing)
 
@@ -569,146 +572,12 @@ def _reduce(loss, ignored, true_class, kind, w, reduction) -> tuple[float, float
     return denominator, reduced
 
 
-_PER_SAMPLE = ("loss", "true_class", "predicted", "p_true", "margin", "correct", "ignored",
-               "top5", "entropy", "one_minus_p_true", "nll", "residual")
+# The API functions (every layout PyTorch takes, and the LM's) live in xent_kdim.py and the
+# row-block evaluation in xent_blocks.py; imported here so smx_cli.core.xent.<name> still works.
+from smx_cli.core.xent_blocks import _PER_SAMPLE, evaluate_blocks  # noqa: E402,F401
+from smx_cli.core.xent_kdim import (cross_entropy, cross_entropy_grad,  # noqa: E402
+                                    nll_loss)
 
-
-def evaluate_blocks(blocks, n_rows: int, n_classes: int, target, *, weight=None,
-                    ignore_index: int = -100, reduction: str = "mean",
-                    label_smoothing: float = 0.0, input_kind: str = "logits",
-                    threads: int | None = None, on_block=None) -> XentResult:
-    """:func:`evaluate` over (N, C) logits given in row blocks, in bounded memory.
-
-    ``blocks`` yields ``(start, block)`` with consecutive (rows, C) blocks
-    covering rows 0..N-1 (e.g. from :func:`smx_cli.io.stream.iter_npy_blocks`;
-    a block may be a reused buffer: nothing of it is kept). The target, the
-    weights and the options are validated once, for all N rows, so errors
-    name the row in the whole array. Every per-sample statistic is row-local,
-    and the reduction and the mean's denominator are taken exactly over all
-    N losses (:func:`exact_sum`), so the result equals ``evaluate`` on the
-    whole array, value for value. Memory: the per-sample arrays (a few
-    hundred bytes per row, O(N)), plus one block's work. No gradient.
-    ``on_block(start, block)``, if given, is called with each block too
-    (e.g. to count non-finite inputs).
-
-    Examples
-    --------
-    >>> x = np.array([[2.0, 0.0], [0.0, 3.0], [1.0, 1.0]])
-    >>> r = evaluate_blocks(((s, x[s:s + 2]) for s in (0, 2)), 3, 2, [0, 0, 1])
-    >>> r.reduced == evaluate(x, [0, 0, 1]).reduced
-    True
-    """
-    check_options(reduction, label_smoothing, input_kind)
-    if n_classes == 0:
-        raise ValueError("the logits have no classes (0 columns)")
-    kind, t = check_target(target, n_rows, n_classes, int(ignore_index))
-    w = None if weight is None else check_class_weights(weight, n_classes)
-    out = None
-    done = 0
-    for start, xb in blocks:
-        xb = np.asarray(xb)
-        if start != done or xb.ndim != 2 or xb.shape[1] != n_classes \
-                or start + xb.shape[0] > n_rows:
-            raise ValueError(f"block at row {start} of shape {xb.shape} does not continue "
-                             f"rows 0..{done - 1} of an ({n_rows}, {n_classes}) array")
-        if on_block is not None:
-            on_block(start, xb)
-        if input_kind == "probs":
-            check_probs(xb, start)  # here: the error names the row in the whole array
-        stop = start + xb.shape[0]
-        part = evaluate(xb, t[start:stop], weight=w, ignore_index=ignore_index,
-                        reduction="none", label_smoothing=label_smoothing,
-                        input_kind=input_kind, threads=threads)
-        if out is None:
-            out = {f: np.empty(n_rows, dtype=getattr(part, f).dtype) for f in _PER_SAMPLE}
-        for f in _PER_SAMPLE:
-            out[f][start:stop] = getattr(part, f)
-        done = stop
-    if done != n_rows:
-        raise ValueError(f"the blocks covered {done} of {n_rows} rows")
-    if out is None:  # no rows: the whole-array path's empty result
-        return evaluate(np.zeros((0, n_classes)), t, weight=w, ignore_index=ignore_index,
-                        reduction=reduction, label_smoothing=label_smoothing,
-                        input_kind=input_kind)
-    denominator, reduced = _reduce(out["loss"], out["ignored"], out["true_class"], kind, w,
-                                   reduction)
-    return XentResult(reduction=reduction, target_kind=kind, reduced=reduced, grad=None,
-                      denominator=denominator, **out)
-
-
-def cross_entropy(logits, target, weight=None, ignore_index: int = -100, reduction: str = "mean",
-                  label_smoothing: float = 0.0, input_kind: str = "logits"):
-    """Cross-entropy loss with ``torch.nn.functional.cross_entropy``'s semantics.
-
-    Parameters
-    ----------
-    logits : array_like, shape (N, C) or (C,)
-        Unnormalised scores (or log-probabilities / probabilities with
-        ``input_kind``).
-    target : array_like
-        N class indices, or an N x C matrix of class probabilities.
-    weight : array_like of C floats, optional
-        Per-class weights (>= 0).
-    ignore_index : int
-        Class-index targets equal to this are ignored (default -100).
-    reduction : {'mean', 'sum', 'none'}
-    label_smoothing : float in [0, 1]
-    input_kind : {'logits', 'log-probs', 'probs'}
-
-    Returns
-    -------
-    float or ndarray
-        The reduced loss, or the per-sample losses for ``reduction='none'``.
-        Mean over all-ignored targets is NaN, as in PyTorch.
-
-    Examples
-    --------
-    A confidently correct sample keeps its tiny loss (log(softmax) gives 0):
-
-    >>> float(cross_entropy([[30.0, 0.0]], [0]))
-    9.357622968839737e-14
-    >>> float(cross_entropy([[0.0, 1000.0]], [0]))
-    1000.0
-    """
-    x = np.asarray(logits)
-    t = np.asarray(target)
-    if x.ndim == 1:
-        x = x[None, :]
-        # (C,) float target for (C,) logits: probabilities, as in PyTorch (also for C = 1)
-        t = t.reshape(1, -1) if t.ndim == 1 and t.dtype.kind == "f" and t.size == x.shape[1] \
-            else t.reshape(1)
-    res = evaluate(x, t, weight=weight, ignore_index=ignore_index, reduction=reduction,
-                   label_smoothing=label_smoothing, input_kind=input_kind)
-    return res.loss if reduction == "none" else res.reduced
-
-
-def nll_loss(log_probs, target, weight=None, ignore_index: int = -100, reduction: str = "mean"):
-    """Negative log-likelihood of log-probabilities, as ``torch.nn.functional.nll_loss``.
-
-    CrossEntropy = LogSoftmax + NLL: ``nll_loss(log_softmax(x), y)`` equals
-    ``cross_entropy(x, y)``.
-
-    Examples
-    --------
-    >>> float(nll_loss([[-0.1, -2.4]], [1]))
-    2.4
-    """
-    return cross_entropy(log_probs, target, weight=weight, ignore_index=ignore_index,
-                         reduction=reduction, input_kind="log-probs")
-
-
-def cross_entropy_grad(logits, target, weight=None, ignore_index: int = -100,
-                       reduction: str = "mean", label_smoothing: float = 0.0) -> np.ndarray:
-    """dL/dlogits of :func:`cross_entropy`: softmax minus the (smoothed, weighted) target.
-
-    For ``reduction='none'`` row i is the gradient of sample i's own loss.
-
-    Examples
-    --------
-    >>> cross_entropy_grad([[0.0, 0.0]], [0]).tolist()
-    [[-0.5, 0.5]]
-    """
-    x = np.atleast_2d(np.asarray(logits))
-    res = evaluate(x, target, weight=weight, ignore_index=ignore_index, reduction=reduction,
-                   label_smoothing=label_smoothing, want_grad=True)
-    return res.grad
+__all__ = ["REDUCTIONS", "INPUT_KINDS", "XentResult", "exact_sum", "check_options", "check_probs",
+           "check_target", "evaluate", "evaluate_blocks", "cross_entropy",
+           "nll_loss", "cross_entropy_grad"]

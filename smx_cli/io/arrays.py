@@ -1,4 +1,4 @@
-"""Reading arrays: CSV/TSV text, NPY (never unpickled) and NPZ, from files or stdin.
+"""Reading arrays: CSV/TSV text, NPY (never unpickled), NPZ and safetensors, from files or stdin.
 
 ``-`` is standard input (text, or NPY/NPZ bytes told apart by their magic).
 Raises :class:`smx_cli.errors.SmxError` (a ValueError); never prints.
@@ -16,6 +16,7 @@ import numpy as np
 
 from smx_cli.errors import SmxError
 from smx_cli.core.precision import BFLOAT16
+from smx_cli.io import safetensors
 from smx_cli.io.csv_engine import read_text
 from smx_cli.io.npyheader import check_npy_size, read_npy_header
 
@@ -36,7 +37,7 @@ class Loaded:
     class_names : list of str or None
         Column names from a CSV header (or an NPZ ``classes`` array).
     fmt : str
-        ``csv``, ``npy`` or ``npz``.
+        ``csv``, ``npy``, ``npz`` or ``safetensors``.
     """
 
     values: np.ndarray
@@ -86,7 +87,9 @@ def read_array(path: str, *, delimiter: str | None = None, header: bool | None =
         For text: whether the first row holds column names. Auto-detected
         when omitted (a first row with any non-numeric token is a header).
     key : str, optional
-        For NPZ: which array to read (default: the only one, or ``logits``).
+        For NPZ and safetensors: which array to read (default: the only one,
+        or ``logits``). A safetensors file is memory-mapped, not read; a
+        torch pickle (``.pt``/``.bin``) is refused, never unpickled.
 
     Returns
     -------
@@ -106,7 +109,13 @@ def read_array(path: str, *, delimiter: str | None = None, header: bool | None =
     >>> r.class_names, r.values.tolist()
     (['cat', 'dog'], [[1.0, 2.0], [3.0, nan]])
     """
+    mapped = _read_safetensors_file(path, key)
+    if mapped is not None:
+        return mapped
     data, source = read_bytes(path)
+    safetensors.refuse_pickle(data[:512], source)
+    if safetensors.looks_like_safetensors(data[:9], len(data)) and not data.startswith(NPY_MAGIC):
+        return Loaded(safetensors.load_bytes(data, source, key), source, None, "safetensors")
     if data.startswith(NPY_MAGIC):
         return Loaded(load_npy(data, source), source, None, "npy")
     if data.startswith(ZIP_MAGIC):
@@ -114,6 +123,31 @@ def read_array(path: str, *, delimiter: str | None = None, header: bool | None =
         return Loaded(values, source, names, "npz")
     values, names = read_text(data, source, delimiter=delimiter, header=header)
     return Loaded(values, source, names, "csv")
+
+
+def _read_safetensors_file(path: str, key: str | None) -> Loaded | None:
+    """A safetensors file (by name or by its header) as a memory map; a pickle refused.
+
+    None for anything else (and for stdin), which read_array then reads as before.
+    """
+    if path == "-" or not os.path.isfile(path):
+        return None
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            head = fh.read(512)
+    except OSError:
+        return None  # read_bytes reports it
+    safetensors.refuse_pickle(head, path)
+    named = path.lower().endswith(safetensors.SUFFIXES)
+    if not named and not safetensors.looks_like_safetensors(head[:9], size):
+        if path.lower().endswith(safetensors.PICKLE_SUFFIXES) and not head.startswith(
+                (NPY_MAGIC, ZIP_MAGIC)):
+            raise SmxError(f"{path}: a {os.path.splitext(path)[1]} file that is neither "
+                           "safetensors nor NPY; smx never unpickles files -- save the tensor "
+                           "with safetensors (safetensors.torch.save_file) or numpy (np.save)")
+        return None
+    return Loaded(safetensors.load(path, key), path, None, "safetensors")
 
 
 _KIND_NAMES = {"b": "booleans", "c": "complex numbers", "U": "strings", "S": "bytes",
