@@ -523,3 +523,22 @@ def test_topk_rest_mass_of_a_saturated_row_is_not_cancelled(tmp_path):
     rest = float(np.exp(-40.0) + np.exp(-80.0))  # ~4.25e-18 of the exact softmax
     row = [line.split() for line in out.splitlines() if line.split()[:2] == ["0", "2"]]
     assert row and row[0][-1] == f"{rest:.3g}", out
+
+
+def test_panel_and_json_name_the_engine(monkeypatch):
+    """The diagnostics say which engine computed: JSON always, the panel when the numpy
+    kernels ran what the compiled core would take (float64 stable/log)."""
+    import json
+
+    from smx_cli.core import native
+
+    monkeypatch.delenv("SMX_ENGINE", raising=False)
+    r = CliRunner().invoke(cli, ["softmax", SEEDS, "--format", "json"])
+    assert json.loads(r.stdout)["diagnostics"]["engine"] == native.engine()
+    r = CliRunner().invoke(cli, ["softmax", SEEDS])
+    assert "numpy engine" not in r.stdout or not native.available()
+    monkeypatch.setenv("SMX_ENGINE", "numpy")
+    r = CliRunner().invoke(cli, ["softmax", SEEDS, "--format", "json"])
+    assert json.loads(r.stdout)["diagnostics"]["engine"] == "numpy"
+    r = CliRunner().invoke(cli, ["softmax", SEEDS])
+    assert "numpy engine" in r.stdout

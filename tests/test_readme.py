@@ -33,7 +33,8 @@ def _examples():
 
 def _run(cmdline: str) -> str:
     env = dict(os.environ, COLUMNS="80", NO_COLOR="1", PYTHONPATH=ROOT)
-    for var in ("FORCE_COLOR", "TERM", "SMX_DEBUG"):
+    # the README shows the default engine (the compiled core), even in CI's numpy pass
+    for var in ("FORCE_COLOR", "TERM", "SMX_DEBUG", "SMX_ENGINE"):
         env.pop(var, None)
     words = shlex.split(cmdline)
     stderr_only = cmdline.endswith("2>&1 >/dev/null")

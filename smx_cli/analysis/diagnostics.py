@@ -61,6 +61,8 @@ class SoftmaxDiagnostics:
     #: 0 is the correctly rounded result (counted apart from ``underflow_to_zero``)
     zero_below_range: int = 0
     nonfinite_input_row_index: list[int] = field(default_factory=list)
+    #: what computed it: "numpy" or the compiled core ("native-avx512", ...)
+    engine: str = "numpy"
 
     @property
     def clean(self) -> bool:
@@ -123,8 +125,9 @@ class Accumulator:
     """
 
     def __init__(self, variant: str, fmt, kind: str, emulated: bool, sparse: bool = False,
-                 temperature: float = 1.0):
+                 temperature: float = 1.0, engine: str = "numpy"):
         self.variant, self.fmt, self.kind = variant, fmt, kind
+        self.engine = engine
         self.temperature = temperature
         self.emulated, self.sparse = emulated, sparse
         self.rows = self.classes = 0
@@ -297,6 +300,7 @@ class Accumulator:
             argmax_counts=top, masked_nan_rows=c["masked_nan"],
             nan_output_row_index=list(self.nan_index),
             nonfinite_input_row_index=list(self.bad_input_index),
+            engine=self.engine,
         )
 
 
@@ -328,7 +332,7 @@ def diagnose(x2: np.ndarray, result: SoftmaxResult, top_classes: int = 5,
     (3, 1)
     """
     acc = Accumulator(result.variant, result.fmt, result.kind, result.emulated, sparse,
-                      result.temperature)
+                      result.temperature, result.engine)
     acc.stats.add(result.stats)
     acc.add(x2, result.values)
     return acc.result(top_classes)

@@ -132,7 +132,8 @@ class BlockPipeline:
         res = run.result
         if self.acc is None:
             self.acc = Accumulator(res.variant, res.fmt, res.kind, res.emulated,
-                                   sparse=self.job.sparse, temperature=res.temperature)
+                                   sparse=self.job.sparse, temperature=res.temperature,
+                                   engine=res.engine)
             self.template = res
         self.acc.add(run.logits, res.values, res.stats)
         if self.kept < self.keep:

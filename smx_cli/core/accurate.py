@@ -244,15 +244,16 @@ def accurate(x2: np.ndarray, spec, t: float, masked: str, threads: int | None = 
     kind = spec.kind
     n, width = x2.shape
     out = _output(out, (n, width), fmt)
+    use_native = (spec.fast and fmt.name in NATIVE_FORMATS and native.supports(x2.dtype)
+                  and out.flags.c_contiguous and not np.shares_memory(out, x2))
+    engine = native.engine() if use_native else "numpy"
     if width == 0 or n == 0:  # rows of no classes: an empty result, like 0 rows
-        return SoftmaxResult(out, kind, fmt, False, spec.name, t)
-
-    if spec.fast and fmt.name in NATIVE_FORMATS and native.supports(x2.dtype) \
-            and out.flags.c_contiguous and not np.shares_memory(out, x2):
+        return SoftmaxResult(out, kind, fmt, False, spec.name, t, engine=engine)
+    if use_native:
         # the compiled core: the same special rows, tighter bounds (see native.py)
         native.softmax_rows(np.ascontiguousarray(x2), out, kind=kind, temperature=t,
                             masked=masked, threads=threads)
-        return SoftmaxResult(out, kind, fmt, False, spec.name, t, engine=native.engine())
+        return SoftmaxResult(out, kind, fmt, False, spec.name, t, engine=engine)
 
     def fix(rows):
         _plain_rows(x2, out, rows, spec.accurate, t, masked, fmt)

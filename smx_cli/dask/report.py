@@ -29,8 +29,9 @@ def merge_accumulators(parts) -> Accumulator:
     >>> from smx_cli.analysis.diagnostics import diagnose
     >>> x = np.array([[1.0, 2.0], [np.nan, 0.0], [5.0, -np.inf]])
     >>> parts = []
+    >>> r = compute(x)
     >>> for i in range(3):
-    ...     acc = Accumulator("stable", compute(x).fmt, "prob", False)
+    ...     acc = Accumulator("stable", r.fmt, "prob", False, engine=r.engine)
     ...     acc.add(x[i:i + 1], compute(x[i:i + 1]).values)
     ...     parts.append(acc)
     >>> merge_accumulators(parts).result() == diagnose(x, compute(x))
@@ -38,7 +39,7 @@ def merge_accumulators(parts) -> Accumulator:
     """
     parts = list(parts)
     out = Accumulator(parts[0].variant, parts[0].fmt, parts[0].kind, parts[0].emulated,
-                      parts[0].sparse, getattr(parts[0], "temperature", 1.0))
+                      parts[0].sparse, getattr(parts[0], "temperature", 1.0), parts[0].engine)
     for p in parts:
         # the named rows (NaN outputs, NaN/+inf inputs) are indices into the part
         out.nan_index.extend(out.rows + i for i in p.nan_index)
@@ -89,7 +90,7 @@ def _block_part(xb, variant, temperature, dtype, masked, fast, options, start, h
         res = SoftmaxResult(np.asarray(values), ops._kind(variant), fmt, False, variant,
                             float(temperature), KernelStats())
         logits, support = xb, None
-    acc = Accumulator(variant, res.fmt, res.kind, res.emulated, sparse)
+    acc = Accumulator(variant, res.fmt, res.kind, res.emulated, sparse, engine=res.engine)
     acc.add(logits, res.values, res.stats)
     take = max(0, min(head_rows - start, len(xb)))
     head = (np.array(logits[:take]), np.array(res.values[:take]), res) if take else None

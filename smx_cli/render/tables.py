@@ -205,6 +205,26 @@ def row_list(index: list[int], lead_shape=None, limit: int = PANEL_ROWS) -> str:
     return f"{head} {shown}" + (f" and {more:,} more (all in --format json)" if more > 0 else "")
 
 
+def fallback_engine(d: SoftmaxDiagnostics) -> bool:
+    """True when the numpy kernels computed what the compiled core takes when it
+    runs (float64 stable/log): the panel then says why the core did not run."""
+    from smx_cli.core.accurate import NATIVE_FORMATS
+    from smx_cli.core.registry import VARIANTS
+
+    spec = VARIANTS.get(d.variant)
+    return (not d.emulated and d.engine == "numpy" and d.dtype in NATIVE_FORMATS
+            and spec is not None and spec.fast)
+
+
+def native_status() -> str:
+    """Why the compiled core is not running: forced off, or not built."""
+    from smx_cli.core import native
+
+    if native.available():
+        return "SMX_ENGINE=numpy"
+    return "the compiled core is not built (reinstall with a C compiler)"
+
+
 def diagnostics_panel(d: SoftmaxDiagnostics, source: str | None = None,
                       support: np.ndarray | None = None, lead_shape=None) -> Panel:
     """The diagnostics panel under a softmax table (``support``: sparse maps' sizes)."""
@@ -213,6 +233,8 @@ def diagnostics_panel(d: SoftmaxDiagnostics, source: str | None = None,
     grid.add_column(overflow="fold")
     inp = d.inputs
     how = f"emulated {d.dtype} arithmetic" if d.emulated else f"accurate, {d.dtype} result"
+    if fallback_engine(d):
+        how += f"; numpy engine: {native_status()}"
     if d.variant.startswith("torch."):
         how = f"PyTorch's CPU kernel: {d.dtype} storage, float32 arithmetic"
     grid.add_row("computed", f"{d.variant} ({how})")
