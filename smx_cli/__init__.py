@@ -15,6 +15,7 @@ from importlib import import_module
 _API = {
     "softmax": "core.softmax", "log_softmax": "core.softmax", "logsumexp": "core.softmax",
     "compute": "core.softmax", "VARIANTS": "core.softmax", "ALL_VARIANTS": "core.softmax",
+    "xent": "core.xent", "evaluate": "core.xent",
     "cross_entropy": "core.xent", "nll_loss": "core.xent", "cross_entropy_grad": "core.xent",
     "read_safetensors": "io.safetensors",
     "softmax_jacobian": "core.grad", "softmax_vjp": "core.grad", "log_softmax_vjp": "core.grad",

@@ -200,3 +200,17 @@ def test_strings_and_objects_are_refused_as_logits():
         smx_cli.softmax(np.array(["1", "2"]))
     with pytest.raises(ValueError, match="real numbers"):
         smx_cli.logsumexp(np.array([1.0, None]))
+
+
+def test_every_command_has_a_same_named_library_function():
+    """smx softmax / xent / compare-stability / calibrate -> smx_cli.softmax / xent /
+    compare_stability / calibrate; xent is the per-sample report the command shows."""
+    import smx_cli
+    from smx_cli.cli.app import COMMANDS
+
+    for name in COMMANDS:
+        assert callable(getattr(smx_cli, name.replace("-", "_"))), name
+    x = np.array([[2.0, 0.0], [0.0, 3.0]])
+    res = smx_cli.xent(x, np.array([0, 0]), reduction="none")
+    np.testing.assert_allclose(res.loss, smx_cli.cross_entropy(x, [0, 0], reduction="none"),
+                               rtol=1e-15)

@@ -581,3 +581,8 @@ from smx_cli.core.xent_kdim import (cross_entropy, cross_entropy_grad,  # noqa: 
 __all__ = ["REDUCTIONS", "INPUT_KINDS", "XentResult", "exact_sum", "check_options", "check_probs",
            "check_target", "evaluate", "evaluate_blocks", "cross_entropy",
            "nll_loss", "cross_entropy_grad"]
+
+
+#: ``smx_cli.xent``: the library function behind ``smx xent`` (per-sample loss,
+#: p(true), prediction, margin, entropy, and the summary), under the command's name
+xent = evaluate
