@@ -57,6 +57,23 @@ def bound_ulps(variant: str, x: np.ndarray, logp: np.ndarray, temperature: float
                            xs.shape)
 
 
+def verdict(rows: int, failed_rows: int, bound_ratio: float | None) -> str:
+    """A variant's verdict: overflow/NaN first, then its error against its own bound.
+
+    Examples
+    --------
+    >>> verdict(10, 0, 0.4), verdict(10, 2, 0.4), verdict(10, 0, 1.7), verdict(0, 0, None)
+    ('ok', 'broken', 'inaccurate', 'n/a')
+    """
+    if rows == 0:
+        return "n/a"
+    if failed_rows:
+        return "broken"
+    if bound_ratio is not None and bound_ratio > 1:
+        return "inaccurate"
+    return "ok"
+
+
 def _lse(xs, d, logp, n):
     f = np.abs(xs.max(axis=1, keepdims=True)) + np.log(max(n, 1))
     return d + f + np.log(max(n, 1)) + n + 5

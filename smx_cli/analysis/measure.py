@@ -47,6 +47,7 @@ import ml_dtypes
 import numpy as np
 
 from smx_cli.analysis.bounds import bound_ulps
+from smx_cli.analysis.bounds import verdict as bounds_verdict
 from smx_cli.core import registry
 from smx_cli.core.precision import FORMATS, Format, ulp_error
 from smx_cli.core.reference import exact_softmax
@@ -362,14 +363,7 @@ def measure(prep: _Prepared, variant: str, t: float, locate: bool = True,
     with np.errstate(all="ignore"):
         bound = bound_ulps(variant, prep.x, prep.logp, t)
         ratio = _finite_max((err / bound)[normal]) if m else None
-    if m == 0:
-        verdict = "n/a"
-    elif n_failed:
-        verdict = "broken"
-    elif ratio is not None and ratio > 1:
-        verdict = "inaccurate"
-    else:
-        verdict = "ok"
+    verdict = bounds_verdict(m, n_failed, ratio)
     worst = None
     if m:
         if n_failed:

@@ -19,6 +19,7 @@ import numpy as np
 
 from smx_cli.analysis import compare as cmp
 from smx_cli.analysis import measure as meas
+from smx_cli.analysis.bounds import verdict as bounds_verdict
 from smx_cli.dask import run as run_mod
 from smx_cli.errors import SmxError
 
@@ -65,14 +66,7 @@ def _merge_reports(reps) -> cmp.VariantReport:
     failed = sum(r.failed_rows for r in reps)
     max_ulp = _max(r.max_ulp for r in reps)
     ratio = _max(r.max_bound_ratio for r in reps)  # each variant against its own bound
-    if rows == 0:
-        verdict = "n/a"
-    elif failed:
-        verdict = "broken"
-    elif ratio is not None and ratio > 1:
-        verdict = "inaccurate"
-    else:
-        verdict = "ok"
+    verdict = bounds_verdict(rows, failed, ratio)
     if failed:
         worst = next(r.worst for r in reps if r.failed_rows)
     else:

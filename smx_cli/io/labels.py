@@ -63,11 +63,11 @@ def read_labels(path: str, *, class_names: list[str] | None = None,
     >>> read_labels(p, class_names=["cat", "dog"]).tolist()
     [0.0, 1.0, 1.0]
     """
-    data, source = io.read_bytes(path)  # noqa: SLF001 - same package
+    data, source = io.read_bytes(path)
     if data.startswith(io.NPY_MAGIC):
-        return io.load_npy(data, source)  # noqa: SLF001
+        return io.load_npy(data, source)
     if data.startswith(io.ZIP_MAGIC):
-        return io.load_npz(data, source, None)[0]  # noqa: SLF001
+        return io.load_npz(data, source, None)[0]
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -75,18 +75,18 @@ def read_labels(path: str, *, class_names: list[str] | None = None,
     entries = io.content_lines(text)  # lines end at \n only, not at \v or \f
     if not entries:
         raise SmxError(f"{source}: no labels (the file is empty or holds only comments)")
-    delim = delimiter if delimiter is not None else io.sniff_delimiter([e[1] for e in entries])  # noqa: SLF001
-    widths = {len(io.split_fields(line, delim)) for _, line in entries[1:] or entries}  # noqa: SLF001
+    delim = delimiter if delimiter is not None else io.sniff_delimiter([e[1] for e in entries])
+    widths = {len(io.split_fields(line, delim)) for _, line in entries[1:] or entries}
     if widths == {1}:
         names = _names_index(class_names)
-        first = io.split_fields(entries[0][1], delim)  # noqa: SLF001
+        first = io.split_fields(entries[0][1], delim)
         if len(first) == 1 and first[0] not in names and _is_header_word(first[0]):
             entries = entries[1:]  # a header such as "label"
         if not entries:
             raise SmxError(f"{source}: only a header, no labels")
         toks = []
         for lineno, line in entries:
-            parts = io.split_fields(line, delim)  # noqa: SLF001
+            parts = io.split_fields(line, delim)
             if len(parts) != 1:
                 raise SmxError(f"{source}: line {lineno} has {len(parts)} values; expected one label")
             toks.append(parts[0])
@@ -118,7 +118,7 @@ def split_id_column(path: str, column: str, *, delimiter: str | None = None,
 
 def _split_column(path: str, column: str, *, delimiter=None, header=None, key=None,
                   ids: bool = False, what: str = "--label-column"):
-    data, source = io.read_bytes(path)  # noqa: SLF001
+    data, source = io.read_bytes(path)
     if data.startswith(io.NPY_MAGIC) or data.startswith(io.ZIP_MAGIC):
         loaded = io.read_array(path, key=key)
         arr = loaded.values
@@ -138,19 +138,19 @@ def _split_column(path: str, column: str, *, delimiter=None, header=None, key=No
     content = io.content_lines(text, first_line=0)
     if not content:
         raise SmxError(f"{source}: no data (the file is empty or holds only comments)")
-    delim = delimiter if delimiter is not None else io.sniff_delimiter([c[1] for c in content])  # noqa: SLF001
-    first = io.split_fields(content[0][1], delim)  # noqa: SLF001
+    delim = delimiter if delimiter is not None else io.sniff_delimiter([c[1] for c in content])
+    first = io.split_fields(content[0][1], delim)
     if header is None:
         # a header if the first row has a token that is no number, apart from the label column
         try_idx = _column_index(column, None, len(first), source, quiet=True)
         others = [t for j, t in enumerate(first) if j != try_idx]
-        header = column in first or not all(io.is_number(t) for t in others)  # noqa: SLF001
+        header = column in first or not all(io.is_number(t) for t in others)
     names = first if header else None
     idx = _column_index(column, names, len(first), source)
     out_lines = list(raw_lines)
     tokens, lines = [], []
     for n, (i, line) in enumerate(content):
-        parts = io.split_fields(line, delim)  # noqa: SLF001
+        parts = io.split_fields(line, delim)
         if len(parts) != len(first):
             raise SmxError(f"{source}: line {i + 1} has {len(parts)} values, expected {len(first)}")
         if n > 0 or not header:

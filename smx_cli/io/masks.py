@@ -43,7 +43,7 @@ def read_mask(path: str, shape: tuple[int, int], *, delimiter: str | None = None
     >>> read_mask(p, (2, 3)).tolist()
     [[True, False, True], [True, False, True]]
     """
-    data, source = io.read_bytes(path)  # noqa: SLF001 - same package
+    data, source = io.read_bytes(path)
     if data.startswith(io.NPY_MAGIC) or data.startswith(io.ZIP_MAGIC):
         try:
             loaded = np.load(_io.BytesIO(data), allow_pickle=False)
@@ -65,10 +65,10 @@ def read_mask(path: str, shape: tuple[int, int], *, delimiter: str | None = None
         lines = io.content_lines(text)  # lines end at \n only, not at \v or \f
         if not lines:
             raise SmxError(f"{source}: empty mask file")
-        delim = delimiter or io.sniff_delimiter([ln for _, ln in lines])  # noqa: SLF001
+        delim = delimiter or io.sniff_delimiter([ln for _, ln in lines])
         rows = []
         for k, (n, ln) in enumerate(lines):
-            toks = [t.lower() for t in io.split_fields(ln, delim)]  # noqa: SLF001
+            toks = [t.lower() for t in io.split_fields(ln, delim)]
             if k == 0 and len(lines) > 1 and not any(t in _TRUE or t in _FALSE for t in toks):
                 continue  # a header row of class names
             row = []
