@@ -64,17 +64,23 @@ def _variant_block(xb, variant, temperature, dtype, masked, fast, options, out_d
     """One block of rows through the registry; (0, 0) probes give empty results."""
     if xb.size == 0:
         return np.empty(xb.shape, dtype=out_dtype)
+    return run_block(xb, variant, temperature, dtype, masked, fast, options,
+                     block_id or (0,)).result.values
+
+
+def run_block(xb, variant, temperature, dtype, masked, fast, options, seed_key):
+    """One block through the registry on one thread; a seeded stochastic variant
+    draws from its own reproducible stream, keyed by ``seed_key`` (not the
+    single-machine draw). Library errors become SmxError."""
     if registry.get(variant).stochastic and options is not None and options.seed is not None:
-        # one reproducible stream per row block (not the single-machine draw)
-        seq = np.random.SeedSequence([options.seed, *(block_id or (0,))])
+        seq = np.random.SeedSequence([options.seed, *seed_key])
         options = registry.VariantOptions(options.alpha, options.tau, options.hard, 1,
                                           int(seq.generate_state(1)[0]))
     try:
-        run = registry.run(xb, variant, temperature=temperature, dtype=dtype, masked=masked,
-                           options=options, fast=fast, threads=1)
+        return registry.run(xb, variant, temperature=temperature, dtype=dtype, masked=masked,
+                            options=options, fast=fast, threads=1)
     except ValueError as exc:
         raise SmxError(str(exc)) from None
-    return run.result.values
 
 
 def compute(x, variant: str = "stable", temperature: float = 1.0, dtype: str | None = None,

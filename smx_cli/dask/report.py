@@ -17,7 +17,6 @@ from smx_cli.analysis.diagnostics import Accumulator, SoftmaxDiagnostics
 from smx_cli.core import registry
 from smx_cli.core.result import KernelStats, SoftmaxResult
 from smx_cli.dask import ops, run as run_mod, store as store_mod
-from smx_cli.errors import SmxError
 
 
 def merge_accumulators(parts) -> Accumulator:
@@ -75,15 +74,7 @@ def _block_part(xb, variant, temperature, dtype, masked, fast, options, start, h
     xb = np.asarray(xb)
     sparse = registry.exact_zeros(variant, options)
     if values is None:
-        if registry.get(variant).stochastic and options is not None and options.seed is not None:
-            seq = np.random.SeedSequence([options.seed, start])
-            options = registry.VariantOptions(options.alpha, options.tau, options.hard, 1,
-                                              int(seq.generate_state(1)[0]))
-        try:
-            vr = registry.run(xb, variant, temperature=temperature, dtype=dtype, masked=masked,
-                              options=options, fast=fast, threads=1)
-        except ValueError as exc:
-            raise SmxError(str(exc)) from None
+        vr = ops.run_block(xb, variant, temperature, dtype, masked, fast, options, (start,))
         res, logits, support = vr.result, vr.logits, vr.support
     else:
         fmt = ops.result_format(values.dtype)
