@@ -45,13 +45,37 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* CPU dispatch: every kernel is compiled three times (x86-64-v4 = AVX-512,
+ * x86-64-v3 = AVX2 + FMA, baseline = SSE2) and the variant is picked at run
+ * time (g_isa). The FMA variants evaluate the exp polynomials with fused
+ * multiply-adds (USE_FMA is a compile-time constant of each variant, never a
+ * flag tested in the loops); the baseline uses separate multiply and add. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
     && !defined(SMX_NO_CLONES)
-#define SMX_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #define SMX_X86 1
+#define SMX_V4 __attribute__((target("arch=x86-64-v4,prefer-vector-width=512")))
+#define SMX_V3 __attribute__((target("arch=x86-64-v3")))
 #else
-#define SMX_CLONES
 #define SMX_X86 0
+#endif
+
+enum { ISA_BASE = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
+static int g_isa = ISA_BASE;
+
+/* kernel NAME_t(ARGS..., USE_FMA) -> NAME(ARGS...) dispatching on g_isa */
+#if SMX_X86
+#define VARIANTS(NAME, PARAMS, ...)                                             \
+    SMX_V4 static void NAME##_v4 PARAMS { NAME##_t(__VA_ARGS__, 1); }            \
+    SMX_V3 static void NAME##_v3 PARAMS { NAME##_t(__VA_ARGS__, 1); }            \
+    static void NAME##_base PARAMS { NAME##_t(__VA_ARGS__, 0); }                \
+    static void NAME PARAMS {                                                   \
+        if (g_isa == ISA_AVX512) NAME##_v4(__VA_ARGS__);                        \
+        else if (g_isa == ISA_AVX2) NAME##_v3(__VA_ARGS__);                     \
+        else NAME##_base(__VA_ARGS__);                                          \
+    }
+#else
+#define VARIANTS(NAME, PARAMS, ...)                                             \
+    static void NAME PARAMS { NAME##_t(__VA_ARGS__, 0); }
 #endif
 
 #if defined(__GNUC__)
@@ -64,8 +88,6 @@ enum { DT_F16 = 0, DT_BF16 = 1, DT_F32 = 2, DT_F64 = 3 };
 static const int ITEMSIZE[4] = {2, 2, 4, 8};
 #define LANES 8
 
-/* FMA available (decided once at import, matching the clone gcc's resolver picks) */
-static int g_fma = 0;
 
 /* ------------------------------------------------------------------------ */
 /* bits                                                                      */
@@ -216,7 +238,7 @@ AI void exp_hl_scaled(double x, int64_t K, double *hi, double *lo, const int USE
     double rr = (rh - r) + rl;
     double h = 1.0 + r;
     double l = (1.0 - h) + r;   /* Fast2Sum(1, r): exact */
-    l += (r * r) * expq(r, 0) + rr * h;
+    l += (r * r) * expq(r, USE_FMA) + rr * h;
     double ph = h + l;
     double pl = l - (ph - h);
     int64_t k = (int64_t)(ki - asu64(SHIFT)) + K;
@@ -230,6 +252,25 @@ AI void exp_hl_scaled(double x, int64_t K, double *hi, double *lo, const int USE
 
 AI void exp_hl(double x, double *hi, double *lo, const int USE_FMA) {
     exp_hl_scaled(x, 0, hi, lo, USE_FMA);
+}
+
+/* exp(q) for q <= 0 as ONE float64 (the 16/32-bit path), 0 for q < -708 and
+ * q = -inf. Cody-Waite: k = rint(q log2e) (|k| <= 1022, so 2^k is normal and
+ * the scaling exact), r = (q - k LN2HI) - k LN2LO with the first step exact,
+ * |r| <= 0.3466, |error of r| <= 2^-54 (one rounding; LN2HI + LN2LO = ln 2
+ * within 2^-86); exp(r) = 1 + (r + r^2 Q(r)), Q the Taylor polynomial to
+ * r^11/13! (truncation < 2^-52). Relative error: 1.1 ulp of float64 with FMA
+ * (measured 0.6), < 2^-50 without (tests/test_native.py, exp1 hook). */
+AI double exp1(double q, const int USE_FMA) {
+    double qc = q < -708.0 ? -708.0 : q;
+    double kd = qc * LOG2E + SHIFT;
+    uint64_t ki = asu64(kd);
+    kd -= SHIFT;
+    double r = qc - kd * LN2HI;   /* exact */
+    r = FMA_(-kd, LN2LO, r, USE_FMA);
+    double p = 1.0 + FMA_(r * r, expq(r, USE_FMA), r, USE_FMA);
+    double s = asf64((ki - asu64(SHIFT) + 1023) << 52);
+    return q < -708.0 ? 0.0 : p * s;
 }
 
 /* log1p(S_hi + S_lo) as a double-double (*lh + *ll), S >= 0 */
@@ -260,33 +301,22 @@ static void log1p_dd(double sh, double sl, double *lh, double *ll) {
 /* ------------------------------------------------------------------------ */
 /* row helpers                                                               */
 
-/* max over x[j0:j1] and whether a NaN was seen. The NaN test is vectorised as
- * a sum of (v - v), which is NaN for NaN and +-inf entries: only then is the
- * row scanned again for a real NaN. */
+/* max over x[j0:j1] and whether a NaN was seen (then the max is meaningless).
+ * The max is taken on integer keys (the float64 bits with the magnitude bits
+ * flipped for negative numbers: monotone in the value), because integer max
+ * is a reduction gcc vectorises; max(-0, +0) = +0. */
+AI int64_t order_key(int64_t b) { return b ^ (int64_t)((uint64_t)(b >> 63) >> 1); }
+
 AI double row_max(const void *x, Py_ssize_t j0, Py_ssize_t j1, int *has_nan, const int DT) {
-    double acc[LANES], chk[LANES];
-    for (int l = 0; l < LANES; l++) { acc[l] = -INFINITY; chk[l] = 0.0; }
-    Py_ssize_t j = j0;
-    for (; j + LANES <= j1; j += LANES)
-        for (int l = 0; l < LANES; l++) {
-            double v = ld(x, j + l, DT);
-            acc[l] = v > acc[l] ? v : acc[l];
-            chk[l] += v - v;
-        }
-    double m = -INFINITY, ck = 0.0;
-    for (; j < j1; j++) {
+    int64_t km = INT64_MIN, nanf = 0;
+    for (Py_ssize_t j = j0; j < j1; j++) {
         double v = ld(x, j, DT);
-        m = v > m ? v : m;
-        ck += v - v;
+        int64_t key = order_key((int64_t)asu64(v));
+        km = key > km ? key : km;
+        nanf |= v != v;
     }
-    for (int l = 0; l < LANES; l++) { m = acc[l] > m ? acc[l] : m; ck += chk[l]; }
-    if (has_nan) {
-        int n = 0;
-        if (ck != ck)
-            for (j = j0; j < j1; j++) { double v = ld(x, j, DT); if (v != v) { n = 1; break; } }
-        *has_nan = n;
-    }
-    return m;
+    if (has_nan) *has_nan = nanf != 0;
+    return j1 > j0 ? asf64((uint64_t)order_key(km)) : -INFINITY;
 }
 
 AI Py_ssize_t first_index(const void *x, Py_ssize_t C, double m, const int DT) {
@@ -309,7 +339,9 @@ AI void shifted(double xv, double m, double t, double *q, double *c, const int H
         d = qq;
     }
     *q = d;
-    *c = (d == -INFINITY) ? 0.0 : e;
+    /* -inf entries carry no error; Dekker's split overflows for |d| > ~1e300
+     * (baseline CPUs): there the correction (< 1 ulp of |q| > 1e290) is dropped */
+    *c = (e - e == 0.0) ? e : 0.0;
 }
 
 typedef struct { double hi, lo, dot; } sums_t;
@@ -518,6 +550,140 @@ AI void softmax_row_log(const sm_args *A, const void *x, void *o, double m, Py_s
     st(o, k, -(lh + ll), DT);
 }
 
+
+/* ------------------------------------------------------------------------ */
+/* 16/32-bit formats: single-word float64 arithmetic, rounded once          */
+/*
+ * Error budget (relative error of the float64 value before the one rounding
+ * to the output format; 2^-44 of it costs at most 2^-20 ulp of a 24-bit
+ * significand, so the result is within 0.5 + 2^-20 ulp; an exact value that
+ * is subnormal in the output is < 2^-126 and gets an absolute error below
+ * 2^-170, far under 2^-20 of its spacing 2^-149). u = 2^-53. Let q_j be the
+ * exact (x_j - m)/t; only q_j >= -88 - ln C matter (the others give outputs
+ * below 2^-126, or their sum is < C e^-88 relative to S >= 1).
+ *  - q = fl(x - m) [ / t ]: |error| <= |q| u (|q| 2u with t), so exp(q) is
+ *    off by <= 88 * 2u = 2^-45.5 relatively (2^-46.5 without t) for outputs
+ *    >= 2^-126, and the sum S by <= 2^-46.6 (the e^q-weighted mean of |q|
+ *    is < 41 for C < 2^40);
+ *  - exp1: <= 2^-50;
+ *  - S = sum of the exp terms: plain float64 sums in LANES lane accumulators
+ *    restarted every BLK terms (<= (BLK - 1) u = 2^-47 each), the block sums
+ *    added as double-doubles (TwoSum), so <= 2^-47 + 2u in all;
+ *  - probabilities: e * fl(1 / S): 2 roundings, 2u.
+ *    Total: 2^-45.5 + 2^-50 + 2^-46.6 + 2^-50 + 2^-47 + 2^-51 < 2^-44.4.
+ *  - log-probabilities: out = q - L, L = log1p(R), R = (n_max - 1) + sum of
+ *    the terms with q < 0 (n_max entries equal the maximum): both q <= 0 and
+ *    -L <= 0, so the subtraction does not cancel and the relative error is at
+ *    most max(err q, err L) + u. err L <= err R + err log1p (glibc: 1 ulp)
+ *    since R / ((1 + R) log1p(R)) <= 1, and err R <= 2^-45.3 (terms at
+ *    q >= -109 when R >= 2^-126) + 2^-50 + 2^-47 + 2u: < 2^-44.6 in all.
+ */
+#define BLK 64
+
+typedef struct { double hi, lo; } dd_t;
+
+AI void dd_add(dd_t *a, double b) {  /* TwoSum into a double-double */
+    double s = a->hi + b, bv = s - a->hi;
+    double e = (a->hi - (s - bv)) + (b - bv);
+    a->hi = s;
+    a->lo += e;
+}
+
+/* blocked lane sums of exp((x_j - m)/t) over the row; with STORE the terms go
+ * to ph; with MASK the terms with q == 0 (the maxima) are left out and
+ * counted in *n0. *ninf counts the -inf entries. The row is done in chunks
+ * of BLK * LANES: a map loop (exp of each entry into a buffer; gcc vectorises
+ * it whole) then LANES plain partial sums of <= BLK terms each. */
+AI double lowp_exp_sum(const void *x, Py_ssize_t C, double m, double t, double *ph, int64_t *n0,
+                       int64_t *ninf, const int DT, const int HAS_T, const int USE_FMA,
+                       const int STORE, const int MASK) {
+    dd_t tot[LANES];
+    double buf[BLK * LANES];
+    int64_t cz = 0, ci = 0;
+    for (int l = 0; l < LANES; l++) tot[l].hi = tot[l].lo = 0.0;
+    for (Py_ssize_t jb = 0; jb < C; jb += BLK * LANES) {
+        Py_ssize_t n = C - jb < BLK * LANES ? C - jb : BLK * LANES;
+        double *eb = STORE ? ph + jb : buf;
+        const char *xb = (const char *)x + (size_t)jb * ITEMSIZE[DT];
+        int64_t a = 0, b = 0;
+        for (Py_ssize_t j = 0; j < n; j++) {
+            double xv = ld(xb, j, DT);
+            double q = xv - m;
+            if (HAS_T) q = q / t;
+            double e = exp1(q, USE_FMA);
+            if (MASK) { a += q == 0.0; e = q == 0.0 ? 0.0 : e; }
+            b += xv == -INFINITY;
+            eb[j] = e;
+        }
+        cz += a; ci += b;
+        double acc[LANES];
+        for (int l = 0; l < LANES; l++) acc[l] = 0.0;
+        Py_ssize_t j = 0;
+        for (; j + LANES <= n; j += LANES)
+            for (int l = 0; l < LANES; l++) acc[l] += eb[j + l];
+        for (; j < n; j++) acc[0] += eb[j];
+        for (int l = 0; l < LANES; l++) dd_add(&tot[l], acc[l]);
+    }
+    dd_t s = tot[0];
+    for (int l = 1; l < LANES; l++) { dd_add(&s, tot[l].hi); s.lo += tot[l].lo; }
+    if (n0) *n0 = cz;
+    *ninf = ci;
+    return s.hi + s.lo;
+}
+
+AI void lowp_row_prob(const sm_args *A, const void *x, void *o, double m, stats_t *S,
+                      const int DT, const int HAS_T, const int USE_FMA) {
+    Py_ssize_t C = A->C;
+    double *ph = A->ph;
+    int64_t ninf;
+    double sum = lowp_exp_sum(x, C, m, A->t, ph, NULL, &ninf, DT, HAS_T, USE_FMA, 1, 0);
+    double inv = 1.0 / sum;
+    int64_t zero[LANES];
+    for (int l = 0; l < LANES; l++) zero[l] = 0;
+    Py_ssize_t j = 0;
+#define OUT_BODY(J, L)                                                          \
+    {                                                                           \
+        double v = ph[(J)] * inv;                                               \
+        st(o, (J), v, DT);                                                      \
+        zero[L] += st_is_zero(v, DT);                                           \
+    }
+    for (; j + LANES <= C; j += LANES)
+        for (int l = 0; l < LANES; l++) OUT_BODY(j + l, l)
+    for (; j < C; j++) OUT_BODY(j, 0)
+#undef OUT_BODY
+    int64_t z = -ninf;  /* -inf entries are exact zeros, not underflows */
+    for (int l = 0; l < LANES; l++) z += zero[l];
+    S->exp_underflow += z;
+}
+
+AI void lowp_row_log(const sm_args *A, const void *x, void *o, double m, stats_t *S,
+                     const int DT, const int HAS_T, const int USE_FMA) {
+    Py_ssize_t C = A->C;
+    double t = A->t;
+    int64_t n0, ninf;
+    double rest = lowp_exp_sum(x, C, m, t, NULL, &n0, &ninf, DT, HAS_T, USE_FMA, 0, 1);
+    double L = log1p((double)(n0 - 1) + rest);
+    double lim = LOG_UNDER[DT];
+    int64_t under[LANES];
+    for (int l = 0; l < LANES; l++) under[l] = 0;
+    Py_ssize_t j = 0;
+#define LOG_BODY(J, L_)                                                         \
+    {                                                                           \
+        double q = ld(x, (J), DT) - m;                                          \
+        if (HAS_T) q = q / t;                                                   \
+        double v = -(L - q); /* = q - L; -0.0 for the max of a one-entry row */ \
+        st(o, (J), v, DT);                                                      \
+        under[L_] += v < lim;                                                   \
+    }
+    for (; j + LANES <= C; j += LANES)
+        for (int l = 0; l < LANES; l++) LOG_BODY(j + l, l)
+    for (; j < C; j++) LOG_BODY(j, 0)
+#undef LOG_BODY
+    int64_t z = -ninf;
+    for (int l = 0; l < LANES; l++) z += under[l];
+    S->exp_underflow += z;
+}
+
 AI void softmax_rows_t(const sm_args *A, Py_ssize_t r0, Py_ssize_t r1, stats_t *S, const int DT,
                        const int HAS_T, const int USE_FMA) {
     Py_ssize_t C = A->C;
@@ -528,7 +694,11 @@ AI void softmax_rows_t(const sm_args *A, Py_ssize_t r0, Py_ssize_t r1, stats_t *
         int has_nan;
         double m = row_max(x, 0, C, &has_nan, DT);
         if (special_row(A, x, o, m, has_nan, r, S, DT)) continue;
-        if (A->kind == 0) {
+        if (DT != DT_F64) {
+            if (A->kind == 0) lowp_row_prob(A, x, o, m, S, DT, HAS_T, USE_FMA);
+            else lowp_row_log(A, x, o, m, S, DT, HAS_T, USE_FMA);
+            if (A->argmax) A->argmax[r] = first_index(x, C, m, DT);
+        } else if (A->kind == 0) {
             softmax_row_prob(A, x, o, m, S, DT, HAS_T, USE_FMA);
             if (A->argmax) A->argmax[r] = first_index(x, C, m, DT);
         } else {
@@ -541,22 +711,24 @@ AI void softmax_rows_t(const sm_args *A, Py_ssize_t r0, Py_ssize_t r1, stats_t *
 
 #define DISPATCH_DT(FN, ...)                                                    \
     switch (dt) {                                                               \
-    case DT_F16: FN(__VA_ARGS__, DT_F16); break;                                \
-    case DT_BF16: FN(__VA_ARGS__, DT_BF16); break;                              \
-    case DT_F32: FN(__VA_ARGS__, DT_F32); break;                                \
-    default: FN(__VA_ARGS__, DT_F64); break;                                    \
+    case DT_F16: FN(__VA_ARGS__, DT_F16, USE_FMA); break;                       \
+    case DT_BF16: FN(__VA_ARGS__, DT_BF16, USE_FMA); break;                     \
+    case DT_F32: FN(__VA_ARGS__, DT_F32, USE_FMA); break;                       \
+    default: FN(__VA_ARGS__, DT_F64, USE_FMA); break;                           \
     }
 
-AI void softmax_rows_dt(const sm_args *A, Py_ssize_t r0, Py_ssize_t r1, stats_t *S, const int DT) {
-    /* g_fma is a run-time flag (not a template constant) to halve the code size */
-    if (A->t != 1.0) softmax_rows_t(A, r0, r1, S, DT, 1, g_fma);
-    else softmax_rows_t(A, r0, r1, S, DT, 0, g_fma);
+AI void softmax_rows_dt(const sm_args *A, Py_ssize_t r0, Py_ssize_t r1, stats_t *S, const int DT,
+                       const int USE_FMA) {
+    if (A->t != 1.0) softmax_rows_t(A, r0, r1, S, DT, 1, USE_FMA);
+    else softmax_rows_t(A, r0, r1, S, DT, 0, USE_FMA);
 }
 
-SMX_CLONES
-static void softmax_rows_kernel(const sm_args *A, Py_ssize_t r0, Py_ssize_t r1, stats_t *S, int dt) {
+AI void softmax_rows_kernel_t(const sm_args *A, Py_ssize_t r0, Py_ssize_t r1, stats_t *S, int dt,
+                              const int USE_FMA) {
     DISPATCH_DT(softmax_rows_dt, A, r0, r1, S)
 }
+VARIANTS(softmax_rows_kernel, (const sm_args *A, Py_ssize_t r0, Py_ssize_t r1, stats_t *S, int dt),
+         A, r0, r1, S, dt)
 
 /* ------------------------------------------------------------------------ */
 /* logsumexp                                                                 */
@@ -592,6 +764,7 @@ AI void lse_rows_t(const lse_args *A, Py_ssize_t r0, Py_ssize_t r1, const int DT
                 mq = m / t;
                 double p = mq * t;
                 mr = ((m - p) - prod_err(mq, t, p, USE_FMA)) / t;
+                mr = (mr - mr == 0.0) ? mr : 0.0;  /* Dekker overflow (see shifted) */
             }
             double s = mq + lh, bv = s - mq;
             double e = (mq - (s - bv)) + (lh - bv);
@@ -601,15 +774,16 @@ AI void lse_rows_t(const lse_args *A, Py_ssize_t r0, Py_ssize_t r1, const int DT
     }
 }
 
-AI void lse_rows_dt(const lse_args *A, Py_ssize_t r0, Py_ssize_t r1, const int DT) {
-    if (A->t != 1.0) lse_rows_t(A, r0, r1, DT, 1, g_fma);
-    else lse_rows_t(A, r0, r1, DT, 0, g_fma);
+AI void lse_rows_dt(const lse_args *A, Py_ssize_t r0, Py_ssize_t r1, const int DT,
+                   const int USE_FMA) {
+    if (A->t != 1.0) lse_rows_t(A, r0, r1, DT, 1, USE_FMA);
+    else lse_rows_t(A, r0, r1, DT, 0, USE_FMA);
 }
 
-SMX_CLONES
-static void lse_rows_kernel(const lse_args *A, Py_ssize_t r0, Py_ssize_t r1, int dt) {
+AI void lse_rows_kernel_t(const lse_args *A, Py_ssize_t r0, Py_ssize_t r1, int dt, const int USE_FMA) {
     DISPATCH_DT(lse_rows_dt, A, r0, r1)
 }
+VARIANTS(lse_rows_kernel, (const lse_args *A, Py_ssize_t r0, Py_ssize_t r1, int dt), A, r0, r1, dt)
 
 /* ------------------------------------------------------------------------ */
 /* cross-entropy with class indices, one sweep per row                      */
@@ -627,6 +801,61 @@ typedef struct {
     uint8_t *top5, *fallback;
 } xe_args;
 
+/* One sweep of a 16/32-bit row for the cross-entropy (after the max pass):
+ * R = sum_{x_j < m} exp(x_j - m) (+ the n_max - 1 other maxima) as a
+ * double-double, the entropy dot sum_j e_j (m - x_j), the second maximum, the
+ * first index of the maximum and the count of entries above x_y (top-5).
+ * d = x - m keeps its rounding error c (TwoSum) folded as e (1 + c); the terms
+ * (exp1: <= 1.1 ulp with FMA) are summed in LANES lanes restarted every XBLK
+ * terms (<= (XBLK - 1) u) with double-double block totals. */
+#define XBLK 4
+AI void lowp_xent_sweep(const void *x, Py_ssize_t C, double m, double xy, double *rh, double *rl,
+                        double *dot, double *m2, Py_ssize_t *kfirst, int64_t *above,
+                        const int DT, const int USE_FMA) {
+    dd_t tot[LANES];
+    double dsum[LANES];
+    for (int l = 0; l < LANES; l++) { tot[l].hi = tot[l].lo = 0.0; dsum[l] = 0.0; }
+    int64_t n0 = 0, ab = 0, k2 = INT64_MIN, kf = C;
+    double eb[XBLK * LANES], db[XBLK * LANES];
+    for (Py_ssize_t jb = 0; jb < C; jb += XBLK * LANES) {
+        Py_ssize_t n = C - jb < XBLK * LANES ? C - jb : XBLK * LANES;
+        const char *xb = (const char *)x + (size_t)jb * ITEMSIZE[DT];
+        for (Py_ssize_t j = 0; j < n; j++) {
+            double xv = ld(xb, j, DT);
+            double d = xv - m, bv = d - xv;
+            double c = (xv - (d - bv)) + (-m - bv);   /* TwoSum(x, -m) error */
+            double e = exp1(d, USE_FMA);
+            int z = d == 0.0;
+            e = (z | (d < -708.0)) ? 0.0 : FMA_(e, c, e, USE_FMA);
+            eb[j] = e;
+            db[j] = e > 0.0 ? e * -d : 0.0;
+            n0 += z;
+            ab += xv > xy;
+            int64_t key = z ? INT64_MIN : order_key((int64_t)asu64(xv));
+            k2 = key > k2 ? key : k2;
+            int64_t kk = z ? (int64_t)(jb + j) : (int64_t)C;
+            kf = kk < kf ? kk : kf;
+        }
+        double acc[LANES];
+        for (int l = 0; l < LANES; l++) acc[l] = 0.0;
+        Py_ssize_t j = 0;
+        for (; j + LANES <= n; j += LANES)
+            for (int l = 0; l < LANES; l++) { acc[l] += eb[j + l]; dsum[l] += db[j + l]; }
+        for (; j < n; j++) { acc[0] += eb[j]; dsum[0] += db[j]; }
+        for (int l = 0; l < LANES; l++) dd_add(&tot[l], acc[l]);
+    }
+    dd_t sm = {(double)(n0 - 1), 0.0};
+    double ds = 0.0;
+    for (int l = 0; l < LANES; l++) { dd_add(&sm, tot[l].hi); sm.lo += tot[l].lo; ds += dsum[l]; }
+    double hi = sm.hi + sm.lo;
+    *rl = sm.lo - (hi - sm.hi);
+    *rh = hi;
+    *dot = ds;
+    *m2 = n0 > 1 ? m : (k2 == INT64_MIN ? -INFINITY : asf64((uint64_t)order_key(k2)));
+    *kfirst = kf;
+    *above = ab;
+}
+
 AI void xent_rows_t(const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, const int DT,
                     const int USE_FMA) {
     Py_ssize_t C = A->C;
@@ -640,12 +869,21 @@ AI void xent_rows_t(const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb
         double m = row_max(x, 0, C, &has_nan, DT);
         if (has_nan || !isfinite(m)) { A->fallback[r] = 1; (*nfb)++; continue; }
         A->fallback[r] = 0;
-        Py_ssize_t k = first_index(x, C, m, DT);
+        int64_t y = A->target[r];
+        Py_ssize_t k;
         double m2, lh, ll, shi, dot;
-        rest_lse(x, C, k, m, 1.0, &lh, &ll, &m2, &shi, &dot, DT, 0, USE_FMA, 1);
+        int64_t above = -1;
+        if (DT != DT_F64) {
+            double xy0 = y == A->ignore_index ? INFINITY : ld(x, y, DT);
+            double slo;
+            lowp_xent_sweep(x, C, m, xy0, &shi, &slo, &dot, &m2, &k, &above, DT, USE_FMA);
+            log1p_dd(shi, slo, &lh, &ll);
+        } else {
+            k = first_index(x, C, m, DT);
+            rest_lse(x, C, k, m, 1.0, &lh, &ll, &m2, &shi, &dot, DT, 0, USE_FMA, 1);
+        }
         A->argmax[r] = k;
         A->entropy[r] = (lh + ll) + dot / (1.0 + shi);
-        int64_t y = A->target[r];
         if (y == A->ignore_index) {
             A->loss[r] = 0.0;
             A->logp_true[r] = NAN;
@@ -693,8 +931,10 @@ AI void xent_rows_t(const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb
         }
         A->loss[r] = 0.0 + loss;
         /* top-5: fewer than k5 classes strictly above the true one */
-        int64_t above = 0;
-        for (Py_ssize_t j = 0; j < C; j++) above += ld(x, j, DT) > xy;
+        if (above < 0) {
+            above = 0;
+            for (Py_ssize_t j = 0; j < C; j++) above += ld(x, j, DT) > xy;
+        }
         A->top5[r] = above < k5;
         if (C == 1) A->margin[r] = NAN;
         else if (y == k) {
@@ -705,14 +945,12 @@ AI void xent_rows_t(const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb
     }
 }
 
-AI void xent_rows_dt(const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, const int DT) {
-    xent_rows_t(A, r0, r1, nfb, DT, g_fma);
+AI void xent_rows_kernel_t(const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, int dt,
+                          const int USE_FMA) {
+    DISPATCH_DT(xent_rows_t, A, r0, r1, nfb)
 }
-
-SMX_CLONES
-static void xent_rows_kernel(const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, int dt) {
-    DISPATCH_DT(xent_rows_dt, A, r0, r1, nfb)
-}
+VARIANTS(xent_rows_kernel, (const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, int dt),
+         A, r0, r1, nfb, dt)
 
 /* ------------------------------------------------------------------------ */
 /* Python glue                                                               */
@@ -850,14 +1088,18 @@ static PyObject *py_xent(PyObject *self, PyObject *args) {
 }
 
 /* the instruction set of the clone that runs (the resolver's choice) */
-static const char *isa_name(void) {
+static int best_isa(void) {
 #if SMX_X86
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("x86-64-v4")) return "avx512";
-    if (__builtin_cpu_supports("x86-64-v3")) return "avx2";
+    if (__builtin_cpu_supports("x86-64-v4")) return ISA_AVX512;
+    if (__builtin_cpu_supports("x86-64-v3")) return ISA_AVX2;
 #endif
-    return "baseline";
+    return ISA_BASE;
 }
+
+static const char *const ISA_NAMES[3] = {"baseline", "avx2", "avx512"};
+
+static const char *isa_name(void) { return ISA_NAMES[g_isa]; }
 
 static PyObject *py_isa(PyObject *self, PyObject *noargs) { return PyUnicode_FromString(isa_name()); }
 
@@ -885,12 +1127,20 @@ static PyObject *py_round16(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-static PyObject *py_set_fma(PyObject *self, PyObject *args) {
-    int v;
-    if (!PyArg_ParseTuple(args, "p", &v)) return NULL;
-    int old = g_fma;
-    g_fma = v && (strcmp(isa_name(), "baseline") != 0);
-    return PyBool_FromLong(old);
+/* test hook: run the variant of the named instruction set (at most the CPU's
+ * best); returns the previous name */
+static PyObject *py_set_isa(PyObject *self, PyObject *args) {
+    const char *name;
+    if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
+    int want = -1;
+    for (int i = 0; i < 3; i++) if (strcmp(name, ISA_NAMES[i]) == 0) want = i;
+    if (want < 0 || want > best_isa()) {
+        PyErr_Format(PyExc_ValueError, "instruction set %s is not available", name);
+        return NULL;
+    }
+    const char *old = isa_name();
+    g_isa = want;
+    return PyUnicode_FromString(old);
 }
 
 static PyMethodDef methods[] = {
@@ -901,7 +1151,8 @@ static PyMethodDef methods[] = {
     {"isa", py_isa, METH_NOARGS, "instruction set of the running clone"},
     {"exp_hl", py_exp_hl, METH_VARARGS, "exp(x) as (hi, lo) (test hook)"},
     {"round16", py_round16, METH_VARARGS, "round16(src_f64, dst_u16, n, dt) (test hook)"},
-    {"set_fma", py_set_fma, METH_VARARGS, "use FMA for exact products (test hook); returns old"},
+    {"set_isa", py_set_isa, METH_VARARGS, "run the named instruction set's kernels (test hook); "
+                                          "returns the old name"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -909,6 +1160,6 @@ static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_smx_native",
                                     "Fused accurate softmax kernels for smx.", -1, methods};
 
 PyMODINIT_FUNC PyInit__smx_native(void) {
-    g_fma = strcmp(isa_name(), "baseline") != 0;
+    g_isa = best_isa();
     return PyModule_Create(&moddef);
 }
