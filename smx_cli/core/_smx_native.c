@@ -684,10 +684,96 @@ AI void lowp_row_log(const sm_args *A, const void *x, void *o, double m, stats_t
     S->exp_underflow += z;
 }
 
+/* Narrow rows (C <= NARROW_C) of 16/32-bit formats: blocks of NR rows, with
+ * the exp and output loops running over the flattened block (the row's max,
+ * 1/S or L expanded per entry) so they vectorise across rows; the row sums are
+ * plain sums of <= NARROW_C terms (<= 15 u, inside the budget above).
+ * Special rows (NaN, +-inf max) get NaN in the flat loops (not counted as
+ * underflows) and are then rewritten by special_row. */
+#define NARROW_C 16
+#define NR 64
+AI void lowp_narrow_t(const sm_args *A, Py_ssize_t r0, Py_ssize_t r1, stats_t *S, const int DT,
+                      const int HAS_T, const int USE_FMA, const int KIND) {
+    Py_ssize_t C = A->C;
+    size_t isz = (size_t)ITEMSIZE[DT];
+    double t = A->t;
+    double mm[NR * NARROW_C], vv[NR * NARROW_C], eb[NR * NARROW_C], rm[NR], rv[NR];
+    unsigned char sp[NR];
+    for (Py_ssize_t rb = r0; rb < r1; rb += NR) {
+        Py_ssize_t nr = r1 - rb < NR ? r1 - rb : NR;
+        Py_ssize_t n = nr * C;
+        const char *xb = (const char *)A->x + (size_t)rb * C * isz;
+        char *ob = (char *)A->out + (size_t)rb * C * isz;
+        int nsp = 0;
+        for (Py_ssize_t r = 0; r < nr; r++) {
+            int has_nan;
+            double m = row_max(xb + (size_t)r * C * isz, 0, C, &has_nan, DT);
+            sp[r] = has_nan || !(m - m == 0.0);
+            nsp += sp[r];
+            rm[r] = sp[r] ? NAN : m;
+        }
+        for (Py_ssize_t r = 0; r < nr; r++)
+            for (Py_ssize_t j = 0; j < C; j++) mm[r * C + j] = rm[r];
+        for (Py_ssize_t i = 0; i < n; i++) {
+            double q = ld(xb, i, DT) - mm[i];
+            if (HAS_T) q = q / t;
+            double e = exp1(q, USE_FMA);
+            if (KIND) e = q == 0.0 ? 0.0 : e;
+            eb[i] = e;
+        }
+        int64_t ninf = 0;
+        for (Py_ssize_t r = 0; r < nr; r++) {
+            const char *xr = xb + (size_t)r * C * isz;
+            double sum = 0.0;
+            int64_t n0 = 0;
+            for (Py_ssize_t j = 0; j < C; j++) {
+                double xv = ld(xr, j, DT);
+                sum += eb[r * C + j];
+                n0 += xv == rm[r];
+                ninf += (xv == -INFINITY) & !sp[r];
+            }
+            rv[r] = KIND ? log1p((double)(n0 - 1) + sum) : 1.0 / sum;
+        }
+        for (Py_ssize_t r = 0; r < nr; r++)
+            for (Py_ssize_t j = 0; j < C; j++) vv[r * C + j] = rv[r];
+        int64_t under = -ninf;
+        double lim = LOG_UNDER[DT];
+        for (Py_ssize_t i = 0; i < n; i++) {
+            double v;
+            if (KIND) {
+                double q = ld(xb, i, DT) - mm[i];
+                if (HAS_T) q = q / t;
+                v = -(vv[i] - q);
+                under += v < lim;
+            } else {
+                v = eb[i] * vv[i];
+                under += st_is_zero(v, DT);
+            }
+            st(ob, i, v, DT);
+        }
+        S->exp_underflow += under;
+        for (Py_ssize_t r = 0; r < nr; r++) {
+            const char *xr = xb + (size_t)r * C * isz;
+            if (sp[r]) {
+                int has_nan;
+                double m = row_max(xr, 0, C, &has_nan, DT);
+                special_row(A, xr, ob + (size_t)r * C * isz, m, has_nan, rb + r, S, DT);
+            } else if (A->argmax) {
+                A->argmax[rb + r] = first_index(xr, C, rm[r], DT);
+            }
+        }
+    }
+}
+
 AI void softmax_rows_t(const sm_args *A, Py_ssize_t r0, Py_ssize_t r1, stats_t *S, const int DT,
                        const int HAS_T, const int USE_FMA) {
     Py_ssize_t C = A->C;
     size_t isz = (size_t)ITEMSIZE[DT];
+    if (DT != DT_F64 && C <= NARROW_C) {
+        if (A->kind) lowp_narrow_t(A, r0, r1, S, DT, HAS_T, USE_FMA, 1);
+        else lowp_narrow_t(A, r0, r1, S, DT, HAS_T, USE_FMA, 0);
+        return;
+    }
     for (Py_ssize_t r = r0; r < r1; r++) {
         const char *x = (const char *)A->x + (size_t)r * C * isz;
         char *o = (char *)A->out + (size_t)r * C * isz;
@@ -815,7 +901,7 @@ AI void lowp_xent_sweep(const void *x, Py_ssize_t C, double m, double xy, double
     dd_t tot[LANES];
     double dsum[LANES];
     for (int l = 0; l < LANES; l++) { tot[l].hi = tot[l].lo = 0.0; dsum[l] = 0.0; }
-    int64_t n0 = 0, ab = 0, k2 = INT64_MIN, kf = C;
+    int64_t n0 = 0, ab = 0, k2 = order_key((int64_t)asu64(-INFINITY)), kf = C;
     double eb[XBLK * LANES], db[XBLK * LANES];
     for (Py_ssize_t jb = 0; jb < C; jb += XBLK * LANES) {
         Py_ssize_t n = C - jb < XBLK * LANES ? C - jb : XBLK * LANES;
@@ -831,7 +917,8 @@ AI void lowp_xent_sweep(const void *x, Py_ssize_t C, double m, double xy, double
             db[j] = e > 0.0 ? e * -d : 0.0;
             n0 += z;
             ab += xv > xy;
-            int64_t key = z ? INT64_MIN : order_key((int64_t)asu64(xv));
+            double v2 = z ? -INFINITY : xv;   /* (this form vectorises) */
+            int64_t key = order_key((int64_t)asu64(v2));
             k2 = key > k2 ? key : k2;
             int64_t kk = z ? (int64_t)(jb + j) : (int64_t)C;
             kf = kk < kf ? kk : kf;
@@ -851,7 +938,7 @@ AI void lowp_xent_sweep(const void *x, Py_ssize_t C, double m, double xy, double
     *rl = sm.lo - (hi - sm.hi);
     *rh = hi;
     *dot = ds;
-    *m2 = n0 > 1 ? m : (k2 == INT64_MIN ? -INFINITY : asf64((uint64_t)order_key(k2)));
+    *m2 = n0 > 1 ? m : asf64((uint64_t)order_key(k2));
     *kfirst = kf;
     *above = ab;
 }
