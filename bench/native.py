@@ -18,7 +18,9 @@ Two clocks:
   threads=1, torch.set_num_threads(1)) writing into a preallocated output
   (torch ``out=``): the per-core cost, stable on a noisy machine.
 
-Ratios are native / other (< 1: native is faster).
+Ratios are native / other (< 1: native is faster). float16 and bfloat16 rows
+(``--dtypes``) run on the compiled core's single-word path like float32; torch
+gets the same bits as a torch.float16 / torch.bfloat16 tensor.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ sys.path.insert(0, ROOT)
 
 from smx_cli.core import native  # noqa: E402
 
-from smx_cli.core.softmax import compute as _compute
+from smx_cli.core.softmax import compute as _compute  # noqa: E402
 
 
 def compute(*args, **kwargs):
@@ -72,9 +74,23 @@ def fmt_ratio(a: float | None, b: float | None) -> str:
     return "-" if a is None or b is None or b == 0 else f"{a / b:.2f}x"
 
 
+def _dtype(name: str) -> np.dtype:
+    if name == "bfloat16":
+        import ml_dtypes
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def _torch_tensor(x: np.ndarray):
+    if x.dtype.name == "bfloat16":
+        return torch.from_numpy(x.view(np.uint16)).view(torch.bfloat16)
+    return torch.from_numpy(x)
+
+
 def bench_softmax(shape, dtype, kind, repeat, with_numpy, with_scipy):
     rng = np.random.default_rng(0)
     x = (rng.standard_normal(shape) * 3).astype(dtype)
+    with_scipy = with_scipy and x.dtype.name != "bfloat16"
     out = np.empty_like(x)
     nat_threads = native.default_threads()
     r = {}
@@ -84,7 +100,7 @@ def bench_softmax(shape, dtype, kind, repeat, with_numpy, with_scipy):
     r["native_cpu1"] = median_time(lambda: native.softmax_rows(x, out, kind=kind, threads=1),
                                    repeat, time.process_time)
     if torch is not None:
-        t = torch.from_numpy(x)
+        t = _torch_tensor(x)
         to = torch.empty_like(t)
         f = torch.softmax if kind == "prob" else torch.log_softmax
         torch.set_num_threads(os.cpu_count() or 1)
@@ -135,6 +151,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="1024 wide rows, 3 repeats")
     ap.add_argument("--no-numpy", action="store_true", help="skip the (slow) numpy reference")
     ap.add_argument("--no-scipy", action="store_true")
+    ap.add_argument("--dtypes", default="float16,bfloat16,float32,float64",
+                    help="comma-separated softmax dtypes")
+    ap.add_argument("--xent-dtypes", default="float32,float64")
     args = ap.parse_args(argv)
     if not native.available():
         print(f"native extension not built: {native.why_unavailable()}")
@@ -148,7 +167,7 @@ def main(argv=None) -> int:
           "| native cpu1 ms | torch out= cpu1 ms | native/torch cpu1 | native/scipy | native/numpy |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for shape in shapes:
-        for dtype in (np.float32, np.float64):
+        for dtype in [_dtype(d) for d in args.dtypes.split(",")]:
             for kind in ("prob", "logprob"):
                 r = bench_softmax(shape, dtype, kind, args.repeat, not args.no_numpy,
                                   not args.no_scipy)
@@ -162,13 +181,18 @@ def main(argv=None) -> int:
                       f"{fmt_ratio(r['native_wall'], r.get('scipy_wall'))} | "
                       f"{fmt_ratio(r['native_wall'], r.get('numpy_wall'))} |", flush=True)
     shape = (args.wide_rows, 32000)
-    r = bench_xent(shape, np.float32, args.repeat)
-    print(f"| cross_entropy float32 {shape[0]}x{shape[1]} (class idx; extra "
+    for xdt in args.xent_dtypes.split(","):
+        print_xent(shape, xdt, args.repeat)
+    return 0
+
+
+def print_xent(shape, dtype_name, repeat):
+    r = bench_xent(shape, _dtype(dtype_name), repeat)
+    print(f"| cross_entropy {dtype_name} {shape[0]}x{shape[1]} (class idx; extra "
           f"{r['extra_mb']:.2f} MB) | {fmt_ms(r['native_wall'])} | {fmt_ms(r.get('torch_wall'))} | "
           f"{fmt_ratio(r['native_wall'], r.get('torch_wall'))} | - | {fmt_ms(r['native_cpu1'])} | "
           f"{fmt_ms(r.get('torch_cpu1'))} | {fmt_ratio(r['native_cpu1'], r.get('torch_cpu1'))} "
-          f"| - | - |")
-    return 0
+          f"| - | - |", flush=True)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ absolute error of one subnormal spacing (the bounds are for normal results).
 """
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 
 import numpy as np

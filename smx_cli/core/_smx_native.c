@@ -9,6 +9,12 @@
  *   - every input format is widened to float64; 16/32-bit results are rounded
  *     ONCE from float64 (f64 -> f16 and f64 -> bf16 round-to-nearest-even are
  *     done directly on the bits, never through float32);
+ *   - 16/32-bit softmax and log-softmax need a float64 value within 2^-44
+ *     relative error only: they take the single-word path (exp1, blocked lane
+ *     sums; error budget before lowp_exp_sum), rows of <= 16 columns in
+ *     blocks of rows flattened so the loops vectorise across rows; their
+ *     cross-entropy takes one sweep (lowp_xent_sweep). The rest of this list
+ *     is the float64 path (and logsumexp):
  *   - d = fl(x - m) and its exact rounding error (TwoSum) are kept, so
  *     exp(x - m) = exp(d) (1 + err) to O(u^2);
  *   - exp: branch-free Cody-Waite reduction (ln2 split hi/lo), degree-13
@@ -21,7 +27,8 @@
  *     friendly compensated sum (Rump, Ogita & Oishi's ExtractVector);
  *   - probabilities: one corrected division out = q + (r + p_lo - q S_lo)/S_hi,
  *     q = p_hi / S_hi, r = p_hi - q S_hi exact (FMA, or Dekker's product on
- *     CPUs without FMA: the results are bitwise identical on every clone);
+ *     CPUs without FMA); the exp polynomials use FMA on the FMA variants, so
+ *     float64 results may differ in the last bits from the SSE2 baseline;
  *   - log-probabilities: L = log1p(sum_{i != argmax} e_i) as a double-double
  *     (one Newton step on libm's log1p with our accurate exp/expm1), then
  *     out = TwoSum(z, -L_hi) folded with the shift error and L_lo; the
@@ -35,8 +42,8 @@
  *     FMAs are used explicitly where they are exact.
  *   Never -ffast-math (it would delete the compensations) and never
  *   -march=native (the wheel must run everywhere): CPU dispatch is done at run
- *   time with gcc's target_clones (x86-64-v4 = AVX-512, x86-64-v3 = AVX2+FMA,
- *   default = SSE2).
+ *   time (VARIANTS below: target attributes x86-64-v4 = AVX-512,
+ *   x86-64-v3 = AVX2+FMA, and the SSE2 baseline).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -223,12 +223,13 @@ def _output(out: np.ndarray | None, shape: tuple[int, int], fmt: Format) -> np.n
 
 
 #: formats the compiled core computes when it is built. Chosen by measurement
-#: (bench/native.py, medians, 2 threads): for float64 it is 2.4-3.7x faster than
-#: the numpy kernels and within 1.5 ulp instead of 2.5-2.7; for 16/32-bit inputs
-#: both engines are correctly rounded (0.5 ulp) and the numpy kernels were as fast
-#: or faster (float32 4096 x 32000: 1.04x softmax, 1.9x log-softmax; 100000 x 10:
-#: 1.5-2x), so those stay on numpy. native.softmax_rows itself takes all four.
-NATIVE_FORMATS = ("float64",)
+#: (bench/native.py; 1-thread CPU time, AVX-512 EPYC): float64 is 2.4-3.7x faster
+#: than the numpy kernels and within 1.5 ulp instead of 2.5-2.7. The 16/32-bit
+#: formats take the compiled single-word path (still 0.5 + 2**-20 ulp, like the
+#: numpy kernels): native / numpy 0.5-0.6x for float32 1024 x 32000, 0.03-0.3x for
+#: float16 and bfloat16, 0.2-0.5x at 1000 x 1000 and 20000 x 64, 0.23-0.7x at
+#: 100000 x 10.
+NATIVE_FORMATS = ("float16", "bfloat16", "float32", "float64")
 
 
 def accurate(x2: np.ndarray, spec, t: float, masked: str, threads: int | None = None,

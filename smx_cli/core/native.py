@@ -12,23 +12,37 @@ kernels release the GIL).
 
 Accuracy (documented bounds, asserted by ``tests/test_native.py`` against
 mpmath / the long double reference on adversarial rows -- spreads of
-[-1e4, 1e4], ties, dominant rows, +-inf, temperatures 0.3 and 7, 100000 x 10,
-64 x 32000):
+[-1e4, 1e4], ties, dominant rows, rows around the formats' underflow limits,
++-inf, temperatures 0.3, 0.7 and 7, 100000 x 10, 64 x 32000 -- on every
+instruction-set variant the CPU runs):
 
 * float16, bfloat16, float32: computed in float64 and rounded once, so within
   0.5 ulp + 2**-20 ulp (correctly rounded except within a 2**-20-ulp band
-  around rounding midpoints); softmax and log-softmax. Measured: 0.5000.
+  around rounding midpoints); softmax and log-softmax. The float64 value
+  before the rounding needs only a relative error below 2**-44, so these
+  formats take a single-word path (error budget in _smx_native.c): x - m in
+  float64 (error <= |x - m| 2**-53), a Cody-Waite exp with one 2**k scale
+  (<= 2**-50), row sums in lane accumulators restarted every 64 terms with
+  double-double block totals (<= 2**-47), one reciprocal and one product
+  (2 roundings); log-softmax is (x - m) - log1p(R), R the sum of the non-max
+  terms plus the number of other maxima, two non-positive terms that never
+  cancel. Total below 2**-44.4. Measured: 0.5000.
 * float64 softmax and log-softmax: <= 1.5 ulp for every entry whose exact
   value is a normal number (log-softmax: the dominant entry keeps its
   relative accuracy, computed as -log1p(sum_{i != max} e_i)). Measured:
   softmax 1.02 ulp, log-softmax 0.84 ulp.
-* cross-entropy per-row loss (float64, class indices): measured 0.50 ulp
-  without smoothing (asserted <= 2), 1.36 ulp with weights and smoothing
-  (asserted <= 16: the smoothing sum over classes is a plain SIMD sum of
-  non-negative terms); entropy within 2.8 ulp.
+* cross-entropy per-row loss (float64, class indices): float64 logits within
+  2 ulp (measured 0.50) without smoothing; 16/32-bit logits within 6 ulp
+  (their single-word sweep: exp <= 1.1 ulp with FMA, x - m's rounding error
+  kept by TwoSum, lane sums restarted every 4 terms; the bound is asserted on
+  every instruction set, the baseline one evaluating exp without FMA);
+  with weights and smoothing <= 16 ulp (the smoothing sum over classes is a
+  plain SIMD sum of non-negative terms); entropy within 8 ulp.
 
-The results do not depend on the thread count, nor on the instruction set
-(the FMA and the Dekker product paths are bitwise identical).
+The results do not depend on the thread count. They may differ in the last
+bits of float64 between the instruction sets (the FMA variants evaluate the
+exp polynomial with fused multiply-adds, the SSE2 baseline without); each
+meets the bounds above.
 
 Special rows follow :mod:`smx_cli.core.accurate` exactly: a NaN anywhere makes
 the row NaN; +inf entries share the mass equally (the rest get 0, log -inf);
@@ -305,9 +319,11 @@ def xent_rows(x2: np.ndarray, target: np.ndarray, *, weight=None, ignore_index: 
         or a non-finite maximum, computed by the numpy reference instead).
 
     Accuracy: the loss of a finite row without smoothing is -w[y] logp_y with
-    logp_y correctly rounded to ~0.5 ulp (measured 0.50 ulp of float64 against
-    mpmath); with smoothing the sum over classes is a plain (SIMD) sum of
-    non-negative terms (measured 1.36 ulp). Memory: the eight (N,) result
+    logp_y within 2 ulp of float64 for float64 logits (measured 0.50 ulp against
+    mpmath) and within 6 ulp for 16/32-bit logits (one vectorised sweep per
+    row after the max pass, see the module docstring); with smoothing the sum
+    over classes is a plain (SIMD) sum of non-negative terms (<= 16 ulp,
+    measured 1.36 ulp). Memory: the eight (N,) result
     arrays only (no N x C temporary).
     """
     ext = _need_ext()
