@@ -27,7 +27,8 @@ def test_block_diagnostics_equal_whole_array_diagnostics(variant):
 
     whole = run(x, variant).result
     ref = diagnose(x, whole, sparse=variant in SPARSE_OUTPUT)
-    acc = Accumulator(variant, whole.fmt, whole.kind, whole.emulated, sparse=variant in SPARSE_OUTPUT)
+    acc = Accumulator(variant, whole.fmt, whole.kind, whole.emulated, sparse=variant in SPARSE_OUTPUT,
+                      engine=whole.engine)
     for s in range(0, len(x), 7):  # blocks that do not divide N
         part = run(x[s:s + 7], variant).result
         acc.add(x[s:s + 7], part.values, part.stats)
