@@ -647,21 +647,12 @@ AI void lowp_row_prob(const sm_args *A, const void *x, void *o, double m, stats_
     int64_t ninf;
     double sum = lowp_exp_sum(x, C, m, A->t, ph, NULL, &ninf, DT, HAS_T, USE_FMA, 1, 0);
     double inv = 1.0 / sum;
-    int64_t zero[LANES];
-    for (int l = 0; l < LANES; l++) zero[l] = 0;
-    Py_ssize_t j = 0;
-#define OUT_BODY(J, L)                                                          \
-    {                                                                           \
-        double v = ph[(J)] * inv;                                               \
-        st(o, (J), v, DT);                                                      \
-        zero[L] += st_is_zero(v, DT);                                           \
-    }
-    for (; j + LANES <= C; j += LANES)
-        for (int l = 0; l < LANES; l++) OUT_BODY(j + l, l)
-    for (; j < C; j++) OUT_BODY(j, 0)
-#undef OUT_BODY
     int64_t z = -ninf;  /* -inf entries are exact zeros, not underflows */
-    for (int l = 0; l < LANES; l++) z += zero[l];
+    for (Py_ssize_t j = 0; j < C; j++) {
+        double v = ph[j] * inv;
+        st(o, j, v, DT);
+        z += st_is_zero(v, DT);
+    }
     S->exp_underflow += z;
 }
 
@@ -673,23 +664,14 @@ AI void lowp_row_log(const sm_args *A, const void *x, void *o, double m, stats_t
     double rest = lowp_exp_sum(x, C, m, t, NULL, &n0, &ninf, DT, HAS_T, USE_FMA, 0, 1);
     double L = log1p((double)(n0 - 1) + rest);
     double lim = LOG_UNDER[DT];
-    int64_t under[LANES];
-    for (int l = 0; l < LANES; l++) under[l] = 0;
-    Py_ssize_t j = 0;
-#define LOG_BODY(J, L_)                                                         \
-    {                                                                           \
-        double q = ld(x, (J), DT) - m;                                          \
-        if (HAS_T) q = q / t;                                                   \
-        double v = -(L - q); /* = q - L; -0.0 for the max of a one-entry row */ \
-        st(o, (J), v, DT);                                                      \
-        under[L_] += v < lim;                                                   \
-    }
-    for (; j + LANES <= C; j += LANES)
-        for (int l = 0; l < LANES; l++) LOG_BODY(j + l, l)
-    for (; j < C; j++) LOG_BODY(j, 0)
-#undef LOG_BODY
     int64_t z = -ninf;
-    for (int l = 0; l < LANES; l++) z += under[l];
+    for (Py_ssize_t j = 0; j < C; j++) {
+        double q = ld(x, j, DT) - m;
+        if (HAS_T) q = q / t;
+        double v = -(L - q); /* = q - L; -0.0 for the max of a one-entry row */
+        st(o, j, v, DT);
+        z += v < lim;
+    }
     S->exp_underflow += z;
 }
 
