@@ -21,7 +21,6 @@ pytest.importorskip("dask.array")
 distributed = pytest.importorskip("distributed")
 zarr = pytest.importorskip("zarr")
 
-import dask  # noqa: E402
 import dask.array as da  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
