@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from smx_cli.core import kernels
+from smx_cli.core import kernels, native, xent_native
 from smx_cli.core.result import check_class_weights
 from smx_cli.core.softmax import compute
 # the checks live in xent_checks.py; importable from here as they always were
@@ -115,6 +115,10 @@ class XentResult:
         the softmax is from the (smoothed, weighted) target; NaN where the
         sample has no weight (ignored, or weight 0). 1 - p_true without
         smoothing.
+    engine : str
+        What computed the per-sample values: "numpy", or the compiled core
+        ("native-avx512", ...; see :func:`smx_cli.core.native.engine` and
+        :mod:`smx_cli.core.xent_native` for what it covers).
     """
 
     loss: np.ndarray
@@ -134,6 +138,7 @@ class XentResult:
     denominator: float
     nll: np.ndarray
     residual: np.ndarray
+    engine: str = "numpy"
 
     @property
     def all_ignored(self) -> bool:
@@ -402,10 +407,33 @@ def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
         if bad.any():
             general(s0 + np.flatnonzero(bad), threads=1)
 
+    def kernel() -> None:
+        """Every statistic from the compiled core's one sweep (xent_native covers which)."""
+        got, redo = xent_native.per_sample(x2, t, w, int(ignore_index), eps, threads)
+        ign = t == ignore_index
+        lp_y = got["logp_true"]  # NaN where ignored
+        loss[:] = got["loss"]
+        nll[:] = np.where(ign, 0.0, -lp_y)
+        ignored[:] = ign
+        true_class[:] = np.where(ign, -1, t)
+        predicted[:] = got["argmax"]
+        p_true[:] = got["p_true"]
+        one_minus[:] = -np.expm1(lp_y)
+        margin[:] = got["margin"]
+        entropy[:] = got["entropy"]
+        top5[:] = got["top5"]
+        residual[:] = got["residual"]
+        if redo.size:  # NaN or non-finite maximum: the numpy reference, as on that engine
+            general(redo, threads=1)
+
+    engine = native.engine() if xent_native.covers(kind, input_kind, want_grad, x2.dtype) \
+        else "numpy"
     use_fused = (kind == "index" and input_kind == "logits" and eps == 0 and not want_grad
                  and x2.dtype.kind == "f" and x2.dtype.itemsize <= 4)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        if use_fused:
+        if engine != "numpy":
+            kernel()
+        elif use_fused:
             kernels.run_blocks(n, n_classes, fused, threads, block_elements=1 << 17)
         else:
             step = max(1, _BLOCK_ELEMENTS // n_classes)
@@ -423,7 +451,7 @@ def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
     correct = (predicted == true_class) & ~ignored & ~has_nan
     return XentResult(loss, reduced, reduction, kind, true_class, predicted, p_true, margin,
                       correct, ignored, top5, entropy, one_minus, grad, denominator, nll,
-                      residual)
+                      residual, engine)
 
 
 def _reduce(loss, ignored, true_class, kind, w, reduction) -> tuple[float, float]:
