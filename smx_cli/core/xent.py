@@ -267,6 +267,19 @@ def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
     with 1 - p_c = -expm1(logp_c), so a saturated sample (p_true near 1)
     keeps the relative accuracy of its tiny gradient.
 
+    Engines: class-index targets of logits without ``want_grad`` run on the
+    compiled core when it is active (:mod:`smx_cli.core.xent_native` says
+    what it covers; ``XentResult.engine`` says what ran), everything else on
+    the numpy kernels. On either engine, against the exact values of the
+    given logits (eps = 2**-52; asserted by ``tests/test_xent_engines.py``
+    against 50-digit mpmath on adversarial rows): loss, nll and entropy
+    within 16 eps relative; p(true) and 1 - p(true) within
+    16 eps (1 + |log p(true)|) relative; the margin within
+    16 eps (|log p(true)| + |max_{c != true} log p_c|) absolute; the residual
+    within 16 eps (1 + |log p(true)|) absolute; each plus 16 * 2**-1074
+    below the normal range. Argmax, top-5 and correct are exact, and rows
+    with NaN or +-inf give the same values on both.
+
     Examples
     --------
     >>> r = evaluate(np.array([[2.0, 0.0], [0.0, 3.0]]), [0, 0])
@@ -454,27 +467,43 @@ def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
                       residual, engine)
 
 
+def counted_weights(ignored, true_class, w) -> np.ndarray:
+    """The target-class weights of the counted samples (index targets): what the mean
+    divides by, summed exactly. All ones without ``w``."""
+    counted = ~np.asarray(ignored)
+    if w is None:
+        return np.ones(int(counted.sum()))
+    return w[np.where(counted, true_class, 0)][counted]
+
+
+def reduce_total(total: float, denominator: float, reduction: str) -> float:
+    """The reduced loss from the exact sum of the per-sample losses.
+
+    ``sum``: the total; ``mean``: total / denominator (0/0 or x/0 is NaN, as
+    in PyTorch when every sample is ignored); ``none``: NaN (no scalar).
+    Shared by :func:`evaluate` and the Dask summary (:mod:`smx_cli.dask.xent`).
+
+    Examples
+    --------
+    >>> reduce_total(3.0, 2.0, "mean"), reduce_total(3.0, 0.0, "mean"), reduce_total(3.0, 2.0, "sum")
+    (1.5, nan, 3.0)
+    """
+    if reduction == "sum":
+        return total
+    if reduction == "mean":
+        return total / denominator if denominator else math.nan
+    return math.nan
+
+
 def _reduce(loss, ignored, true_class, kind, w, reduction) -> tuple[float, float]:
     """(denominator, reduced loss) from the per-sample losses, summed exactly.
 
     The mean divides by the sum of the counted samples' target-class weights
     (index targets) or by N (probability targets); 0/0 is NaN, as in PyTorch.
     """
-    n = len(loss)
-    if kind == "index":
-        counted = ~ignored
-        wy_all = w[np.where(ignored, 0, true_class)] if w is not None else np.ones(n)
-        denominator = exact_sum(wy_all[counted])
-    else:
-        denominator = float(n)
-    total = exact_sum(loss)
-    if reduction == "sum":
-        reduced = total
-    elif reduction == "mean":
-        reduced = total / denominator if denominator else math.nan
-    else:
-        reduced = math.nan
-    return denominator, reduced
+    denominator = exact_sum(counted_weights(ignored, true_class, w)) if kind == "index" \
+        else float(len(loss))
+    return denominator, reduce_total(exact_sum(loss), denominator, reduction)
 
 
 # The API functions (every layout PyTorch takes, and the LM's) live in xent_kdim.py and the
