@@ -98,13 +98,17 @@ def residual(x2, y, w, ignore_index, eps, res) -> np.ndarray:
         g_y = p_y * (big_a - a_y) - np.where(a_y > 0, a_y * one_minus, 0.0)
         r = np.abs(g_y) / big_a
         if c > 1:
-            live = np.flatnonzero(big_a > 0)
+            # |p_c - b_c| <= max(p_c, b_c) <= max(largest other p, largest b): where that is
+            # below the true class's term the residual is that term, and the row is done
+            p_other = np.exp(lp_y - res["margin"])
+            b_max = k * (float(np.max(w)) if w is not None else 1.0) / big_a
+            need = np.flatnonzero((big_a > 0) & (np.maximum(p_other, b_max) > r))
             if w is None:
-                r[live] = np.maximum(r[live], _others_uniform(x2, yy, lp_y, res["margin"],
-                                                             k / big_a, live))
+                r[need] = np.maximum(r[need], _others_uniform(x2, yy, lp_y, res["margin"],
+                                                             k / big_a, need))
             else:
-                r[live] = np.maximum(r[live], _others_weighted(x2, yy, lp_y, k * w,
-                                                               big_a, live))
+                r[need] = np.maximum(r[need], _others_weighted(x2, yy, lp_y, k * w,
+                                                               big_a, need))
         return np.where(big_a > 0, r, np.nan)
 
 
