@@ -187,12 +187,8 @@ def _block_part(xb, yb, start, weight, ignore_index, label_smoothing, input_kind
         msg = _LOCAL_INDEX.sub(lambda m: f"{m.group(1)} {int(m.group(2)) + start}", str(exc))
         raise SmxError(msg) from None
     counted = ~r.ignored
-    if r.target_kind == "index":
-        wy = weight[np.where(r.ignored, 0, r.true_class)] if weight is not None \
-            else np.ones(len(r.loss))
-        denominator = ExactSum.of(wy[counted])
-    else:
-        denominator = ExactSum()
+    denominator = ExactSum.of(core_xent.counted_weights(r.ignored, r.true_class, weight)) \
+        if r.target_kind == "index" else ExactSum()
     part = XentPart(
         samples=len(r.loss), counted=int(counted.sum()), correct=int(r.correct.sum()),
         top5=int(r.top5.sum()), ignored=int(r.ignored.sum()),
@@ -295,13 +291,7 @@ def xent_summary(x, y, *, weight=None, ignore_index: int = -100, reduction: str 
         total = total + p
     kind = "prob" if y.ndim == 2 else "index"
     denominator = total.denominator.value() if kind == "index" else float(total.samples)
-    loss_sum = total.loss.value()
-    if reduction == "sum":
-        reduced = loss_sum
-    elif reduction == "mean":
-        reduced = loss_sum / denominator if denominator else math.nan
-    else:
-        reduced = math.nan
+    reduced = core_xent.reduce_total(total.loss.value(), denominator, reduction)
     return XentSummary(reduced, reduction, kind, denominator, total, eps)
 
 
