@@ -65,7 +65,8 @@ def _softmax(sd, p):
     _refuse(p, {**_INPUT_ONLY, "mask_path": "--mask", "show_grad": "--grad",
                 "upstream": "--upstream", "grad_out": "--grad-out", "check_grad": "--check-grad",
                 "threads": "--threads", "label_column": "--label-column",
-                "id_column": "--id-column", "summary_only": "--summary"})
+                "id_column": "--id-column", "columns": "--columns",
+                "drop_columns": "--drop-columns", "summary_only": "--summary"})
     if p.get("emulate", "strict") != "strict":
         raise click.UsageError("--emulate torch is not supported with --scheduler")
     if p["axis"] not in (-1, 1):

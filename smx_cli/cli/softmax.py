@@ -15,7 +15,8 @@ from smx_cli.analysis import pipeline
 from smx_cli.analysis.gradients import gradient_report, upstream_vjp
 from smx_cli.cli.emit import (Messages, Payload, check_outputs, progress_bar, show,
                               stdout_console, write_files, write_stdout)
-from smx_cli.cli.options import (display_options, input_options, numerics_options,
+from smx_cli.cli.options import (OUTPUT_FORMATS, column_options, display_options,
+                                 input_options, numerics_options,
                                  output_options, resolve_formats, resolve_input)
 from smx_cli.cli.prepare import label_like_columns, load_rows
 from smx_cli.core import registry as variants
@@ -73,6 +74,7 @@ Examples:
 @click.option("--id-column", metavar="NAME|INDEX",
               help="A column of FILE that names the rows (any text): shown and written "
                    "with every row")
+@column_options
 @click.option("--variant", type=click.Choice(variants.ALL_VARIANTS), default="stable",
               show_default=True, metavar="NAME",
               help="Which member of the softmax family (see Variants below)")
@@ -111,7 +113,8 @@ Examples:
 @output_options
 @display_options
 @scheduler_option
-def softmax_cmd(file, delimiter, header, key, axis, label_column, id_column, variant, dtype, temperature, emulate, masked,
+def softmax_cmd(file, delimiter, header, key, axis, label_column, id_column, columns,
+                drop_columns, variant, dtype, temperature, emulate, masked,
                 mask_path, alpha, tau, hard, samples, seed, show_grad, grad_rows, upstream,
                 grad_out, check_grad, fast, threads, output, fmt, strict, summary_only, quiet,
                 verbose, max_rows, top_k, digits, scheduler=None):
@@ -137,7 +140,7 @@ def softmax_cmd(file, delimiter, header, key, axis, label_column, id_column, var
     # every output checked before any work (places, devices, inputs: exit 1), then
     # their formats (the extension decides; unknown or conflicting: exit 2)
     check_outputs([(output, "npy"), (grad_out, "npy")], (file, mask_path, upstream))
-    out_fmt, stdout_fmt = resolve_formats(output, fmt)
+    out_fmt, stdout_fmt = resolve_formats(output, fmt, OUTPUT_FORMATS)
     if grad_out:
         resolve_formats(grad_out, None)
     opts = variants.VariantOptions(alpha=alpha, tau=tau, hard=hard, samples=samples, seed=seed)
@@ -153,6 +156,7 @@ def softmax_cmd(file, delimiter, header, key, axis, label_column, id_column, var
     how = pipeline.streamable(file, axis=axis, key=key, out_fmt=out_fmt, job=job,
                               whole_array_needed=gradients
                               or bool(label_column or id_column or mask_path)
+                              or columns is not None or drop_columns is not None
                               or stdout_fmt not in ("table", "none"))
     rows = None
     if how:
@@ -164,7 +168,8 @@ def softmax_cmd(file, delimiter, header, key, axis, label_column, id_column, var
         source = file
     else:
         rows = load_rows(file, delimiter=delimiter, header=header, key=key, axis=axis,
-                         label_column=label_column, id_column=id_column)
+                         label_column=label_column, id_column=id_column,
+                         columns=columns, drop_columns=drop_columns)
         for name in label_like_columns(rows):
             msgs.note(f"smx: column {name!r} looks like labels, not logits; "
                       f"--label-column {name} leaves it out")
