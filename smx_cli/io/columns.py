@@ -84,13 +84,15 @@ def _resolve(spec: str, names: list[str] | None, width: int, source: str, what: 
                            "its 0-based index")
         return where
     have = f" (columns: {', '.join(names)})" if names else " (no header row)"
+    noun = {"--label-column": "label column", "--id-column": "id column"}.get(
+        what, f"column (in {what})")
     if ":" in spec:
         lo, _, hi = spec.partition(":")
         try:
             lo_i = int(lo) if lo.strip() else 0
             hi_i = int(hi) if hi.strip() else width
         except ValueError:
-            raise SmxError(f"{source}: {what} {spec!r}: no such column{have}") from None
+            raise SmxError(f"{source}: no {noun} {spec!r}{have}") from None
         picked = list(range(width))[lo_i:hi_i]
         if not picked:
             raise SmxError(f"{source}: {what} {spec!r} selects no column of {width}")
@@ -98,7 +100,7 @@ def _resolve(spec: str, names: list[str] | None, width: int, source: str, what: 
     try:
         idx = int(spec)
     except ValueError:
-        raise SmxError(f"{source}: {what} {spec!r}: no such column{have}") from None
+        raise SmxError(f"{source}: no {noun} {spec!r}{have}") from None
     if not -width <= idx < width:
         raise SmxError(f"{source}: {what} {idx} is out of range for {width} columns")
     return [idx % width]
