@@ -213,7 +213,7 @@ def split_columns(path: str, *, label_column: str | None = None, id_column: str 
     if header is None:
         # a header when a column is named by a name in the first row, or when the first
         # row has a token that is no number outside the id and label columns
-        by_name = any(s in first for s in specs)
+        by_name = any(s in first and not is_number(s) for s in specs)
         special = set()
         for s in (label_column, id_column):
             try:
