@@ -44,6 +44,21 @@ def nonfinite_rows(res: XentResult) -> np.ndarray:
     return np.flatnonzero(~np.isfinite(res.loss) & ~res.ignored)
 
 
+def _named_rows(res, ids) -> str:
+    """``rows 3, 17 and 2 more`` for the samples with a NaN/inf loss.
+
+    A merged (Dask) summary has no per-sample losses, only the first few of
+    those rows (``res.part.nonfinite_rows``) and their count.
+    """
+    lead = RowIds(ids) if ids is not None else None
+    if hasattr(res, "loss"):
+        return row_list(nonfinite_rows(res).tolist(), lead)
+    first = list(getattr(getattr(res, "part", None), "nonfinite_rows", ()))
+    text = row_list(first, lead, limit=len(first) or 1)
+    more = res.n_nonfinite - len(first)
+    return text + (f" and {more:,} more" if more > 0 else "")
+
+
 def _row_name(i: int, ids) -> str:
     return row_label(i, RowIds(ids)) if ids is not None else str(i)
 
@@ -149,9 +164,7 @@ def summary_panel(res: XentResult, *, eps: float, input_counts=None, source: str
     if inf_loss:
         grid.add_row("non-finite loss", Text(f"{_count(inf_loss, 'sample')} (inf: p(true) is exactly 0; "
                                              "nan: NaN in the input)", style="bold red"))
-        where = nonfinite_rows(res).tolist()
-        grid.add_row("", Text(row_list(where, RowIds(ids) if ids is not None else None),
-                              style="red"))
+        grid.add_row("", Text(_named_rows(res, ids), style="red"))
     if input_counts is not None:
         c = input_counts
         text = Text()
