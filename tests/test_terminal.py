@@ -75,6 +75,10 @@ def _cases(vocab):
         ["compare-stability"],
         ["compare-stability", MNIST, "--dtypes", "float16"],
         ["compare-stability", "--sweep"],
+        ["calibrate", MNIST, "--labels", os.path.join(SAMPLES, "mnist_lenet_labels.npy")],
+        ["xent", os.path.join(SAMPLES, "lm_logits.safetensors"), "--labels",
+         os.path.join(SAMPLES, "lm_ids.safetensors"), "--shift-labels", "--vocab",
+         os.path.join(SAMPLES, "lm_vocab.txt")],
     ]
 
 
