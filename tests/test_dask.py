@@ -21,7 +21,6 @@ pytest.importorskip("dask.array")
 distributed = pytest.importorskip("distributed")
 zarr = pytest.importorskip("zarr")
 
-import dask  # noqa: E402
 import dask.array as da  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
@@ -207,6 +206,10 @@ def test_emulated_dtype_and_gumbel_per_block():
     a, b = g.compute(scheduler=SYNC), g.compute(scheduler="threads")
     np.testing.assert_array_equal(a, b)                   # reproducible per block
     np.testing.assert_allclose(a.sum(axis=1), 1.0, rtol=1e-12)
+    # the report (another pass over the blocks) draws the same noise as the values
+    rep = sd.softmax_report(da.from_array(x, chunks=(6, -1)), "gumbel", options=opts,
+                         head_rows=20, scheduler=SYNC)
+    np.testing.assert_array_equal(rep.head_values, a)
 
 
 @pytest.mark.parametrize("variant", ["stable", "log", "online"])

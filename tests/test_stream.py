@@ -1,5 +1,6 @@
 """The streaming engine: NPY and CSV in row blocks, atomic output, engines agree."""
 import os
+import time
 
 import numpy as np
 import pytest
@@ -67,6 +68,66 @@ def test_interrupted_stream_leaves_nothing(tmp_path, exc):
         stream.stream_npy(str(tmp_path / "x.npy"), str(tmp_path / "old.npy"), fn, block_bytes=800)
     assert files(tmp_path) == ["old.npy", "x.npy"]
     assert (tmp_path / "old.npy").read_bytes() == b"keep me"
+
+
+def test_a_failed_background_write_stops_the_stream_and_keeps_the_old_output(tmp_path,
+                                                                             monkeypatch):
+    import threading
+
+    from smx_cli import io as smx_io
+
+    np.save(tmp_path / "x.npy", np.arange(1000.0).reshape(100, 10))
+    (tmp_path / "old.npy").write_bytes(b"keep me")
+    real, writes = smx_io.write_chunks, []
+
+    def flaky(fh, data, *a):
+        writes.append(1)
+        if len(writes) == 3:
+            raise OSError(28, "No space left on device")
+        real(fh, data, *a)
+
+    monkeypatch.setattr(smx_io, "write_chunks", flaky)
+    before = threading.active_count()
+    with pytest.raises(OSError, match="No space"):
+        stream.stream_npy(str(tmp_path / "x.npy"), str(tmp_path / "old.npy"),
+                          lambda xb: xb * 2, block_bytes=800)
+    assert threading.active_count() == before  # the reader and writer threads stopped
+    assert files(tmp_path) == ["old.npy", "x.npy"]
+    assert (tmp_path / "old.npy").read_bytes() == b"keep me"
+
+
+def test_prefetched_blocks_equal_plain_reads_and_stay_valid_until_the_next(tmp_path):
+    x = np.random.default_rng(4).normal(size=(57, 13)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    kw = {"block_bytes": 13 * 4 * 5}
+    plain = [(s, b.copy()) for s, _, b in stream.iter_npy_blocks(str(tmp_path / "x.npy"),
+                                                                  prefetch=False, **kw)]
+    seen = []
+    for s, _, b in stream.iter_npy_blocks(str(tmp_path / "x.npy"), **kw):
+        held = b.copy()
+        time.sleep(0.01)  # the reader runs ahead meanwhile
+        np.testing.assert_array_equal(b, held)
+        seen.append((s, held))
+    assert [s for s, _ in seen] == [s for s, _ in plain] == list(range(0, 57, 5))
+    for (_, a), (_, b) in zip(seen, plain):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(np.concatenate([b for _, b in seen]), x)
+    np.save(tmp_path / "s.npy", x.astype(">f4"))  # byte-swapped: converted per block
+    got = [b.copy() for _, _, b in stream.iter_npy_blocks(str(tmp_path / "s.npy"), **kw)]
+    np.testing.assert_array_equal(np.concatenate(got), x)
+    # a truncated file fails in the reader thread: the error reaches the consumer
+    data = (tmp_path / "x.npy").read_bytes()
+    (tmp_path / "t.npy").write_bytes(data[:len(data) - 13 * 4 * 20])
+    with pytest.raises(stream.StreamError, match="ends early"):
+        list(stream.iter_npy_blocks(str(tmp_path / "t.npy"), **kw))
+    # abandoning the generator stops its thread
+    import threading
+
+    before = threading.active_count()
+    it = stream.iter_npy_blocks(str(tmp_path / "x.npy"), **kw)
+    next(it)
+    it.close()
+    assert threading.active_count() == before
 
 
 def test_truncated_and_object_npy_are_refused(tmp_path):

@@ -95,3 +95,25 @@ def test_check_gradients_for_sparse_variants_pass():
         checks = variants.check_gradients(v, x, rows=5)
         assert [c.function for c in checks] == ["softmax", "log", v]
         assert all(c.passed for c in checks), checks
+
+
+def test_check_gradient_at_a_sparsemax_kink_uses_one_sided_differences():
+    # [1, 2, 3]: tau = 2, so x_1 = 2 sits exactly on the support boundary; the
+    # central difference averages the two one-sided slopes and matches neither
+    from smx_cli.core import gradcheck
+
+    x = np.array([[1.0, 2.0, 3.0]])
+    assert variants.run(x, "sparsemax").result.values[0, 1] == 0.0
+    check = variants.check_gradients("sparsemax", x, rows=1)[-1]
+    assert check.passed and check.kinks >= 1, check
+
+    def forward(v):
+        return variants.run(v[None, :], "sparsemax").result.values[0]
+
+    def beyond(v, p, g):  # past the farther one-sided slope by the jump: no derivative
+        _, fwd, bwd = gradcheck.differences(lambda u: float(g @ forward(u)), v, np.arange(3))
+        assert np.abs(fwd - bwd).max() > 0.1  # a real kink
+        return np.maximum(fwd, bwd) + np.abs(fwd - bwd)
+
+    bad = gradcheck.check_map("sparsemax", x, forward, beyond, rows=1)
+    assert not bad.passed, bad

@@ -29,7 +29,7 @@ TORCH_FUNCTIONS = {"stable": False, "log": True}
 #: PyTorch's CPU kernels do (16-bit storage, float32 arithmetic)
 EMULATIONS = ("strict", "torch")
 # input bytes per streamed NPY block: peak memory is a few times this
-STREAM_BLOCK = 32 << 20
+STREAM_BLOCK = 16 << 20
 # CSV/TSV inputs at least this big are parsed and written in row blocks
 TEXT_STREAM_BYTES = 16 << 20
 TEXT_BLOCK = 8 << 20

@@ -60,18 +60,22 @@ def _check(x, variant, temperature, masked, options):
 
 
 def _variant_block(xb, variant, temperature, dtype, masked, fast, options, out_dtype,
-                   block_id=None):
+                   block_info=None):
     """One block of rows through the registry; (0, 0) probes give empty results."""
     if xb.size == 0:
         return np.empty(xb.shape, dtype=out_dtype)
+    start = block_info[0]["array-location"][0][0] if block_info else 0
     return run_block(xb, variant, temperature, dtype, masked, fast, options,
-                     block_id or (0,)).result.values
+                     (start,)).result.values
 
 
 def run_block(xb, variant, temperature, dtype, masked, fast, options, seed_key):
     """One block through the registry on one thread; a seeded stochastic variant
     draws from its own reproducible stream, keyed by ``seed_key`` (not the
-    single-machine draw). Library errors become SmxError."""
+    single-machine draw). Library errors become SmxError.
+
+    Every caller keys the stream by the block's first row, ``(start,)``, so the
+    values written and the report computed in another pass draw the same noise."""
     if registry.get(variant).stochastic and options is not None and options.seed is not None:
         seq = np.random.SeedSequence([options.seed, *seed_key])
         options = registry.VariantOptions(options.alpha, options.tau, options.hard, 1,

@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from smx_cli.io import csv_engine, npyheader
+from smx_cli.io import csv_engine, npyheader, overlap
 from smx_cli.io.npyheader import check_npy_size
 
 DEFAULT_BLOCK_BYTES = 64 << 20
@@ -90,14 +90,16 @@ def npy_info(path: str) -> tuple[tuple[int, ...], np.dtype]:
     return shape, dtype
 
 
-def iter_npy_blocks(in_path: str, *, block_bytes: int = DEFAULT_BLOCK_BYTES
-                    ) -> Iterator[tuple[int, int, np.ndarray]]:
+def iter_npy_blocks(in_path: str, *, block_bytes: int = DEFAULT_BLOCK_BYTES,
+                    prefetch: bool = True) -> Iterator[tuple[int, int, np.ndarray]]:
     """Yield ``(start, total_rows, block)`` over an NPY file's rows, in bounded memory.
 
     The array is seen as (N, C) rows of its last axis (a 1-D array is one
-    row, a 0-d one a single value). ``block`` is a view of one reused buffer,
-    in native byte order: copy what you keep. A (0, C) block is yielded once
-    for an empty array. Raises :class:`StreamError` for a truncated file.
+    row, a 0-d one a single value). ``block`` is a view of a reused buffer,
+    in native byte order, valid until the next block is requested: copy what
+    you keep. With ``prefetch`` the next block is read on a thread meanwhile
+    (two buffers). A (0, C) block is yielded once for an empty array. Raises
+    :class:`StreamError` for a truncated file.
 
     Examples
     --------
@@ -124,26 +126,34 @@ def iter_npy_blocks(in_path: str, *, block_bytes: int = DEFAULT_BLOCK_BYTES
             yield 0, n, np.empty((n, c), dtype=native)
             return
         step = block_rows_for(c, dtype.itemsize, block_bytes)
-        mm = None
-        if fortran and len(shape) >= 2 and n and c:
+        if fortran and len(shape) >= 2:
             mm = np.memmap(in_path, dtype=dtype, mode="r", offset=data_start,
                            shape=shape, order="F").reshape(shape1, order="F")
-        buf = np.empty(min(step, n) * c, dtype=dtype)
-        for s0 in range(0, n, step):
-            s1 = min(s0 + step, n)
-            rows = s1 - s0
-            if mm is not None:
-                xb = np.ascontiguousarray(mm[s0:s1])
-            else:
-                view = buf[:rows * c]
-                got = fi.readinto(memoryview(view).cast("B")) if rows * c else 0
-                if got != view.nbytes:
-                    raise StreamError(f"{in_path}: the data ends early "
-                                      f"(row {s0 + got // max(1, c * dtype.itemsize)} of {n})")
-                xb = view.reshape(rows, c)
-            if native is not dtype:
-                xb = xb.astype(native)
-            yield s0, n, xb
+            for s0 in range(0, n, step):
+                xb = np.ascontiguousarray(mm[s0:s0 + step])
+                yield s0, n, (xb.astype(native) if native is not dtype else xb)
+            return
+
+        def fill(k, buf):
+            s0 = k * step
+            rows = min(s0 + step, n) - s0
+            view = buf[:rows * c]
+            got = fi.readinto(memoryview(view).cast("B"))
+            if got != view.nbytes:
+                raise StreamError(f"{in_path}: the data ends early "
+                                  f"(row {s0 + got // max(1, c * dtype.itemsize)} of {n})")
+            xb = view.reshape(rows, c)
+            return s0, n, (xb.astype(native) if native is not dtype else xb)
+
+        steps = -(-n // step)
+        if steps == 1 or not prefetch:
+            buf = np.empty(min(step, n) * c, dtype=dtype)
+            for k in range(steps):
+                yield fill(k, buf)
+            return
+        # the next block is read on a thread while this one is used (two buffers)
+        yield from overlap.prefetched(fill, steps, [np.empty(step * c, dtype=dtype)
+                                                    for _ in range(2)])
 
 
 def stream_npy(in_path: str, out_path: str, fn: Callable[[np.ndarray], np.ndarray], *,
@@ -189,7 +199,9 @@ def stream_npy(in_path: str, out_path: str, fn: Callable[[np.ndarray], np.ndarra
     lead = tuple(shape[:-1]) if len(shape) >= 2 else ()
     from smx_cli import io as smx_io  # atomic, Ctrl-C-safe output shared with every command
 
-    with smx_io.atomic_output(out_path, "wb") as fo:
+    with smx_io.atomic_output(out_path, "wb") as fo, \
+            overlap.BackgroundWriter(lambda data: smx_io.write_chunks(fo, data)) as writer:
+        # the last block is written on a thread while the next is read and computed
         out_shape = None
         out_dtype = None
         for s0, n, xb in iter_npy_blocks(in_path, block_bytes=block_bytes):
@@ -208,7 +220,10 @@ def stream_npy(in_path: str, out_path: str, fn: Callable[[np.ndarray], np.ndarra
             if res.shape[1] != out_shape[-1]:
                 raise ValueError("the block function changed its column count")
             if res.size:
-                smx_io.write_chunks(fo, memoryview(np.ascontiguousarray(res, dtype=out_dtype)).cast("B"))
+                out = np.ascontiguousarray(res, dtype=out_dtype)
+                if out is xb or np.shares_memory(out, xb):  # xb's buffer is reused: keep a copy
+                    out = out.copy()
+                writer.put(memoryview(out).cast("B"))
             if progress is not None:
                 progress(s0 + rows, n)
     return out_shape
