@@ -16,14 +16,13 @@ from smx_cli.cli.emit import (Messages, Payload, check_outputs, progress_bar, sh
                           stdout_console, write_files, write_stdout)
 from smx_cli.errors import SmxError
 from smx_cli.io import NPY_MAGIC
-from smx_cli.io.labels import read_labels, read_weights, split_label_column
+from smx_cli.io.labels import read_labels, read_weights
 from smx_cli.cli import scale
 from smx_cli.cli.options import (OUTPUT_FORMATS, column_options, input_options,
                                  resolve_formats, scheduler_option)
 from smx_cli.core.emulate_torch import TORCH_DTYPES, torch_softmax_rows
 from smx_cli.core.precision import result_format
 from smx_cli.cli.prepare import Rows, load_rows
-from smx_cli.core.softmax import as_rows
 from smx_cli.core.xent import (INPUT_KINDS, REDUCTIONS, NotProbabilities, evaluate,
                                evaluate_blocks)
 from smx_cli.cli import xent_lm
