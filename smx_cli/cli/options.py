@@ -117,6 +117,24 @@ def column_options(fn):
     )(fn)
 
 
+def torch_cpu_option(fn):
+    """--torch-cpu: which of PyTorch's CPU kernels the torch emulation reproduces."""
+    return click.option(
+        "--torch-cpu", type=click.Choice(["auto", "avx512", "avx2"]), default="auto",
+        show_default=True,
+        help="PyTorch emulation: reproduce torch's AVX-512 kernels (16 float32 lanes) or "
+             "AVX2/default ones (8); auto: what torch runs on this machine "
+             "(torch.backends.cpu.get_cpu_capability(), else ATEN_CPU_CAPABILITY, else "
+             "the CPU flags)")(fn)
+
+
+def torch_lanes(torch_cpu: str) -> int | None:
+    """The lanes --torch-cpu names (None: this machine's, found when needed)."""
+    from smx_cli.core.emulate_torch import TORCH_CPUS
+
+    return None if torch_cpu == "auto" else TORCH_CPUS[torch_cpu]
+
+
 def output_options(fn):
     """Where results go: -o FILE, the stdout format, and how much is said on stderr."""
     return _compose(

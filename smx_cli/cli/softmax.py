@@ -16,7 +16,8 @@ from smx_cli.analysis.gradients import gradient_report, upstream_vjp
 from smx_cli.cli.emit import (Messages, Payload, check_outputs, progress_bar, show,
                               stdout_console, write_files, write_stdout)
 from smx_cli.cli.options import (OUTPUT_FORMATS, column_options, display_options,
-                                 input_options, numerics_options,
+                                 input_options, numerics_options, torch_cpu_option,
+                                 torch_lanes,
                                  output_options, resolve_formats, resolve_input)
 from smx_cli.cli.prepare import label_like_columns, load_rows
 from smx_cli.core import registry as variants
@@ -83,6 +84,7 @@ Examples:
               show_default=True,
               help="With --dtype: round every operation (strict), or do what PyTorch's "
                    "CPU kernels do (torch: 16-bit storage, float32 arithmetic)")
+@torch_cpu_option
 @click.option("--masked", type=click.Choice(MASKED_POLICIES), default="nan", show_default=True,
               help="Result for a fully masked row (all -inf): NaN like PyTorch, or zeros")
 @click.option("--mask", "mask_path", metavar="FILE",
@@ -114,7 +116,7 @@ Examples:
 @display_options
 @scheduler_option
 def softmax_cmd(file, delimiter, header, key, axis, label_column, id_column, columns,
-                drop_columns, variant, dtype, temperature, emulate, masked,
+                drop_columns, variant, dtype, temperature, emulate, torch_cpu, masked,
                 mask_path, alpha, tau, hard, samples, seed, show_grad, grad_rows, upstream,
                 grad_out, check_grad, fast, threads, output, fmt, strict, summary_only, quiet,
                 verbose, max_rows, top_k, digits, scheduler=None):
@@ -137,6 +139,9 @@ def softmax_cmd(file, delimiter, header, key, axis, label_column, id_column, col
         raise click.BadParameter("must be a finite number > 0", param_hint="'--tau'")
     if emulate == "torch" and dtype is None:
         raise click.UsageError("--emulate torch needs --dtype float16, bfloat16 or float32")
+    if torch_cpu != "auto" and emulate != "torch":
+        raise click.UsageError("--torch-cpu chooses the kernels --emulate torch reproduces: "
+                               "add --emulate torch (and --dtype)")
     # every output checked before any work (places, devices, inputs: exit 1), then
     # their formats (the extension decides; unknown or conflicting: exit 2)
     check_outputs([(output, "npy"), (grad_out, "npy")], (file, mask_path, upstream))
@@ -145,7 +150,7 @@ def softmax_cmd(file, delimiter, header, key, axis, label_column, id_column, col
         resolve_formats(grad_out, None)
     opts = variants.VariantOptions(alpha=alpha, tau=tau, hard=hard, samples=samples, seed=seed)
     job = pipeline.SoftmaxJob(variant, temperature, dtype, emulate, masked, None, opts, fast,
-                              threads)
+                              threads, lanes=torch_lanes(torch_cpu))
     try:
         job.check()
     except ValueError as exc:

@@ -19,7 +19,8 @@ from smx_cli.io import NPY_MAGIC
 from smx_cli.io.labels import read_labels, read_weights
 from smx_cli.cli import scale
 from smx_cli.cli.options import (OUTPUT_FORMATS, column_options, input_options,
-                                 resolve_formats, scheduler_option)
+                                 resolve_formats, scheduler_option, torch_cpu_option,
+                                 torch_lanes)
 from smx_cli.core.emulate_torch import TORCH_DTYPES, torch_softmax_rows
 from smx_cli.core.precision import result_format
 from smx_cli.cli.prepare import Rows, load_rows
@@ -69,6 +70,7 @@ perplexity exp(total NLL / total tokens).""")
 @click.option("--dtype", "emulate_dtype", type=click.Choice(TORCH_DTYPES), default=None,
               help="Reproduce a framework run: the logits as a tensor of this type through "
                    "PyTorch's CPU log_softmax, bit for bit (a NaN loss stays NaN)")
+@torch_cpu_option
 @click.option("--label-smoothing", type=float, default=0.0, show_default=True, metavar="EPS",
               help="Mix the target with the uniform distribution, EPS in [0, 1]")
 @click.option("--weight", metavar="W", help="C class weights: a comma list (1,2,0.5) or a file")
@@ -104,7 +106,7 @@ perplexity exp(total NLL / total tokens).""")
 @scheduler_option
 def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, id_column, columns,
              drop_columns, reduction,
-             emulate_dtype, label_smoothing, weight, ignore_index, input_kind, worst, max_rows, show_grad,
+             emulate_dtype, torch_cpu, label_smoothing, weight, ignore_index, input_kind, worst, max_rows, show_grad,
              grad_out, output, fmt, strict, check_grad, threads, temperature, class_axis,
              shift_labels, pad_id, vocab_path, scheduler=None):
     """Cross-entropy of the logits in FILE against the true labels.
@@ -137,6 +139,8 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, id_c
     data_on_stdout = stdout_fmt not in ("table", "none")
     picked = id_column is not None or columns is not None or drop_columns is not None
     want_grad = bool(show_grad or grad_out)
+    if torch_cpu != "auto" and not emulate_dtype:
+        raise click.UsageError("--torch-cpu chooses the kernels --dtype reproduces: add --dtype")
     if emulate_dtype and (want_grad or check_grad or input_kind != "logits"):
         raise click.UsageError("--dtype reproduces the forward loss of logits: drop --grad, "
                                "--grad-out, --check-grad and --input-kind")
@@ -172,7 +176,8 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, id_c
         if temperature != 1.0:
             x2 = np.asarray(x2, dtype=np.float64) / temperature
         if emulate_dtype:
-            x2, opts["input_kind"] = _torch_log_probs(x2, emulate_dtype), "log-probs"
+            x2, opts["input_kind"] = (_torch_log_probs(x2, emulate_dtype, torch_lanes(torch_cpu)),
+                                      "log-probs")
         if label_column is None:
             labels = read_labels(labels_path, class_names=class_names)
         labels_source = labels_path or f"{source} column {label_column}"
@@ -257,9 +262,9 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, id_c
         msgs.wrote(path)
 
 
-def _torch_log_probs(x2: np.ndarray, dtype: str) -> np.ndarray:
+def _torch_log_probs(x2: np.ndarray, dtype: str, lanes: int | None = None) -> np.ndarray:
     """``torch.log_softmax(x.to(dtype), 1)`` as float64: what cross_entropy feeds nll_loss."""
-    return torch_softmax_rows(x2, dtype, log=True).astype(np.float64)
+    return torch_softmax_rows(x2, dtype, log=True, lanes=lanes).astype(np.float64)
 
 
 # input bytes per streamed block: with float64 work on it, peak memory is a few times this
