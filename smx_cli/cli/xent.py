@@ -43,7 +43,8 @@ Examples:
   smx xent logits.csv --label-column label --label-smoothing 0.1
   smx xent logits.npy --labels y.npy --grad --rows 3 --grad-out grad.npy
   smx xent logits.npy --labels y.npy -o losses.csv
-  smx xent samples/scores.csv --label-column label --id-column name -o losses.npz
+  smx xent samples/scores.csv --label-column label --id-column name \\
+      -o losses.npz
   smx xent logits.npy --labels labels.npy --check-grad
   smx xent samples/lm_logits.safetensors --labels samples/lm_ids.safetensors \\
       --shift-labels --vocab samples/lm_vocab.txt
