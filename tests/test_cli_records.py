@@ -300,6 +300,9 @@ def test_softmax_ids_in_npz_json_csv(named, tmp_path):
     ("id,a,b\nx,1,2\n", ["--id-column", "id", "--columns", "a,a"], "lists column 1 ('a') twice"),
     ("id,a,b\nx,1,2\n", ["--id-column", "id", "--columns", "7"], "out of range for 3 columns"),
     ("id,a,b\nx,1,2\n", ["--id-column", "id", "--drop-columns", "a,b"], "no logit columns left"),
+    # a '#' outside quotes starts a comment; inside quotes it is part of the id
+    ('id,a,b\n"run #3",1,2\nx,1 # a comment, then a ragged row\n', ["--id-column", "id"],
+     "line 3 has 2 values, expected 3"),
     # a string column left among the logits names its line and column
     ("id,a,b\nx,1,2\ny,oops,3\n", ["--id-column", "id"], "line 3, column 2: 'oops' is not"),
     ("id,a,b\nx,1,2\ny,3\n", ["--id-column", "id"], "line 3 has 2 values, expected 3"),
@@ -313,6 +316,14 @@ def test_hostile_columns(tmp_path, text, args, why, command):
     r = run(command, p, *args, *extra, input="0\n0\n")
     assert r.exit_code == 1, (r.stdout, r.stderr)
     assert why in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_a_hash_inside_quotes_is_part_of_the_id(tmp_path):
+    p = tmp_path / "h.csv"
+    p.write_text('id,a,b  # the header\n"run #3",1,2\n# a comment line\nx,0,0\n')
+    r = ok("softmax", p, "--id-column", "id", "--format", "csv")
+    assert r.stdout.splitlines() == ["id,a,b", "run #3,0.2689414213699951,0.7310585786300049",
+                                     "x,0.5,0.5"]
 
 
 def test_column_option_usage_errors(named):

@@ -122,6 +122,8 @@ def _xent(sd, p):
     from smx_cli.render import xent as render_xent
 
     _refuse(p, {**_INPUT_ONLY, "label_column": "--label-column", "worst": "--worst",
+                "id_column": "--id-column", "columns": "--columns",
+                "drop_columns": "--drop-columns",
                 "emulate_dtype": "--dtype",
                 "show_grad": "--grad", "grad_out": "--grad-out", "check_grad": "--check-grad",
                 "threads": "--threads"})
@@ -131,6 +133,8 @@ def _xent(sd, p):
                                "store: name it DIR.zarr")
     if p["axis"] not in (-1, 1):
         raise click.UsageError("--axis is not supported with --scheduler (classes are the last axis)")
+    if p.get("torch_cpu", "auto") != "auto":
+        raise click.UsageError("--torch-cpu is not supported with --scheduler")
     if p["fmt"] not in (None, "table", "json"):
         raise click.UsageError("with --scheduler, --format is table or json (the summary)")
     if not 0.0 <= p["label_smoothing"] <= 1.0:

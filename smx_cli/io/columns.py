@@ -16,7 +16,8 @@ import numpy as np
 
 from smx_cli.io import safetensors
 from smx_cli.io.arrays import NPY_MAGIC, ZIP_MAGIC, Loaded, load_npy, load_npz, read_bytes
-from smx_cli.io.text import BLANKS, content_lines, is_number, sniff_delimiter, split_fields
+from smx_cli.io.csv_engine import read_text
+from smx_cli.io.text import BLANKS, is_number, sniff_delimiter, split_fields
 from smx_cli.errors import SmxError
 
 
@@ -67,6 +68,34 @@ def split_fields_quoted(line: str, delim: str) -> list[str]:
     if len(tokens) > 1 and tokens[-1] == "":
         tokens.pop()  # a trailing delimiter ends the row, as in split_fields
     return tokens
+
+
+def _content_lines(text: str) -> list[tuple[int, str]]:
+    """:func:`~smx_cli.io.text.content_lines`, with a ``#`` inside quotes kept (an id
+    such as ``"run #3"`` is text, not the start of a comment).
+
+    Examples
+    --------
+    >>> _content_lines('id,a # names\\n"run #3",1\\n')
+    [(1, 'id,a'), (2, '"run #3",1')]
+    """
+    out = []
+    for lineno, raw in enumerate(text.split("\n"), start=1):
+        if "#" in raw:
+            if '"' in raw:
+                quoted = False
+                for k, ch in enumerate(raw):
+                    if ch == '"':
+                        quoted = not quoted
+                    elif ch == "#" and not quoted:
+                        raw = raw[:k]
+                        break
+            else:
+                raw = raw.split("#", 1)[0]
+        line = raw.strip(BLANKS)
+        if line:
+            out.append((lineno, line))
+    return out
 
 
 def _describe(idx: int, names: list[str] | None) -> str:
@@ -201,7 +230,7 @@ def split_columns(path: str, *, label_column: str | None = None, id_column: str 
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise SmxError(f"{source}: not UTF-8 text (bad byte at offset {exc.start})") from None
-    content = content_lines(text)
+    content = _content_lines(text)
     if not content:
         raise SmxError(f"{source}: no data (the file is empty or holds only comments)")
     delim = delimiter if delimiter is not None else sniff_delimiter([c[1] for c in content])
@@ -228,11 +257,41 @@ def split_columns(path: str, *, label_column: str | None = None, id_column: str 
     body = rows[1:] if header else rows
     if not body:
         raise SmxError(f"{source}: only a header row, no data rows")
-    values = np.empty((len(body), len(logits)))
     ids, tokens, lines = [], [], []
-    for r, (lineno, parts) in enumerate(body):
+    for lineno, parts in body:
         if len(parts) != width:
             raise SmxError(f"{source}: line {lineno} has {len(parts)} values, expected {width}")
+        if i_id is not None:
+            ids.append(parts[i_id])
+        if i_label is not None:
+            tokens.append(parts[i_label])
+            lines.append(lineno)
+    values = _logit_values(body, logits, source)
+    class_names = [names[j] for j in logits] if names else None
+    split = Split(Loaded(values, source, class_names, "csv"))
+    if i_id is not None:
+        split.ids = ids
+    if i_label is not None:
+        split.label_tokens, split.label_lines = tokens, lines
+    return split
+
+
+def _logit_values(body, logits: list[int], source: str) -> np.ndarray:
+    """The logit columns of the split rows as float64 (N, len(logits)).
+
+    The tokens go through the project's CSV number parser (strict tokens,
+    correctly rounded) as one block; when it refuses one, the rows are
+    checked token by token to name the file's own line and column.
+    """
+    text = "\n".join(",".join(parts[j] for j in logits) for _, parts in body) + "\n"
+    try:
+        values, _ = read_text(text.encode(), source, delimiter=",", header=False)
+        if values.shape == (len(body), len(logits)):
+            return values.astype(np.float64, copy=False)
+    except SmxError:
+        pass
+    values = np.empty((len(body), len(logits)))
+    for r, (lineno, parts) in enumerate(body):
         for k, j in enumerate(logits):
             tok = parts[j]
             if not is_number(tok):
@@ -241,18 +300,7 @@ def split_columns(path: str, *, label_column: str | None = None, id_column: str 
                                "remove it (nan, inf and -inf are allowed), or name the "
                                "column with --id-column, --label-column or --drop-columns")
             values[r, k] = float(tok)
-        if i_id is not None:
-            ids.append(parts[i_id])
-        if i_label is not None:
-            tokens.append(parts[i_label])
-            lines.append(lineno)
-    class_names = [names[j] for j in logits] if names else None
-    split = Split(Loaded(values, source, class_names, "csv"))
-    if i_id is not None:
-        split.ids = ids
-    if i_label is not None:
-        split.label_tokens, split.label_lines = tokens, lines
-    return split
+    return values
 
 
 def _split_array(loaded, label_column, id_column, columns, drop_columns) -> Split:
