@@ -242,6 +242,14 @@ def test_ids_with_quoted_commas_reach_every_output(named, tmp_path):
                         for rec in doc["per_sample"]], want.loss)
 
 
+def test_ids_reach_the_gradient_file(named, tmp_path):
+    ok("xent", named, "--label-column", "y", "--id-column", "name", "--grad-out",
+       tmp_path / "g.csv")
+    rows = list(csv.reader(open(tmp_path / "g.csv")))
+    assert rows[0] == ["id", "a", "b", "c"] and [r[0] for r in rows[1:]] == \
+        ["Smith, J", 'say "hi"', "", "emu"]
+
+
 def test_ids_in_worst_and_in_the_panel(named, monkeypatch):
     monkeypatch.setenv("COLUMNS", "100")
     r = ok("xent", named, "--label-column", "y", "--id-column", "name", "--worst", "2")

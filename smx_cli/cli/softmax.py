@@ -193,7 +193,8 @@ def softmax_cmd(file, delimiter, header, key, axis, label_column, id_column, col
                 grad_payload = Payload(
                     vjp, rows.class_names, {"command": "softmax", "variant": variant,
                                             "gradient": "upstream @ Jacobian"}, {"vjp": vjp},
-                    array=from_rows(vjp, rows.moved_shape, rows.axis, rows.ndim))
+                    array=from_rows(vjp, rows.moved_shape, rows.axis, rows.ndim),
+                    row_ids=rows.ids)
         payload = _payload(rows, res)
         payload.digits = digits
         write_files([(grad_out, grad_payload, None), (output, payload, out_fmt)])  # all or none

@@ -194,8 +194,9 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, id_c
         checks = _check_gradient(x2, labels, res, weights, opts) if check_grad else None
         if grad_out:
             grad_payload = Payload(res.grad, class_names, {
-                "command": "xent", "gradient": "dL/dlogits", "reduction": reduction},
-                {"grad": res.grad})
+                "command": "xent", "gradient": "dL/dlogits", "reduction": reduction,
+                **({"ids": list(ids)} if ids is not None else {})},
+                {"grad": res.grad}, row_ids=ids)
     n_classes = int(shape[1]) if shape is not None else int(x2.shape[1])
 
     fmt_eps = result_format(dtype).eps
