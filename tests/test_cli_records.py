@@ -355,3 +355,26 @@ def test_columns_of_an_npy_file_and_of_stdin(tmp_path):
            input='"a,b",1,2,9\nc,0,0,9\n')
     assert r.stdout.splitlines() == ['"a,b",0.2689414213699951,0.7310585786300049',
                                      "c,0.5,0.5"]
+
+
+def test_record_writers_read_back_exactly():
+    """JSON and CSV cells read back to the very values (floats across the whole range,
+    NaN/inf, ints, flags, text with quotes, commas and backslashes)."""
+    from smx_cli.io.write import records_json, records_text
+
+    rng = np.random.default_rng(9)
+    n = 2000
+    f = {"row": np.arange(n), "p": rng.random(n) * 10.0 ** rng.integers(-320, 300, n),
+         "loss": np.r_[np.nan, np.inf, -np.inf, -0.0, 5e-324, rng.standard_normal(n - 5)],
+         "ok": rng.random(n) > 0.5, "id": np.array([f'r{i}, "q" \\ é' for i in range(n)])}
+    doc = json.loads(records_json(f))
+    assert [r["p"] for r in doc] == f["p"].tolist()
+    assert doc[0]["loss"] is None and doc[1]["loss"] == "inf" and doc[2]["loss"] == "-inf"
+    assert [r["loss"] for r in doc[3:]] == f["loss"][3:].tolist()
+    assert [r["id"] for r in doc] == f["id"].tolist() and [r["ok"] for r in doc] == \
+        f["ok"].tolist()
+    rows = list(csv.reader(io.StringIO(records_text(f))))
+    assert rows[0] == list(f)
+    assert [float(r[1]) for r in rows[1:]] == f["p"].tolist()
+    assert _same_float([float(r[2]) for r in rows[1:]], f["loss"])
+    assert [r[4] for r in rows[1:]] == f["id"].tolist()

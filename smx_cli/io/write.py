@@ -422,21 +422,25 @@ def records_text(fields: dict[str, np.ndarray], delimiter: str = ",") -> str:
     return "\n".join(lines) + "\n"
 
 
-def _json_value(v):
-    """A JSON cell: NaN as null, an infinity as "inf"/"-inf" (JSON has neither)."""
-    if isinstance(v, float):
-        if v != v:
-            return None
-        if v in (float("inf"), float("-inf")):
-            return "inf" if v > 0 else "-inf"
-    return v
+def _json_cells(values: np.ndarray) -> list[str]:
+    """One column's JSON values: integers, true/false, exact floats (NaN as null,
+    an infinity as "inf"/"-inf": JSON has neither), strings escaped."""
+    v = np.asarray(values)
+    if v.dtype.kind == "b":
+        return ["true" if b else "false" for b in v.tolist()]
+    if v.dtype.kind in "iu":
+        return [str(i) for i in v.tolist()]
+    if v.dtype.kind == "f":
+        special = {"nan": "null", "inf": '"inf"', "-inf": '"-inf"'}
+        return [special.get(t, t) for t in shortest_strings(v.astype(np.float64))]
+    return [json.dumps(str(t)) for t in v.tolist()]
 
 
 def records_json(fields: dict[str, np.ndarray]) -> str:
     """Named columns as a JSON list of records (one object per row).
 
-    Integers stay integers, flags are true/false, floats are exact (Python's
-    shortest repr); NaN is null and an infinity "inf"/"-inf".
+    Integers stay integers, flags are true/false, floats are exact (the
+    shortest form that reads back); NaN is null and an infinity "inf"/"-inf".
 
     Examples
     --------
@@ -444,11 +448,9 @@ def records_json(fields: dict[str, np.ndarray]) -> str:
     '[{"row": 0, "loss": "inf", "ok": true}]'
     """
     names = list(fields)
-    cols = [np.asarray(fields[n]).tolist() for n in names]
+    cols = [_json_cells(fields[n]) for n in names]
     keys = [json.dumps(n) + ": " for n in names]
-    rows = ["{" + ", ".join(k + json.dumps(_json_value(v), allow_nan=False)
-                            for k, v in zip(keys, cells)) + "}"
-            for cells in zip(*cols)]
+    rows = ["{" + ", ".join(k + c for k, c in zip(keys, cells)) + "}" for cells in zip(*cols)]
     return "[" + ",\n  ".join(rows) + "]"
 
 
