@@ -32,7 +32,7 @@ class Payload:
     # what NPY carries when it differs from ``matrix``: the result in the
     # input's own shape (a 1-D or 0-d input must not come back as (1, C))
     array: np.ndarray | None = None
-    # row names (--id-column): the first column of CSV/TSV (NPY carries numbers only)
+    # row names (--id-column): the first column of CSV/TSV, ``ids`` in NPZ (NPY: numbers only)
     row_ids: list[str] | None = None
     # CSV/TSV values rounded to this many significant digits (None: shortest exact)
     digits: int | None = None
