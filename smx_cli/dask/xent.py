@@ -44,6 +44,8 @@ class XentPart:
     entropy: ExactSum = field(default_factory=ExactSum)
     denominator: ExactSum = field(default_factory=ExactSum)
     inputs: InputCounts | None = None
+    # the first few rows with a NaN/inf loss, in row order (the panel names them)
+    nonfinite_rows: tuple = ()
 
     def __add__(self, other: "XentPart") -> "XentPart":
         out = XentPart()
@@ -51,6 +53,8 @@ class XentPart:
             a, b = getattr(self, f.name), getattr(other, f.name)
             if f.name == "inputs":
                 out.inputs = _add_counts(a, b)
+            elif f.name == "nonfinite_rows":
+                out.nonfinite_rows = tuple(sorted(a + b))[:NAMED_ROWS]
             else:
                 setattr(out, f.name, a + b)
         return out
@@ -136,6 +140,9 @@ class XentSummary:
         return self.part.vanished
 
 
+#: how many rows with a NaN/inf loss a merged summary remembers (what the panel shows)
+NAMED_ROWS = 5
+
 _LOCAL_INDEX = re.compile(r"^(label|probability target row) (\d+)")
 
 
@@ -146,8 +153,11 @@ PER_SAMPLE_COLUMNS = ["row", "label", "predicted", "p_true", "loss", "margin", "
 
 def _per_sample(r, start) -> np.ndarray:
     n = len(r.loss)
+    # a NaN row ranks no class first: its prediction is -1 (undefined), as smx xent -o writes
+    undefined = np.isnan(r.entropy) | (np.isnan(r.p_true) & ~r.ignored)
     return np.column_stack([
-        np.arange(start, start + n), r.true_class, r.predicted, r.p_true, r.loss, r.margin,
+        np.arange(start, start + n), r.true_class, np.where(undefined, -1, r.predicted),
+        r.p_true, r.loss, r.margin,
         r.correct.astype(float), r.ignored.astype(float)]).astype(np.float64)
 
 
@@ -195,7 +205,9 @@ def _block_part(xb, yb, start, weight, ignore_index, label_smoothing, input_kind
         nonfinite=int((~np.isfinite(r.loss) & counted).sum()), vanished=r.vanished(eps),
         loss=ExactSum.of(r.loss), nll=ExactSum.of(r.nll[counted]),
         entropy=ExactSum.of(r.entropy[counted]), denominator=denominator,
-        inputs=_input_counts(xb))
+        inputs=_input_counts(xb),
+        nonfinite_rows=tuple(int(start + i) for i in
+                             np.flatnonzero(~np.isfinite(r.loss) & counted)[:NAMED_ROWS]))
     return (part, _per_sample(r, start)) if per_sample else part
 
 
