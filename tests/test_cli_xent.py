@@ -659,3 +659,17 @@ def test_threads_reach_the_math(monkeypatch, small):
     ok(d / "x.csv", "--labels", d / "y.npy", "--threads", "2")   # whole array
     assert seen == [3, 2]
     assert run(d / "x.npy", "--labels", d / "y.npy", "--threads", "0").exit_code == 2
+
+
+def test_json_names_the_engine_that_computed(tmp_path):
+    from smx_cli.core import native
+
+    np.save(tmp_path / "x.npy", np.array([[1.0, 2.0, 3.0], [0.0, 5.0, -1.0]]))
+    np.save(tmp_path / "y.npy", np.array([2, 0]))
+    doc = as_json(tmp_path / "x.npy", "--labels", tmp_path / "y.npy")
+    assert doc["engine"] == native.engine()  # "numpy" under SMX_ENGINE=numpy
+    # probabilities as input stay on the numpy path whatever the engine
+    np.save(tmp_path / "p.npy", np.array([[0.2, 0.3, 0.5]]))
+    np.save(tmp_path / "y1.npy", np.array([2]))
+    doc = as_json(tmp_path / "p.npy", "--labels", tmp_path / "y1.npy", "--input-kind", "probs")
+    assert doc["engine"] == "numpy"

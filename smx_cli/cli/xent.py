@@ -496,4 +496,6 @@ def _summary(res, source, n_classes, class_names, reduction, eps, ignore_index, 
         "vanished_gradients": res.vanished(fmt_eps),
         "vanished_eps": fmt_eps,
         "nonfinite_losses": res.n_nonfinite,
+        # what computed the per-sample numbers: "numpy" or the compiled core
+        "engine": getattr(res, "engine", "numpy"),
     }
