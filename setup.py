@@ -52,12 +52,12 @@ class OptionalBuildExt(build_ext):
         try:
             super().build_extension(ext)
         except _BUILD_ERRORS + (OSError,) as exc:
-            self._warn(exc)
+            self._warn(exc, ext.name)
 
     @staticmethod
-    def _warn(exc):
+    def _warn(exc, name="smx_cli.core._smx_native"):
         sys.stderr.write(
-            "WARNING: the optional C extension smx_cli.core._smx_native could not be built "
+            f"WARNING: the optional C extension {name} could not be built "
             f"({exc}); smx will use its numpy kernels (slower, same results within the "
             "documented ulps).\n")
 
@@ -67,6 +67,14 @@ if os.environ.get("SMX_NO_NATIVE", "") not in ("1", "true", "yes"):
     ext_modules.append(Extension(
         "smx_cli.core._smx_native",
         sources=["smx_cli/core/_smx_native.c"],
+        extra_compile_args=_flags(),
+        libraries=[] if sys.platform == "win32" else ["m"],
+        optional=True,
+    ))
+    # the diagnostics panel's counts in one pass (small; same flags)
+    ext_modules.append(Extension(
+        "smx_cli.core._smx_diag",
+        sources=["smx_cli/core/_smx_diag.c"],
         extra_compile_args=_flags(),
         libraries=[] if sys.platform == "win32" else ["m"],
         optional=True,

@@ -113,9 +113,9 @@ except SystemExit as e:
 _END = (_t.perf_counter(), _t.process_time())  # the report's checks below are not timed
 d = json.load(open({out!r}))
 import numpy as np
-per = np.array(d['per_token'], dtype=float)
+top_p = np.array([rec['top_p_tokens'] for rec in d['per_token']], dtype=float)
 _RESULT = {{'loss': d['loss'], 'ppl': d['corpus']['perplexity'],
-           'top_p': float(np.median(per[:, d['columns'].index('top_p_tokens')])),
+           'top_p': float(np.median(top_p)),
            'entropy': d['mean_entropy']}}
 """
 

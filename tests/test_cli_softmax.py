@@ -419,7 +419,7 @@ def test_output_unknown_extension(logits_csv, tmp_path):
     path, _ = logits_csv
     r = run(path, "-o", tmp_path / "p.bin", ok=False)
     assert r.exit_code == 2  # a usage error, naming the choices
-    assert ".bin" in r.stderr and ".npy, .csv, .tsv, .json" in r.stderr
+    assert ".bin" in r.stderr and ".npy, .npz, .csv, .tsv, .json" in r.stderr
 
 
 @pytest.mark.parametrize("args", [

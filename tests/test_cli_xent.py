@@ -121,9 +121,9 @@ def test_mnist_reports_accuracy_and_mean_loss(mnist):
     assert doc["samples"] == 2500 and doc["classes"] == 10
     m = re.search(r"loss \(mean\)\s+([0-9.e-]+)", r.stdout)
     assert m and close(float(m.group(1)), loss.mean(), rtol=1e-9)
-    per = np.array(doc["per_sample"], dtype=float)
-    assert per.shape == (2500, len(doc["columns"]))
-    got = per[:, doc["columns"].index("loss")]
+    assert len(doc["per_sample"]) == 2500
+    assert all(list(rec) == doc["columns"] for rec in doc["per_sample"])
+    got = np.array([rec["loss"] for rec in doc["per_sample"]])
     assert np.max(np.abs(got - loss) / loss) <= 1e-12
 
 
@@ -257,11 +257,12 @@ def test_reduction_none_writes_per_sample_losses(small):
     doc = as_json(d / "x.npy", "--labels", d / "y.npy", "--reduction", "none",
                   "--ignore-index", "1")
     assert doc["loss"] is None
-    per = np.array(doc["per_sample"], dtype=float)
-    got = per[:, doc["columns"].index("loss")]
+    per = doc["per_sample"]
+    got = np.array([rec["loss"] for rec in per])
     assert np.max(np.abs(got - ref_loss(x, y, ignore_index=1, reduction="none"))) <= 1e-15
-    assert per[:, doc["columns"].index("ignored")].tolist() == (y == 1).astype(float).tolist()
-    p_true = per[:, doc["columns"].index("p_true")]
+    assert [rec["ignored"] for rec in per] == (y == 1).tolist()   # JSON true/false
+    assert [rec["label"] for rec in per] == np.where(y == 1, -1, y).tolist()
+    p_true = np.array([np.nan if rec["p_true"] is None else rec["p_true"] for rec in per])
     assert np.isnan(p_true[y == 1]).all()          # no true class: not class 0's probability
     np.testing.assert_allclose(p_true[y != 1], softmax(x, axis=1)[np.arange(6), y][y != 1],
                                rtol=1e-14)
@@ -344,11 +345,15 @@ def test_output_files(small):
     r = ok(d / "x.npy", "--labels", d / "y.npy", "-o", d / "out.csv")
     assert "wrote" in r.stderr
     lines = (d / "out.csv").read_text().splitlines()
-    assert lines[0] == "row,label,predicted,p_true,loss,margin,correct,ignored"
-    got = np.loadtxt(lines[1:], delimiter=",", ndmin=2)
-    assert np.max(np.abs(got[:, 4] - ref_loss(x, y, reduction="none"))) <= 1e-15
-    assert got[:, 1].tolist() == y.tolist()
-    assert got[:, 2].tolist() == np.argmax(x, axis=1).tolist()
+    assert lines[0] == ("row,label,predicted,p_true,loss,margin,correct,ignored,top5,"
+                        "entropy")
+    cells = [ln.split(",") for ln in lines[1:]]
+    got = np.array([float(c[4]) for c in cells])
+    assert np.max(np.abs(got - ref_loss(x, y, reduction="none"))) <= 1e-15
+    # integers are written as integers, flags as true/false: never 1.0 or 0.0
+    assert [c[1] for c in cells] == [str(v) for v in y.tolist()]
+    assert [c[2] for c in cells] == [str(v) for v in np.argmax(x, axis=1).tolist()]
+    assert {c[6] for c in cells} <= {"true", "false"} and {c[7] for c in cells} == {"false"}
     ok(d / "x.npy", "--labels", d / "y.npy", "-o", d / "out.json")
     doc = json.loads((d / "out.json").read_text())
     assert close(doc["loss"], ref_loss(x, y)) and len(doc["per_sample"]) == 6
@@ -373,8 +378,8 @@ def test_all_ignored_mean_is_reported_not_a_bare_nan(small):
     assert "undefined" in j.stderr
     s = run(d / "x.npy", "--labels", d / "ign.npy", "--strict")
     assert s.exit_code == 1 and "undefined" in s.stderr
-    assert ok(d / "x.npy", "--labels", d / "ign.npy", "--reduction", "sum",
-              "--format", "json").stdout.count('"loss": 0.0') == 1
+    assert json.loads(ok(d / "x.npy", "--labels", d / "ign.npy", "--reduction", "sum",
+                         "--format", "json").stdout)["loss"] == 0.0
 
 
 def test_strict_passes_on_finite_losses(small):
@@ -450,7 +455,7 @@ def test_confident_samples_vanished_gradients_and_ignored_rows(tmp_path):
     doc = json.loads(run(tmp_path / "x.npy", "--labels", "-", "--format", "json",
                          input="0\n0\n-100\n0\n0\n").stdout)
     assert doc["vanished_gradients"] == 2 and doc["ignored"] == 1
-    per = np.array(doc["per_sample"], dtype=float)[:, doc["columns"].index("loss")]
+    per = [rec["loss"] for rec in doc["per_sample"]]
     assert close(per[0], loss0) and per[1] == 1000.0
     assert close(doc["loss"], (loss0 + 1000 + math.log1p(2 * math.exp(-40.0))
                                + math.log1p(2 * math.exp(-5.0))) / 4)
@@ -654,3 +659,17 @@ def test_threads_reach_the_math(monkeypatch, small):
     ok(d / "x.csv", "--labels", d / "y.npy", "--threads", "2")   # whole array
     assert seen == [3, 2]
     assert run(d / "x.npy", "--labels", d / "y.npy", "--threads", "0").exit_code == 2
+
+
+def test_json_names_the_engine_that_computed(tmp_path):
+    from smx_cli.core import native
+
+    np.save(tmp_path / "x.npy", np.array([[1.0, 2.0, 3.0], [0.0, 5.0, -1.0]]))
+    np.save(tmp_path / "y.npy", np.array([2, 0]))
+    doc = as_json(tmp_path / "x.npy", "--labels", tmp_path / "y.npy")
+    assert doc["engine"] == native.engine()  # "numpy" under SMX_ENGINE=numpy
+    # probabilities as input stay on the numpy path whatever the engine
+    np.save(tmp_path / "p.npy", np.array([[0.2, 0.3, 0.5]]))
+    np.save(tmp_path / "y1.npy", np.array([2]))
+    doc = as_json(tmp_path / "p.npy", "--labels", tmp_path / "y1.npy", "--input-kind", "probs")
+    assert doc["engine"] == "numpy"

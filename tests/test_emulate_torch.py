@@ -164,8 +164,8 @@ def test_xent_dtype_reproduces_a_nan_loss(tmp_path):
                                  "--reduction", "none", "--format", "json"])
     assert r.exit_code == 0, r.stderr
     doc = json.loads(r.stdout)
-    loss = [rec[4] if isinstance(rec, list) else rec["loss"] for rec in doc["per_sample"]]
-    assert loss[1] == "nan" or (isinstance(loss[1], float) and np.isnan(loss[1]))
+    loss = [rec["loss"] for rec in doc["per_sample"]]
+    assert loss[1] is None and loss[0] > 0   # JSON has no NaN: null
     # without --dtype the accurate loss of the same sample is 0 (it is right, hugely)
     r = CliRunner().invoke(cli, ["xent", str(tmp_path / "x.npy"), "--labels",
                                  str(tmp_path / "y.npy"), "--reduction", "none",
@@ -193,3 +193,109 @@ def test_xent_dtype_losses_are_torchs(tmp_path, dtype):
     want = _torch.nn.functional.cross_entropy(_torch.from_numpy(x).to(td),
                                               _torch.from_numpy(y), reduction="none")
     np.testing.assert_array_equal(got, want.float().numpy().astype(np.float64))
+
+
+# ----------------------------------------------------------------------------
+# the SIMD width: what torch runs on THIS machine, unless --torch-cpu says otherwise
+
+
+@pytest.mark.skipif(_torch is None, reason="torch not installed")
+def test_machine_lanes_follow_torch():
+    from smx_cli.core.emulate_torch import machine_lanes
+
+    lanes, how = machine_lanes()
+    assert lanes == _lanes() and "get_cpu_capability" in how
+
+
+def test_machine_lanes_without_torch(monkeypatch):
+    """No torch: ATEN_CPU_CAPABILITY, then the CPU flags, then the documented default."""
+    import importlib.util
+
+    from smx_cli.core import emulate_torch as et
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torch" else real(name, *a))
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    assert et._find_machine_lanes() == (8, "ATEN_CPU_CAPABILITY=avx2")
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY")
+    monkeypatch.setattr(et, "_cpu_flags", lambda: {"fma", "avx2", "avx512f", "avx512bw",
+                                                   "avx512vl", "avx512dq"})
+    assert et._find_machine_lanes()[0] == 16
+    monkeypatch.setattr(et, "_cpu_flags", lambda: {"fma", "avx2", "avx512f"})
+    assert et._find_machine_lanes()[0] == 8
+    monkeypatch.setattr(et, "_cpu_flags", lambda: None)
+    assert et._find_machine_lanes() == (et.DEFAULT_LANES, et._find_machine_lanes()[1])
+    assert "default" in et._find_machine_lanes()[1]
+
+
+# widths around the lane remainders: C mod 8 and C mod 16 nonzero, a 2L chunk and a tail
+REMAINDER_WIDTHS = (7, 17, 33, 1000)
+
+
+@pytest.mark.skipif(_torch is None, reason="torch not installed")
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("variant", ["stable", "log"])
+def test_cli_emulation_is_this_machines_torch_bitwise(tmp_path, dtype, variant):
+    """smx softmax --emulate torch (no --torch-cpu) equals torch on this machine, bit for bit."""
+    rng = np.random.default_rng(21)
+    td = {"float16": _torch.float16, "bfloat16": _torch.bfloat16}[dtype]
+    fn = _torch.log_softmax if variant == "log" else _torch.softmax
+    for c in REMAINDER_WIDTHS:
+        x = rng.standard_normal((16, c)) * rng.choice([0.3, 3, 12, 90], size=(16, 1))
+        np.save(tmp_path / "x.npy", x)
+        out = tmp_path / "p.npy"
+        r = CliRunner().invoke(cli, ["softmax", str(tmp_path / "x.npy"), "--dtype", dtype,
+                                     "--emulate", "torch", "--variant", variant, "-o", str(out)])
+        assert r.exit_code == 0, r.stderr
+        want = fn(_torch.from_numpy(x).to(td), -1).view(_torch.int16).numpy().view(np.uint16)
+        got = np.load(out)
+        got_bits = (got.view(np.uint16) if dtype == "float16"
+                    else _bits(got.astype(np.float32), dtype))
+        assert _same(got_bits, want, dtype).all(), (dtype, variant, c)
+
+
+@pytest.mark.skipif(_torch is None, reason="torch not installed")
+def test_the_other_lane_count_is_not_torchs(tmp_path):
+    """--torch-cpu names the other kernels: the result differs from this machine's torch
+    (so the test above would catch a wrong automatic choice)."""
+    other = "avx2" if _lanes() == 16 else "avx512"
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((64, 1000)) * 3
+    np.save(tmp_path / "x.npy", x)
+    want = _torch.softmax(_torch.from_numpy(x).to(_torch.float16), -1).numpy().view(np.uint16)
+    r = CliRunner().invoke(cli, ["softmax", str(tmp_path / "x.npy"), "--dtype", "float16",
+                                 "--emulate", "torch", "--torch-cpu", other,
+                                 "-o", str(tmp_path / "o.npy")])
+    assert r.exit_code == 0, r.stderr
+    assert np.count_nonzero(np.load(tmp_path / "o.npy").view(np.uint16) != want) > 0
+
+
+def test_torch_cpu_needs_the_emulation(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((2, 3)))
+    np.save(tmp_path / "y.npy", np.zeros(2, dtype=np.int64))
+    r = CliRunner().invoke(cli, ["softmax", str(tmp_path / "x.npy"), "--torch-cpu", "avx2"])
+    assert r.exit_code == 2 and "--emulate torch" in r.stderr
+    r = CliRunner().invoke(cli, ["xent", str(tmp_path / "x.npy"), "--labels",
+                                 str(tmp_path / "y.npy"), "--torch-cpu", "avx2"])
+    assert r.exit_code == 2 and "--dtype" in r.stderr
+
+
+@pytest.mark.skipif(_torch is None, reason="torch not installed")
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_xent_dtype_at_the_lane_remainders(tmp_path, dtype):
+    rng = np.random.default_rng(8)
+    td = {"float16": _torch.float16, "bfloat16": _torch.bfloat16}[dtype]
+    for c in REMAINDER_WIDTHS:
+        x = rng.standard_normal((32, c)) * 5
+        y = rng.integers(0, c, 32)
+        np.save(tmp_path / "x.npy", x)
+        np.save(tmp_path / "y.npy", y)
+        r = CliRunner().invoke(cli, ["xent", str(tmp_path / "x.npy"), "--labels",
+                                     str(tmp_path / "y.npy"), "--dtype", dtype,
+                                     "--reduction", "none", "-o", str(tmp_path / "l.npz")])
+        assert r.exit_code == 0, r.stderr
+        want = _torch.nn.functional.cross_entropy(_torch.from_numpy(x).to(td),
+                                                  _torch.from_numpy(y), reduction="none")
+        with np.load(tmp_path / "l.npz", allow_pickle=False) as z:
+            np.testing.assert_array_equal(z["loss"], want.float().numpy().astype(np.float64))

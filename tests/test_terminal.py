@@ -75,6 +75,10 @@ def _cases(vocab):
         ["compare-stability"],
         ["compare-stability", MNIST, "--dtypes", "float16"],
         ["compare-stability", "--sweep"],
+        ["calibrate", MNIST, "--labels", os.path.join(SAMPLES, "mnist_lenet_labels.npy")],
+        ["xent", os.path.join(SAMPLES, "lm_logits.safetensors"), "--labels",
+         os.path.join(SAMPLES, "lm_ids.safetensors"), "--shift-labels", "--vocab",
+         os.path.join(SAMPLES, "lm_vocab.txt")],
     ]
 
 
@@ -163,7 +167,7 @@ def test_npy_to_a_terminal_is_a_usage_error(monkeypatch):
 
 @pytest.mark.parametrize("name, fmt, why", [
     ("p.csv", "json", "csv by its extension but --format says json"),
-    ("p.bin", None, "use .npy, .csv, .tsv, .json"),
+    ("p.bin", None, "use .npy, .npz, .csv, .tsv, .json"),
     ("probs", None, "from no extension"),
     ("p.npy", "table", "--format says table"),
 ])
@@ -417,8 +421,10 @@ def test_id_column_names_rows_everywhere(tmp_path):
     # without it the id column is an error naming the cell
     r = run("softmax", path)
     assert r.exit_code == 1 and "'cat-17' is not a number" in r.stderr
-    r = run("softmax", path, "--id-column", "id", "--label-column", "a")
-    assert r.exit_code == 1 and "one of them" in r.stderr
+    r = run("softmax", path, "--id-column", "id", "--label-column", "a", "--format", "csv")
+    assert r.exit_code == 0 and r.stdout.splitlines()[0] == "id,b,c"
+    r = run("softmax", path, "--id-column", "id", "--label-column", "id")
+    assert r.exit_code == 1 and "--id-column and --label-column both name column 0" in r.stderr
     npy = tmp_path / "x.npy"
     np.save(npy, np.array([[7.0, 1, 2], [9.0, 2, 1]]))
     r = run("softmax", npy, "--id-column", "0", "--format", "csv")

@@ -142,13 +142,15 @@ def test_every_option_combination_matches_reference(reduction, eps, weighted, tk
     assert max(errs) <= 1e-12, errs
     if reduction != "none":
         assert rel(r.reduced, reduced) <= 1e-12
+    # without the gradient class-index targets may run on the compiled core: the same
+    # losses within evaluate's stated 16 ulps (both engines are within it of the exact value)
     if reduction == "none":
         out = cross_entropy(X, target, weight=w, ignore_index=ii, reduction="none",
                             label_smoothing=eps)
-        assert np.array_equal(out, r.loss)
+        np.testing.assert_allclose(out, r.loss, rtol=16 * 2.0**-52, atol=0)
     else:
         assert cross_entropy(X, target, weight=w, ignore_index=ii, reduction=reduction,
-                             label_smoothing=eps) == r.reduced
+                             label_smoothing=eps) == pytest.approx(r.reduced, rel=32 * 2.0**-52)
     # the gradient, row-wise: every entry within 1e-12 of its row's largest
     for i in range(N):
         gmax = max(abs(v) for v in grads[i])

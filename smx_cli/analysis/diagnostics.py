@@ -8,8 +8,22 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from smx_cli.core import native
 from smx_cli.core.eft import split_sum
 from smx_cli.core.result import KernelStats, SoftmaxResult
+
+try:  # the one-pass counts (optional, built with the compiled core)
+    from smx_cli.core import _smx_diag
+except ImportError:  # pragma: no cover - no compiler at install time
+    _smx_diag = None
+
+_DIAG_CODES = {np.dtype(np.float16): 0, np.dtype(np.float32): 2, np.dtype(np.float64): 3}
+try:
+    import ml_dtypes
+
+    _DIAG_CODES[np.dtype(ml_dtypes.bfloat16)] = 1
+except ImportError:  # pragma: no cover - ml_dtypes is a dependency
+    pass
 
 
 @dataclass
@@ -165,6 +179,8 @@ class Accumulator:
         self.rows += n
         if not width:
             return
+        if self._add_native(x, y, base):
+            return
         # rows whose logits and results are all finite (nearly all of them) need
         # only a few passes in their own dtype; the rest get the careful count
         ysum = y.sum(axis=1, dtype=np.float64)
@@ -175,6 +191,43 @@ class Accumulator:
             if clean.any():
                 self._add_clean(x[clean], y[clean], ysum[clean])
             self._add_special(x[~clean], y[~clean], base + np.flatnonzero(~clean))
+
+    def _add_native(self, x: np.ndarray, y: np.ndarray, base: int) -> bool:
+        """The clean rows' counts in one compiled pass (``_smx_diag``); the other
+        rows go to :meth:`_add_special`. False when it does not apply: not
+        built, the numpy engine chosen, emulated results (their zeros need the
+        careful count), or dtypes/layouts it does not read."""
+        xdt, ydt = _DIAG_CODES.get(x.dtype), _DIAG_CODES.get(y.dtype)
+        if (_smx_diag is None or self.emulated or xdt is None or ydt is None
+                or not (x.flags.c_contiguous and y.flags.c_contiguous)
+                or native.engine() == "numpy"):
+            return False
+        n, width = y.shape
+        tiny = self.fmt.smallest_normal
+        logprob = self.kind == "logprob"
+        counts = np.zeros(width, dtype=np.int64)
+        unclean = np.empty(n, dtype=np.uint8)
+        zeros, sub, off, max_err, vmin, vmax, n_clean = _smx_diag.summarize(
+            x, xdt, y, ydt, n, width, int(logprob), float(np.log(tiny)) if logprob else tiny,
+            SUM_TOLERANCE * self.fmt.eps, counts, unclean)
+        if n_clean:
+            c = self.counts
+            c["zero"] += zeros
+            c["subnormal"] += sub
+            if logprob and ydt == _DIAG_CODES[np.dtype(np.float64)]:
+                # float64 log-probabilities: numpy's exp and the split sum
+                yc = y if n_clean == n else y[unclean == 0]
+                self._sums(np.exp(yc), np.ones(len(yc), dtype=bool))
+            else:
+                c["off"] += off
+                self.max_err = max(self.max_err, max_err)
+            self.vmin = min(self.vmin, vmin)
+            self.vmax = max(self.vmax, vmax)
+            self.argmax = counts if self.argmax is None else self.argmax + counts
+        if n_clean < n:
+            bad = unclean != 0
+            self._add_special(x[bad], y[bad], base + np.flatnonzero(bad))
+        return True
 
     def _add_clean(self, x: np.ndarray, y: np.ndarray, ysum: np.ndarray) -> None:
         c = self.counts

@@ -48,6 +48,8 @@ class SoftmaxJob:
     options: registry.VariantOptions = field(default_factory=registry.VariantOptions)
     fast: bool = False
     threads: int | None = None
+    # --emulate torch: float32 lanes of the kernels reproduced (None: this machine's)
+    lanes: int | None = None
 
     def check(self) -> "SoftmaxJob":
         """Refuse combinations that have no meaning (a ``ValueError``)."""
@@ -73,7 +75,7 @@ class SoftmaxJob:
         try:
             if self.emulate == "torch":
                 res = torch_compute(x2, self.dtype, log=TORCH_FUNCTIONS[self.variant],
-                                    temperature=self.temperature)
+                                    temperature=self.temperature, lanes=self.lanes)
                 return registry.VariantRun(res, None, None, np.asarray(x2))
             return registry.run(x2, self.variant, temperature=self.temperature, dtype=self.dtype,
                                 masked=self.masked, mask=mask, options=self.options,

@@ -10,7 +10,7 @@ import numpy as np
 from smx_cli.analysis.calibrate import INPUT_KINDS, METHODS, calibrate
 from smx_cli.analysis.calibration import BINNINGS, NORMS
 from smx_cli.analysis.scan import Rows
-from smx_cli.cli.emit import (Payload, check_outputs, stdout_console, write_file,
+from smx_cli.cli.emit import (Payload, check_outputs, show, stdout_console, write_file,
                               write_stdout_bytes)
 from smx_cli.cli.options import input_options
 from smx_cli.cli.prepare import load_rows
@@ -162,14 +162,18 @@ def _csv_num(v: float, key: str = "") -> str:
 
 
 def _show(report) -> None:
+    """The report on stdout; piped, without trailing padding (see emit.show)."""
+    from rich.text import Text
+
     console = stdout_console()
     b, a = report.before, report.after
-    console.print(render.metric_table(
-        b, a, title=f"calibration of {report.source} ({b.rows:,} x {b.classes:,})"))
-    console.print(render.binning_note(b), style="dim", markup=False)
-    console.print(render.fit_panel(report.fit, report.fit_on, report.fit_source))
-    console.print(render.diagrams(b.bins, a.bins, width=console.width))
-    console.print(render.bin_table(b.bins, a.bins, title="bins (equal-width)"))
+    show(console,
+         render.metric_table(b, a, title=f"calibration of {report.source} "
+                                         f"({b.rows:,} x {b.classes:,})"),
+         Text(render.binning_note(b), style="dim"),
+         render.fit_panel(report.fit, report.fit_on, report.fit_source),
+         render.diagrams(b.bins, a.bins, width=console.width),
+         render.bin_table(b.bins, a.bins, title="bins (equal-width)"))
 
 
 def _load(file, labels_path, label_column, delimiter, header, key, axis, names=None):

@@ -32,14 +32,43 @@ class Payload:
     # what NPY carries when it differs from ``matrix``: the result in the
     # input's own shape (a 1-D or 0-d input must not come back as (1, C))
     array: np.ndarray | None = None
-    # row names (--id-column): the first column of CSV/TSV (NPY carries numbers only)
+    # row names (--id-column): the first column of CSV/TSV, ``ids`` in NPZ (NPY: numbers only)
     row_ids: list[str] | None = None
     # CSV/TSV values rounded to this many significant digits (None: shortest exact)
     digits: int | None = None
+    # a table of named columns, each of its own type (ints, bools, floats, text):
+    # when set, CSV/TSV write these columns, JSON a list of records under
+    # ``records_name``, NPY one structured array, NPZ one array per column
+    records: dict[str, np.ndarray] | None = None
+    records_name: str = "records"
+
+    def npy_array(self) -> np.ndarray:
+        """What NPY carries: the structured record array, or the result's values."""
+        if self.records is not None:
+            return io.structured_array(self.records)
+        return self.matrix if self.array is None else self.array
+
+    def npz_arrays(self) -> dict[str, np.ndarray]:
+        """What NPZ carries: one array per record column; else ``values`` (and ``ids``)."""
+        if self.records is not None:
+            return dict(self.records)
+        out = {"values": self.matrix if self.array is None else self.array}
+        if self.columns is not None:
+            out["classes"] = np.asarray([str(c) for c in self.columns], dtype=str)
+        if self.row_ids is not None:
+            out["ids"] = np.asarray(list(self.row_ids), dtype=str)
+        return out
 
     def encode(self, fmt: str) -> bytes:
         if fmt == "npy":
-            return io.npy_bytes(self.matrix if self.array is None else self.array)
+            return io.npy_bytes(self.npy_array())
+        if fmt == "npz":
+            return io.npz_bytes(self.npz_arrays())
+        if self.records is not None and fmt in ("csv", "tsv"):
+            return io.records_text(self.records, "," if fmt == "csv" else "\t").encode()
+        if self.records is not None and fmt == "json":
+            return io.json_document(self.json_meta, self.json_arrays,
+                                    {self.records_name: self.records}).encode()
         if fmt in ("csv", "tsv"):
             delim = "," if fmt == "csv" else "\t"
             text = io.csv_text(self.table(), self.columns, delim, digits=self.digits)
@@ -149,7 +178,9 @@ def write_files(items) -> list[str]:
                 fh = stack.enter_context(io.atomic_output(path, "wb"))
                 if fmt == "npy":
                     # header, then the array's own memory in chunks: no encoded copy
-                    io.write_npy(fh, payload.matrix if payload.array is None else payload.array)
+                    io.write_npy(fh, payload.npy_array())
+                elif fmt == "npz":
+                    io.write_npz(fh, payload.npz_arrays())
                 else:
                     io.write_chunks(fh, payload.encode(fmt))
             path = None  # the renames happen as the stack closes
@@ -285,9 +316,10 @@ def write_stdout_bytes(data: bytes) -> None:
 
 
 def write_stdout(payload: Payload, fmt: str) -> None:
+    if fmt in ("npy", "npz") and sys.stdout.isatty():
+        raise SmxError(f"refusing to write binary {fmt.upper()} to a terminal; redirect "
+                       "stdout or use -o")
     data = payload.encode(fmt)
-    if fmt == "npy" and sys.stdout.isatty():
-        raise SmxError("refusing to write binary NPY to a terminal; redirect stdout or use -o")
     write_stdout_bytes(data)
 
 

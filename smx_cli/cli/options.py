@@ -47,7 +47,8 @@ def input_options(fn=None, *, file_required: bool = True):
 
 
 #: file extensions -o understands, and the format each one means
-EXTENSIONS = {".npy": "npy", ".csv": "csv", ".tsv": "tsv", ".txt": "csv", ".json": "json"}
+EXTENSIONS = {".npy": "npy", ".npz": "npz", ".csv": "csv", ".tsv": "tsv", ".txt": "csv",
+              ".json": "json"}
 
 
 def resolve_formats(output: str | None, fmt: str | None,
@@ -73,9 +74,9 @@ def resolve_formats(output: str | None, fmt: str | None,
                                    f"says {fmt}: drop --format or change the extension")
         return by_ext, "none"
     out = fmt or "table"
-    if out == "npy" and sys.stdout.isatty():
-        raise click.UsageError("--format npy writes binary data: redirect stdout "
-                               "(> out.npy) or use -o FILE.npy")
+    if out in ("npy", "npz") and sys.stdout.isatty():
+        raise click.UsageError(f"--format {out} writes binary data: redirect stdout "
+                               f"(> out.{out}) or use -o FILE.{out}")
     return None, out
 
 
@@ -88,13 +89,60 @@ def resolve_input(file: str | None) -> str:
     return "-"
 
 
+#: the file formats -o and --format can name (the commands' data formats)
+OUTPUT_FORMATS = ("npy", "npz", "csv", "tsv", "json")
+
+
+def _column_list(ctx, param, value):
+    if value is None:
+        return None
+    from smx_cli.io.columns import parse_column_list
+    from smx_cli.errors import SmxError
+
+    try:
+        return parse_column_list(value)
+    except SmxError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def column_options(fn):
+    """--columns / --drop-columns: which columns of FILE hold the logits."""
+    return _compose(
+        click.option("--columns", callback=_column_list, metavar="LIST",
+                     help="The logit columns of FILE, in this order: header names or 0-based "
+                          "indices, comma-separated (START:END for a range) [default: all "
+                          "but the label and id columns]"),
+        click.option("--drop-columns", callback=_column_list, metavar="LIST",
+                     help="Columns of FILE that are not logits: left out (names or indices)"),
+    )(fn)
+
+
+def torch_cpu_option(fn):
+    """--torch-cpu: which of PyTorch's CPU kernels the torch emulation reproduces."""
+    return click.option(
+        "--torch-cpu", type=click.Choice(["auto", "avx512", "avx2"]), default="auto",
+        show_default=True,
+        help="PyTorch emulation: reproduce torch's AVX-512 kernels (16 float32 lanes) or "
+             "AVX2/default ones (8); auto: what torch runs on this machine "
+             "(torch.backends.cpu.get_cpu_capability(), else ATEN_CPU_CAPABILITY, else "
+             "the CPU flags)")(fn)
+
+
+def torch_lanes(torch_cpu: str) -> int | None:
+    """The lanes --torch-cpu names (None: this machine's, found when needed)."""
+    from smx_cli.core.emulate_torch import TORCH_CPUS
+
+    return None if torch_cpu == "auto" else TORCH_CPUS[torch_cpu]
+
+
 def output_options(fn):
     """Where results go: -o FILE, the stdout format, and how much is said on stderr."""
     return _compose(
         click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="FILE",
                      help="Write the result to FILE, atomically; its extension (.npy, "
-                          ".csv, .tsv, .json) decides the format"),
-        click.option("--format", "fmt", type=click.Choice(["table", "csv", "tsv", "json", "npy"]),
+                          ".npz, .csv, .tsv, .json) decides the format"),
+        click.option("--format", "fmt",
+                     type=click.Choice(["table", "csv", "tsv", "json", "npy", "npz"]),
                      default=None,
                      help="Format of stdout [default: table]; with -o it must match "
                           "FILE's extension"),

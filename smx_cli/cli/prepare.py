@@ -51,11 +51,14 @@ LABEL_NAMES = ("label", "labels", "target", "targets", "y", "class")
 
 
 def load_rows(path: str, *, delimiter=None, header=None, key=None, axis: int = -1,
-              label_column: str | None = None, id_column: str | None = None) -> Rows:
+              label_column: str | None = None, id_column: str | None = None,
+              columns: list[str] | None = None, drop_columns: list[str] | None = None) -> Rows:
     """Read ``path`` and return its rows of classes along ``axis``.
 
-    ``label_column`` (a header name or 0-based index) is taken out of the
-    logits first; its values are in ``Rows.labels``.
+    ``label_column`` and ``id_column`` (a header name or 0-based index) are
+    taken out of the logits first (their values in ``Rows.labels`` and
+    ``Rows.ids``); ``columns`` / ``drop_columns`` choose the logit columns
+    (see :func:`smx_cli.io.columns.split_columns`).
 
     Raises
     ------
@@ -63,18 +66,19 @@ def load_rows(path: str, *, delimiter=None, header=None, key=None, axis: int = -
         For unreadable input or an axis the array does not have.
     """
     labels = ids = None
-    if label_column is not None and id_column is not None:
-        raise SmxError("--label-column and --id-column: give one of them (for now)")
-    if id_column is not None:
-        from smx_cli.io.labels import split_id_column
-        loaded, ids = split_id_column(path, id_column, delimiter=delimiter, header=header,
-                                      key=key)
+    if any(v is not None for v in (label_column, id_column, columns, drop_columns)):
+        from smx_cli.io.columns import split_columns
+        from smx_cli.io.labels import labels_from_tokens
         if axis not in (-1, 1):
-            raise SmxError("--id-column names rows: it takes the class axis last (--axis -1)")
-    elif label_column is not None:
-        from smx_cli.io.labels import split_label_column
-        loaded, labels = split_label_column(path, label_column, delimiter=delimiter,
-                                            header=header, key=key)
+            raise SmxError("--id-column, --label-column, --columns and --drop-columns name "
+                           "columns: they take the class axis last (--axis -1)")
+        split = split_columns(path, label_column=label_column, id_column=id_column,
+                              columns=columns, drop_columns=drop_columns,
+                              delimiter=delimiter, header=header, key=key)
+        loaded, ids, labels = split.loaded, split.ids, split.labels
+        if split.label_tokens is not None:
+            labels = labels_from_tokens(split.label_tokens, split.label_lines, loaded.source,
+                                        loaded.class_names)
     else:
         loaded = read_array(path, delimiter=delimiter, header=header, key=key)
     arr = loaded.values

@@ -65,7 +65,8 @@ def _softmax(sd, p):
     _refuse(p, {**_INPUT_ONLY, "mask_path": "--mask", "show_grad": "--grad",
                 "upstream": "--upstream", "grad_out": "--grad-out", "check_grad": "--check-grad",
                 "threads": "--threads", "label_column": "--label-column",
-                "id_column": "--id-column", "summary_only": "--summary"})
+                "id_column": "--id-column", "columns": "--columns",
+                "drop_columns": "--drop-columns", "summary_only": "--summary"})
     if p.get("emulate", "strict") != "strict":
         raise click.UsageError("--emulate torch is not supported with --scheduler")
     if p["axis"] not in (-1, 1):
@@ -84,6 +85,16 @@ def _softmax(sd, p):
         rep = sd.softmax_report(x, p["variant"], p["temperature"], p["dtype"], p["masked"],
                                 fast=p["fast"], options=opts, head_rows=p["max_rows"],
                                 output=output, scheduler=p["scheduler"], progress=advance)
+    panel = render.diagnostics_panel(rep.diagnostics, p["file"], support=rep.support)
+    msgs = Messages(p.get("quiet", False), p.get("verbose", False))
+    if output:
+        # as on one machine: the data went to the store, stderr says what happened
+        msgs.summary(render.summary_line(rep.diagnostics, None), panel)
+        msgs.wrote(output)
+        failure = pipeline.strict_failure(rep.diagnostics) if p["strict"] else None
+        if failure:
+            raise SmxError(failure)
+        return
     console = stdout_console()
     parts = []  # printed at once: piped, without trailing padding
     n = rep.shape[0]
@@ -96,9 +107,8 @@ def _softmax(sd, p):
             total_rows=n))
     parts.append(Text(f"computed in {len(x.chunks[0]) * len(x.chunks[1]):,} chunks on Dask "
                       "(-o DIR.zarr for all rows)", style="dim"))
-    parts.append(render.diagnostics_panel(rep.diagnostics, p["file"], support=rep.support))
+    parts.append(panel)
     show(console, *parts)
-    Messages(p.get("quiet", False)).wrote(output)  # messages beside the data: stderr
     failure = pipeline.strict_failure(rep.diagnostics) if p["strict"] else None
     if failure:
         raise SmxError(failure)
@@ -112,6 +122,8 @@ def _xent(sd, p):
     from smx_cli.render import xent as render_xent
 
     _refuse(p, {**_INPUT_ONLY, "label_column": "--label-column", "worst": "--worst",
+                "id_column": "--id-column", "columns": "--columns",
+                "drop_columns": "--drop-columns",
                 "emulate_dtype": "--dtype",
                 "show_grad": "--grad", "grad_out": "--grad-out", "check_grad": "--check-grad",
                 "threads": "--threads"})
@@ -121,6 +133,8 @@ def _xent(sd, p):
                                "store: name it DIR.zarr")
     if p["axis"] not in (-1, 1):
         raise click.UsageError("--axis is not supported with --scheduler (classes are the last axis)")
+    if p.get("torch_cpu", "auto") != "auto":
+        raise click.UsageError("--torch-cpu is not supported with --scheduler")
     if p["fmt"] not in (None, "table", "json"):
         raise click.UsageError("with --scheduler, --format is table or json (the summary)")
     if not 0.0 <= p["label_smoothing"] <= 1.0:
@@ -163,18 +177,22 @@ def _xent(sd, p):
             except ValueError as exc:
                 raise SmxError(f"{p['labels_path']}: {exc}") from None
         console = stdout_console()
+        parts = []  # printed at once: piped, without trailing padding
         if head is not None:
             note = (f"{n - k:,} more samples not shown (--rows N); computed on Dask in "
                     f"{len(x.chunks[0]):,} row blocks" if n > k else None)
-            console.print(render_xent.sample_table(head, np.arange(k), title=f"cross-entropy "
-                                                   f"of {p['file']}", total_note=note))
-        console.print(render_xent.summary_panel(
+            parts.append(render_xent.fitted_sample_table(
+                console, head, np.arange(k), title=f"cross-entropy of {p['file']}",
+                total_note=note))
+        parts.append(render_xent.summary_panel(
             summary, eps=fmt_eps, input_counts=summary.part.inputs, source=p["file"],
             n_classes=c, options=cmd._options_text(p["reduction"], p["label_smoothing"],
                                                    p["ignore_index"], p["input_kind"], weights),
             smoothed=p["label_smoothing"] > 0))
-        if output:
-            console.print(f"wrote {output}", style="dim")
+        show(console, *parts)
+    if p["fmt"] == "json":
+        Messages().summary(render_xent.summary_line(meta))
+    Messages().wrote(output)  # as on one machine: beside the report, on stderr
     if p["strict"]:
         if summary.n_nonfinite or (p["reduction"] != "none" and not np.isfinite(summary.reduced)):
             raise SmxError(f"--strict: {summary.n_nonfinite} sample loss(es) are NaN or inf"
@@ -224,6 +242,5 @@ def _compare(sd, p):
         return
     console = stdout_console()
     title = f"compare-stability: {p['file']} ({x.shape[0]:,} x {x.shape[1]:,}{t})"
-    console.print(fitted_comparison_view(console, result, title))
-    if p["output"]:
-        console.print(f"wrote {p['output']}", style="dim")
+    show(console, fitted_comparison_view(console, result, title))
+    Messages(p.get("quiet", False)).wrote(p["output"])  # as on one machine: stderr

@@ -15,7 +15,9 @@ from smx_cli.analysis import pipeline
 from smx_cli.analysis.gradients import gradient_report, upstream_vjp
 from smx_cli.cli.emit import (Messages, Payload, check_outputs, progress_bar, show,
                               stdout_console, write_files, write_stdout)
-from smx_cli.cli.options import (display_options, input_options, numerics_options,
+from smx_cli.cli.options import (OUTPUT_FORMATS, column_options, display_options,
+                                 input_options, numerics_options, torch_cpu_option,
+                                 torch_lanes,
                                  output_options, resolve_formats, resolve_input)
 from smx_cli.cli.prepare import label_like_columns, load_rows
 from smx_cli.core import registry as variants
@@ -73,6 +75,7 @@ Examples:
 @click.option("--id-column", metavar="NAME|INDEX",
               help="A column of FILE that names the rows (any text): shown and written "
                    "with every row")
+@column_options
 @click.option("--variant", type=click.Choice(variants.ALL_VARIANTS), default="stable",
               show_default=True, metavar="NAME",
               help="Which member of the softmax family (see Variants below)")
@@ -81,6 +84,7 @@ Examples:
               show_default=True,
               help="With --dtype: round every operation (strict), or do what PyTorch's "
                    "CPU kernels do (torch: 16-bit storage, float32 arithmetic)")
+@torch_cpu_option
 @click.option("--masked", type=click.Choice(MASKED_POLICIES), default="nan", show_default=True,
               help="Result for a fully masked row (all -inf): NaN like PyTorch, or zeros")
 @click.option("--mask", "mask_path", metavar="FILE",
@@ -111,7 +115,8 @@ Examples:
 @output_options
 @display_options
 @scheduler_option
-def softmax_cmd(file, delimiter, header, key, axis, label_column, id_column, variant, dtype, temperature, emulate, masked,
+def softmax_cmd(file, delimiter, header, key, axis, label_column, id_column, columns,
+                drop_columns, variant, dtype, temperature, emulate, torch_cpu, masked,
                 mask_path, alpha, tau, hard, samples, seed, show_grad, grad_rows, upstream,
                 grad_out, check_grad, fast, threads, output, fmt, strict, summary_only, quiet,
                 verbose, max_rows, top_k, digits, scheduler=None):
@@ -134,15 +139,18 @@ def softmax_cmd(file, delimiter, header, key, axis, label_column, id_column, var
         raise click.BadParameter("must be a finite number > 0", param_hint="'--tau'")
     if emulate == "torch" and dtype is None:
         raise click.UsageError("--emulate torch needs --dtype float16, bfloat16 or float32")
+    if torch_cpu != "auto" and emulate != "torch":
+        raise click.UsageError("--torch-cpu chooses the kernels --emulate torch reproduces: "
+                               "add --emulate torch (and --dtype)")
     # every output checked before any work (places, devices, inputs: exit 1), then
     # their formats (the extension decides; unknown or conflicting: exit 2)
     check_outputs([(output, "npy"), (grad_out, "npy")], (file, mask_path, upstream))
-    out_fmt, stdout_fmt = resolve_formats(output, fmt)
+    out_fmt, stdout_fmt = resolve_formats(output, fmt, OUTPUT_FORMATS)
     if grad_out:
         resolve_formats(grad_out, None)
     opts = variants.VariantOptions(alpha=alpha, tau=tau, hard=hard, samples=samples, seed=seed)
     job = pipeline.SoftmaxJob(variant, temperature, dtype, emulate, masked, None, opts, fast,
-                              threads)
+                              threads, lanes=torch_lanes(torch_cpu))
     try:
         job.check()
     except ValueError as exc:
@@ -153,6 +161,7 @@ def softmax_cmd(file, delimiter, header, key, axis, label_column, id_column, var
     how = pipeline.streamable(file, axis=axis, key=key, out_fmt=out_fmt, job=job,
                               whole_array_needed=gradients
                               or bool(label_column or id_column or mask_path)
+                              or columns is not None or drop_columns is not None
                               or stdout_fmt not in ("table", "none"))
     rows = None
     if how:
@@ -164,7 +173,8 @@ def softmax_cmd(file, delimiter, header, key, axis, label_column, id_column, var
         source = file
     else:
         rows = load_rows(file, delimiter=delimiter, header=header, key=key, axis=axis,
-                         label_column=label_column, id_column=id_column)
+                         label_column=label_column, id_column=id_column,
+                         columns=columns, drop_columns=drop_columns)
         for name in label_like_columns(rows):
             msgs.note(f"smx: column {name!r} looks like labels, not logits; "
                       f"--label-column {name} leaves it out")
@@ -183,7 +193,8 @@ def softmax_cmd(file, delimiter, header, key, axis, label_column, id_column, var
                 grad_payload = Payload(
                     vjp, rows.class_names, {"command": "softmax", "variant": variant,
                                             "gradient": "upstream @ Jacobian"}, {"vjp": vjp},
-                    array=from_rows(vjp, rows.moved_shape, rows.axis, rows.ndim))
+                    array=from_rows(vjp, rows.moved_shape, rows.axis, rows.ndim),
+                    row_ids=rows.ids)
         payload = _payload(rows, res)
         payload.digits = digits
         write_files([(grad_out, grad_payload, None), (output, payload, out_fmt)])  # all or none

@@ -16,13 +16,14 @@ from smx_cli.cli.emit import (Messages, Payload, check_outputs, progress_bar, sh
                           stdout_console, write_files, write_stdout)
 from smx_cli.errors import SmxError
 from smx_cli.io import NPY_MAGIC
-from smx_cli.io.labels import read_labels, read_weights, split_label_column
+from smx_cli.io.labels import read_labels, read_weights
 from smx_cli.cli import scale
-from smx_cli.cli.options import input_options, scheduler_option
+from smx_cli.cli.options import (OUTPUT_FORMATS, column_options, input_options,
+                                 resolve_formats, scheduler_option, torch_cpu_option,
+                                 torch_lanes)
 from smx_cli.core.emulate_torch import TORCH_DTYPES, torch_softmax_rows
 from smx_cli.core.precision import result_format
 from smx_cli.cli.prepare import Rows, load_rows
-from smx_cli.core.softmax import as_rows
 from smx_cli.core.xent import (INPUT_KINDS, REDUCTIONS, NotProbabilities, evaluate,
                                evaluate_blocks)
 from smx_cli.cli import xent_lm
@@ -42,6 +43,8 @@ Examples:
   smx xent logits.csv --label-column label --label-smoothing 0.1
   smx xent logits.npy --labels y.npy --grad --rows 3 --grad-out grad.npy
   smx xent logits.npy --labels y.npy -o losses.csv
+  smx xent samples/scores.csv --label-column label --id-column name \\
+      -o losses.npz
   smx xent logits.npy --labels labels.npy --check-grad
   smx xent samples/lm_logits.safetensors --labels samples/lm_ids.safetensors \\
       --shift-labels --vocab samples/lm_vocab.txt
@@ -59,11 +62,16 @@ perplexity exp(total NLL / total tokens).""")
                    "an N x C matrix of probability targets")
 @click.option("--label-column", metavar="NAME|INDEX",
               help="Take the labels from this column of the logits file instead")
+@click.option("--id-column", metavar="NAME|INDEX",
+              help="A column of FILE that names the samples (any text): shown in the "
+                   "tables and panel, and written with every sample")
+@column_options
 @click.option("--reduction", type=click.Choice(REDUCTIONS), default="mean", show_default=True,
               help="Reduce the per-sample losses: their (weighted) mean, sum, or none")
 @click.option("--dtype", "emulate_dtype", type=click.Choice(TORCH_DTYPES), default=None,
               help="Reproduce a framework run: the logits as a tensor of this type through "
                    "PyTorch's CPU log_softmax, bit for bit (a NaN loss stays NaN)")
+@torch_cpu_option
 @click.option("--label-smoothing", type=float, default=0.0, show_default=True, metavar="EPS",
               help="Mix the target with the uniform distribution, EPS in [0, 1]")
 @click.option("--weight", metavar="W", help="C class weights: a comma list (1,2,0.5) or a file")
@@ -80,9 +88,12 @@ perplexity exp(total NLL / total tokens).""")
 @click.option("--grad-out", type=click.Path(dir_okay=False), metavar="FILE",
               help="Write dL/dlogits (N x C) to FILE (.npy, .csv, .tsv, .json)")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="FILE",
-              help="Write per-sample losses (and the summary, for .json) to FILE")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "tsv", "json"]), default=None,
-              help="Format of stdout (with -o: of FILE) [default: table]")
+              help="Write the per-sample records to FILE; its extension decides the format: "
+                   ".csv/.tsv (a typed column per field), .json (the summary and a list of "
+                   "records), .npz (one array per field), .npy (one structured array)")
+@click.option("--format", "fmt", type=click.Choice(["table", *OUTPUT_FORMATS]), default=None,
+              help="Format of stdout [default: table]; with -o it must match FILE's "
+                   "extension")
 @click.option("--strict", is_flag=True, help="Exit 1 when a loss is NaN or inf")
 @click.option("--check-grad", is_flag=True,
               help="Check dL/dlogits (with these options) against central finite differences "
@@ -94,8 +105,9 @@ perplexity exp(total NLL / total tokens).""")
                    "--save-temperature FILE: --temperature \"$(cat FILE)\")")
 @xent_lm.lm_options
 @scheduler_option
-def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, reduction,
-             emulate_dtype, label_smoothing, weight, ignore_index, input_kind, worst, max_rows, show_grad,
+def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, id_column, columns,
+             drop_columns, reduction,
+             emulate_dtype, torch_cpu, label_smoothing, weight, ignore_index, input_kind, worst, max_rows, show_grad,
              grad_out, output, fmt, strict, check_grad, threads, temperature, class_axis,
              shift_labels, pad_id, vocab_path, scheduler=None):
     """Cross-entropy of the logits in FILE against the true labels.
@@ -121,30 +133,43 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
     if file == "-" and labels_path == "-":
         raise click.UsageError("FILE and --labels cannot both be - (standard input)")
     weight_file = weight if weight and os.path.exists(weight) else None
-    check_outputs([(output, fmt), (grad_out, None)], (file, labels_path, weight_file))
+    # every output checked before any work (places, devices, inputs: exit 1), then
+    # their formats (the extension decides; unknown or conflicting: exit 2)
+    check_outputs([(output, "npy"), (grad_out, None)], (file, labels_path, weight_file))
+    out_fmt, stdout_fmt = resolve_formats(output, fmt, OUTPUT_FORMATS)
+    data_on_stdout = stdout_fmt not in ("table", "none")
+    picked = id_column is not None or columns is not None or drop_columns is not None
     want_grad = bool(show_grad or grad_out)
+    if torch_cpu != "auto" and not emulate_dtype:
+        raise click.UsageError("--torch-cpu chooses the kernels --dtype reproduces: add --dtype")
     if emulate_dtype and (want_grad or check_grad or input_kind != "logits"):
         raise click.UsageError("--dtype reproduces the forward loss of logits: drop --grad, "
                                "--grad-out, --check-grad and --input-kind")
     opts = dict(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
                 input_kind=input_kind)
-    if xent_lm.wants_nd(file, key, label_column, class_axis, shift_labels, pad_id, vocab_path):
+    if xent_lm.wants_nd(file, key, label_column, class_axis, shift_labels, pad_id, vocab_path,
+                        picked):
         return xent_lm.run_nd(file=file, key=key, axis=axis, class_axis=class_axis,
                               labels_path=labels_path, weight=weight, opts=opts, worst=worst,
-                              max_rows=max_rows, output=output, fmt=fmt, strict=strict,
+                              max_rows=max_rows, output=output,
+                              fmt=out_fmt or (stdout_fmt if data_on_stdout else None),
+                              strict=strict,
                               threads=threads, shift=shift_labels, pad_id=pad_id,
                               vocab_path=vocab_path, want_grad=want_grad or check_grad,
                               temperature=temperature)
 
     shape = _streamable(file, axis, key, label_column,
-                        want_grad or check_grad or bool(emulate_dtype))
+                        want_grad or check_grad or bool(emulate_dtype) or picked)
+    ids = None
     if shape is not None:
         res, source, dtype, counts, weights = _streamed(file, shape, labels_path, weight, opts,
                                                         threads, temperature)
         class_names = None
         checks = None
     else:
-        rows, labels = _load(file, delimiter, header, key, axis, label_column)
+        rows = _load(file, delimiter, header, key, axis, label_column, id_column, columns,
+                     drop_columns)
+        labels, ids = rows.labels, rows.ids
         x2 = rows.x2
         source = rows.loaded.source
         class_names = rows.class_names
@@ -152,7 +177,8 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
         if temperature != 1.0:
             x2 = np.asarray(x2, dtype=np.float64) / temperature
         if emulate_dtype:
-            x2, opts["input_kind"] = _torch_log_probs(x2, emulate_dtype), "log-probs"
+            x2, opts["input_kind"] = (_torch_log_probs(x2, emulate_dtype, torch_lanes(torch_cpu)),
+                                      "log-probs")
         if label_column is None:
             labels = read_labels(labels_path, class_names=class_names)
         labels_source = labels_path or f"{source} column {label_column}"
@@ -168,8 +194,9 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
         checks = _check_gradient(x2, labels, res, weights, opts) if check_grad else None
         if grad_out:
             grad_payload = Payload(res.grad, class_names, {
-                "command": "xent", "gradient": "dL/dlogits", "reduction": reduction},
-                {"grad": res.grad})
+                "command": "xent", "gradient": "dL/dlogits", "reduction": reduction,
+                **({"ids": list(ids)} if ids is not None else {})},
+                {"grad": res.grad}, row_ids=ids)
     n_classes = int(shape[1]) if shape is not None else int(x2.shape[1])
 
     fmt_eps = result_format(dtype).eps
@@ -178,13 +205,14 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
     meta["temperature"] = temperature
     if checks is not None:
         meta["grad_check"] = [dataclasses.asdict(c) for c in checks]
-    per_sample = _per_sample_matrix(res)
-    meta["columns"] = PER_SAMPLE_COLUMNS
-    payload = Payload(per_sample, PER_SAMPLE_COLUMNS, meta, {"per_sample": per_sample})
+    records = per_sample_records(res, ids)
+    meta["columns"] = list(records)
+    meta["nonfinite_loss_rows"] = render_xent.nonfinite_rows(res).tolist()
+    payload = Payload(np.zeros((0, 0)), None, meta, records=records, records_name="per_sample")
     write_files([(grad_out, grad_payload if grad_out else None, None),
-                 (output, payload, fmt)])  # all or none
-    if fmt and fmt != "table" and not output:
-        write_stdout(payload, fmt)
+                 (output, payload, out_fmt)])  # all or none
+    if data_on_stdout:
+        write_stdout(payload, stdout_fmt)
         if meta["loss_undefined"] and not strict:
             click.echo(f"Warning: {_undefined_reason(res)}", err=True)
     else:
@@ -202,10 +230,11 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
             title = f"cross-entropy of {source}"
         parts.append(render_xent.fitted_sample_table(console, res, order,
                                                       class_names=class_names, title=title,
-                                                      total_note=note))
+                                                      total_note=note, ids=ids))
         if show_grad:
             fit = max(2, (console.width - 8) // 11)
             parts.append(render_xent.grad_table(res.grad, order, class_names=class_names,
+                                                 ids=ids,
                                                  max_cols=fit,
                                                  top_k=max(1, min(5, (console.width - 18) // 20)),
                                                  title=f"dL/dlogits (reduction {reduction})"))
@@ -213,7 +242,7 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
             res, eps=fmt_eps, input_counts=counts, source=source,
             n_classes=n_classes, options=_options_text(reduction, label_smoothing, ignore_index,
                                                        input_kind, weights),
-            smoothed=label_smoothing > 0))
+            smoothed=label_smoothing > 0, ids=ids))
         if checks is not None:
             parts.append(render_xent.grad_check_panel(checks, reduction=reduction,
                                                        input_kind=input_kind))
@@ -229,15 +258,15 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, redu
             raise SmxError(f"--strict: {bad} sample loss(es) are NaN or inf"
                            if bad else f"--strict: {_undefined_reason(res)}")
     msgs = Messages()  # messages beside the data go to stderr
-    if fmt and fmt != "table" and not output:
+    if data_on_stdout:
         msgs.summary(render_xent.summary_line(meta))
     for path in (output, grad_out):
         msgs.wrote(path)
 
 
-def _torch_log_probs(x2: np.ndarray, dtype: str) -> np.ndarray:
+def _torch_log_probs(x2: np.ndarray, dtype: str, lanes: int | None = None) -> np.ndarray:
     """``torch.log_softmax(x.to(dtype), 1)`` as float64: what cross_entropy feeds nll_loss."""
-    return torch_softmax_rows(x2, dtype, log=True).astype(np.float64)
+    return torch_softmax_rows(x2, dtype, log=True, lanes=lanes).astype(np.float64)
 
 
 # input bytes per streamed block: with float64 work on it, peak memory is a few times this
@@ -246,23 +275,17 @@ _STREAM_BLOCK = 16 << 20
 _COUNT_BLOCK = 1 << 20
 
 
-def _load(file, delimiter, header, key, axis, label_column):
-    """The whole logits array as rows, and the labels of --label-column (else None)."""
-    labels = None
-    if label_column is not None:
-        loaded, labels = split_label_column(file, label_column, delimiter=delimiter,
-                                            header=header, key=key)
-        try:
-            x2, moved, ax = as_rows(loaded.values, axis)
-        except ValueError as exc:
-            raise SmxError(f"{loaded.source}: {exc}") from None
-        rows = Rows(x2, loaded, ax, loaded.values.ndim, moved)
-    else:
-        rows = load_rows(file, delimiter=delimiter, header=header, key=key, axis=axis)
+def _load(file, delimiter, header, key, axis, label_column, id_column=None, columns=None,
+          drop_columns=None) -> Rows:
+    """The whole logits array as (N, C) rows; ``Rows.labels`` from --label-column (else
+    None), ``Rows.ids`` from --id-column."""
+    rows = load_rows(file, delimiter=delimiter, header=header, key=key, axis=axis,
+                     label_column=label_column, id_column=id_column, columns=columns,
+                     drop_columns=drop_columns)
     if rows.ndim > 2:
         raise SmxError(f"{rows.loaded.source}: xent takes a 2-D N x C array, got shape "
                        f"{rows.loaded.values.shape}; reshape it to rows of classes")
-    return rows, labels
+    return rows
 
 
 def _streamable(file, axis, key, label_column, whole) -> tuple[int, int] | None:
@@ -373,8 +396,11 @@ def _check_gradient(x2, labels, res, weights, opts):
         xent_divisor=res.denominator if mean else 1.0)
 
 
+#: the per-sample record's fields (``id`` follows ``row`` with --id-column): row index,
+#: true class (-1: ignored), predicted class (-1: undefined, a NaN row), p(true), loss,
+#: margin, entropy (nats), and the flags correct, top5 and ignored
 PER_SAMPLE_COLUMNS = ["row", "label", "predicted", "p_true", "loss", "margin", "correct",
-                      "ignored"]
+                      "ignored", "top5", "entropy"]
 
 
 def _undefined_reason(res) -> str:
@@ -401,12 +427,39 @@ def _options_text(reduction, eps, ignore_index, input_kind, weights) -> str:
     return ", ".join(parts)
 
 
-def _per_sample_matrix(res) -> np.ndarray:
+def per_sample_records(res, ids=None) -> dict[str, np.ndarray]:
+    """Each sample's record as named columns, each in its own type.
+
+    Integers (row, label, predicted) are int64, flags (correct, ignored,
+    top5) bool, the rest float64; ``id`` (text) follows ``row`` when given.
+    A label of -1 marks an ignored sample, a predicted class of -1 a row
+    whose prediction is undefined (NaN in its logits).
+
+    Examples
+    --------
+    >>> from smx_cli.core.xent import evaluate
+    >>> r = per_sample_records(evaluate(np.array([[2.0, 0.0], [np.nan, 1.0]]), [0, 1]))
+    >>> r["predicted"].tolist(), r["correct"].tolist(), r["label"].dtype.name
+    ([0, -1], [True, False], 'int64')
+    """
     n = len(res.loss)
-    return np.column_stack([
-        np.arange(n), res.true_class, res.predicted, res.p_true, res.loss, res.margin,
-        res.correct.astype(float), res.ignored.astype(float),
-    ]).astype(np.float64)
+    undefined = render_xent.undefined_prediction(res)
+    out = {"row": np.arange(n, dtype=np.int64)}
+    if ids is not None:
+        out["id"] = np.asarray([str(t) for t in ids], dtype=str) if n else np.zeros(0, "U1")
+    out.update({
+        "label": np.asarray(res.true_class, dtype=np.int64),
+        "predicted": np.where(undefined, -1, res.predicted).astype(np.int64),
+        "p_true": np.asarray(res.p_true, dtype=np.float64),
+        "loss": np.asarray(res.loss, dtype=np.float64),
+        "margin": np.asarray(res.margin, dtype=np.float64),
+        "correct": np.asarray(res.correct, dtype=bool),
+        "ignored": np.asarray(res.ignored, dtype=bool),
+        "top5": np.asarray(res.top5, dtype=bool),
+        # a NaN row has no distribution, so no entropy (the kernels leave 0 there)
+        "entropy": np.where(undefined, np.nan, np.asarray(res.entropy, dtype=np.float64)),
+    })
+    return out
 
 
 def _finite_or_none(v: float):
@@ -443,4 +496,6 @@ def _summary(res, source, n_classes, class_names, reduction, eps, ignore_index, 
         "vanished_gradients": res.vanished(fmt_eps),
         "vanished_eps": fmt_eps,
         "nonfinite_losses": res.n_nonfinite,
+        # what computed the per-sample numbers: "numpy" or the compiled core
+        "engine": getattr(res, "engine", "numpy"),
     }

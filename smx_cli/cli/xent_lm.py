@@ -17,7 +17,8 @@ import numpy as np
 
 from smx_cli.analysis.sequences import (evaluate_tokens, pad_to_ignore, sequence_report,
                                         shift_labels)
-from smx_cli.cli.emit import Payload, progress_bar, stdout_console, write_file, write_stdout
+from smx_cli.cli.emit import (Messages, Payload, progress_bar, show, stdout_console, write_file,
+                              write_stdout)
 from smx_cli.core.precision import result_format
 from smx_cli.core.xent import NotProbabilities
 from smx_cli.core.xent_kdim import relocate
@@ -86,14 +87,19 @@ def _header_shape(file: str, key: str | None):
     return None, None, None
 
 
-def wants_nd(file, key, label_column, class_axis, shift, pad_id, vocab_path) -> bool:
-    """Whether this run is for :func:`run_nd`: an LM option, or logits of 3 or more axes."""
+def wants_nd(file, key, label_column, class_axis, shift, pad_id, vocab_path,
+             picked: bool = False) -> bool:
+    """Whether this run is for :func:`run_nd`: an LM option, or logits of 3 or more axes.
+
+    ``picked``: --id-column, --columns or --drop-columns name columns of a 2-D file.
+    """
     if shift or pad_id is not None or vocab_path or class_axis is not None:
-        if label_column is not None:
+        if label_column is not None or picked:
             raise click.UsageError("--class-axis, --shift-labels, --pad-id and --vocab take "
-                                   "--labels FILE, not --label-column")
+                                   "--labels FILE, not --label-column, --id-column, --columns "
+                                   "or --drop-columns")
         return True
-    if label_column is not None:
+    if label_column is not None or picked:
         return False
     kind, shape, _ = _header_shape(file, key)
     if kind == "npz":
@@ -243,19 +249,23 @@ def _where(exc: ValueError, lead, shift: bool) -> str:
     return msg
 
 
-LM_COLUMNS = ["seq", "pos", "label", "predicted", "p_true", "loss", "nll", "entropy",
-              "top_p_tokens", "correct", "ignored"]
-
-
-def _per_token_matrix(res, cover, lead, shift):
-    """One row per scored position (the shifted-out last token of each sequence dropped)."""
+def per_token_records(res, cover, lead, shift) -> dict[str, np.ndarray]:
+    """One record per scored position (the shifted-out last token of each sequence
+    dropped), as named columns: int64 indices and counts, bool flags, float64 losses.
+    A predicted id of -1 marks a position whose prediction is undefined (NaN logits)."""
     m = len(res.loss)
     t = lead[-1] if lead else 1
-    idx = np.arange(m)
+    idx = np.arange(m, dtype=np.int64)
     keep = idx % t != t - 1 if shift else np.ones(m, dtype=bool)
-    cols = [idx // t, idx % t, res.true_class, res.predicted, res.p_true, res.loss, res.nll,
-            res.entropy, cover, res.correct.astype(float), res.ignored.astype(float)]
-    return np.column_stack([np.asarray(col, dtype=np.float64)[keep] for col in cols])
+    undefined = render_xent.undefined_prediction(res)
+    cols = {"seq": idx // t, "pos": idx % t, "label": res.true_class,
+            "predicted": np.where(undefined, -1, res.predicted), "p_true": res.p_true,
+            "loss": res.loss, "nll": res.nll, "entropy": res.entropy, "top_p_tokens": cover,
+            "correct": res.correct, "ignored": res.ignored}
+    types = {"p_true": np.float64, "loss": np.float64, "nll": np.float64,
+             "entropy": np.float64, "correct": bool, "ignored": bool}
+    return {name: np.asarray(col, dtype=types.get(name, np.int64))[keep]
+            for name, col in cols.items()}
 
 
 def _meta(res, seq, cx, *, file, shape, ax, c, dtype, weights, opts, shift, pad_id, vocab,
@@ -293,37 +303,38 @@ def _emit(res, seq, cover, ids, vocab, *, cx, file, shape, ax, c, dtype, weights
     meta = _meta(res, seq, cx, file=file, shape=shape, ax=ax, c=c, dtype=dtype, weights=weights,
                  opts=opts, shift=shift, pad_id=pad_id, vocab=vocab, vocab_path=vocab_path)
     meta["temperature"] = temperature
-    per_token = _per_token_matrix(res, cover, lead, shift and len(lead) == 2)
-    meta["columns"] = LM_COLUMNS
-    arrays = {"per_token": per_token}
-    if vocab is not None and len(per_token) <= 100_000:
+    records = per_token_records(res, cover, lead, shift and len(lead) == 2)
+    meta["columns"] = list(records)
+    if vocab is not None and len(records["seq"]) <= 100_000:
         def word(i):
             return vocab[int(i)] if 0 <= i < len(vocab) else None
 
-        meta["true_tokens"] = [word(i) for i in per_token[:, 2]]
-        meta["predicted_tokens"] = [word(i) for i in per_token[:, 3]]
-    payload = Payload(per_token, LM_COLUMNS, meta, arrays)
+        meta["true_tokens"] = [word(i) for i in records["label"]]
+        meta["predicted_tokens"] = [word(i) for i in records["predicted"]]
+    payload = Payload(np.zeros((0, 0)), None, meta, records=records, records_name="per_token")
     if output:
         write_file(output, payload, fmt)
     if fmt and fmt != "table" and not output:
         write_stdout(payload, fmt)
+        Messages().summary(render_xent.summary_line(meta))
         return
     console = stdout_console()
+    parts = []
     if seq is not None:
-        console.print(render_seq.sequence_table(seq, max_rows=max_rows,
-                                                title=f"sequences of {file}"))
+        parts.append(render_seq.sequence_table(seq, max_rows=max_rows,
+                                               title=f"sequences of {file}"))
         context = ids if ids is not None and ids.ndim == 2 else None
-        console.print(render_seq.worst_tokens_table(seq, vocab, context=context))
-        console.print(render_seq.corpus_panel(seq, source=file))
+        parts.append(render_seq.worst_tokens_table(seq, vocab, context=context))
+        parts.append(render_seq.corpus_panel(seq, source=file))
     else:
         n = len(res.loss)
         order = cx._worst(res, worst) if worst else np.arange(min(n, max_rows))  # noqa: SLF001
-        console.print(render_xent.sample_table(res, order, class_names=vocab,
-                                               title=f"cross-entropy of {file} "
-                                               f"(rows: positions of {lead})"))
-    console.print(render_xent.summary_panel(
+        parts.append(render_xent.sample_table(res, order, class_names=vocab,
+                                              title=f"cross-entropy of {file} "
+                                              f"(rows: positions of {lead})"))
+    parts.append(render_xent.summary_panel(
         res, eps=result_format(dtype).eps, input_counts=tally.counts, source=file, n_classes=c,
         options=_options(cx, opts, weights, shift, pad_id),
         smoothed=opts["label_smoothing"] > 0))
-    if output:
-        console.print(f"wrote {output}", style="dim")
+    show(console, *parts)
+    Messages().wrote(output)

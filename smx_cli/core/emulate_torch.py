@@ -24,8 +24,14 @@ float32
     with the tail merged lane-wise, ``e * (1 / sum)``; log-softmax as above
     without the 16-bit roundings.
 
-``L`` is the SIMD width: 16 float32 lanes on AVX-512 machines, 8 on AVX2
-(``torch.backends.cpu.get_cpu_capability()``). SLEEF's ``expf_u10`` is
+``L`` is the SIMD width of the kernels torch dispatched to: 16 float32 lanes
+for ``AVX512``, 8 for ``AVX2`` and for torch's 256-bit ``DEFAULT`` kernels.
+:func:`machine_lanes` finds the width torch uses on *this* machine: torch's
+own ``torch.backends.cpu.get_cpu_capability()`` when torch is importable,
+else the ``ATEN_CPU_CAPABILITY`` override torch would honour, else the CPU's
+flags as torch reads them (AVX-512 F/BW/VL/DQ: 16 lanes; otherwise 8), else
+:data:`DEFAULT_LANES`. ``smx ... --torch-cpu avx512|avx2`` chooses instead
+(to reproduce a run on another machine). SLEEF's ``expf_u10`` is
 reproduced from its published algorithm (Cody-Waite reduction by ln 2, a
 degree-6 polynomial, fused multiply-adds emulated exactly in float64 with
 round-to-odd). Against torch 2.13 on an AVX-512 machine every entry of
@@ -41,8 +47,81 @@ from smx_cli.core.softmax import KernelStats, SoftmaxResult, check_temperature
 
 #: formats whose PyTorch CPU kernels this module reproduces
 TORCH_DTYPES = ("float16", "bfloat16", "float32")
-#: float32 lanes of one SIMD vector: AVX-512 (16) or AVX2 (8)
+#: float32 lanes of one SIMD vector when nothing tells this machine's (AVX-512: 16)
 DEFAULT_LANES = 16
+#: the kernels ``--torch-cpu`` names, and their float32 lanes
+TORCH_CPUS = {"avx512": 16, "avx2": 8}
+
+
+def lanes_of_capability(capability: str) -> int:
+    """float32 lanes of the kernels torch runs for a CPU capability name.
+
+    Examples
+    --------
+    >>> lanes_of_capability("AVX512"), lanes_of_capability("AVX2"), lanes_of_capability("DEFAULT")
+    (16, 8, 8)
+    """
+    return 16 if capability.strip().upper().startswith("AVX512") else 8
+
+
+def _cpu_flags() -> set[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (Linux); None elsewhere."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        return None
+    return None
+
+
+_MACHINE = None
+
+
+def machine_lanes() -> tuple[int, str]:
+    """(float32 lanes, how they were found) of torch's CPU kernels on this machine.
+
+    The first of: ``torch.backends.cpu.get_cpu_capability()`` (torch
+    importable; imported only here, once), the ``ATEN_CPU_CAPABILITY``
+    environment variable, the CPU flags torch checks for its AVX-512 kernels
+    (avx512f, avx512bw, avx512vl, avx512dq), :data:`DEFAULT_LANES`.
+    """
+    global _MACHINE
+    if _MACHINE is None:
+        _MACHINE = _find_machine_lanes()
+    return _MACHINE
+
+
+def _find_machine_lanes() -> tuple[int, str]:
+    import importlib.util
+    import os
+
+    try:
+        if importlib.util.find_spec("torch") is not None:
+            import torch
+
+            cap = torch.backends.cpu.get_cpu_capability()
+            return lanes_of_capability(cap), f"torch.backends.cpu.get_cpu_capability() = {cap}"
+    except Exception:  # a broken torch install: fall through to what torch would do
+        pass
+    env = os.environ.get("ATEN_CPU_CAPABILITY", "").strip()
+    if env:
+        return lanes_of_capability(env), f"ATEN_CPU_CAPABILITY={env}"
+    flags = _cpu_flags()
+    if flags is not None and ("avx2" in flags or "avx512f" in flags):
+        wide = {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags
+        return (16, "CPU flags: AVX-512") if wide else (8, "CPU flags: AVX2")
+    return DEFAULT_LANES, f"default ({DEFAULT_LANES} lanes: torch and the CPU flags unknown)"
+
+
+def resolve_lanes(lanes: int | None) -> int:
+    """``lanes``, or this machine's (:func:`machine_lanes`) when None."""
+    if lanes is None:
+        return machine_lanes()[0]
+    if lanes not in (8, 16):
+        raise ValueError(f"lanes must be 8 (AVX2) or 16 (AVX-512), got {lanes!r}")
+    return lanes
 
 _F = np.float32
 _R_LN2 = _F(1.442695040888963407359924681001892137426645954152985934135449406931)
@@ -183,7 +262,7 @@ def _sum_two_accumulators(e: np.ndarray, lanes: int) -> np.ndarray:
 
 
 def torch_softmax_rows(x2: np.ndarray, dtype: str, *, log: bool = False,
-                       lanes: int = DEFAULT_LANES) -> np.ndarray:
+                       lanes: int | None = None) -> np.ndarray:
     """PyTorch's CPU ``softmax``/``log_softmax`` over the last axis of (N, C) rows.
 
     Parameters
@@ -195,9 +274,10 @@ def torch_softmax_rows(x2: np.ndarray, dtype: str, *, log: bool = False,
         The tensor's type: storage and output format.
     log : bool
         log_softmax instead of softmax.
-    lanes : int
+    lanes : int or None
         float32 lanes per SIMD vector of the machine being reproduced
-        (16 on AVX-512, 8 on AVX2).
+        (16 on AVX-512, 8 on AVX2); None: this machine's
+        (:func:`machine_lanes`).
 
     Returns
     -------
@@ -206,13 +286,12 @@ def torch_softmax_rows(x2: np.ndarray, dtype: str, *, log: bool = False,
     Examples
     --------
     >>> x = np.array([[1.0, 2.0, 3.0], [0.0, 12.0, -3.0]])
-    >>> torch_softmax_rows(x, "float16").astype(float).round(5).tolist()
+    >>> torch_softmax_rows(x, "float16", lanes=16).astype(float).round(5).tolist()
     [[0.09003, 0.24475, 0.66504], [1e-05, 1.0, 0.0]]
     """
     if dtype not in TORCH_DTYPES:
         raise ValueError(f"PyTorch emulation covers {', '.join(TORCH_DTYPES)}, not {dtype!r}")
-    if lanes not in (8, 16):
-        raise ValueError(f"lanes must be 8 (AVX2) or 16 (AVX-512), got {lanes!r}")
+    lanes = resolve_lanes(lanes)
     fmt = format_of(dtype)
     x2 = np.asarray(x2)
     if x2.ndim != 2:
@@ -255,7 +334,7 @@ def torch_softmax_rows(x2: np.ndarray, dtype: str, *, log: bool = False,
 
 
 def torch_compute(x2: np.ndarray, dtype: str, *, log: bool = False, temperature: float = 1.0,
-                  lanes: int = DEFAULT_LANES) -> SoftmaxResult:
+                  lanes: int | None = None) -> SoftmaxResult:
     """:func:`torch_softmax_rows` as a :class:`~smx_cli.core.softmax.SoftmaxResult`.
 
     A temperature divides the rounded logits first, in the tensor's type
@@ -264,7 +343,7 @@ def torch_compute(x2: np.ndarray, dtype: str, *, log: bool = False, temperature:
 
     Examples
     --------
-    >>> r = torch_compute(np.array([[0.0, 20.0]]), "float16")
+    >>> r = torch_compute(np.array([[0.0, 20.0]]), "float16", lanes=16)
     >>> r.values.tolist(), r.stats.exp_underflow
     ([[0.0, 1.0]], 0)
     """

@@ -32,12 +32,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from smx_cli.core import kernels
+from smx_cli.core import kernels, native, xent_native
 from smx_cli.core.result import check_class_weights
 from smx_cli.core.softmax import compute
+# the checks live in xent_checks.py; importable from here as they always were
+from smx_cli.core.xent_checks import (INPUT_KINDS, PROBS_TOLERANCE, REDUCTIONS,  # noqa: F401
+                                      NotProbabilities, check_options, check_probs,
+                                      check_target)
 
-REDUCTIONS = ("mean", "sum", "none")
-INPUT_KINDS = ("logits", "log-probs", "probs")
 # rows per block: keeps every temporary far below 64 MB whatever N x C
 _BLOCK_ELEMENTS = 1 << 18
 
@@ -113,6 +115,10 @@ class XentResult:
         the softmax is from the (smoothed, weighted) target; NaN where the
         sample has no weight (ignored, or weight 0). 1 - p_true without
         smoothing.
+    engine : str
+        What computed the per-sample values: "numpy", or the compiled core
+        ("native-avx512", ...; see :func:`smx_cli.core.native.engine` and
+        :mod:`smx_cli.core.xent_native` for what it covers).
     """
 
     loss: np.ndarray
@@ -132,6 +138,7 @@ class XentResult:
     denominator: float
     nll: np.ndarray
     residual: np.ndarray
+    engine: str = "numpy"
 
     @property
     def all_ignored(self) -> bool:
@@ -205,131 +212,6 @@ class XentResult:
         return exact_sum(self.entropy[~self.ignored]) / n if n else math.nan
 
 
-# ----------------------------------------------------------------------------
-# validation: ValueError with the index and value at fault
-
-
-def check_options(reduction: str, label_smoothing: float, input_kind: str) -> None:
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
-    if not (0.0 <= float(label_smoothing) <= 1.0):
-        raise ValueError(f"label smoothing must be in [0, 1], got {float(label_smoothing)!r}")
-    if input_kind not in INPUT_KINDS:
-        raise ValueError(f"input kind must be one of {', '.join(INPUT_KINDS)}, got {input_kind!r}")
-
-
-def check_target(target, n_rows: int, n_classes: int, ignore_index: int,
-                 tolerance: float | None = 1e-6) -> tuple[str, np.ndarray]:
-    """Tell index targets from probability targets and validate them.
-
-    Returns ``("index", int64 labels)`` or ``("prob", float64 (N, C))``.
-    As in PyTorch, a floating target of the logits' shape (N, C) holds
-    probabilities, whatever its values (so with C = 1 an (N, 1) float target
-    is a probability column, not class indices); anything else holds class
-    indices: N integers (integral floats are accepted, and an (N, 1) column),
-    each in [0, C) or equal to ``ignore_index``. Probability targets' rows
-    must be non-negative and sum to 1 within ``tolerance`` (None: any sum,
-    as PyTorch takes them).
-    """
-    t = np.asarray(target)
-    if t.ndim == 2 and t.shape == (n_rows, n_classes) and t.dtype.kind == "f":
-        if ignore_index >= 0:
-            raise ValueError(f"ignore_index={ignore_index} is not supported with probability "
-                             "targets (as in PyTorch); leave it at -100")
-        t = t.astype(np.float64)
-        bad = ~np.isfinite(t) | (t < 0)
-        if bad.any():
-            i, j = np.argwhere(bad)[0]
-            raise ValueError(f"probability target row {i}, class {j} is {float(t[i, j])!r}: "
-                             "targets must be finite and >= 0")
-        sums = t.sum(axis=1)
-        off = np.flatnonzero(np.abs(sums - 1) > tolerance) if tolerance is not None \
-            else np.zeros(0, dtype=np.intp)
-        if off.size:
-            i = int(off[0])
-            raise ValueError(f"probability target row {i} sums to {float(sums[i])!r}, not 1 "
-                             f"(tolerance {tolerance:g}); {off.size} row(s) are off")
-        return "prob", t
-    if t.ndim == 2 and t.shape[1] == 1:
-        t = t[:, 0]
-    if t.ndim != 1:
-        raise ValueError(f"labels have shape {t.shape}: expected {n_rows} class indices, or "
-                         f"probability targets of the logits' shape ({n_rows}, {n_classes})")
-    if t.shape[0] != n_rows:
-        raise ValueError(f"{t.shape[0]} labels for {n_rows} rows of logits")
-    if t.dtype.kind == "f":
-        frac = np.flatnonzero(~np.isfinite(t) | (t != np.round(t)))
-        if frac.size:
-            i = int(frac[0])
-            raise ValueError(f"label {i} is {float(t[i])!r}, not an integer class index")
-        # out of int64's range: name the value before converting wraps it
-        huge = np.flatnonzero(np.abs(t) >= 2.0**62)
-        if huge.size:
-            i = int(huge[0])
-            raise ValueError(f"label {i} is {float(t[i])!r}, outside [0, {n_classes}) and not the "
-                             f"ignore index {ignore_index}")
-    elif t.dtype.kind not in "iub":
-        raise ValueError(f"labels have dtype {t.dtype}: expected integer class indices")
-    elif t.dtype.kind == "u" and t.size and int(t.max()) >= 2**63:
-        i = int(np.argmax(t))
-        raise ValueError(f"label {i} is {int(t[i])}, outside [0, {n_classes})")
-    labels = t.astype(np.int64)
-    bad = np.flatnonzero(((labels < 0) | (labels >= n_classes)) & (labels != ignore_index))
-    if bad.size:
-        i = int(bad[0])
-        raise ValueError(f"label {i} is {labels[i]}, outside [0, {n_classes}) and not the "
-                         f"ignore index {ignore_index}; {bad.size} label(s) out of range")
-    return "index", labels
-
-
-# ----------------------------------------------------------------------------
-# the computation
-
-
-#: --input-kind probs: values in [0, 1] and row sums within this of 1 (text
-#: written with 6 significant digits passes; 5 and 0.5 do not)
-PROBS_TOLERANCE = 1e-3
-
-
-class NotProbabilities(ValueError):
-    """``input_kind='probs'`` got values that are not probabilities (names the row)."""
-
-
-def check_probs(xb: np.ndarray, start: int = 0) -> None:
-    """Refuse rows that are not probability vectors, naming the first bad row.
-
-    Each value must lie in [0, 1] and each row sum to 1 within
-    :data:`PROBS_TOLERANCE`; NaN is left to the NaN count (reported as such).
-    ``start`` is the index of ``xb``'s first row in the whole array.
-
-    Examples
-    --------
-    >>> check_probs(np.array([[0.25, 0.75], [5.0, 0.5]]))
-    Traceback (most recent call last):
-    ...
-    smx_cli.core.xent.NotProbabilities: row 1, class 0: 5.0 is not a probability (--input-kind probs needs values in [0, 1]); give logits with --input-kind logits
-    """
-    x = np.asarray(xb, dtype=np.float64)
-    if not x.size:
-        return
-    with np.errstate(invalid="ignore"):
-        bad = (x < 0) | (x > 1)  # NaN compares False
-        if bad.any():
-            i, j = (int(v) for v in np.argwhere(bad)[0])
-            raise NotProbabilities(
-                f"row {start + i}, class {j}: {x[i, j].item()!r} is not a probability "
-                "(--input-kind probs needs values in [0, 1]); give logits with "
-                "--input-kind logits")
-        sums = x.sum(axis=1)
-        off = np.flatnonzero(np.abs(sums - 1) > PROBS_TOLERANCE)
-    if off.size:
-        i = int(off[0])
-        raise NotProbabilities(
-            f"row {start + i} sums to {sums[i].item():.6g}, not 1 (--input-kind probs: each "
-            f"row must sum to 1 within {PROBS_TOLERANCE:g}); normalise it, or give logits "
-            "with --input-kind logits")
-
-
 def _log_probs(xb: np.ndarray, input_kind: str, threads: int | None = None) -> np.ndarray:
     """float64 log-probabilities of a block, by input kind.
 
@@ -384,6 +266,19 @@ def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
     A p - a with A = sum_c a_c, evaluated as p_c (A - a_c) - a_c (1 - p_c)
     with 1 - p_c = -expm1(logp_c), so a saturated sample (p_true near 1)
     keeps the relative accuracy of its tiny gradient.
+
+    Engines: class-index targets of logits without ``want_grad`` run on the
+    compiled core when it is active (:mod:`smx_cli.core.xent_native` says
+    what it covers; ``XentResult.engine`` says what ran), everything else on
+    the numpy kernels. On either engine, against the exact values of the
+    given logits (eps = 2**-52; asserted by ``tests/test_xent_engines.py``
+    against 50-digit mpmath on adversarial rows): loss, nll and entropy
+    within 16 eps relative; p(true) and 1 - p(true) within
+    16 eps (1 + |log p(true)|) relative; the margin within
+    16 eps (|log p(true)| + |max_{c != true} log p_c|) absolute; the residual
+    within 16 eps (1 + |log p(true)|) absolute; each plus 16 * 2**-1074
+    below the normal range. Argmax, top-5 and correct are exact, and rows
+    with NaN or +-inf give the same values on both.
 
     Examples
     --------
@@ -525,10 +420,33 @@ def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
         if bad.any():
             general(s0 + np.flatnonzero(bad), threads=1)
 
+    def kernel() -> None:
+        """Every statistic from the compiled core's one sweep (xent_native covers which)."""
+        got, redo = xent_native.per_sample(x2, t, w, int(ignore_index), eps, threads)
+        ign = t == ignore_index
+        lp_y = got["logp_true"]  # NaN where ignored
+        loss[:] = got["loss"]
+        nll[:] = np.where(ign, 0.0, -lp_y)
+        ignored[:] = ign
+        true_class[:] = np.where(ign, -1, t)
+        predicted[:] = got["argmax"]
+        p_true[:] = got["p_true"]
+        one_minus[:] = -np.expm1(lp_y)
+        margin[:] = got["margin"]
+        entropy[:] = got["entropy"]
+        top5[:] = got["top5"]
+        residual[:] = got["residual"]
+        if redo.size:  # NaN or non-finite maximum: the numpy reference, as on that engine
+            general(redo, threads=1)
+
+    engine = native.engine() if xent_native.covers(kind, input_kind, want_grad, x2.dtype) \
+        else "numpy"
     use_fused = (kind == "index" and input_kind == "logits" and eps == 0 and not want_grad
                  and x2.dtype.kind == "f" and x2.dtype.itemsize <= 4)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        if use_fused:
+        if engine != "numpy":
+            kernel()
+        elif use_fused:
             kernels.run_blocks(n, n_classes, fused, threads, block_elements=1 << 17)
         else:
             step = max(1, _BLOCK_ELEMENTS // n_classes)
@@ -546,7 +464,35 @@ def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
     correct = (predicted == true_class) & ~ignored & ~has_nan
     return XentResult(loss, reduced, reduction, kind, true_class, predicted, p_true, margin,
                       correct, ignored, top5, entropy, one_minus, grad, denominator, nll,
-                      residual)
+                      residual, engine)
+
+
+def counted_weights(ignored, true_class, w) -> np.ndarray:
+    """The target-class weights of the counted samples (index targets): what the mean
+    divides by, summed exactly. All ones without ``w``."""
+    counted = ~np.asarray(ignored)
+    if w is None:
+        return np.ones(int(counted.sum()))
+    return w[np.where(counted, true_class, 0)][counted]
+
+
+def reduce_total(total: float, denominator: float, reduction: str) -> float:
+    """The reduced loss from the exact sum of the per-sample losses.
+
+    ``sum``: the total; ``mean``: total / denominator (0/0 or x/0 is NaN, as
+    in PyTorch when every sample is ignored); ``none``: NaN (no scalar).
+    Shared by :func:`evaluate` and the Dask summary (:mod:`smx_cli.dask.xent`).
+
+    Examples
+    --------
+    >>> reduce_total(3.0, 2.0, "mean"), reduce_total(3.0, 0.0, "mean"), reduce_total(3.0, 2.0, "sum")
+    (1.5, nan, 3.0)
+    """
+    if reduction == "sum":
+        return total
+    if reduction == "mean":
+        return total / denominator if denominator else math.nan
+    return math.nan
 
 
 def _reduce(loss, ignored, true_class, kind, w, reduction) -> tuple[float, float]:
@@ -555,21 +501,9 @@ def _reduce(loss, ignored, true_class, kind, w, reduction) -> tuple[float, float
     The mean divides by the sum of the counted samples' target-class weights
     (index targets) or by N (probability targets); 0/0 is NaN, as in PyTorch.
     """
-    n = len(loss)
-    if kind == "index":
-        counted = ~ignored
-        wy_all = w[np.where(ignored, 0, true_class)] if w is not None else np.ones(n)
-        denominator = exact_sum(wy_all[counted])
-    else:
-        denominator = float(n)
-    total = exact_sum(loss)
-    if reduction == "sum":
-        reduced = total
-    elif reduction == "mean":
-        reduced = total / denominator if denominator else math.nan
-    else:
-        reduced = math.nan
-    return denominator, reduced
+    denominator = exact_sum(counted_weights(ignored, true_class, w)) if kind == "index" \
+        else float(len(loss))
+    return denominator, reduce_total(exact_sum(loss), denominator, reduction)
 
 
 # The API functions (every layout PyTorch takes, and the LM's) live in xent_kdim.py and the

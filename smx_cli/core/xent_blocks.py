@@ -64,6 +64,8 @@ def evaluate_blocks(blocks, n_rows: int, n_classes: int, target, *, weight=None,
                         input_kind=input_kind, threads=threads)
         if out is None:
             out = {f: np.empty(n_rows, dtype=getattr(part, f).dtype) for f in _PER_SAMPLE}
+            engines = set()
+        engines.add(part.engine)
         for f in _PER_SAMPLE:
             out[f][start:stop] = getattr(part, f)
         done = stop
@@ -75,5 +77,7 @@ def evaluate_blocks(blocks, n_rows: int, n_classes: int, target, *, weight=None,
                         input_kind=input_kind)
     denominator, reduced = _reduce(out["loss"], out["ignored"], out["true_class"], kind, w,
                                    reduction)
+    # one engine per run (blocks share a dtype); if they differ, say so
+    engine = engines.pop() if len(engines) == 1 else "+".join(sorted(engines))
     return XentResult(reduction=reduction, target_kind=kind, reduced=reduced, grad=None,
-                      denominator=denominator, **out)
+                      denominator=denominator, engine=engine, **out)

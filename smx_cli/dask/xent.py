@@ -44,6 +44,8 @@ class XentPart:
     entropy: ExactSum = field(default_factory=ExactSum)
     denominator: ExactSum = field(default_factory=ExactSum)
     inputs: InputCounts | None = None
+    # the first few rows with a NaN/inf loss, in row order (the panel names them)
+    nonfinite_rows: tuple = ()
 
     def __add__(self, other: "XentPart") -> "XentPart":
         out = XentPart()
@@ -51,6 +53,8 @@ class XentPart:
             a, b = getattr(self, f.name), getattr(other, f.name)
             if f.name == "inputs":
                 out.inputs = _add_counts(a, b)
+            elif f.name == "nonfinite_rows":
+                out.nonfinite_rows = tuple(sorted(a + b))[:NAMED_ROWS]
             else:
                 setattr(out, f.name, a + b)
         return out
@@ -136,6 +140,9 @@ class XentSummary:
         return self.part.vanished
 
 
+#: how many rows with a NaN/inf loss a merged summary remembers (what the panel shows)
+NAMED_ROWS = 5
+
 _LOCAL_INDEX = re.compile(r"^(label|probability target row) (\d+)")
 
 
@@ -146,8 +153,11 @@ PER_SAMPLE_COLUMNS = ["row", "label", "predicted", "p_true", "loss", "margin", "
 
 def _per_sample(r, start) -> np.ndarray:
     n = len(r.loss)
+    # a NaN row ranks no class first: its prediction is -1 (undefined), as smx xent -o writes
+    undefined = np.isnan(r.entropy) | (np.isnan(r.p_true) & ~r.ignored)
     return np.column_stack([
-        np.arange(start, start + n), r.true_class, r.predicted, r.p_true, r.loss, r.margin,
+        np.arange(start, start + n), r.true_class, np.where(undefined, -1, r.predicted),
+        r.p_true, r.loss, r.margin,
         r.correct.astype(float), r.ignored.astype(float)]).astype(np.float64)
 
 
@@ -187,19 +197,17 @@ def _block_part(xb, yb, start, weight, ignore_index, label_smoothing, input_kind
         msg = _LOCAL_INDEX.sub(lambda m: f"{m.group(1)} {int(m.group(2)) + start}", str(exc))
         raise SmxError(msg) from None
     counted = ~r.ignored
-    if r.target_kind == "index":
-        wy = weight[np.where(r.ignored, 0, r.true_class)] if weight is not None \
-            else np.ones(len(r.loss))
-        denominator = ExactSum.of(wy[counted])
-    else:
-        denominator = ExactSum()
+    denominator = ExactSum.of(core_xent.counted_weights(r.ignored, r.true_class, weight)) \
+        if r.target_kind == "index" else ExactSum()
     part = XentPart(
         samples=len(r.loss), counted=int(counted.sum()), correct=int(r.correct.sum()),
         top5=int(r.top5.sum()), ignored=int(r.ignored.sum()),
         nonfinite=int((~np.isfinite(r.loss) & counted).sum()), vanished=r.vanished(eps),
         loss=ExactSum.of(r.loss), nll=ExactSum.of(r.nll[counted]),
         entropy=ExactSum.of(r.entropy[counted]), denominator=denominator,
-        inputs=_input_counts(xb))
+        inputs=_input_counts(xb),
+        nonfinite_rows=tuple(int(start + i) for i in
+                             np.flatnonzero(~np.isfinite(r.loss) & counted)[:NAMED_ROWS]))
     return (part, _per_sample(r, start)) if per_sample else part
 
 
@@ -295,13 +303,7 @@ def xent_summary(x, y, *, weight=None, ignore_index: int = -100, reduction: str 
         total = total + p
     kind = "prob" if y.ndim == 2 else "index"
     denominator = total.denominator.value() if kind == "index" else float(total.samples)
-    loss_sum = total.loss.value()
-    if reduction == "sum":
-        reduced = loss_sum
-    elif reduction == "mean":
-        reduced = loss_sum / denominator if denominator else math.nan
-    else:
-        reduced = math.nan
+    reduced = core_xent.reduce_total(total.loss.value(), denominator, reduction)
     return XentSummary(reduced, reduction, kind, denominator, total, eps)
 
 

@@ -12,7 +12,8 @@ from smx_cli.io.csv_engine import TextWriter, format_rows, iter_text_blocks, rea
 from smx_cli.io.write import (atomic_output, check_output_target, csv_field, csv_text,
                               is_temp_name, json_document, json_number_rows, npy_bytes,
                               output_format, output_identity, output_target, remove_stale_temps,
-                              same_file, shortest_strings, write_chunks, write_npy)
+                              same_file, shortest_strings, write_chunks, write_npy, records_text,
+                              records_json, structured_array, write_npz, npz_bytes)
 
 __all__ = [
     "NPY_MAGIC", "ZIP_MAGIC", "Loaded", "load_npy", "load_npz", "read_array", "read_bytes",
@@ -21,5 +22,6 @@ __all__ = [
     "check_output_target", "csv_field", "csv_text",
     "json_document", "json_number_rows", "npy_bytes", "output_format", "remove_stale_temps",
     "same_file", "shortest_strings", "write_chunks", "write_npy", "is_temp_name",
-    "output_identity", "output_target",
+    "output_identity", "output_target", "records_text", "records_json", "structured_array",
+    "write_npz", "npz_bytes",
 ]

@@ -304,10 +304,11 @@ def output_format(path: str, fmt: str | None) -> str:
     if fmt:
         return fmt
     ext = os.path.splitext(path)[1].lower()
-    by_ext = {".npy": "npy", ".csv": "csv", ".tsv": "tsv", ".txt": "csv", ".json": "json"}
+    by_ext = {".npy": "npy", ".npz": "npz", ".csv": "csv", ".tsv": "tsv", ".txt": "csv",
+              ".json": "json"}
     if ext not in by_ext:
         raise SmxError(f"{path}: cannot tell the format from {ext or 'no extension'}; "
-                       "use .npy, .csv, .tsv or .json, or --format")
+                       "use .npy, .npz, .csv, .tsv or .json, or --format")
     return by_ext[ext]
 
 
@@ -339,13 +340,17 @@ def json_number_rows(values: np.ndarray) -> str:
     return "[" + ",\n  ".join(rows) + "]"
 
 
-def json_document(meta: dict, arrays: dict[str, np.ndarray]) -> str:
-    """A JSON object: ``meta`` fields, then each array as exact number rows."""
+def json_document(meta: dict, arrays: dict[str, np.ndarray],
+                  records: dict[str, dict[str, np.ndarray]] | None = None) -> str:
+    """A JSON object: ``meta`` fields, then each array as exact number rows, then
+    each record table (named columns) as a list of objects (:func:`records_json`)."""
     body = json.dumps(meta, indent=2, allow_nan=False)[:-2]  # drop the closing "\n}"
     parts = [body] if meta else ["{"]
-    for name, arr in arrays.items():
+    items = [(name, json_number_rows(arr)) for name, arr in arrays.items()]
+    items += [(name, records_json(fields)) for name, fields in (records or {}).items()]
+    for name, text in items:
         sep = "," if parts[-1] != "{" else ""
-        parts.append(f'{sep}\n  {json.dumps(name)}: {json_number_rows(arr)}')
+        parts.append(f'{sep}\n  {json.dumps(name)}: {text}')
     return "".join(parts) + "\n}\n"
 
 
@@ -376,6 +381,118 @@ def npy_bytes(values: np.ndarray) -> bytes:
     buf = _io.BytesIO()
     # not ascontiguousarray: it turns a 0-d result into shape (1,)
     np.save(buf, np.asarray(values, order="C"), allow_pickle=False)
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------
+# record tables: named columns, each of its own type (ints, bools, floats, text)
+
+
+def _field_strings(values: np.ndarray, delimiter: str | None) -> list[str]:
+    """One column's cells: integers as integers, bools as true/false, floats in
+    their shortest exact form (nan, inf, -inf), text quoted as CSV needs
+    (``delimiter`` None: unquoted)."""
+    v = np.asarray(values)
+    if v.dtype.kind == "b":
+        return ["true" if b else "false" for b in v.tolist()]
+    if v.dtype.kind in "iu":
+        return [str(i) for i in v.tolist()]
+    if v.dtype.kind == "f":
+        return shortest_strings(v.astype(np.float64))
+    strings = [str(t) for t in v.tolist()]
+    return strings if delimiter is None else [csv_field(t, delimiter) for t in strings]
+
+
+def records_text(fields: dict[str, np.ndarray], delimiter: str = ",") -> str:
+    """Named columns as delimited text with a header, each cell in its column's type.
+
+    Examples
+    --------
+    >>> print(records_text({"row": np.array([0, 1]), "id": np.array(["a,b", ""]),
+    ...                     "loss": np.array([0.5, np.nan]), "ok": np.array([True, False])}),
+    ...       end="")
+    row,id,loss,ok
+    0,"a,b",0.5,true
+    1,,nan,false
+    """
+    names = list(fields)
+    head = delimiter.join(csv_field(n, delimiter) for n in names)
+    cols = [_field_strings(fields[n], delimiter) for n in names]
+    lines = [head] + [delimiter.join(cells) for cells in zip(*cols)]
+    return "\n".join(lines) + "\n"
+
+
+def _json_cells(values: np.ndarray) -> list[str]:
+    """One column's JSON values: integers, true/false, exact floats (NaN as null,
+    an infinity as "inf"/"-inf": JSON has neither), strings escaped."""
+    v = np.asarray(values)
+    if v.dtype.kind == "b":
+        return ["true" if b else "false" for b in v.tolist()]
+    if v.dtype.kind in "iu":
+        return [str(i) for i in v.tolist()]
+    if v.dtype.kind == "f":
+        special = {"nan": "null", "inf": '"inf"', "-inf": '"-inf"'}
+        return [special.get(t, t) for t in shortest_strings(v.astype(np.float64))]
+    return [json.dumps(str(t)) for t in v.tolist()]
+
+
+def records_json(fields: dict[str, np.ndarray]) -> str:
+    """Named columns as a JSON list of records (one object per row).
+
+    Integers stay integers, flags are true/false, floats are exact (the
+    shortest form that reads back); NaN is null and an infinity "inf"/"-inf".
+
+    Examples
+    --------
+    >>> records_json({"row": np.array([0]), "loss": np.array([np.inf]), "ok": np.array([True])})
+    '[{"row": 0, "loss": "inf", "ok": true}]'
+    """
+    names = list(fields)
+    cols = [_json_cells(fields[n]) for n in names]
+    keys = [json.dumps(n) + ": " for n in names]
+    rows = ["{" + ", ".join(k + c for k, c in zip(keys, cells)) + "}" for cells in zip(*cols)]
+    return "[" + ",\n  ".join(rows) + "]"
+
+
+def _storable(values: np.ndarray) -> np.ndarray:
+    """An array NPY/NPZ can hold without pickle: text as fixed-width unicode."""
+    v = np.asarray(values)
+    if v.dtype.hasobject:
+        v = np.asarray([str(t) for t in v.tolist()], dtype=str)
+        if v.dtype.itemsize == 0:  # every string empty
+            v = v.astype("U1")
+    if v.dtype == BFLOAT16:
+        v = v.astype(np.float32)
+    return v
+
+
+def structured_array(fields: dict[str, np.ndarray]) -> np.ndarray:
+    """Named 1-D columns as one NPY-ready structured array (``a["loss"]``...).
+
+    Examples
+    --------
+    >>> a = structured_array({"row": np.array([0, 1]), "loss": np.array([0.5, 2.0])})
+    >>> a.dtype.names, a["row"].dtype.kind
+    (('row', 'loss'), 'i')
+    """
+    cols = {n: _storable(v) for n, v in fields.items()}
+    n = len(next(iter(cols.values()))) if cols else 0
+    out = np.empty(n, dtype=[(name, v.dtype) for name, v in cols.items()])
+    for name, v in cols.items():
+        out[name] = v
+    return out
+
+
+def write_npz(fh, arrays: dict[str, np.ndarray]) -> None:
+    """Named arrays as an (uncompressed) NPZ archive into the binary file ``fh``;
+    ``np.load(..., allow_pickle=False)`` reads every one back with its dtype."""
+    np.savez(fh, **{name: _storable(v) for name, v in arrays.items()})
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """The NPZ encoding of named arrays (see :func:`write_npz`)."""
+    buf = _io.BytesIO()
+    write_npz(buf, arrays)
     return buf.getvalue()
 
 

@@ -12,6 +12,8 @@ from rich import box
 from rich.console import Group
 from rich.panel import Panel
 from rich.table import Table
+
+from smx_cli.render.fit import never_cut
 from rich.text import Text
 
 from smx_cli.analysis.calibration import Bins, Metrics
@@ -74,7 +76,7 @@ def metric_table(before: Metrics, after: Metrics, *, title: str | None = None) -
     ]
     for name, b, a, note in rows:
         t.add_row(name, b, a, Text(note))
-    return t
+    return never_cut(t)
 
 
 def _ci(ci) -> str:
@@ -202,7 +204,7 @@ def bin_table(before: Bins, after: Bins, *, title: str | None = None) -> Table:
                 "red" if b.gap[k] < -0.05 else "green" if b.gap[k] > 0.05 else "")
             cells += [f"{n:,}", _f(b.conf[k]), Text(_f(b.acc[k]), style=style)]
         t.add_row(*cells)
-    return t
+    return never_cut(t)
 
 
 def rows_of_metrics(before: Metrics, after: Metrics, fit: Fit) -> tuple[list[str], np.ndarray]:

@@ -44,7 +44,9 @@ def row_label(i: int, lead_shape: tuple[int, ...] | None = None) -> str:
     ('1,2', 'dog-2')
     """
     if isinstance(lead_shape, RowIds):
-        return str(lead_shape[i]) if 0 <= i < len(lead_shape) else str(i)
+        if not 0 <= i < len(lead_shape):
+            return str(i)
+        return str(lead_shape[i]) or '""'  # an empty id, visibly
     if lead_shape is None or len(lead_shape) <= 1:
         return str(i)
     return ",".join(str(int(v)) for v in np.unravel_index(i, lead_shape))

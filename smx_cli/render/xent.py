@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from smx_cli.render.fit import needed_width, never_cut
-from smx_cli.render.tables import class_label, fmt_value
+from smx_cli.render.tables import RowIds, class_label, fmt_value, row_label, row_list
 from smx_cli.core.xent import XentResult
 
 
@@ -26,6 +26,43 @@ def undefined_reason(res: XentResult) -> str:
     return f"{why}, so the mean divides 0 by 0 (PyTorch returns nan)"
 
 
+def undefined_prediction(res: XentResult) -> np.ndarray:
+    """Samples whose prediction is undefined: NaN in their logits (no class ranks first).
+
+    Examples
+    --------
+    >>> from smx_cli.core.xent import evaluate
+    >>> undefined_prediction(evaluate(np.array([[1.0, 0.0], [np.nan, 0.0]]), [0, 1])).tolist()
+    [False, True]
+    """
+    with np.errstate(invalid="ignore"):
+        return np.isnan(res.entropy) | (np.isnan(res.p_true) & ~res.ignored)
+
+
+def nonfinite_rows(res: XentResult) -> np.ndarray:
+    """Indices of the counted samples whose loss is NaN or inf (what the panel names)."""
+    return np.flatnonzero(~np.isfinite(res.loss) & ~res.ignored)
+
+
+def _named_rows(res, ids) -> str:
+    """``rows 3, 17 and 2 more`` for the samples with a NaN/inf loss.
+
+    A merged (Dask) summary has no per-sample losses, only the first few of
+    those rows (``res.part.nonfinite_rows``) and their count.
+    """
+    lead = RowIds(ids) if ids is not None else None
+    if hasattr(res, "loss"):
+        return row_list(nonfinite_rows(res).tolist(), lead)
+    first = list(getattr(getattr(res, "part", None), "nonfinite_rows", ()))
+    text = row_list(first, lead, limit=len(first) or 1)
+    more = res.n_nonfinite - len(first)
+    return text + (f" and {more:,} more" if more > 0 else "")
+
+
+def _row_name(i: int, ids) -> str:
+    return row_label(i, RowIds(ids)) if ids is not None else str(i)
+
+
 def _count(k: int, noun: str) -> str:
     return f"{k:,} {noun}{'' if k == 1 else 's'}"
 
@@ -35,10 +72,14 @@ def _num(v: float, digits: int = 6) -> str:
 
 
 def sample_table(res: XentResult, order: np.ndarray, *, class_names=None, title=None,
-                 total_note: str | None = None, digits: int = 6):
-    """One row per sample in ``order``: label, prediction, p(true), loss, margin."""
+                 total_note: str | None = None, digits: int = 6, ids=None):
+    """One row per sample in ``order``: label, prediction, p(true), loss, margin.
+
+    ``ids`` (from --id-column) name the samples instead of their row indices.
+    """
     table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
-    table.add_column("row", justify="right", style="dim")
+    table.add_column("id" if ids is not None else "row", justify="right", style="dim",
+                     overflow="fold")
     table.add_column("true", justify="left", style="cyan")
     table.add_column("pred", justify="left")
     table.add_column("p(true)", justify="right")
@@ -48,7 +89,8 @@ def sample_table(res: XentResult, order: np.ndarray, *, class_names=None, title=
     for i in order:
         i = int(i)
         if res.ignored[i]:
-            table.add_row(str(i), Text("ignored", style="dim"), class_label(int(res.predicted[i]), class_names),
+            table.add_row(_row_name(i, ids), Text("ignored", style="dim"),
+                          class_label(int(res.predicted[i]), class_names),
                           "", _num(res.loss[i], digits), "", Text("-", style="dim"))
             continue
         loss = res.loss[i]
@@ -57,7 +99,7 @@ def sample_table(res: XentResult, order: np.ndarray, *, class_names=None, title=
         # a NaN row ranks no class first: its prediction is undefined, not class 0
         pred = (Text("undefined", style="bold red") if np.isnan(res.p_true[i])
                 else class_label(int(res.predicted[i]), class_names))
-        table.add_row(str(i), class_label(int(res.true_class[i]), class_names), pred,
+        table.add_row(_row_name(i, ids), class_label(int(res.true_class[i]), class_names), pred,
                       _num(res.p_true[i], digits), loss_text,
                       _num(res.margin[i], 4) if np.isfinite(res.margin[i]) or np.isinf(res.margin[i]) else "-",
                       ok)
@@ -80,11 +122,13 @@ def fitted_sample_table(console, res: XentResult, order: np.ndarray, **kw):
 
 
 def summary_panel(res: XentResult, *, eps: float, input_counts=None, source: str | None = None,
-                  n_classes: int = 0, options: str = "", smoothed: bool = False) -> Panel:
+                  n_classes: int = 0, options: str = "", smoothed: bool = False,
+                  ids=None) -> Panel:
     """Reduced loss, accuracy, entropy, perplexity, ignored and non-finite counts.
 
     ``eps`` is the input format's machine epsilon: a sample whose softmax is
-    within it of the target has a vanished gradient in that format.
+    within it of the target has a vanished gradient in that format. The
+    samples with a NaN/inf loss are named (their ``ids`` when given).
     """
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", justify="right")
@@ -120,6 +164,7 @@ def summary_panel(res: XentResult, *, eps: float, input_counts=None, source: str
     if inf_loss:
         grid.add_row("non-finite loss", Text(f"{_count(inf_loss, 'sample')} (inf: p(true) is exactly 0; "
                                              "nan: NaN in the input)", style="bold red"))
+        grid.add_row("", Text(_named_rows(res, ids), style="red"))
     if input_counts is not None:
         c = input_counts
         text = Text()
@@ -134,16 +179,18 @@ def summary_panel(res: XentResult, *, eps: float, input_counts=None, source: str
 
 
 def grad_table(grad: np.ndarray, order: np.ndarray, *, class_names=None, top_k: int = 5,
-               max_cols: int = 12, title: str | None = None, digits: int = 3) -> Table:
+               max_cols: int = 12, title: str | None = None, digits: int = 3,
+               ids=None) -> Table:
     """dL/dlogits rows; all classes when C <= max_cols, else the top-k by |g|."""
     n_classes = grad.shape[1]
     table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
-    table.add_column("row", justify="right", style="dim")
+    table.add_column("id" if ids is not None else "row", justify="right", style="dim",
+                     overflow="fold")
     if n_classes <= max_cols:
         for j in range(n_classes):
             table.add_column(class_label(j, class_names), justify="right")
         for i in order:
-            table.add_row(str(int(i)), *[_num(v, digits) for v in grad[int(i)]])
+            table.add_row(_row_name(int(i), ids), *[_num(v, digits) for v in grad[int(i)]])
     else:
         k = min(top_k, n_classes)
         for r in range(k):
@@ -153,7 +200,7 @@ def grad_table(grad: np.ndarray, order: np.ndarray, *, class_names=None, top_k: 
             g = grad[int(i)]
             idx = np.argsort(-np.abs(g), kind="stable")[:k]
             cells = [f"{class_label(int(j), class_names)}: {_num(g[j], digits)}" for j in idx]
-            table.add_row(str(int(i)), *cells, _num(np.max(np.abs(g)), digits))
+            table.add_row(_row_name(int(i), ids), *cells, _num(np.max(np.abs(g)), digits))
         table.caption = f"{n_classes} classes: each row's {k} largest |gradient| entries"
     return never_cut(table)
 
@@ -193,8 +240,10 @@ def summary_line(meta: dict) -> str:
     parts = [f"{n:,} sample{'' if n == 1 else 's'}"]
     if meta.get("loss_undefined"):
         parts.append("loss undefined (0/0)")
-    elif meta.get("reduction") != "none" and meta.get("loss") is not None:
-        parts.append(f"loss ({meta['reduction']}) {_num(meta['loss'])}")
+    elif meta.get("reduction") != "none":
+        loss = meta.get("loss")
+        loss = {None: math.nan, "inf": math.inf, "-inf": -math.inf}.get(loss, loss)
+        parts.append(f"loss ({meta['reduction']}) {_num(loss)}")
     if meta.get("accuracy") is not None:
         parts.append(f"accuracy {100 * meta['accuracy']:.2f} %")
     bad = meta.get("nonfinite_losses", 0)

@@ -1,0 +1,79 @@
+"""The one-pass compiled diagnostics counts (core/_smx_diag.c) against the numpy counts.
+
+Both paths count the same things (zeros, subnormals, rows whose sum is off,
+min/max, argmax histogram, NaN rows); the panel must not depend on the engine.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from smx_cli.analysis import diagnostics
+from smx_cli.analysis.diagnostics import diagnose
+from smx_cli.core import native
+from smx_cli.core.softmax import compute
+
+pytestmark = pytest.mark.skipif(diagnostics._smx_diag is None, reason="_smx_diag not built")
+
+DTYPES = (np.float16, ml_dtypes.bfloat16, np.float32, np.float64)
+
+
+def adversarial(dtype, rng) -> np.ndarray:
+    x = rng.normal(0, 4, (60, 37))
+    x[1] = 5.0                                  # all equal: argmax is the first
+    x[2, :] = np.linspace(-1e4, 1e4, 37)        # huge spread: zeros
+    x[3, :] = -np.inf                           # fully masked
+    x[4, 5] = np.nan
+    x[5, 7] = np.inf
+    x[6, 3] = -np.inf                           # one masked entry
+    x[7, :] = np.linspace(0, -120, 37)          # subnormal probabilities in float32
+    x[8, :] = np.linspace(0, -740, 37)          # and in float64
+    x[9, [4, 20]] = 30.0                        # a tie for the maximum
+    return x.astype(dtype)
+
+
+def fields(d):
+    out = dataclasses.asdict(d)
+    out.pop("engine")
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("variant", ["stable", "log", "naive", "sparsemax"])
+def test_compiled_counts_equal_the_numpy_counts(dtype, variant):
+    if native.engine() == "numpy":
+        pytest.skip("the numpy engine is forced: only the numpy counts run")
+    x = adversarial(dtype, np.random.default_rng(3))
+    res = compute(x, variant) if variant != "sparsemax" else None
+    if res is None:
+        from smx_cli.core import registry
+
+        res = registry.run(x, variant).result
+    sparse = variant == "sparsemax"
+    got = fields(diagnose(x, res, sparse=sparse))
+    with native.numpy_engine():
+        want = fields(diagnose(x, res, sparse=sparse))
+    assert got.pop("max_sum_error") == pytest.approx(want.pop("max_sum_error"), rel=0.05,
+                                                     abs=1e-16)
+    assert got == want
+    # the clean rows were counted by the compiled pass (emulated results never are:
+    # their zeros need the careful count)
+    acc = diagnostics.Accumulator(res.variant, res.fmt, res.kind, res.emulated, sparse)
+    used = acc._add_native(np.ascontiguousarray(x), np.ascontiguousarray(res.values), 0)
+    assert used == (not res.emulated)
+
+
+def test_the_compiled_argmax_is_the_first_maximum_and_sums_are_checked():
+    if native.engine() == "numpy":
+        pytest.skip("the numpy engine is forced")
+    y = np.array([[0.25, 0.5, 0.25], [0.5, 0.5, 0.0], [0.1, 0.1, 0.1]])
+    x = np.log(np.where(y > 0, y, 1e-300))
+    res = compute(x)  # only its format and kind are used
+    res = dataclasses.replace(res, values=y)
+    d = diagnose(x, res)
+    assert dict(d.argmax_counts) == {1: 1, 0: 2}
+    assert d.sum_off_rows == 1 and d.max_sum_error == pytest.approx(0.7)
+    assert d.underflow_to_zero == 1 and d.min_value == 0.0 and d.max_value == 0.5

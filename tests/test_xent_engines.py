@@ -1,0 +1,264 @@
+"""smx_cli.xent (evaluate) on both engines, each against a 50-digit mpmath reference.
+
+Every per-sample output (loss, nll, log p(true), p(true), 1 - p(true), argmax,
+top-5, margin, entropy, residual, correct) of the compiled core and of the numpy
+kernels is compared with the reference built here from the definitions
+(PyTorch's formulas, xent.py's module docstring), on adversarial rows: huge
+spreads, ties, near-zero and huge losses, NaN, +-inf, all -inf rows, ignored
+samples, weights with zeros, smoothing, 1 class, 0 rows, in the four float
+formats. The bounds asserted are those ``evaluate``'s docstring states.
+
+Run under ``SMX_ENGINE=numpy`` (or without the extension) both runs are the numpy
+engine; the assertions hold all the same.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+
+import mpmath as mp
+import numpy as np
+import pytest
+
+from smx_cli.core import native
+from smx_cli.core.xent import evaluate, evaluate_blocks
+
+try:
+    import ml_dtypes
+    BF16 = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover
+    BF16 = None
+
+DTYPES = [np.float64, np.float32, np.float16] + ([BF16] if BF16 is not None else [])
+EPS64 = 2.0 ** -52
+# the bounds evaluate's docstring states (float64 results, relative to the exact value
+# of the given logits): loss, nll, log p(true), entropy; p(true), 1 - p(true) add
+# |log p| eps for exp's argument; margin and residual are absolute
+LOSS_ULPS = 16
+TINY = LOSS_ULPS * 2.0 ** -1074  # results below the normal range: absolute
+
+INF, NAN = math.inf, math.nan
+SPECIAL = [  # (row of 4, label)
+    ([NAN, 0.0, 1.0, 2.0], 2),
+    ([NAN, 0.0, 1.0, 2.0], -100),
+    ([INF, 0.0, 1.0, 2.0], 0),            # +inf takes all the mass
+    ([INF, 0.0, 1.0, 2.0], 2),            # -> inf loss
+    ([INF, INF, 1.0, -INF], 1),           # shared: log 2
+    ([-INF, -INF, -INF, -INF], 0),        # fully masked: NaN
+    ([-INF, 3.0, -INF, 0.0], 0),          # -inf on the label: inf loss, finite max
+    ([-INF, 3.0, -INF, 0.0], 1),
+    ([5.0, 5.0, 5.0, 5.0], 3),            # ties: log 4, argmax 0
+    ([30.0, 0.0, 0.0, -2.0], 0),          # tiny loss
+    ([0.0, 1000.0, 1.0, 2.0], 0),         # huge loss
+    ([1e6 + 1.0, 1e6, 1e6 - 3.0, 1e6 - 5.0], 0),
+    ([-745.0, -746.0, -750.0, -800.0], 3),
+    ([2.0, 2.0, 1.0, 2.0], 3),            # tie with the label: top-5, margin 0
+    ([1e300, -1e300, 0.0, 1.0], 1),       # float64 only
+]
+
+
+# ----------------------------------------------------------------------------
+# the reference
+
+
+def mp_row(row, y, w, eps, ignore_index):
+    """Every per-sample output of one row at 50 digits (mpf, or float for exact ones)."""
+    c = len(row)
+    xs = [float(v) for v in row]
+    with mp.workdps(50):
+        if any(math.isnan(v) for v in xs) or all(v == -INF for v in xs):
+            lp = [mp.nan] * c
+        elif any(v == INF for v in xs):
+            k = sum(v == INF for v in xs)
+            lp = [mp.log(mp.mpf(1) / k) if v == INF else mp.ninf for v in xs]
+        else:
+            z = [mp.mpf(v) for v in xs]
+            m = max(v for v in z)
+            lse = m + mp.log(mp.fsum(mp.exp(v - m) for v in z if v != mp.ninf))
+            lp = [v - lse for v in z]
+        nan_row = mp.isnan(lp[0])
+        ign = y == ignore_index
+        yy = 0 if ign else y
+        wv = [mp.mpf(float(v)) for v in w] if w is not None else [mp.mpf(1)] * c
+        e = mp.mpf(eps)
+        a = [mp.mpf(0)] * c if ign else \
+            [(1 - e) * wv[y] * (j == y) + e / c * wv[j] for j in range(c)]
+        # a_c = 0 counts 0 also where logp_c = -inf (or NaN: an ignored NaN row's loss is 0)
+        loss = -mp.fsum(a[j] * lp[j] for j in range(c) if a[j] > 0)
+        p = [mp.exp(v) for v in lp]
+        ent = -mp.fsum(p[j] * lp[j] for j in range(c) if p[j] > 0)  # a NaN p counts nothing
+        big_a = mp.fsum(a)
+        out = {
+            "loss": loss,
+            "nll": mp.mpf(0) if ign else -lp[yy],
+            "p_true": mp.nan if ign else p[yy],
+            "one_minus_p_true": mp.nan if ign else 1 - p[yy],
+            "entropy": ent,
+            "residual": (max(abs(p[j] - a[j] / big_a) for j in range(c))
+                         if big_a > 0 else mp.nan),
+            "true_class": -1 if ign else y,
+            "ignored": ign,
+        }
+        if nan_row:
+            out["predicted"] = 0
+        else:  # the first maximum
+            out["predicted"] = max(range(c), key=lambda j: (lp[j], -j))
+        others = [lp[j] for j in range(c) if j != yy]
+        if ign or c == 1 or nan_row:
+            out["margin"] = mp.nan
+        elif lp[yy] == max(others) and mp.isinf(lp[yy]):
+            out["margin"] = mp.nan if lp[yy] == mp.inf else mp.ninf  # -inf - -inf
+        else:
+            out["margin"] = lp[yy] - max(others)
+        beaten = 0 if nan_row else sum(v > lp[yy] for v in lp)
+        out["top5"] = (not ign) and (not nan_row) and beaten < min(5, c)
+        out["correct"] = (not ign) and (not nan_row) and out["predicted"] == y
+        out["scale_margin"] = (abs(lp[yy]) + abs(max(others))) if others and not nan_row \
+            and not ign and mp.isfinite(lp[yy]) and mp.isfinite(max(others)) else mp.mpf(0)
+        return out
+
+
+def check(res, x, y, w, eps, ignore_index):
+    """Every per-sample output of ``res`` within the stated bounds of the reference."""
+    for i in range(x.shape[0]):
+        ref = mp_row(x[i].astype(np.float64), int(y[i]), w, eps, ignore_index)
+        where = f"row {i} {x[i].tolist()} y={int(y[i])} ({res.engine})"
+        for f in ("true_class", "predicted", "ignored", "top5", "correct"):
+            assert getattr(res, f)[i] == ref[f], (f, where)
+        for f in ("loss", "nll", "entropy"):
+            close(getattr(res, f)[i], ref[f], LOSS_ULPS * EPS64, TINY, f, where)
+        lp_scale = abs(ref["nll"]) if mp.isfinite(ref["nll"]) else 0
+        # p = exp(logp): logp's relative error times |logp| becomes p's relative error
+        close(res.p_true[i], ref["p_true"], LOSS_ULPS * EPS64 * (1 + lp_scale), TINY,
+              "p_true", where)
+        close(res.one_minus_p_true[i], ref["one_minus_p_true"],
+              LOSS_ULPS * EPS64 * (1 + lp_scale), TINY, "one_minus_p_true", where)
+        close(res.margin[i], ref["margin"], 0.0, LOSS_ULPS * EPS64 * ref["scale_margin"],
+              "margin", where)
+        # with smoothing the kernel's residual takes the other classes' p from log p(y)
+        close(res.residual[i], ref["residual"], 0.0, LOSS_ULPS * EPS64 * (1 + lp_scale),
+              "residual", where)
+
+
+def close(got, ref, rtol, atol, what, where):
+    got = float(got)
+    if mp.isnan(ref) or not mp.isfinite(ref):
+        want = float(ref)
+        assert (math.isnan(got) and math.isnan(want)) or got == want, (what, got, want, where)
+        return
+    with mp.workdps(50):
+        err = abs(mp.mpf(got) - ref)
+        assert err <= rtol * abs(ref) + atol, (what, got, float(ref), float(err), where)
+
+
+def both_engines(fn):
+    """fn() on the engine selected (native when built) and inside native.numpy_engine()."""
+    first = fn()
+    with native.numpy_engine():
+        second = fn()
+    assert second.engine == "numpy"
+    return first, second
+
+
+# ----------------------------------------------------------------------------
+# inputs
+
+
+def cases(dtype, c):
+    rng = np.random.default_rng(c * 31 + np.dtype(dtype).itemsize)
+    finite = float((ml_dtypes.finfo if dtype == BF16 else np.finfo)(dtype).max)
+    fits = [max((abs(v) for v in r if math.isfinite(v)), default=0.0) < finite for r, _ in SPECIAL]
+    rows = [r for (r, _), ok in zip(SPECIAL, fits) if ok]
+    labels = [lab for (_, lab), ok in zip(SPECIAL, fits) if ok]
+    if c != 4:
+        rows = [np.resize(r, c).tolist() for r in rows]
+        labels = [lab if lab < c else c - 1 for lab in labels]
+        labels = [lab if lab != -100 else -100 for lab in labels]
+    rand = rng.normal(0, 1, (8, c)) * rng.choice([0.1, 3.0, 40.0], (8, 1))
+    x = np.vstack([np.array(rows, dtype=np.float64), rand]).astype(dtype)
+    y = np.r_[labels, rng.integers(0, c, 8)]
+    y[-1] = -100
+    return x, y
+
+
+WEIGHTS = {"none": None, "zeros": "zeros"}
+
+
+def weights_for(name, c):
+    if name is None or name == "none":
+        return None
+    w = np.linspace(0.5, 2.0, c)
+    w[::3] = 0.0  # class 0 (and every third) weighs nothing
+    return w
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("eps,weights", list(itertools.product([0.0, 0.1, 1.0],
+                                                                ["none", "zeros"])))
+def test_both_engines_match_the_reference(dtype, eps, weights):
+    x, y = cases(dtype, 4)
+    w = weights_for(weights, 4)
+    a, b = both_engines(lambda: evaluate(x, y, weight=w, label_smoothing=eps, reduction="sum"))
+    assert a.engine == (native.engine() if native.supports(dtype) else "numpy")
+    for res in (a, b):
+        check(res, x, y, w, eps, -100)
+
+
+@pytest.mark.parametrize("c", [1, 2, 7, 300])
+@pytest.mark.parametrize("eps", [0.0, 0.2])
+def test_widths_and_ignore_index_a_real_class(c, eps):
+    x, y = cases(np.float32, c)
+    ii = min(1, c - 1)  # a real class as the ignore index
+    y = np.where(y == -100, ii, y)
+    w = weights_for("zeros", c) if c > 2 else None
+    for res in both_engines(lambda: evaluate(x, y, weight=w, ignore_index=ii,
+                                             label_smoothing=eps, reduction="none")):
+        check(res, x, y, w, eps, ii)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_reductions_agree_across_engines_within_the_loss_bound(eps):
+    rng = np.random.default_rng(3)
+    x = (rng.normal(0, 4, (500, 40))).astype(np.float32)
+    y = rng.integers(0, 40, 500)
+    y[::11] = -100
+    w = rng.uniform(0, 2, 40)
+    for red in ("mean", "sum"):
+        a, b = both_engines(lambda: evaluate(x, y, weight=w, label_smoothing=eps,
+                                             reduction=red))
+        # exact sums of per-sample losses each within LOSS_ULPS: the reductions are too
+        assert a.reduced == pytest.approx(b.reduced, rel=2 * LOSS_ULPS * EPS64, abs=0)
+        assert a.denominator == b.denominator
+
+
+def test_zero_rows_on_both_engines():
+    for dtype in DTYPES:
+        x = np.zeros((0, 5), dtype=dtype)
+        for res in both_engines(lambda: evaluate(x, np.zeros(0, int), reduction="mean")):
+            assert res.loss.shape == (0,) and math.isnan(res.reduced) and res.all_ignored
+
+
+def test_non_contiguous_rows_and_blocks_take_the_same_path():
+    rng = np.random.default_rng(4)
+    x = rng.normal(0, 3, (64, 9)).astype(np.float32)
+    y = rng.integers(0, 9, 64)
+    whole = evaluate(x, y, label_smoothing=0.1)
+    strided = evaluate(np.asfortranarray(x), y, label_smoothing=0.1)
+    blocks = evaluate_blocks(((s, x[s:s + 10]) for s in range(0, 64, 10)), 64, 9, y,
+                             label_smoothing=0.1)
+    assert strided.engine == whole.engine == blocks.engine
+    for f in ("loss", "p_true", "margin", "entropy", "residual", "top5", "predicted"):
+        np.testing.assert_array_equal(getattr(strided, f), getattr(whole, f))
+        np.testing.assert_array_equal(getattr(blocks, f), getattr(whole, f))
+    assert blocks.reduced == whole.reduced
+
+
+def test_paths_the_kernel_does_not_cover_report_numpy():
+    x = np.random.default_rng(5).normal(0, 1, (6, 4))
+    y = np.array([0, 1, 2, 3, 0, 1])
+    t = np.full((6, 4), 0.25)
+    assert evaluate(x, t).engine == "numpy"                       # probability targets
+    assert evaluate(x, y, want_grad=True).engine == "numpy"       # the gradient
+    assert evaluate(x, y, input_kind="log-probs").engine == "numpy"
+    assert evaluate(np.round(x * 3).astype(np.int32), y).engine == "numpy"
+    assert evaluate(x, y).engine == (native.engine() if native.supports(x.dtype) else "numpy")
