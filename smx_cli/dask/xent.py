@@ -46,6 +46,8 @@ class XentPart:
     inputs: InputCounts | None = None
     # the first few rows with a NaN/inf loss, in row order (the panel names them)
     nonfinite_rows: tuple = ()
+    # what computed the blocks ("numpy", "native-avx512", ...), each named once
+    engines: tuple = ()
 
     def __add__(self, other: "XentPart") -> "XentPart":
         out = XentPart()
@@ -55,6 +57,8 @@ class XentPart:
                 out.inputs = _add_counts(a, b)
             elif f.name == "nonfinite_rows":
                 out.nonfinite_rows = tuple(sorted(a + b))[:NAMED_ROWS]
+            elif f.name == "engines":
+                out.engines = tuple(sorted(set(a) | set(b)))
             else:
                 setattr(out, f.name, a + b)
         return out
@@ -86,6 +90,11 @@ class XentSummary:
     @property
     def n_samples(self) -> int:
         return self.part.samples
+
+    @property
+    def engine(self) -> str:
+        """What computed the per-sample numbers (as ``XentResult.engine``)."""
+        return "+".join(self.part.engines) or "numpy"
 
     @property
     def counted(self) -> int:
@@ -207,7 +216,8 @@ def _block_part(xb, yb, start, weight, ignore_index, label_smoothing, input_kind
         entropy=ExactSum.of(r.entropy[counted]), denominator=denominator,
         inputs=_input_counts(xb),
         nonfinite_rows=tuple(int(start + i) for i in
-                             np.flatnonzero(~np.isfinite(r.loss) & counted)[:NAMED_ROWS]))
+                             np.flatnonzero(~np.isfinite(r.loss) & counted)[:NAMED_ROWS]),
+        engines=(r.engine,))
     return (part, _per_sample(r, start)) if per_sample else part
 
 
