@@ -200,7 +200,7 @@ def test_bare_smx_shows_the_help(monkeypatch, capsys):
     assert max(len(ln) for ln in out.out.splitlines()) <= 100
 
 
-@pytest.mark.parametrize("command", ["softmax", "xent", "compare-stability"])
+@pytest.mark.parametrize("command", ["softmax", "xent", "compare-stability", "calibrate"])
 def test_help_fits_80_columns(command, monkeypatch):
     monkeypatch.setenv("COLUMNS", "80")
     r = CliRunner().invoke(cli, [command, "--help"], terminal_width=80)

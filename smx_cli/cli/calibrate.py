@@ -35,10 +35,13 @@ bins kept. Numbers measured on the rows the fit used flatter it: use
 
 \b
 Examples:
-  smx calibrate samples/mnist_lenet_logits.npy --labels samples/mnist_lenet_labels.npy
+  smx calibrate samples/mnist_lenet_logits.npy \\
+      --labels samples/mnist_lenet_labels.npy
   smx calibrate val.npy --labels val_y.npy --split 0.5 --seed 1
-  smx calibrate test.npy --labels test_y.npy --fit-on val.npy --fit-labels val_y.npy
-  smx calibrate logits.npy --labels y.npy --save-temperature T.txt -o calibrated.npy
+  smx calibrate test.npy --labels test_y.npy \\
+      --fit-on val.npy --fit-labels val_y.npy
+  smx calibrate logits.npy --labels y.npy --save-temperature T.txt \\
+      -o calibrated.npy
   smx calibrate scores.csv --label-column label --id-column name -o p.csv
   smx softmax logits.npy --temperature "$(cat T.txt)"
   smx calibrate logits.npy --labels y.npy --format json --plot reliability.svg""")

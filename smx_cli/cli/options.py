@@ -149,7 +149,7 @@ def message_options(fn=None, *, panel: str = "diagnostics", table: str = "values
         click.option("--summary", "summary_only", is_flag=True,
                      help=f"Show only the {panel} panel, not the {table} table"),
         click.option("-q", "--quiet", is_flag=True,
-                     help=f"No messages on stderr (the {panel} summary, 'wrote FILE')"),
+                     help="No messages on stderr (the one-line summary, 'wrote FILE')"),
         click.option("-v", "--verbose", is_flag=True,
                      help=f"With data on stdout or -o: the full {panel} panel on stderr"),
     )(fn)
