@@ -46,6 +46,8 @@ class XentPart:
     inputs: InputCounts | None = None
     # the first few rows with a NaN/inf loss, in row order (the panel names them)
     nonfinite_rows: tuple = ()
+    # the engines that computed the blocks (XentResult.engine), sorted
+    engines: tuple = ()
 
     def __add__(self, other: "XentPart") -> "XentPart":
         out = XentPart()
@@ -55,6 +57,8 @@ class XentPart:
                 out.inputs = _add_counts(a, b)
             elif f.name == "nonfinite_rows":
                 out.nonfinite_rows = tuple(sorted(a + b))[:NAMED_ROWS]
+            elif f.name == "engines":
+                out.engines = tuple(sorted(set(a) | set(b)))
             else:
                 setattr(out, f.name, a + b)
         return out
@@ -82,6 +86,12 @@ class XentSummary:
     denominator: float
     part: XentPart
     vanished_eps: float
+
+    @property
+    def engine(self) -> str:
+        """What computed the per-sample numbers, as on one machine (workers may differ:
+        then every engine that ran, comma-separated)."""
+        return ", ".join(self.part.engines) or "numpy"
 
     @property
     def n_samples(self) -> int:
@@ -207,7 +217,8 @@ def _block_part(xb, yb, start, weight, ignore_index, label_smoothing, input_kind
         entropy=ExactSum.of(r.entropy[counted]), denominator=denominator,
         inputs=_input_counts(xb),
         nonfinite_rows=tuple(int(start + i) for i in
-                             np.flatnonzero(~np.isfinite(r.loss) & counted)[:NAMED_ROWS]))
+                             np.flatnonzero(~np.isfinite(r.loss) & counted)[:NAMED_ROWS]),
+        engines=(getattr(r, "engine", "numpy"),))
     return (part, _per_sample(r, start)) if per_sample else part
 
 
