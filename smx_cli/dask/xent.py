@@ -46,7 +46,7 @@ class XentPart:
     inputs: InputCounts | None = None
     # the first few rows with a NaN/inf loss, in row order (the panel names them)
     nonfinite_rows: tuple = ()
-    # the engines that computed the blocks (XentResult.engine), sorted
+    # what computed the blocks ("numpy", "native-avx512", ...), each named once
     engines: tuple = ()
 
     def __add__(self, other: "XentPart") -> "XentPart":
@@ -88,14 +88,13 @@ class XentSummary:
     vanished_eps: float
 
     @property
-    def engine(self) -> str:
-        """What computed the per-sample numbers, as on one machine (workers may differ:
-        then every engine that ran, comma-separated)."""
-        return ", ".join(self.part.engines) or "numpy"
-
-    @property
     def n_samples(self) -> int:
         return self.part.samples
+
+    @property
+    def engine(self) -> str:
+        """What computed the per-sample numbers (as ``XentResult.engine``)."""
+        return "+".join(self.part.engines) or "numpy"
 
     @property
     def counted(self) -> int:
@@ -218,7 +217,7 @@ def _block_part(xb, yb, start, weight, ignore_index, label_smoothing, input_kind
         inputs=_input_counts(xb),
         nonfinite_rows=tuple(int(start + i) for i in
                              np.flatnonzero(~np.isfinite(r.loss) & counted)[:NAMED_ROWS]),
-        engines=(getattr(r, "engine", "numpy"),))
+        engines=(r.engine,))
     return (part, _per_sample(r, start)) if per_sample else part
 
 
