@@ -559,3 +559,23 @@ def test_rows_table_is_written_as_it_is_rendered():
     with pytest.raises(StdoutClosed):
         emit.print_progressively(console, Lines(), batch_lines=100)
     assert len(pulled) <= 200
+
+
+def test_a_signal_wrapped_by_python_is_still_an_interrupt(monkeypatch, capsys):
+    # Python wraps a KeyboardInterrupt raised inside a class body's __set_name__
+    # (an import under way) in RuntimeError: smx still exits 130, one line
+    from smx_cli.cli import app
+
+    def boom(*a, **k):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            raise RuntimeError("Error calling __set_name__ on 'Field' instance") from exc
+
+    monkeypatch.setattr(app.cli, "main", boom)
+    monkeypatch.setattr(app.signal, "signal", lambda *a: None)  # keep pytest's handlers
+    monkeypatch.setattr(app, "_standard_streams", lambda: None)
+    monkeypatch.setattr(app.warnings, "simplefilter", lambda *a, **k: None)
+    assert app._run() == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "smx: interrupted"

@@ -251,6 +251,18 @@ def main() -> None:
         _exit(EXIT_TERMINATED)
 
 
+def _signal_behind(exc: BaseException):
+    """KeyboardInterrupt or Terminated when one caused ``exc`` (its __cause__ or
+    __context__ chain), else None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (KeyboardInterrupt, Terminated)):
+            return type(exc) if isinstance(exc, Terminated) else KeyboardInterrupt
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def _run() -> int:
     try:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -305,6 +317,12 @@ def _run() -> int:
              "check the disk and the files named")
         return EXIT_BAD_DATA
     except Exception as exc:  # noqa: BLE001 - never show a traceback to a user
+        signalled = _signal_behind(exc)
+        if signalled is not None:
+            # a signal landed where Python wraps what it raises (e.g. a class body's
+            # __set_name__ during an import turns KeyboardInterrupt into RuntimeError)
+            _say("smx: interrupted" if signalled is KeyboardInterrupt else "smx: terminated")
+            return EXIT_INTERRUPTED if signalled is KeyboardInterrupt else EXIT_TERMINATED
         if os.environ.get("SMX_DEBUG"):
             raise
         _say(f"Error: internal error: {type(exc).__name__}: {_cap(exc)} "
