@@ -378,3 +378,16 @@ def test_record_writers_read_back_exactly():
     assert [float(r[1]) for r in rows[1:]] == f["p"].tolist()
     assert _same_float([float(r[2]) for r in rows[1:]], f["loss"])
     assert [r[4] for r in rows[1:]] == f["id"].tolist()
+
+
+def test_softmax_npy_output_says_it_drops_the_ids(tmp_path):
+    src = tmp_path / "ids.csv"
+    src.write_text('name,a,b\nx,1,2\n"y, z",3,1\n')
+    for ext, noted in ((".npy", True), (".npz", False), (".csv", False)):
+        out = tmp_path / f"p{ext}"
+        r = CliRunner().invoke(cli, ["softmax", str(src), "--id-column", "name", "-o", str(out)])
+        assert r.exit_code == 0, r.output
+        assert ("NPY holds numbers only" in r.stderr) is noted, (ext, r.stderr)
+        assert r.stdout == ""
+    np.testing.assert_array_equal(np.load(tmp_path / "p.npz", allow_pickle=False)["ids"],
+                                  ["x", "y, z"])

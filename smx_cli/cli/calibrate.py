@@ -10,8 +10,8 @@ import numpy as np
 from smx_cli.analysis.calibrate import INPUT_KINDS, METHODS, calibrate
 from smx_cli.analysis.calibration import BINNINGS, NORMS
 from smx_cli.analysis.scan import Rows
-from smx_cli.cli.emit import (Payload, check_outputs, show, stdout_console, write_file,
-                              write_stdout_bytes)
+from smx_cli.cli.emit import (Payload, check_outputs, note_npy_drops_ids, show, stdout_console,
+                              write_file, write_stdout_bytes)
 from smx_cli.cli.options import column_options, input_options
 from smx_cli.cli.prepare import load_rows
 from smx_cli.core.softmax import compute
@@ -257,8 +257,7 @@ def _write_calibrated(output, npy_file, rows: Rows, fit, input_kind, output_kind
 
     fmt = os.path.splitext(output)[1].lower()
     if ids is not None and fmt == ".npy":
-        click.echo(f"note: {output}: NPY holds numbers only, not the ids of --id-column; "
-                   "use .npz, .csv or .json to keep them", err=True)
+        note_npy_drops_ids(output)
     if fmt == ".npy" and npy_file is not None and rows.n * rows.c > STREAM_OUTPUT_ELEMENTS:
         stream.stream_npy(npy_file, output, fn)
         return

@@ -9,6 +9,7 @@ import sys
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
+import click
 import numpy as np
 from rich.console import Console
 from rich.segment import Segments
@@ -157,6 +158,12 @@ def check_output_path(output: str | None, input_path: str, *others: str | None) 
             raise SmxError(f"{output}: refusing to overwrite the input file; choose another -o")
 
 
+def note_npy_drops_ids(path: str) -> None:
+    """Say on stderr that an NPY output cannot carry the --id-column ids."""
+    click.echo(f"note: {path}: NPY holds numbers only, not the ids of --id-column; "
+               "use .npz, .csv or .json to keep them", err=True)
+
+
 def write_file(path: str, payload: Payload, fmt: str | None) -> str:
     """Write ``payload`` to ``path`` atomically; returns the format used."""
     return write_files([(path, payload, fmt)])[0]
@@ -184,6 +191,10 @@ def write_files(items) -> list[str]:
                 else:
                     io.write_chunks(fh, payload.encode(fmt))
             path = None  # the renames happen as the stack closes
+        for path, payload, fmt in items:
+            if fmt == "npy" and payload.row_ids is not None and payload.records is None:
+                note_npy_drops_ids(path)
+        path = None
     except OSError as exc:
         where = path or ", ".join(p for p, _, _ in items)
         raise SmxError(f"{where}: cannot write ({exc.strerror or exc}); nothing was written -- "
