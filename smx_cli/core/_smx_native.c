@@ -382,7 +382,7 @@ AI void exp_sum(const void *x, Py_ssize_t j0, Py_ssize_t j1, double m, double t,
         double g = (eh + sigma) - sigma;                                       \
         ah[L] += g;                                                            \
         al[L] += (eh - g) + el;                                                \
-        if (DOT) ad[L] += (eh > 0.0) ? eh * -q : 0.0;                          \
+        if (DOT) ad[L] += (eh > 0.0) ? (eh + el) * -q : 0.0; /* el: x - m error */ \
     }
     for (; j + LANES <= j1; j += LANES)
         for (int l = 0; l < LANES; l++) EXP_BODY(j + l, l)
@@ -1082,7 +1082,11 @@ AI Py_ssize_t target_argmax(const void *t, Py_ssize_t C, const int T64) {
     return kf < C ? (Py_ssize_t)kf : 0;
 }
 
-typedef struct { dd_t r, a, da, st, dt; double dot; int64_t n0, above, kfirst, bad; double m2; } xp_sums;
+typedef struct {
+    dd_t r, a, da, st, dt;
+    double dot, m2;
+    int64_t n0, above, kfirst, bad, inf_a, inf_t;  /* inf_*: a (or t) > 0 on m - x = inf */
+} xp_sums;
 
 /* the sweep of one row (after the max pass): e_j = exp(x_j - m) into eb
  * (unmasked), R = sum of the terms with x_j < m, the entropy dot, sum a,
@@ -1100,7 +1104,7 @@ AI void xp_sweep(const xp_args *A, const void *x, const void *t, double m, doubl
         for (int q = 0; q < 5; q++) tot[q][l].hi = tot[q][l].lo = 0.0;
         dsum[l] = 0.0;
     }
-    int64_t n0 = 0, ab = 0, bad = 0, k2 = order_key((int64_t)asu64(-INFINITY)), kf = C;
+    int64_t n0 = 0, ab = 0, bad = 0, ia = 0, it = 0, k2 = order_key((int64_t)asu64(-INFINITY)), kf = C;
     double bufs[5][XBLK * LANES], db[XBLK * LANES];
     for (Py_ssize_t jb = 0; jb < C; jb += XBLK * LANES) {
         Py_ssize_t n = C - jb < XBLK * LANES ? C - jb : XBLK * LANES;
@@ -1122,9 +1126,12 @@ AI void xp_sweep(const xp_args *A, const void *x, const void *t, double m, doubl
             if (w) a *= w[jb + j];
             double nz = m - xv;
             bufs[1][j] = a;
-            bufs[2][j] = a > 0.0 ? a * nz : 0.0;
+            int fin = nz < INFINITY;   /* m - x = inf: an infinite loss, counted apart */
+            ia += (a > 0.0) & !fin;
+            it += (tv > 0.0) & !fin;
+            bufs[2][j] = (a > 0.0) & fin ? a * nz : 0.0;
             bufs[3][j] = tv;
-            bufs[4][j] = tv > 0.0 ? tv * nz : 0.0;
+            bufs[4][j] = (tv > 0.0) & fin ? tv * nz : 0.0;
             bad += !(tv >= 0.0);
             n0 += z;
             ab += xv > xy;
@@ -1163,6 +1170,8 @@ AI void xp_sweep(const xp_args *A, const void *x, const void *t, double m, doubl
     S->above = ab;
     S->kfirst = kf;
     S->bad = bad;
+    S->inf_a = ia;
+    S->inf_t = it;
     S->m2 = n0 > 1 ? m : asf64((uint64_t)order_key(k2));
 }
 
@@ -1220,8 +1229,10 @@ AI void xp_rows_tt(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb,
         A->entropy[r] = L + dot / (1.0 + shi);
         /* loss = sum a (m - x) + L sum a; nll the same with a = t */
         double asum = S.a.hi + S.a.lo, tsum = S.st.hi + S.st.lo;
-        A->loss[r] = (S.da.hi + (S.da.lo + FMA_(lh, asum, ll * asum, USE_FMA))) + 0.0;
-        A->nll[r] = (S.dt.hi + (S.dt.lo + FMA_(lh, tsum, ll * tsum, USE_FMA))) + 0.0;
+        A->loss[r] = S.inf_a ? INFINITY
+                             : (S.da.hi + (S.da.lo + FMA_(lh, asum, ll * asum, USE_FMA))) + 0.0;
+        A->nll[r] = S.inf_t ? INFINITY
+                            : (S.dt.hi + (S.dt.lo + FMA_(lh, tsum, ll * tsum, USE_FMA))) + 0.0;
         A->residual[r] = asum > 0.0 ? xp_residual(A, t, 1.0 / (1.0 + shi), 1.0 / asum, T64)
                                     : NAN;
         double q, c;
