@@ -1072,8 +1072,12 @@ AI double ldt(const void *t, Py_ssize_t j, const int T64) {
 /* first index of the maximum of the targets (NaN: ignored here, flagged by
  * the sweep) */
 AI Py_ssize_t target_argmax(const void *t, Py_ssize_t C, const int T64) {
-    double tm = -INFINITY;
-    for (Py_ssize_t j = 0; j < C; j++) { double v = ldt(t, j, T64); tm = v > tm ? v : tm; }
+    int64_t km = INT64_MIN;  /* the max on integer keys (see row_max): it vectorises */
+    for (Py_ssize_t j = 0; j < C; j++) {
+        int64_t key = order_key((int64_t)asu64(ldt(t, j, T64)));
+        km = key > km ? key : km;
+    }
+    double tm = asf64((uint64_t)order_key(km));
     int64_t kf = C;
     for (Py_ssize_t j = 0; j < C; j++) {
         int64_t kk = ldt(t, j, T64) == tm ? (int64_t)j : (int64_t)C;
@@ -1094,9 +1098,10 @@ typedef struct {
  * the maximum, the count of entries above xy, and whether a target is
  * negative or NaN */
 AI void xp_sweep(const xp_args *A, const void *x, const void *t, double m, double xy,
-                 xp_sums *S, const int DT, const int T64, const int USE_FMA) {
+                 xp_sums *S, const int DT, const int T64, const int HAS_W, const int USE_FMA) {
     Py_ssize_t C = A->C;
     const double *w = A->weight;
+    double *ebuf = A->eb;
     double k1 = 1.0 - A->eps, k0 = A->eps / (double)C;
     dd_t tot[5][LANES];
     double dsum[LANES];
@@ -1117,13 +1122,13 @@ AI void xp_sweep(const xp_args *A, const void *x, const void *t, double m, doubl
             double e = exp1(d, USE_FMA);
             int z = d == 0.0;
             e = (d < -708.0) ? 0.0 : FMA_(e, c, e, USE_FMA);
-            A->eb[jb + j] = e;
+            ebuf[jb + j] = e;
             double es = z ? 0.0 : e;
             bufs[0][j] = es;
             db[j] = es > 0.0 ? es * -d : 0.0;
             double tv = ldt(tb, j, T64);
             double a = FMA_(k1, tv, k0, 0);
-            if (w) a *= w[jb + j];
+            if (HAS_W) a *= w[jb + j];
             double nz = m - xv;
             bufs[1][j] = a;
             int fin = nz < INFINITY;   /* m - x = inf: an infinite loss, counted apart */
@@ -1177,15 +1182,16 @@ AI void xp_sweep(const xp_args *A, const void *x, const void *t, double m, doubl
 
 /* max_c |e_c inv - a_c inv_a| over the row (every term finite and >= 0: the
  * maximum is taken on the float64 bits, an integer reduction that vectorises) */
-AI double xp_residual(const xp_args *A, const void *t, double inv, double inv_a, const int T64) {
+AI double xp_residual(const xp_args *A, const void *t, double inv, double inv_a, const int T64,
+                       const int HAS_W) {
     Py_ssize_t C = A->C;
-    const double *w = A->weight;
+    const double *w = A->weight, *ebuf = A->eb;
     double k1 = 1.0 - A->eps, k0 = A->eps / (double)C;
     int64_t best = 0;
     for (Py_ssize_t j = 0; j < C; j++) {
         double a = FMA_(k1, ldt(t, j, T64), k0, 0);
-        if (w) a *= w[j];
-        double v = fabs(A->eb[j] * inv - a * inv_a);
+        if (HAS_W) a *= w[j];
+        double v = fabs(ebuf[j] * inv - a * inv_a);
         int64_t key = (int64_t)asu64(v);
         best = key > best ? key : best;
     }
@@ -1193,7 +1199,7 @@ AI double xp_residual(const xp_args *A, const void *t, double inv, double inv_a,
 }
 
 AI void xp_rows_tt(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, const int DT,
-                   const int T64, const int USE_FMA) {
+                   const int T64, const int HAS_W, const int USE_FMA) {
     Py_ssize_t C = A->C;
     size_t isz = (size_t)ITEMSIZE[DT], tsz = T64 ? 8 : 4;
     Py_ssize_t k5 = C < 5 ? C : 5;
@@ -1207,7 +1213,7 @@ AI void xp_rows_tt(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb,
         if (has_nan || !isfinite(m)) { A->fallback[r] = 1; (*nfb)++; continue; }
         double xy = ld(x, y, DT);
         xp_sums S;
-        xp_sweep(A, x, t, m, xy, &S, DT, T64, USE_FMA);
+        xp_sweep(A, x, t, m, xy, &S, DT, T64, HAS_W, USE_FMA);
         if (S.bad) { A->fallback[r] = 1; (*nfb)++; continue; }
         A->fallback[r] = 0;
         double lh, ll, shi, dot;
@@ -1233,7 +1239,7 @@ AI void xp_rows_tt(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb,
                              : (S.da.hi + (S.da.lo + FMA_(lh, asum, ll * asum, USE_FMA))) + 0.0;
         A->nll[r] = S.inf_t ? INFINITY
                             : (S.dt.hi + (S.dt.lo + FMA_(lh, tsum, ll * tsum, USE_FMA))) + 0.0;
-        A->residual[r] = asum > 0.0 ? xp_residual(A, t, 1.0 / (1.0 + shi), 1.0 / asum, T64)
+        A->residual[r] = asum > 0.0 ? xp_residual(A, t, 1.0 / (1.0 + shi), 1.0 / asum, T64, HAS_W)
                                     : NAN;
         double q, c;
         shifted(xy, m, 1.0, &q, &c, 0, USE_FMA);
@@ -1255,8 +1261,13 @@ AI void xp_rows_tt(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb,
 
 AI void xp_rows_t(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, const int DT,
                   const int USE_FMA) {
-    if (A->t64) xp_rows_tt(A, r0, r1, nfb, DT, 1, USE_FMA);
-    else xp_rows_tt(A, r0, r1, nfb, DT, 0, USE_FMA);
+    if (A->t64) {
+        if (A->weight) xp_rows_tt(A, r0, r1, nfb, DT, 1, 1, USE_FMA);
+        else xp_rows_tt(A, r0, r1, nfb, DT, 1, 0, USE_FMA);
+    } else {
+        if (A->weight) xp_rows_tt(A, r0, r1, nfb, DT, 0, 1, USE_FMA);
+        else xp_rows_tt(A, r0, r1, nfb, DT, 0, 0, USE_FMA);
+    }
 }
 
 AI void xp_rows_kernel_t(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, int dt,
