@@ -407,3 +407,24 @@ def test_probability_targets_wide_rows_and_huge_spreads(c, dtype):
             # u |logp| becomes p's relative error, 17.6 ulp at a spread of 80 (a known gap
             # of that engine); the compiled core folds x - m's rounding error into p
             check_prob(res, x, t, w, eps, entropy=res.engine != "numpy" or dtype != np.float64)
+
+
+@pytest.mark.skipif(not native.available() or native.engine() == "numpy",
+                    reason="the compiled core is not selected")
+def test_probability_kernel_hands_back_negative_targets_and_ignores_the_thread_count():
+    rng = np.random.default_rng(11)
+    x = rng.normal(0, 5, (300, 130)).astype(np.float32)
+    t = rng.dirichlet(np.ones(130), 300).astype(np.float32)
+    t[7, 3] = -0.25          # evaluate rejects these; the kernel hands the row back
+    t[9, 0] = np.nan
+    w = rng.uniform(0, 2, 130)
+    one = native.xent_prob_rows(x, t, weight=w, label_smoothing=0.1, threads=1)
+    two = native.xent_prob_rows(x, t, weight=w, label_smoothing=0.1, threads=2)
+    assert np.flatnonzero(one["fallback"]).tolist() == [7, 9]
+    ok = ~one["fallback"]
+    for k in one:
+        np.testing.assert_array_equal(one[k][ok], two[k][ok])
+    # float32 targets are read as they are: the same as their float64 widening
+    wide = native.xent_prob_rows(x, t.astype(np.float64), weight=w, label_smoothing=0.1)
+    for k in ("loss", "nll", "residual", "entropy", "true_class"):
+        np.testing.assert_array_equal(one[k][ok], wide[k][ok])
