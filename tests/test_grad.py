@@ -276,3 +276,18 @@ def test_vjp_special_rows_match_the_numpy_engine():
         np.testing.assert_array_equal(a[special], b[special])
         np.testing.assert_allclose(a[3], b[3], rtol=4 * 2.0**-52)  # a -inf entry: p = 0 there
         assert a[3, 1] == b[3, 1] == (0.0 if fn is softmax_vjp else g[3, 1])
+
+
+@pytest.mark.parametrize("kind", ["softmax", "log"])
+def test_vjp_wide_row_with_a_cancelling_inner_product(kind):
+    """g ~ 1e8 (1 + noise): <g, p> (or sum g) is a sum of 20000 same-signed terms
+    whose result then cancels against g_j (out_j is ~1e-6 of p_j g_j)."""
+    rng = np.random.default_rng(21)
+    x = rng.normal(0, 1, 20000)
+    g = 1e8 * (1 + rng.normal(0, 1e-6, 20000))
+    fn = softmax_vjp if kind == "softmax" else log_softmax_vjp
+    _, scale, ref = _mp_vjp_row(x, g, 1.0, kind)
+    got = fn(x, g)
+    with mpmath.workdps(50):
+        err = np.array([float(abs(mpmath.mpf(float(a)) - b)) for a, b in zip(got, ref)])
+    assert (err <= 8 * 2.0**-52 * scale).all(), err.max() / (2.0**-52 * scale).max()
