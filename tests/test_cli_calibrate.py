@@ -323,3 +323,170 @@ def test_output_with_label_column_npy_holds_only_classes(tmp_path, mnist, monkey
     p = np.load(out)
     assert p.shape == x.shape
     assert np.allclose(p, softmax(x / t, axis=1), rtol=1e-12, atol=1e-300)
+
+
+# ----------------------------------------------------------------------------
+# columns: --id-column, --columns, --drop-columns (issue 14, point 6)
+
+
+def _scored(n=300, c=4, seed=5):
+    """Over-confident logits and labels drawn from a softer model (so T > 1 is fitted)."""
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n, c)) * 3
+    p = softmax(z / 2.5, axis=1)
+    y = np.array([rng.choice(c, p=row) for row in p])
+    return z, y
+
+
+def _csv(path, header, rows):
+    path.write_text(",".join(header) + "\n" + "".join(",".join(r) + "\n" for r in rows))
+    return path
+
+
+def _same_report(a, b):
+    for doc in (a, b):
+        doc.pop("source", None)
+        doc["fit"].pop("source", None)
+    assert a == b
+
+
+@pytest.mark.parametrize("kind", ["text", "number"])
+def test_id_column_is_left_out_of_the_fit(tmp_path, kind):
+    """A string id column used to be fatal and a numeric one a silent extra class: with
+    --id-column both are left out, and the report is that of the logits alone."""
+    z, y = _scored()
+    names = ["a", "b", "c", "d"]
+    plain = _csv(tmp_path / "plain.csv", ["y", *names],
+                 [[str(t), *map(repr, r)] for t, r in zip(y, z.tolist())])
+    ids = [f'"img {i}, crop"' if kind == "text" else str(1000 + 7 * i) for i in range(len(y))]
+    named = _csv(tmp_path / "named.csv", ["y", "id", *names],
+                 [[str(t), i, *map(repr, r)] for t, i, r in zip(y, ids, z.tolist())])
+    want = as_json(plain, "--label-column", "y")
+    got = as_json(named, "--label-column", "y", "--id-column", "id")
+    assert got["before"]["classes"] == 4 and got["fit"]["temperature"] > 1.5
+    _same_report(got, want)
+    # labels from their own file: the same
+    (tmp_path / "y.txt").write_text("".join(f"{t}\n" for t in y))
+    got = as_json(named, "--labels", tmp_path / "y.txt", "--drop-columns", "y",
+                  "--id-column", "1")
+    _same_report(got, want)
+    if kind == "number":  # without --id-column the ids are a fifth class: a different fit
+        other = as_json(named, "--label-column", "y")
+        assert other["before"]["classes"] == 5 and other["fit"] != want["fit"]
+    else:
+        assert "'img 0, crop' is not a number" in fails(1, named, "--label-column", "y")
+
+
+def test_ids_reach_every_output_file(tmp_path):
+    z, y = _scored(n=40, c=3)
+    ids = ["Smith, J", 'say "hi"', "", "run #3"] + [f"r{i}" for i in range(4, 40)]
+    quoted = ['"' + s.replace('"', '""') + '"' for s in ids]
+    f = _csv(tmp_path / "s.csv", ["name", "label", "x", "y", "z"],
+             [[q, str(t), *map(repr, r)] for q, t, r in zip(quoted, y, z.tolist())])
+    args = [f, "--label-column", "label", "--id-column", "name", "--bootstrap", "0"]
+    r = ok(*args, "-o", tmp_path / "p.csv", "--format", "json")
+    t = json.loads(r.stdout)["fit"]["temperature"]
+    want = softmax(z / t, axis=1)
+    import csv as csvmod
+    rows = list(csvmod.reader(open(tmp_path / "p.csv")))
+    assert rows[0] == ["id", "x", "y", "z"] and [row[0] for row in rows[1:]] == ids
+    assert np.allclose([[float(v) for v in row[1:]] for row in rows[1:]], want, rtol=1e-13)
+    ok(*args, "-o", tmp_path / "p.npz")
+    with np.load(tmp_path / "p.npz", allow_pickle=False) as npz:
+        assert npz["ids"].tolist() == ids and npz["classes"].tolist() == ["x", "y", "z"]
+        assert np.allclose(npz["values"], want, rtol=1e-13)
+    ok(*args, "-o", tmp_path / "p.json")
+    doc = json.loads((tmp_path / "p.json").read_text())
+    assert doc["ids"] == ids and doc["classes"] == ["x", "y", "z"]
+    r = ok(*args, "-o", tmp_path / "p.tsv", "--output-kind", "log-probs")
+    lines = (tmp_path / "p.tsv").read_text().splitlines()
+    assert lines[0] == "id\tx\ty\tz" and lines[1].split("\t")[0] == "Smith, J"
+    assert np.allclose([float(v) for v in lines[1].split("\t")[1:]],
+                       log_softmax(z[0] / t), rtol=1e-13)
+    # NPY holds numbers only: said on stderr, the values still written
+    r = ok(*args, "-o", tmp_path / "p.npy")
+    assert "NPY holds numbers only" in r.stderr and np.load(tmp_path / "p.npy").shape == (40, 3)
+
+
+def test_ids_of_an_npy_file_and_columns(tmp_path):
+    """A numeric id column of an NPY file (no streaming then), and --columns choosing
+    and ordering the logits: the fit sees only those columns."""
+    z, y = _scored(n=50, c=3)
+    ids = np.arange(50) * 1000003.0 + 1234567891
+    np.save(tmp_path / "a.npy", np.column_stack([ids, z, y]))
+    keep = (y != 1)
+    np.save(tmp_path / "zk.npy", z[keep][:, [2, 0]])
+    np.save(tmp_path / "yk.npy", np.where(y[keep] == 2, 0, 1))
+    got = as_json(tmp_path / "a.npy", "--id-column", "0", "--label-column", "4")
+    np.save(tmp_path / "z3.npy", z)
+    np.save(tmp_path / "y3.npy", y)
+    want = as_json(tmp_path / "z3.npy", "--labels", tmp_path / "y3.npy")
+    _same_report(got, want)
+    ok(tmp_path / "a.npy", "--id-column", "0", "--label-column", "4", "-o",
+       tmp_path / "p.csv", "--bootstrap", "0")
+    first = (tmp_path / "p.csv").read_text().splitlines()
+    assert [ln.split(",")[0] for ln in first[:2]] == ["1234567891", "1235567894"]
+    # --columns 3,1 on rows whose labels are classes 2 and 0 only
+    a = np.column_stack([ids, z, np.where(y == 2, 0, 1)])[keep]
+    np.save(tmp_path / "b.npy", a)
+    got = as_json(tmp_path / "b.npy", "--id-column", "0", "--label-column", "4",
+                  "--columns", "3,1")
+    _same_report(got, as_json(tmp_path / "zk.npy", "--labels", tmp_path / "yk.npy"))
+
+
+HOSTILE = [
+    ("id,a,a,b\nx,1,2,0\n", ["--id-column", "id", "--columns", "a,b"],
+     "the header has 2 columns of that name (columns 1, 2)"),
+    ("id,id,a,b\nx,y,1,0\n", ["--id-column", "id"], "2 columns of that name"),
+    ("name,a,b\nx,1,0\n", ["--id-column", "id"], "no id column 'id' (columns: name, a, b)"),
+    ("id,a,b\nx,1,0\n", ["--id-column", "id", "--label-column", "id"],
+     "--id-column and --label-column both name column 0 ('id')"),
+    ("id,a,b\nx,1,0\n", ["--id-column", "id", "--columns", "id,a"],
+     "--columns includes column 0 ('id'), which --id-column takes"),
+    ("id,a,b\nx,1,0\n", ["--id-column", "id", "--drop-columns", "a,b"],
+     "no logit columns left"),
+    ("id,a,b\nx,1,0\n", ["--id-column", "id", "--columns", "9"], "out of range for 3 columns"),
+    ('id,a,b\n"Smith, J",1,0\ny,oops,0\n', ["--id-column", "id"],
+     "line 3, column 2: 'oops' is not a number"),
+    ("", ["--id-column", "id"], "no data"),
+    ("# only a comment\n", ["--id-column", "0"], "no data"),
+    ("id,a,b\n", ["--id-column", "id"], "only a header row"),
+]
+
+
+@pytest.mark.parametrize("text, args, why", HOSTILE)
+def test_hostile_columns(tmp_path, text, args, why):
+    p = tmp_path / "h.csv"
+    p.write_text(text)
+    (tmp_path / "y.txt").write_text("0\n0\n")
+    out = tmp_path / "p.csv"
+    labels = [] if "--label-column" in args else ["--labels", tmp_path / "y.txt"]
+    line = fails(1, p, *labels, *args, "-o", out)
+    assert why in line, line
+    assert not out.exists()  # no partial output
+
+
+def test_column_usage_errors(tmp_path):
+    p = _csv(tmp_path / "s.csv", ["id", "y", "a", "b"], [["x", "0", "1", "0"]])
+    assert "not both" in fails(1, p, "--label-column", "y", "--columns", "a",
+                               "--drop-columns", "b")
+    assert "empty entry" in fails(2, p, "--label-column", "y", "--columns", "a,,b")
+    assert "drop --fit-labels" in fails(2, p, "--label-column", "y", "--fit-on", p,
+                                        "--fit-labels", p)
+
+
+def test_fit_on_takes_the_same_columns_out(tmp_path):
+    z, y = _scored(n=200, c=3, seed=8)
+    rows = [[f"id{i}", str(t), *map(repr, r)] for i, (t, r) in enumerate(zip(y, z.tolist()))]
+    a = _csv(tmp_path / "a.csv", ["id", "y", "p", "q", "r"], rows[:100])
+    b = _csv(tmp_path / "b.csv", ["id", "y", "p", "q", "r"], rows[100:])
+    got = as_json(a, "--label-column", "y", "--id-column", "id", "--fit-on", b)
+    np.save(tmp_path / "za.npy", z[:100])
+    np.save(tmp_path / "ya.npy", y[:100])
+    np.save(tmp_path / "zb.npy", z[100:])
+    np.save(tmp_path / "yb.npy", y[100:])
+    want = as_json(tmp_path / "za.npy", "--labels", tmp_path / "ya.npy", "--fit-on",
+                   tmp_path / "zb.npy", "--fit-labels", tmp_path / "yb.npy")
+    assert got["fit"]["temperature"] == pytest.approx(want["fit"]["temperature"], rel=1e-12)
+    for k in ("nll", "ece", "accuracy", "brier", "rows"):
+        assert got["after"][k] == pytest.approx(want["after"][k], rel=1e-12), k

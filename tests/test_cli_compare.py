@@ -260,3 +260,106 @@ def test_table_fits_80_columns_without_squeezed_cells():
     assert "med ulp" in header and "|dlogp|" in header and "Not shown" not in wide.stdout
     r = CliRunner().invoke(cli, ["compare-stability", "--sweep"], env={"COLUMNS": "80"})
     assert max(len(ln) for ln in r.stdout.splitlines()) <= 80 and "…" not in r.stdout
+
+
+# ----------------------------------------------------------------------------
+# columns: --label-column, --id-column, --columns, --drop-columns (issue 14, point 6)
+
+NAMED = ('name,y,a,b,c\n'
+         '"Smith, J",2,1,2,3\n'
+         '"say ""hi""",0,3,1,0\n'
+         ',1,0,2,30\n'
+         'emu,2,5,1,20\n')
+LOGITS = np.array([[1.0, 2, 3], [3, 1, 0], [0, 2, 30], [5, 1, 20]])
+
+
+def _numbers(doc):
+    doc = json.loads(json.dumps(doc))  # a deep copy
+    doc.pop("source")
+    for rep in doc["results"]:
+        if rep.get("worst"):
+            rep["worst"].pop("id", None)
+    return doc
+
+
+def test_label_and_id_columns_are_left_out(tmp_path):
+    """The comparison of a file with label and id columns is that of its logits alone;
+    the JSON names each worst row by its id beside its index."""
+    p = tmp_path / "s.csv"
+    p.write_text(NAMED)
+    args = ["--dtypes", "float16,float32", "--variants", "naive,stable,smx", "--format", "json"]
+    doc = as_json(run(str(p), "--label-column", "y", "--id-column", "name", *args))
+    np.save(tmp_path / "x.npy", LOGITS)
+    want = as_json(run(str(tmp_path / "x.npy"), *args))
+    assert _numbers(doc) == _numbers(want) and doc["classes"] == 3
+    naive = result(doc, "naive", "float16")
+    assert naive["verdict"] == "broken" and naive["worst"]["index"] == 2
+    assert naive["worst"]["id"] == ""
+    ids = ["Smith, J", 'say "hi"', "", "emu"]
+    assert all(rep["worst"]["id"] == ids[rep["worst"]["index"]]
+               for rep in doc["results"] if rep["worst"])
+    # --columns / --drop-columns give the same logits
+    for pick in (["--columns", "a,b,c"], ["--columns", "2:"], ["--drop-columns", "y"]):
+        got = as_json(run(str(p), "--id-column", "name", *pick, *args))
+        assert _numbers(got) == _numbers(want), pick
+    # --rows keeps the ids of the rows it keeps
+    doc = as_json(run(str(p), "--label-column", "y", "--id-column", "name", "--rows", "2",
+                      *args))
+    assert doc["rows"] == 2
+
+
+def test_worst_rows_table_shows_ids(tmp_path):
+    p = tmp_path / "s.csv"
+    p.write_text(NAMED.replace(",1,0,2,30", "\"row #3\",1,0,2,30").replace(
+        "emu,2,5,1,20", '"emu, the bird",2,5,1,20'))
+    r = run(str(p), "--label-column", "y", "--id-column", "name", "--dtypes", "float16",
+            "--variants", "naive,stable")
+    assert r.exit_code == 0, r.stderr
+    lines = r.stdout.splitlines()
+    head = next(i for i, ln in enumerate(lines) if ln.startswith("worst row of each"))
+    assert lines[head + 2].split()[:3] == ["dtype", "variant", "id"]
+    assert lines[head + 4].split()[:4] == ["float16", "naive", "row", "#3"]
+    # without --id-column the row is named by its index
+    r = run(str(p), "--drop-columns", "name,y", "--dtypes", "float16", "--variants", "naive")
+    lines = r.stdout.splitlines()
+    head = next(i for i, ln in enumerate(lines) if ln.startswith("worst row of each"))
+    assert lines[head + 2].split()[2] == "row" and lines[head + 4].split()[2] == "2"
+
+
+@pytest.mark.parametrize("text, args, why", [
+    ("id,a,a,b\nx,1,2,0\n", ["--id-column", "id", "--columns", "a,b"],
+     "the header has 2 columns of that name (columns 1, 2)"),
+    ("id,id,a,b\nx,y,1,0\n", ["--id-column", "id"], "2 columns of that name"),
+    ("name,a,b\nx,1,0\n", ["--id-column", "id"], "no id column 'id' (columns: name, a, b)"),
+    ("name,a,b\nx,1,0\n", ["--label-column", "label"], "no label column 'label'"),
+    ("id,a,b\nx,1,0\n", ["--id-column", "id", "--label-column", "0"],
+     "--id-column and --label-column both name column 0 ('id')"),
+    ("id,a,b\nx,1,0\n", ["--id-column", "id", "--drop-columns", "id"],
+     "--drop-columns names column 0 ('id'), which --id-column takes"),
+    ("id,a,b\nx,1,0\n", ["--id-column", "id", "--drop-columns", "1:"], "no logit columns left"),
+    ('id,a,b\n"Smith, J",1,0\ny,oops,0\n', ["--id-column", "id"],
+     "line 3, column 2: 'oops' is not a number"),
+    ('id,a,b\n"Smith, J",1,0\n', ["--drop-columns", "a"],
+     "line 2, column 1: 'Smith, J' is not a number"),
+    ("", ["--id-column", "id"], "no data"),
+    ("id,a,b\n", ["--id-column", "id"], "only a header row"),
+    ("id,a,b\nx,1,0\n", ["--id-column", "id", "--columns", "a", "--drop-columns", "b"],
+     "not both"),
+])
+def test_hostile_columns(tmp_path, text, args, why):
+    p = tmp_path / "h.csv"
+    p.write_text(text)
+    out = tmp_path / "r.json"
+    r = run(str(p), *args, "-o", str(out))
+    assert r.exit_code == 1, r.output
+    assert r.stdout == "" and why in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert not out.exists()
+
+
+def test_column_options_usage_errors(tmp_path):
+    assert run("--id-column", "0").exit_code == 2                      # no FILE
+    assert run("--columns", "a,,b").exit_code == 2
+    p = tmp_path / "s.csv"
+    p.write_text(NAMED)
+    r = run(str(p), "--id-column", "name", "--scheduler", "synchronous")
+    assert r.exit_code == 2 and "--id-column is not supported with --scheduler" in r.stderr

@@ -525,6 +525,12 @@ def test_cli_xent_per_sample_zarr_output(cli_data):
                                "--scheduler", "threads", "-o", "per.zarr"])
     assert one.exit_code == 0 and many.exit_code == 0, many.output
     assert "wrote per.zarr" in many.stderr and "wrote" not in many.stdout
+    # as on one machine: -o leaves stdout empty, the one-line summary goes to stderr
+    assert many.stdout == "" and many.stderr.splitlines()[0].startswith("smx: xent: 300 samples")
+    r = runner.invoke(cli, ["xent", "shards/*.npy", "--labels", "labels/*.npy", "--scheduler",
+                            "threads", "-o", "per2.zarr", "--quiet", "--summary"])
+    assert r.exit_code == 0, r.output
+    assert r.stderr == "" and r.stdout.lstrip().startswith("╭─ summary")
     with np.load("one.npz", allow_pickle=False) as z:
         want = np.column_stack([z[k].astype(np.float64) for k in (
             "row", "label", "predicted", "p_true", "loss", "margin", "correct", "ignored")])

@@ -77,3 +77,22 @@ def test_the_compiled_argmax_is_the_first_maximum_and_sums_are_checked():
     assert dict(d.argmax_counts) == {1: 1, 0: 2}
     assert d.sum_off_rows == 1 and d.max_sum_error == pytest.approx(0.7)
     assert d.underflow_to_zero == 1 and d.min_value == 0.0 and d.max_value == 0.5
+
+
+@pytest.mark.parametrize("variant", ["stable", "log"])
+def test_a_block_counted_in_parallel_pieces_equals_the_numpy_counts(variant):
+    # 600 x 4000: three pieces of the diagnostics block, summarised on threads
+    x = np.random.default_rng(8).normal(0, 30, (600, 4000)).astype(np.float32)
+    x[17, 5] = np.nan
+    x[420, :] = -np.inf
+    x[599, 3] = np.inf
+    res = compute(x, variant)
+    got = fields(diagnose(x, res))
+    with native.numpy_engine():
+        want = fields(diagnose(x, res))
+    assert got.pop("max_sum_error") == pytest.approx(want.pop("max_sum_error"), rel=0.05,
+                                                     abs=1e-16)
+    assert got == want
+    # rows named by their index in the whole block, whichever piece held them
+    assert got["nan_output_row_index"] == [17, 420]
+    assert got["nonfinite_input_row_index"] == [17, 599]

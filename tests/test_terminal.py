@@ -200,7 +200,7 @@ def test_bare_smx_shows_the_help(monkeypatch, capsys):
     assert max(len(ln) for ln in out.out.splitlines()) <= 100
 
 
-@pytest.mark.parametrize("command", ["softmax", "xent", "compare-stability"])
+@pytest.mark.parametrize("command", ["softmax", "xent", "compare-stability", "calibrate"])
 def test_help_fits_80_columns(command, monkeypatch):
     monkeypatch.setenv("COLUMNS", "80")
     r = CliRunner().invoke(cli, [command, "--help"], terminal_width=80)
@@ -436,7 +436,45 @@ def test_xent_data_on_stdout_summary_on_stderr(tmp_path):
             "--format", "csv")
     assert r.exit_code == 0 and r.stdout.startswith("row,label,")
     assert r.stderr == "smx: xent: 2,500 samples; loss (mean) 0.0751918; accuracy 98.92 %\n"
+
+
+LINE = "smx: xent: 2,500 samples; loss (mean) 0.0751918; accuracy 98.92 %"
+
+
+@pytest.mark.parametrize("args", [[], ["--shift-labels"]])
+def test_xent_output_file_contract_as_softmax(tmp_path, args):
+    """xent -o FILE: nothing on stdout, the summary line and 'wrote FILE' on stderr;
+    --quiet silences both, --verbose gives the full panel; what was asked for (--worst,
+    --summary) still shows on stdout. The same for N-d logits (--shift-labels)."""
+    if args:
+        x, y = [os.path.join(SAMPLES, f) for f in ("lm_logits.safetensors", "lm_ids.safetensors")]
+        line = "smx: xent: 288 samples; loss (mean) 2.44105; accuracy 40.43 %"
+    else:
+        x, y, line = MNIST, os.path.join(SAMPLES, "mnist_lenet_labels.npy"), LINE
     out = tmp_path / "l.csv"
+    r = run("xent", x, "--labels", y, *args, "-o", out)
+    assert r.exit_code == 0 and r.stdout == ""
+    assert r.stderr.splitlines() == [line, f"wrote {out}"]
+    assert out.read_text().startswith(("row,label,", "seq,pos,"))
+    r = run("xent", x, "--labels", y, *args, "-o", out, "--quiet")
+    assert r.exit_code == 0 and r.stdout == "" and r.stderr == ""
+    r = run("xent", x, "--labels", y, *args, "-o", out, "--verbose")
+    assert r.exit_code == 0 and r.stdout == ""
+    assert "╭─ summary" in r.stderr and "non-finite input" in r.stderr  # the full panel
+    assert r.stderr.splitlines()[-1] == f"wrote {out}"
+    r = run("xent", x, "--labels", y, *args, "-o", out, "--summary")
+    assert "╭─ summary" in r.stdout and "row" not in r.stdout.split("╭─ summary")[0]
+    assert r.stderr.splitlines() == [line, f"wrote {out}"]
+    r = run("xent", x, "--labels", y, *args, "-o", out, "--worst", "2")
+    assert "2 highest-loss" in r.stdout or "worst" in r.stdout
+    assert r.stderr.splitlines() == [line, f"wrote {out}"]
+    # data on stdout: the line on stderr, --quiet silences it
+    r = run("xent", x, "--labels", y, *args, "--format", "json", "--quiet")
+    assert r.exit_code == 0 and r.stderr == "" and json.loads(r.stdout)["command"] == "xent"
+
+
+def test_xent_summary_only_shows_the_panel():
     r = run("xent", MNIST, "--labels", os.path.join(SAMPLES, "mnist_lenet_labels.npy"),
-            "-o", out)
-    assert r.stderr == f"wrote {out}\n" and "wrote" not in r.stdout
+            "--summary")
+    assert r.exit_code == 0 and r.stdout.lstrip().startswith("╭─ summary")
+    assert "loss (mean)" in r.stdout and r.stderr == ""

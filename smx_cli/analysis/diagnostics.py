@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from smx_cli.core import native
+from smx_cli.core import kernels, native
 from smx_cli.core.eft import split_sum
 from smx_cli.core.result import KernelStats, SoftmaxResult
 
@@ -169,17 +169,24 @@ class Accumulator:
             self.rows += n
             return
         step = max(1, _DIAG_BLOCK // max(width, 1))
+        pieces = [(s0, min(s0 + step, n)) for s0 in range(0, n, step)]
+        summaries = [None] * len(pieces)
+        if len(pieces) > 1 and self._native_ok(x2, values):
+            # the compiled pass on the pieces in parallel (it releases the GIL);
+            # the counts are then added in row order, as one piece at a time would
+            summaries = kernels.map_threads(
+                lambda p: self._summarize(x2[p[0]:p[1]], values[p[0]:p[1]]), pieces)
         with np.errstate(all="ignore"):
-            for s0 in range(0, n, step):
-                self._add(x2[s0:s0 + step], values[s0:s0 + step])
+            for (s0, s1), summary in zip(pieces, summaries):
+                self._add(x2[s0:s1], values[s0:s1], summary)
 
-    def _add(self, x: np.ndarray, y: np.ndarray) -> None:
+    def _add(self, x: np.ndarray, y: np.ndarray, summary=None) -> None:
         n, width = y.shape
         base = self.rows
         self.rows += n
         if not width:
             return
-        if self._add_native(x, y, base):
+        if self._add_native(x, y, base, summary):
             return
         # rows whose logits and results are all finite (nearly all of them) need
         # only a few passes in their own dtype; the rest get the careful count
@@ -192,29 +199,42 @@ class Accumulator:
                 self._add_clean(x[clean], y[clean], ysum[clean])
             self._add_special(x[~clean], y[~clean], base + np.flatnonzero(~clean))
 
-    def _add_native(self, x: np.ndarray, y: np.ndarray, base: int) -> bool:
-        """The clean rows' counts in one compiled pass (``_smx_diag``); the other
-        rows go to :meth:`_add_special`. False when it does not apply: not
-        built, the numpy engine chosen, emulated results (their zeros need the
-        careful count), or dtypes/layouts it does not read."""
-        xdt, ydt = _DIAG_CODES.get(x.dtype), _DIAG_CODES.get(y.dtype)
-        if (_smx_diag is None or self.emulated or xdt is None or ydt is None
-                or not (x.flags.c_contiguous and y.flags.c_contiguous)
-                or native.engine() == "numpy"):
-            return False
+    def _native_ok(self, x: np.ndarray, y: np.ndarray) -> bool:
+        """Whether the compiled pass (``_smx_diag``) counts these rows: not when it
+        is not built, the numpy engine is chosen, the results are emulated (their
+        zeros need the careful count), or for dtypes/layouts it does not read."""
+        return not (_smx_diag is None or self.emulated or x.dtype not in _DIAG_CODES
+                    or y.dtype not in _DIAG_CODES
+                    or not (x.flags.c_contiguous and y.flags.c_contiguous)
+                    or native.engine() == "numpy")
+
+    def _summarize(self, x: np.ndarray, y: np.ndarray):
+        """The compiled pass over rows (no state touched: it may run on any thread)."""
         n, width = y.shape
         tiny = self.fmt.smallest_normal
         logprob = self.kind == "logprob"
         counts = np.zeros(width, dtype=np.int64)
         unclean = np.empty(n, dtype=np.uint8)
-        zeros, sub, off, max_err, vmin, vmax, n_clean = _smx_diag.summarize(
-            x, xdt, y, ydt, n, width, int(logprob), float(np.log(tiny)) if logprob else tiny,
-            SUM_TOLERANCE * self.fmt.eps, counts, unclean)
+        totals = _smx_diag.summarize(
+            x, _DIAG_CODES[x.dtype], y, _DIAG_CODES[y.dtype], n, width, int(logprob),
+            float(np.log(tiny)) if logprob else tiny, SUM_TOLERANCE * self.fmt.eps, counts,
+            unclean)
+        return totals, counts, unclean
+
+    def _add_native(self, x: np.ndarray, y: np.ndarray, base: int, summary=None) -> bool:
+        """The clean rows' counts from the compiled pass; the other rows go to
+        :meth:`_add_special`. False (nothing counted) when it does not apply."""
+        if summary is None:
+            if not self._native_ok(x, y):
+                return False
+            summary = self._summarize(x, y)
+        (zeros, sub, off, max_err, vmin, vmax, n_clean), counts, unclean = summary
+        n = y.shape[0]
         if n_clean:
             c = self.counts
             c["zero"] += zeros
             c["subnormal"] += sub
-            if logprob and ydt == _DIAG_CODES[np.dtype(np.float64)]:
+            if self.kind == "logprob" and y.dtype == np.float64:
                 # float64 log-probabilities: numpy's exp and the split sum
                 yc = y if n_clean == n else y[unclean == 0]
                 self._sums(np.exp(yc), np.ones(len(yc), dtype=bool))

@@ -12,12 +12,12 @@ from smx_cli.analysis.calibration import BINNINGS, NORMS
 from smx_cli.analysis.scan import Rows
 from smx_cli.cli.emit import (Payload, check_outputs, show, stdout_console, write_file,
                               write_stdout_bytes)
-from smx_cli.cli.options import input_options
+from smx_cli.cli.options import column_options, input_options
 from smx_cli.cli.prepare import load_rows
 from smx_cli.core.softmax import compute
 from smx_cli.errors import SmxError
 from smx_cli.io import NPY_MAGIC, atomic_output, stream
-from smx_cli.io.labels import read_labels, split_label_column
+from smx_cli.io.labels import read_labels
 from smx_cli.render import calibration as render
 
 
@@ -35,10 +35,14 @@ bins kept. Numbers measured on the rows the fit used flatter it: use
 
 \b
 Examples:
-  smx calibrate samples/mnist_lenet_logits.npy --labels samples/mnist_lenet_labels.npy
+  smx calibrate samples/mnist_lenet_logits.npy \\
+      --labels samples/mnist_lenet_labels.npy
   smx calibrate val.npy --labels val_y.npy --split 0.5 --seed 1
-  smx calibrate test.npy --labels test_y.npy --fit-on val.npy --fit-labels val_y.npy
-  smx calibrate logits.npy --labels y.npy --save-temperature T.txt -o calibrated.npy
+  smx calibrate test.npy --labels test_y.npy \\
+      --fit-on val.npy --fit-labels val_y.npy
+  smx calibrate logits.npy --labels y.npy --save-temperature T.txt \\
+      -o calibrated.npy
+  smx calibrate scores.csv --label-column label --id-column name -o p.csv
   smx softmax logits.npy --temperature "$(cat T.txt)"
   smx calibrate logits.npy --labels y.npy --format json --plot reliability.svg""")
 @input_options
@@ -46,6 +50,10 @@ Examples:
               help="True labels: one class index or class name per line (CSV/TSV/NPY)")
 @click.option("--label-column", metavar="NAME|INDEX",
               help="Take the labels from this column of the logits file instead")
+@click.option("--id-column", metavar="NAME|INDEX",
+              help="A column of FILE that names the rows (any text): left out of the fit, "
+                   "written with every row of -o")
+@column_options
 @click.option("--input-kind", type=click.Choice(INPUT_KINDS), default="logits", show_default=True,
               help="What FILE holds (probabilities: their log is used, with a warning)")
 @click.option("--method", type=click.Choice(METHODS), default="temperature", show_default=True,
@@ -77,8 +85,8 @@ Examples:
               help="Write the reliability diagrams (before, after) as an SVG image")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Worker threads [default: the machine's cores]")
-def calibrate_cmd(file, delimiter, header, key, axis, labels_path, label_column, input_kind,
-                  method, bins, binning, norm, bootstrap, seed, fit_on, fit_labels, split, fmt,
+def calibrate_cmd(file, delimiter, header, key, axis, labels_path, label_column, id_column,
+                  columns, drop_columns, input_kind, method, bins, binning, norm, bootstrap, seed, fit_on, fit_labels, split, fmt,
                   output, output_kind, save_temperature, plot, threads):
     """Calibration of the logits in FILE against the true labels, before and after a fit.
 
@@ -96,6 +104,9 @@ def calibrate_cmd(file, delimiter, header, key, axis, labels_path, label_column,
         raise click.UsageError("give --fit-on LOGITS together with --fit-labels FILE")
     if fit_labels is not None and fit_on is None:
         raise click.UsageError("--fit-labels needs --fit-on LOGITS")
+    if fit_labels is not None and label_column is not None:
+        raise click.UsageError("with --label-column the labels of --fit-on come from its own "
+                               "column: drop --fit-labels")
     if split is not None and not 0.0 < split < 1.0:
         raise click.BadParameter("must be in (0, 1), the fraction of rows to fit on",
                                  param_hint="'--split'")
@@ -112,19 +123,20 @@ def calibrate_cmd(file, delimiter, header, key, axis, labels_path, label_column,
     check_outputs([(output, None), (save_temperature, "text"), (plot, "svg")],
                   (file, labels_path, fit_on, fit_labels))
 
-    rows, labels, names = _load(file, labels_path, label_column, delimiter, header, key, axis)
+    picks = _Picks(label_column, id_column, columns, drop_columns)
+    rows, labels, names, ids = _load(file, labels_path, picks, delimiter, header, key, axis)
     fit_rows = fit_y = None
-    if fit_on is not None:
-        fit_rows, fit_y, _ = _load(fit_on, fit_labels, label_column, delimiter, header, key,
-                                   axis, names)
+    if fit_on is not None:  # the same layout: the same columns are taken out
+        fit_rows, fit_y, _, _ = _load(fit_on, fit_labels, picks, delimiter, header, key,
+                                      axis, names)
     report = calibrate(rows, labels, method=method, bins=bins, binning=binning, norm=norm,
                        bootstrap=bootstrap, seed=seed, fit_logits=fit_rows, fit_labels=fit_y,
                        split=split, input_kind=input_kind, threads=threads)
 
     if output:
-        _write_calibrated(output, file if rows.source == file and label_column is None
-                          and _npy2d(file, key, axis, None) else None, rows, report.fit,
-                          input_kind, output_kind)
+        _write_calibrated(output, file if rows.source == file and not picks
+                          and _npy2d(file, key, axis) else None, rows, report.fit,
+                          input_kind, output_kind, names, ids)
     if save_temperature:
         with atomic_output(save_temperature, "w") as fh:
             fh.write(f"{report.fit.temperature!r}\n")
@@ -176,31 +188,41 @@ def _show(report) -> None:
          render.bin_table(b.bins, a.bins, title="bins (equal-width)"))
 
 
-def _load(file, labels_path, label_column, delimiter, header, key, axis, names=None):
-    """(Rows, labels, class names) of FILE: an NPY file streamed, else read whole."""
-    if _npy2d(file, key, axis, label_column):
+class _Picks:
+    """--label-column, --id-column, --columns, --drop-columns: the columns taken out."""
+
+    def __init__(self, label_column=None, id_column=None, columns=None, drop_columns=None):
+        self.label_column, self.id_column = label_column, id_column
+        self.columns, self.drop_columns = columns, drop_columns
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in (self.label_column, self.id_column, self.columns,
+                                           self.drop_columns))
+
+
+def _load(file, labels_path, picks: _Picks, delimiter, header, key, axis, names=None):
+    """(Rows, labels, class names, row ids) of FILE: a 2-D NPY file streamed (when no
+    column is taken out of it), else read whole with the label and id columns split off."""
+    if not picks and _npy2d(file, key, axis):
         rows = Rows.npy(file)
         labels = read_labels(labels_path, class_names=names) if labels_path else None
-        return rows, labels, names
-    if label_column is not None:
-        loaded, labels = split_label_column(file, label_column, delimiter=delimiter,
-                                            header=header, key=key)
-        x = loaded.values
-        if x.ndim != 2:
-            raise SmxError(f"{loaded.source}: calibrate takes a 2-D N x C array, got shape "
-                           f"{x.shape}")
-        return Rows.of(x, loaded.source), labels, loaded.class_names
-    r = load_rows(file, delimiter=delimiter, header=header, key=key, axis=axis)
+        return rows, labels, names, None
+    r = load_rows(file, delimiter=delimiter, header=header, key=key, axis=axis,
+                  label_column=picks.label_column, id_column=picks.id_column,
+                  columns=picks.columns, drop_columns=picks.drop_columns)
     if r.ndim != 2:
         raise SmxError(f"{r.loaded.source}: calibrate takes a 2-D N x C array, got shape "
                        f"{r.loaded.values.shape}")
     cls = r.class_names or names
-    labels = read_labels(labels_path, class_names=cls)
-    return Rows.of(r.x2, r.loaded.source), labels, cls
+    if picks.label_column is not None:
+        labels = r.labels
+    else:
+        labels = read_labels(labels_path, class_names=cls)
+    return Rows.of(r.x2, r.loaded.source), labels, cls, r.ids
 
 
-def _npy2d(file, key, axis, label_column) -> bool:
-    if file == "-" or key or label_column is not None or axis not in (-1, 1):
+def _npy2d(file, key, axis) -> bool:
+    if file == "-" or key or axis not in (-1, 1):
         return False
     try:
         with open(file, "rb") as fh:
@@ -212,10 +234,14 @@ def _npy2d(file, key, axis, label_column) -> bool:
     return len(shape) == 2
 
 
-def _write_calibrated(output, npy_file, rows: Rows, fit, input_kind, output_kind) -> None:
+def _write_calibrated(output, npy_file, rows: Rows, fit, input_kind, output_kind,
+                      names=None, ids=None) -> None:
     """-o: the calibrated probabilities (or log-probabilities), block by block for NPY.
 
     ``npy_file``: the 2-D NPY file the rows are (streamed to an NPY output), or None.
+    ``names`` head the CSV/TSV columns (and are ``classes`` in NPZ/JSON); ``ids``
+    (--id-column) lead each CSV/TSV row, and are ``ids`` in NPZ and JSON, as in
+    smx softmax.
     """
     variant = "stable" if output_kind == "probs" else "log"
 
@@ -230,12 +256,18 @@ def _write_calibrated(output, npy_file, rows: Rows, fit, input_kind, output_kind
         return out.astype(z.dtype) if z.dtype.kind == "f" else out
 
     fmt = os.path.splitext(output)[1].lower()
+    if ids is not None and fmt == ".npy":
+        click.echo(f"note: {output}: NPY holds numbers only, not the ids of --id-column; "
+                   "use .npz, .csv or .json to keep them", err=True)
     if fmt == ".npy" and npy_file is not None and rows.n * rows.c > STREAM_OUTPUT_ELEMENTS:
         stream.stream_npy(npy_file, output, fn)
         return
     blocks = [fn(xb) for _, xb in rows.raw_blocks()]
     values = np.concatenate(blocks) if blocks else np.zeros((0, rows.c))
     meta = {"command": "calibrate", "output": output_kind, "method": fit.method,
-            "temperature": fit.temperature if fit.method == "temperature" else None}
-    write_file(output, Payload(values, None, meta, {output_kind.replace("-", "_"): values}),
-               None)
+            "temperature": fit.temperature if fit.method == "temperature" else None,
+            "classes": names}
+    if ids is not None:
+        meta["ids"] = list(ids)
+    write_file(output, Payload(values, names, meta, {output_kind.replace("-", "_"): values},
+                               row_ids=ids), None)

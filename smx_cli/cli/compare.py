@@ -14,7 +14,8 @@ from smx_cli.analysis.compare import (ALL_VARIANTS, DEFAULT_DTYPES, MAX_SCALE, S
 from smx_cli.cli.emit import Messages, check_outputs, show, stdout_console, write_stdout_bytes
 from smx_cli.errors import SmxError
 from smx_cli.cli import scale
-from smx_cli.cli.options import input_options, resolve_formats, scheduler_option
+from smx_cli.cli.options import (column_options, input_options, resolve_formats,
+                                 scheduler_option)
 from smx_cli.core.precision import FORMATS
 from smx_cli.cli.prepare import load_rows
 from smx_cli.render.compare import fitted_comparison_view, sweep_view
@@ -70,9 +71,16 @@ Examples:
   smx compare-stability logits.npy --variants naive,stable,lse
   smx compare-stability logits.csv --rows 100 --format json -o report.json
   smx compare-stability logits.npy --dtypes float16 --fail-on broken
+  smx compare-stability scores.csv --label-column label --id-column name
   smx compare-stability --sweep
   smx compare-stability samples/seeds.csv --sweep --max-scale 1e4""")
 @input_options(file_required=False)
+@click.option("--label-column", metavar="NAME|INDEX",
+              help="A column of FILE that holds labels, not logits: left out")
+@click.option("--id-column", metavar="NAME|INDEX",
+              help="A column of FILE that names the rows (any text): left out, and names "
+                   "the worst rows (table and JSON)")
+@column_options
 @click.option("--variants", default=",".join(ALL_VARIANTS), show_default=True,
               callback=_names(ALL_VARIANTS, "variants"), metavar="LIST",
               help="Comma-separated variants to compare (smx = the accurate path)")
@@ -99,8 +107,9 @@ Examples:
                    "inaccurate): for CI")
 @click.option("-q", "--quiet", is_flag=True, help="No 'wrote FILE' on stderr")
 @scheduler_option
-def compare_cmd(file, delimiter, header, key, axis, variants, dtypes, temperature, max_rows,
-                do_sweep, max_scale, seed, fmt, output, fail_on, quiet, scheduler=None):
+def compare_cmd(file, delimiter, header, key, axis, label_column, id_column, columns,
+                drop_columns, variants, dtypes, temperature, max_rows, do_sweep, max_scale,
+                seed, fmt, output, fail_on, quiet, scheduler=None):
     """Compare every softmax variant in every precision against an exact reference.
 
     Runs each variant (naive, stable, log, online, lse, and smx's own
@@ -111,7 +120,12 @@ def compare_cmd(file, delimiter, header, key, axis, variants, dtypes, temperatur
     log-probability error, and a verdict. Without FILE: the four seed
     examples [1,2,3], [1,2,5], [1000,2000,3000], [-1000,1,10000].
     """
+    picked = {"--label-column": label_column, "--id-column": id_column,
+              "--columns": columns, "--drop-columns": drop_columns}
+    picked = [flag for flag, value in picked.items() if value is not None]
     if scheduler:
+        if picked:
+            raise click.UsageError(f"{picked[0]} is not supported with --scheduler")
         if fail_on:
             raise click.UsageError("--fail-on is not supported with --scheduler")
         if output is not None:
@@ -119,14 +133,18 @@ def compare_cmd(file, delimiter, header, key, axis, variants, dtypes, temperatur
         return scale.run("compare", locals())
     if not (temperature > 0 and math.isfinite(temperature)):
         raise click.BadParameter("must be a finite number > 0", param_hint="'--temperature'")
-    if file is None and (delimiter or header is not None or key or axis != -1):
-        raise click.UsageError("--delimiter, --header, --key and --axis need a FILE")
+    if file is None and (delimiter or header is not None or key or axis != -1 or picked):
+        raise click.UsageError("--delimiter, --header, --key, --axis and the column options "
+                               "need a FILE")
     check_outputs([(output, "json")], (file,))
     if output is not None:
         resolve_formats(output, "json" if fmt == "json" else None, file_formats=("json",))
+    ids = None
     if file is not None:
-        rows = load_rows(file, delimiter=delimiter, header=header, key=key, axis=axis)
-        x2, source = rows.x2, rows.loaded.source
+        rows = load_rows(file, delimiter=delimiter, header=header, key=key, axis=axis,
+                         label_column=label_column, id_column=id_column, columns=columns,
+                         drop_columns=drop_columns)
+        x2, source, ids = rows.x2, rows.loaded.source, rows.ids
     elif do_sweep:
         x2, source = normal_sample(256, 10, seed), f"a standard-normal sample (seed {seed})"
     else:
@@ -135,6 +153,7 @@ def compare_cmd(file, delimiter, header, key, axis, variants, dtypes, temperatur
         raise SmxError(f"{source}: logits must be numbers, got dtype {x2.dtype}")
     if max_rows is not None:
         x2 = x2[:max_rows]
+        ids = ids[:max_rows] if ids is not None else None
     if x2.shape[0] == 0 or x2.shape[1] == 0:
         raise SmxError(f"{source}: nothing to compare (shape {x2.shape[0]} x {x2.shape[1]})")
 
@@ -151,6 +170,10 @@ def compare_cmd(file, delimiter, header, key, axis, variants, dtypes, temperatur
         else:
             result = compare_stability(x2, variants, dtypes, temperature)
             meta.update(result.to_dict())
+            if ids is not None:  # the worst rows named by their ids, beside their index
+                for rep in meta["results"]:
+                    if rep.get("worst") is not None:
+                        rep["worst"]["id"] = ids[rep["worst"]["index"]]
             title = f"compare-stability: {source} ({x2.shape[0]:,} x {x2.shape[1]:,}{t})"
             view = None
     except ValueError as exc:
@@ -169,7 +192,7 @@ def compare_cmd(file, delimiter, header, key, axis, variants, dtypes, temperatur
     else:
         console = stdout_console()
         if view is None:
-            view = fitted_comparison_view(console, result, title)
+            view = fitted_comparison_view(console, result, title, ids)
         show(console, view)
     Messages(quiet).wrote(output)
     if fail_on and not do_sweep:

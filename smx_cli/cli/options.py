@@ -135,6 +135,26 @@ def torch_lanes(torch_cpu: str) -> int | None:
     return None if torch_cpu == "auto" else TORCH_CPUS[torch_cpu]
 
 
+def message_options(fn=None, *, panel: str = "diagnostics", table: str = "values"):
+    """--summary, -q/--quiet, -v/--verbose: what is said beside the data.
+
+    The contract of every command that writes data: with data on stdout or
+    ``-o FILE``, stdout carries only the data (or nothing), and stderr a
+    one-line summary and ``wrote FILE`` (--quiet: neither; --verbose: the
+    full panel instead of the line).
+    """
+    if fn is None:
+        return lambda f: message_options(f, panel=panel, table=table)
+    return _compose(
+        click.option("--summary", "summary_only", is_flag=True,
+                     help=f"Show only the {panel} panel, not the {table} table"),
+        click.option("-q", "--quiet", is_flag=True,
+                     help="No messages on stderr (the one-line summary, 'wrote FILE')"),
+        click.option("-v", "--verbose", is_flag=True,
+                     help=f"With data on stdout or -o: the full {panel} panel on stderr"),
+    )(fn)
+
+
 def output_options(fn):
     """Where results go: -o FILE, the stdout format, and how much is said on stderr."""
     return _compose(
@@ -148,12 +168,7 @@ def output_options(fn):
                           "FILE's extension"),
         click.option("--strict", is_flag=True,
                      help="Exit 1 when the result holds NaN or inf (for CI checks)"),
-        click.option("--summary", "summary_only", is_flag=True,
-                     help="Show only the diagnostics panel, not the values table"),
-        click.option("-q", "--quiet", is_flag=True,
-                     help="No messages on stderr (the diagnostics summary, 'wrote FILE')"),
-        click.option("-v", "--verbose", is_flag=True,
-                     help="With data on stdout or -o: the full diagnostics panel on stderr"),
+        message_options,
         click.option("--digits", type=click.IntRange(1, 17), default=None,
                      help="Significant digits shown in the table [default: 6]; with CSV/TSV "
                           "output, values rounded to N digits [default: the shortest form "

@@ -161,10 +161,21 @@ def _xent(sd, p):
     meta = cmd._summary(summary, p["file"], c, None, p["reduction"], p["label_smoothing"],
                         p["ignore_index"], p["input_kind"], weights, fmt_eps)
     meta["temperature"] = temperature
+    msgs = Messages(p.get("quiet", False), p.get("verbose", False))
+    summary_only = p.get("summary_only", False)
+    # as on one machine: with -o the data went to the store, stdout shows only --summary
+    on_screen = p["fmt"] != "json" and (not output or summary_only)
+    panel = None
+    if on_screen or msgs.verbose:
+        panel = render_xent.summary_panel(
+            summary, eps=fmt_eps, input_counts=summary.part.inputs, source=p["file"],
+            n_classes=c, options=cmd._options_text(p["reduction"], p["label_smoothing"],
+                                                   p["ignore_index"], p["input_kind"], weights),
+            smoothed=p["label_smoothing"] > 0)
     if p["fmt"] == "json":
         write_stdout_bytes((json.dumps(meta, indent=2) + "\n").encode())
-    else:
-        k = min(n, p["max_rows"])
+    elif on_screen:
+        k = 0 if summary_only else min(n, p["max_rows"])
         head = None
         if k:
             # the first rows, evaluated on the client exactly as on one machine
@@ -184,15 +195,11 @@ def _xent(sd, p):
             parts.append(render_xent.fitted_sample_table(
                 console, head, np.arange(k), title=f"cross-entropy of {p['file']}",
                 total_note=note))
-        parts.append(render_xent.summary_panel(
-            summary, eps=fmt_eps, input_counts=summary.part.inputs, source=p["file"],
-            n_classes=c, options=cmd._options_text(p["reduction"], p["label_smoothing"],
-                                                   p["ignore_index"], p["input_kind"], weights),
-            smoothed=p["label_smoothing"] > 0))
+        parts.append(panel)
         show(console, *parts)
-    if p["fmt"] == "json":
-        Messages().summary(render_xent.summary_line(meta))
-    Messages().wrote(output)  # as on one machine: beside the report, on stderr
+    if p["fmt"] == "json" or output:
+        msgs.summary(render_xent.summary_line(meta), None if on_screen else panel)
+    msgs.wrote(output)  # as on one machine: beside the report, on stderr
     if p["strict"]:
         if summary.n_nonfinite or (p["reduction"] != "none" and not np.isfinite(summary.reduced)):
             raise SmxError(f"--strict: {summary.n_nonfinite} sample loss(es) are NaN or inf"

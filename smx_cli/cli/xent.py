@@ -19,7 +19,7 @@ from smx_cli.io import NPY_MAGIC
 from smx_cli.io.labels import read_labels, read_weights
 from smx_cli.cli import scale
 from smx_cli.cli.options import (OUTPUT_FORMATS, column_options, input_options,
-                                 resolve_formats, scheduler_option, torch_cpu_option,
+                                 message_options, resolve_formats, scheduler_option, torch_cpu_option,
                                  torch_lanes)
 from smx_cli.core.emulate_torch import TORCH_DTYPES, torch_softmax_rows
 from smx_cli.core.precision import result_format
@@ -95,6 +95,7 @@ perplexity exp(total NLL / total tokens).""")
               help="Format of stdout [default: table]; with -o it must match FILE's "
                    "extension")
 @click.option("--strict", is_flag=True, help="Exit 1 when a loss is NaN or inf")
+@message_options(panel="summary", table="per-sample")
 @click.option("--check-grad", is_flag=True,
               help="Check dL/dlogits (with these options) against central finite differences "
                    "in float64 on a sample of rows; exit 1 if they disagree")
@@ -108,7 +109,7 @@ perplexity exp(total NLL / total tokens).""")
 def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, id_column, columns,
              drop_columns, reduction,
              emulate_dtype, torch_cpu, label_smoothing, weight, ignore_index, input_kind, worst, max_rows, show_grad,
-             grad_out, output, fmt, strict, check_grad, threads, temperature, class_axis,
+             grad_out, output, fmt, strict, summary_only, quiet, verbose, check_grad, threads, temperature, class_axis,
              shift_labels, pad_id, vocab_path, scheduler=None):
     """Cross-entropy of the logits in FILE against the true labels.
 
@@ -147,6 +148,7 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, id_c
                                "--grad-out, --check-grad and --input-kind")
     opts = dict(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
                 input_kind=input_kind)
+    msgs = Messages(quiet, verbose)  # messages beside the data go to stderr
     if xent_lm.wants_nd(file, key, label_column, class_axis, shift_labels, pad_id, vocab_path,
                         picked):
         return xent_lm.run_nd(file=file, key=key, axis=axis, class_axis=class_axis,
@@ -156,7 +158,7 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, id_c
                               strict=strict,
                               threads=threads, shift=shift_labels, pad_id=pad_id,
                               vocab_path=vocab_path, want_grad=want_grad or check_grad,
-                              temperature=temperature)
+                              temperature=temperature, msgs=msgs, summary_only=summary_only)
 
     shape = _streamable(file, axis, key, label_column,
                         want_grad or check_grad or bool(emulate_dtype) or picked)
@@ -213,9 +215,18 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, id_c
                  (output, payload, out_fmt)])  # all or none
     if data_on_stdout:
         write_stdout(payload, stdout_fmt)
-        if meta["loss_undefined"] and not strict:
-            click.echo(f"Warning: {_undefined_reason(res)}", err=True)
-    else:
+    # -o FILE: the data went to FILE, so stdout shows only what was asked for
+    # (--worst, --grad, --check-grad, --summary) and stderr says what happened
+    asked = bool(worst or show_grad or checks is not None or summary_only)
+    on_screen = stdout_fmt == "table" or (stdout_fmt == "none" and asked)
+    panel = None
+    if on_screen or (verbose and not quiet):
+        panel = render_xent.summary_panel(
+            res, eps=fmt_eps, input_counts=counts, source=source,
+            n_classes=n_classes, options=_options_text(reduction, label_smoothing, ignore_index,
+                                                       input_kind, weights),
+            smoothed=label_smoothing > 0, ids=ids)
+    if on_screen:
         console = stdout_console()
         parts = []  # printed at once: piped, without trailing padding
         n = len(res.loss)
@@ -228,25 +239,23 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, id_c
             note = (f"{n - len(order):,} more samples not shown (--rows N, --worst K, or -o FILE)"
                     if n > len(order) else None)
             title = f"cross-entropy of {source}"
-        parts.append(render_xent.fitted_sample_table(console, res, order,
-                                                      class_names=class_names, title=title,
-                                                      total_note=note, ids=ids))
+        if not summary_only:
+            parts.append(render_xent.fitted_sample_table(console, res, order,
+                                                          class_names=class_names, title=title,
+                                                          total_note=note, ids=ids))
         if show_grad:
             fit = max(2, (console.width - 8) // 11)
             parts.append(render_xent.grad_table(res.grad, order, class_names=class_names,
-                                                 ids=ids,
-                                                 max_cols=fit,
-                                                 top_k=max(1, min(5, (console.width - 18) // 20)),
-                                                 title=f"dL/dlogits (reduction {reduction})"))
-        parts.append(render_xent.summary_panel(
-            res, eps=fmt_eps, input_counts=counts, source=source,
-            n_classes=n_classes, options=_options_text(reduction, label_smoothing, ignore_index,
-                                                       input_kind, weights),
-            smoothed=label_smoothing > 0, ids=ids))
+                                                ids=ids, max_cols=fit,
+                                                top_k=max(1, min(5, (console.width - 18) // 20)),
+                                                title=f"dL/dlogits (reduction {reduction})"))
+        parts.append(panel)
         if checks is not None:
             parts.append(render_xent.grad_check_panel(checks, reduction=reduction,
-                                                       input_kind=input_kind))
+                                                      input_kind=input_kind))
         show(console, *parts)
+    elif meta["loss_undefined"] and not strict:
+        click.echo(f"Warning: {_undefined_reason(res)}", err=True)
     if checks is not None and not all(c.passed for c in checks):
         c = checks[0]
         raise SmxError(f"--check-grad: the cross-entropy gradient disagrees with finite "
@@ -257,9 +266,8 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, id_c
         if bad or (reduction != "none" and not math.isfinite(res.reduced)):
             raise SmxError(f"--strict: {bad} sample loss(es) are NaN or inf"
                            if bad else f"--strict: {_undefined_reason(res)}")
-    msgs = Messages()  # messages beside the data go to stderr
-    if data_on_stdout:
-        msgs.summary(render_xent.summary_line(meta))
+    if not on_screen or stdout_fmt == "none":
+        msgs.summary(render_xent.summary_line(meta), None if on_screen else panel)
     for path in (output, grad_out):
         msgs.wrote(path)
 

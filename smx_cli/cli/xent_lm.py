@@ -158,7 +158,8 @@ def _row_blocks(kind, file, info, x, c):
 
 
 def run_nd(*, file, key, axis, class_axis, labels_path, weight, opts, worst, max_rows, output,
-           fmt, strict, threads, shift, pad_id, vocab_path, want_grad, temperature=1.0):
+           fmt, strict, threads, shift, pad_id, vocab_path, want_grad, temperature=1.0,
+           msgs=None, summary_only=False):
     """``smx xent`` on N-d logits (and every safetensors input)."""
     from smx_cli.cli import xent as cx  # the 2-D command's summary helpers
 
@@ -219,15 +220,19 @@ def run_nd(*, file, key, axis, class_axis, labels_path, weight, opts, worst, max
     seq = None
     if len(lead) == 2 and res.target_kind == "index":
         seq = sequence_report(res, lead, top_p_counts=cover, worst=worst or 10)
-    _emit(res, seq, cover, ids if shift else None, vocab, cx=cx, file=file, temperature=temperature,
+    meta, panel, on_screen = _emit(res, seq, cover, ids if shift else None, vocab, cx=cx, file=file, temperature=temperature,
           shape=tuple(shape), ax=ax, c=c, dtype=dtype, weights=weights, opts=opts, tally=tally,
           shift=shift, pad_id=pad_id, vocab_path=vocab_path, output=output, fmt=fmt,
-          worst=worst, max_rows=max_rows, lead=lead)
+          worst=worst, max_rows=max_rows, lead=lead, summary_only=summary_only)
     if strict:
         bad = int((~np.isfinite(res.loss) & ~res.ignored).sum())
         if bad or (opts["reduction"] != "none" and not math.isfinite(res.reduced)):
             raise SmxError(f"--strict: {bad} sample loss(es) are NaN or inf" if bad
                            else f"--strict: {cx._undefined_reason(res)}")  # noqa: SLF001
+    msgs = msgs or Messages()
+    if not on_screen or output:
+        msgs.summary(render_xent.summary_line(meta), None if on_screen else panel)
+    msgs.wrote(output)
 
 
 def _options(cx, opts, weights, shift, pad_id) -> str:
@@ -299,7 +304,9 @@ def _meta(res, seq, cx, *, file, shape, ax, c, dtype, weights, opts, shift, pad_
 
 
 def _emit(res, seq, cover, ids, vocab, *, cx, file, shape, ax, c, dtype, weights, opts, tally,
-          shift, pad_id, vocab_path, output, fmt, worst, max_rows, lead, temperature=1.0):
+          shift, pad_id, vocab_path, output, fmt, worst, max_rows, lead, temperature=1.0,
+          summary_only=False):
+    """Write and show the N-d result; returns (meta, summary panel, whether it was shown)."""
     meta = _meta(res, seq, cx, file=file, shape=shape, ax=ax, c=c, dtype=dtype, weights=weights,
                  opts=opts, shift=shift, pad_id=pad_id, vocab=vocab, vocab_path=vocab_path)
     meta["temperature"] = temperature
@@ -316,11 +323,20 @@ def _emit(res, seq, cover, ids, vocab, *, cx, file, shape, ax, c, dtype, weights
         write_file(output, payload, fmt)
     if fmt and fmt != "table" and not output:
         write_stdout(payload, fmt)
-        Messages().summary(render_xent.summary_line(meta))
-        return
+    panel = render_xent.summary_panel(
+        res, eps=result_format(dtype).eps, input_counts=tally.counts, source=file, n_classes=c,
+        options=_options(cx, opts, weights, shift, pad_id),
+        smoothed=opts["label_smoothing"] > 0)
+    # -o FILE: the data went to FILE; stdout shows only what was asked for (--worst,
+    # --summary), stderr the summary line and 'wrote FILE' (as the 2-D path)
+    on_screen = bool(worst or summary_only) if output else fmt in (None, "table")
+    if not on_screen:
+        return meta, panel, False
     console = stdout_console()
     parts = []
-    if seq is not None:
+    if summary_only:
+        pass
+    elif seq is not None:
         parts.append(render_seq.sequence_table(seq, max_rows=max_rows,
                                                title=f"sequences of {file}"))
         context = ids if ids is not None and ids.ndim == 2 else None
@@ -332,9 +348,6 @@ def _emit(res, seq, cover, ids, vocab, *, cx, file, shape, ax, c, dtype, weights
         parts.append(render_xent.sample_table(res, order, class_names=vocab,
                                               title=f"cross-entropy of {file} "
                                               f"(rows: positions of {lead})"))
-    parts.append(render_xent.summary_panel(
-        res, eps=result_format(dtype).eps, input_counts=tally.counts, source=file, n_classes=c,
-        options=_options(cx, opts, weights, shift, pad_id),
-        smoothed=opts["label_smoothing"] > 0))
+    parts.append(panel)
     show(console, *parts)
-    Messages().wrote(output)
+    return meta, panel, True

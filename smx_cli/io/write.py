@@ -388,19 +388,24 @@ def npy_bytes(values: np.ndarray) -> bytes:
 # record tables: named columns, each of its own type (ints, bools, floats, text)
 
 
-def _field_strings(values: np.ndarray, delimiter: str | None) -> list[str]:
+def _cells(values: np.ndarray, *, floats=None, text=str) -> list[str]:
     """One column's cells: integers as integers, bools as true/false, floats in
-    their shortest exact form (nan, inf, -inf), text quoted as CSV needs
-    (``delimiter`` None: unquoted)."""
+    their shortest exact form (``floats`` maps nan/inf/-inf to other spellings),
+    anything else through ``text``."""
     v = np.asarray(values)
     if v.dtype.kind == "b":
         return ["true" if b else "false" for b in v.tolist()]
     if v.dtype.kind in "iu":
         return [str(i) for i in v.tolist()]
     if v.dtype.kind == "f":
-        return shortest_strings(v.astype(np.float64))
-    strings = [str(t) for t in v.tolist()]
-    return strings if delimiter is None else [csv_field(t, delimiter) for t in strings]
+        cells = shortest_strings(v.astype(np.float64))
+        return cells if floats is None else [floats.get(t, t) for t in cells]
+    return [text(str(t)) for t in v.tolist()]
+
+
+def _field_strings(values: np.ndarray, delimiter: str | None) -> list[str]:
+    """A column as delimited text: text quoted as CSV needs (``delimiter`` None: unquoted)."""
+    return _cells(values, text=str if delimiter is None else lambda t: csv_field(t, delimiter))
 
 
 def records_text(fields: dict[str, np.ndarray], delimiter: str = ",") -> str:
@@ -422,18 +427,13 @@ def records_text(fields: dict[str, np.ndarray], delimiter: str = ",") -> str:
     return "\n".join(lines) + "\n"
 
 
+_JSON_SPECIAL = {"nan": "null", "inf": '"inf"', "-inf": '"-inf"'}
+
+
 def _json_cells(values: np.ndarray) -> list[str]:
-    """One column's JSON values: integers, true/false, exact floats (NaN as null,
-    an infinity as "inf"/"-inf": JSON has neither), strings escaped."""
-    v = np.asarray(values)
-    if v.dtype.kind == "b":
-        return ["true" if b else "false" for b in v.tolist()]
-    if v.dtype.kind in "iu":
-        return [str(i) for i in v.tolist()]
-    if v.dtype.kind == "f":
-        special = {"nan": "null", "inf": '"inf"', "-inf": '"-inf"'}
-        return [special.get(t, t) for t in shortest_strings(v.astype(np.float64))]
-    return [json.dumps(str(t)) for t in v.tolist()]
+    """A column as JSON values: exact floats (NaN as null, an infinity as
+    "inf"/"-inf": JSON has neither), strings escaped."""
+    return _cells(values, floats=_JSON_SPECIAL, text=json.dumps)
 
 
 def records_json(fields: dict[str, np.ndarray]) -> str:

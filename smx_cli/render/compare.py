@@ -11,6 +11,7 @@ from rich.text import Text
 
 from smx_cli.analysis.compare import ULP_OK, Comparison, Sweep, Thresholds
 from smx_cli.render.fit import needed_width, never_cut
+from smx_cli.render.tables import RowIds, row_label
 
 VERDICT_STYLE = {"ok": "bold green", "inaccurate": "bold yellow", "broken": "bold red",
                  "n/a": "dim"}
@@ -152,20 +153,25 @@ def thresholds_line(ths: dict[str, Thresholds]) -> Text:
     return Text("exp(x) overflows above x = " + ", ".join(parts), style="italic")
 
 
-def worst_rows_table(c: Comparison) -> Table | None:
-    """The worst row of each broken variant: input, output (NaN/inf visible), exact."""
+def worst_rows_table(c: Comparison, ids: list[str] | None = None) -> Table | None:
+    """The worst row of each broken variant: input, output (NaN/inf visible), exact.
+
+    With ``ids`` (--id-column) the row is named by its id, not its index.
+    """
     broken = [r for r in c.reports if r.verdict == "broken" and r.worst is not None]
     if not broken:
         return None
     t = Table(title="worst row of each broken variant", box=box.SIMPLE_HEAD,
               title_justify="left", pad_edge=False)
-    for name in ("dtype", "variant", "row", "x (rounded)", "p computed", "p exact"):
+    lead = RowIds(ids) if ids is not None else None
+    for name in ("dtype", "variant", "id" if ids is not None else "row", "x (rounded)",
+                 "p computed", "p exact"):
         t.add_column(name, justify="right" if name == "row" else "left")
     for r in broken[:MAX_WORST]:
         w = r.worst
         cols = w.columns
         shown = len(cols) < c.n_cols
-        t.add_row(r.dtype, variant_name(r.variant), str(w.index),
+        t.add_row(r.dtype, variant_name(r.variant), row_label(w.index, lead),
                   _vector(w.input, cols if shown else None, style=False),
                   _vector(w.output, cols if shown else None),
                   _vector(w.reference, cols if shown else None, style=False))
@@ -186,10 +192,11 @@ def _vector(vals: list[float], cols: list[int] | None, style: bool = True) -> Te
     return out
 
 
-def comparison_view(c: Comparison, title: str, columns: tuple[str, ...] = COLUMNS) -> Group:
-    """The whole compare-stability screen: table, thresholds, worst rows."""
+def comparison_view(c: Comparison, title: str, columns: tuple[str, ...] = COLUMNS,
+                    ids: list[str] | None = None) -> Group:
+    """The whole compare-stability screen: table, thresholds, worst rows (by ``ids``)."""
     parts = [never_cut(comparison_table(c, title, columns)), thresholds_line(c.thresholds)]
-    worst = worst_rows_table(c)
+    worst = worst_rows_table(c, ids)
     if worst is not None:
         parts += [Text(""), never_cut(worst)]
     return Group(*parts)
@@ -263,7 +270,8 @@ def sweep_view(s: Sweep, title: str) -> Group:
     return Group(never_cut(sweep_table(s, title)), sweep_chart(s))
 
 
-def fitted_comparison_view(console, c: Comparison, title: str) -> Group:
+def fitted_comparison_view(console, c: Comparison, title: str,
+                           ids: list[str] | None = None) -> Group:
     """:func:`comparison_view` with the numeric columns that fit ``console``.
 
     rich would squeeze every cell of a table wider than the terminal to
@@ -276,4 +284,4 @@ def fitted_comparison_view(console, c: Comparison, title: str) -> Group:
             columns = tuple(col for col in columns if col != name)
         if needed_width(console, comparison_table(c, title, columns)) <= console.width:
             break
-    return comparison_view(c, title, columns)
+    return comparison_view(c, title, columns, ids)
