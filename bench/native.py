@@ -144,6 +144,54 @@ def bench_xent(shape, dtype, repeat):
     return r
 
 
+def bench_vjp(shape, dtype, kind, repeat):
+    """native.vjp_rows (recomputes p from x, then the fused VJP) against torch's backward
+    kernel given the forward output (torch._softmax_backward_data /
+    _log_softmax_backward_data) and against torch's forward + backward."""
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal(shape) * 3).astype(dtype)
+    g = rng.standard_normal(shape)  # vjp_rows takes g as float64
+    gx = g.astype(dtype)
+    out = np.empty_like(x)
+    k = "softmax" if kind == "prob" else "log"
+    r = {}
+    r["native_wall"] = median_time(lambda: native.vjp_rows(x, g, np.empty_like(x), kind=k),
+                                   repeat, time.perf_counter)
+    r["native_cpu1"] = median_time(lambda: native.vjp_rows(x, g, out, kind=k, threads=1),
+                                   repeat, time.process_time)
+    if torch is not None:
+        t, tg = _torch_tensor(x), _torch_tensor(gx)
+        f = torch.softmax if kind == "prob" else torch.log_softmax
+        bw = torch._softmax_backward_data if kind == "prob" else torch._log_softmax_backward_data
+        y = f(t, -1)
+
+        def both():
+            return bw(tg, f(t, -1), -1, t.dtype)
+        for threads, clock, tag in ((os.cpu_count() or 1, time.perf_counter, "wall"),
+                                    (1, time.process_time, "cpu1")):
+            torch.set_num_threads(threads)
+            r[f"torch_bw_{tag}"] = median_time(lambda: bw(tg, y, -1, t.dtype), repeat, clock)
+            r[f"torch_fwbw_{tag}"] = median_time(both, repeat, clock)
+        torch.set_num_threads(os.cpu_count() or 1)
+    return r
+
+
+def print_vjp(shape, dtype_name, repeat):
+    print("| VJP case | native wall ms | torch bw wall ms | torch fw+bw wall ms | native cpu1 ms "
+          "| torch bw cpu1 ms | torch fw+bw cpu1 ms | native/torch bw cpu1 | "
+          "native/torch fw+bw cpu1 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for kind in ("prob", "logprob"):
+        r = bench_vjp(shape, _dtype(dtype_name), kind, repeat)
+        name = f"{'softmax' if kind == 'prob' else 'log_softmax'}_vjp {dtype_name} " \
+               f"{shape[0]}x{shape[1]}"
+        print(f"| {name} | {fmt_ms(r['native_wall'])} | {fmt_ms(r.get('torch_bw_wall'))} | "
+              f"{fmt_ms(r.get('torch_fwbw_wall'))} | {fmt_ms(r['native_cpu1'])} | "
+              f"{fmt_ms(r.get('torch_bw_cpu1'))} | {fmt_ms(r.get('torch_fwbw_cpu1'))} | "
+              f"{fmt_ratio(r['native_cpu1'], r.get('torch_bw_cpu1'))} | "
+              f"{fmt_ratio(r['native_cpu1'], r.get('torch_fwbw_cpu1'))} |", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
@@ -154,6 +202,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dtypes", default="float16,bfloat16,float32,float64",
                     help="comma-separated softmax dtypes")
     ap.add_argument("--xent-dtypes", default="float32,float64")
+    ap.add_argument("--vjp-dtypes", default="float32,float64")
+    ap.add_argument("--only-vjp", action="store_true", help="only the VJP table")
     args = ap.parse_args(argv)
     if not native.available():
         print(f"native extension not built: {native.why_unavailable()}")
@@ -162,7 +212,12 @@ def main(argv=None) -> int:
         args.wide_rows, args.repeat = 1024, 3
     shapes = [(args.wide_rows, 32000), (1000, 1000), (100000, 10)]
     print(f"engine {native.engine()}, {os.cpu_count()} CPUs, torch "
-          f"{torch.__version__ if torch else 'missing'}, medians of {args.repeat}\n")
+          f"{torch.__version__ if torch else 'missing'}, medians of {args.repeat}, "
+          f"load average {os.getloadavg()[0]:.1f}\n")
+    if args.only_vjp:
+        for d in args.vjp_dtypes.split(","):
+            print_vjp((args.wide_rows, 32000), d, args.repeat)
+        return 0
     print("| case | native wall ms | torch wall ms | native/torch wall | native/torch out= wall "
           "| native cpu1 ms | torch out= cpu1 ms | native/torch cpu1 | native/scipy | native/numpy |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -183,6 +238,9 @@ def main(argv=None) -> int:
     shape = (args.wide_rows, 32000)
     for xdt in args.xent_dtypes.split(","):
         print_xent(shape, xdt, args.repeat)
+    print()
+    for d in args.vjp_dtypes.split(","):
+        print_vjp(shape, d, args.repeat)
     return 0
 
 

@@ -10,7 +10,9 @@ Library (one process, medians of ``--repeat``): ``smx_cli.xent`` (``evaluate``,
 ``reduction='none'``) on float32 4096 x 32000 class-index targets, on the native
 engine, on the numpy engine (``native.numpy_engine()``), the bare kernel
 ``native.xent_rows``, and ``torch.nn.functional.cross_entropy(reduction='none')``;
-plain and with label smoothing 0.1 + class weights. Two clocks: wall
+plain and with label smoothing 0.1 + class weights; and probability targets
+(float32 (N, C), smoothing 0.1 + weights: ``native.xent_prob_rows``, ``evaluate``,
+torch). Two clocks: wall
 (``perf_counter``, default threads) and cpu1 (``process_time`` with one thread:
 ``threads=1``, ``torch.set_num_threads(1)``), the stable per-core figure on a
 shared machine.
@@ -100,7 +102,44 @@ def bench_lib(n: int, c: int, repeat: int) -> list[dict]:
             r["torch cpu1"] = median_time(call, repeat, time.process_time)
             torch.set_num_threads(nt)
         rows.append(r)
+    rows.append(bench_prob(x, w, repeat))
     return rows
+
+
+def bench_prob(x: np.ndarray, w: np.ndarray, repeat: int) -> dict:
+    """Probability targets (float32, smoothing 0.1 + weights): the bare kernel
+    ``native.xent_prob_rows``, ``evaluate`` on both engines (it validates and widens the
+    targets to float64 first: check_target), and torch."""
+    n, c = x.shape
+    rng = np.random.default_rng(3)
+    t = rng.random((n, c), dtype=np.float32)
+    t /= t.sum(axis=1, keepdims=True)
+    r = {"case": f"xent f32 {n}x{c} probability targets, smoothing 0.1 + weights"}
+    kw = {"weight": w, "label_smoothing": 0.1}
+    fns = [("kernel", lambda th: lambda: native.xent_prob_rows(x, t, threads=th, **kw)),
+           ("smx native", lambda th: lambda: evaluate(x, t, reduction="none", threads=th,
+                                                      target_tolerance=None, **kw)),
+           ("smx numpy", lambda th: numpy_engine(lambda: evaluate(
+               x, t, reduction="none", threads=th, target_tolerance=None, **kw)))]
+    for name, fn in fns:
+        if name != "smx numpy" and native.engine() == "numpy":
+            continue
+        reps = repeat if name != "smx numpy" else max(1, repeat // 2)
+        r[f"{name} wall"] = median_time(fn(None), reps, time.perf_counter)
+        r[f"{name} cpu1"] = median_time(fn(1), reps, time.process_time)
+    if torch is not None:
+        F = torch.nn.functional
+        tx, tt = torch.from_numpy(x), torch.from_numpy(t)
+        tw = torch.from_numpy(w.astype(np.float32))
+
+        def call():
+            return F.cross_entropy(tx, tt, weight=tw, reduction="none", label_smoothing=0.1)
+        nt = torch.get_num_threads()
+        r["torch wall"] = median_time(call, repeat, time.perf_counter)
+        torch.set_num_threads(1)
+        r["torch cpu1"] = median_time(call, repeat, time.process_time)
+        torch.set_num_threads(nt)
+    return r
 
 
 def make_npy(path: str, n: int, c: int) -> None:
@@ -197,6 +236,9 @@ def show(rows: list[dict]) -> None:
             elif isinstance(v, float):
                 cells.append(f"{k} {v:.3g}")
         print(f"{r['case']}: " + ", ".join(cells))
+        if "torch wall" in r and "kernel wall" in r:
+            print(f"    kernel / torch: wall {r['kernel wall'] / r['torch wall']:.2f}x, "
+                  f"cpu1 {r['kernel cpu1'] / r['torch cpu1']:.2f}x")
         if "torch wall" in r and "smx native wall" in r:
             print(f"    native / torch: wall {r['smx native wall'] / r['torch wall']:.2f}x, "
                   f"cpu1 {r['smx native cpu1'] / r['torch cpu1']:.2f}x; native / numpy engine: "

@@ -177,3 +177,117 @@ def test_check_grad_skips_entries_whose_finite_difference_overflows():
     by = {c.function: c for c in checks}
     assert all(c.passed for c in checks)
     assert by["log"].rows_checked == 1 and by["softmax"].rows_checked == 2
+
+
+# ----------------------------------------------------------------------------
+# the VJPs on both engines against 50 digits, with the bound grad.py states
+
+try:
+    import ml_dtypes
+    _BF16 = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover
+    _BF16 = None
+_FORMATS = [(np.dtype(np.float64), 52, -1022), (np.dtype(np.float32), 23, -126),
+            (np.dtype(np.float16), 10, -14)] + ([(_BF16, 7, -126)] if _BF16 is not None else [])
+
+
+def _ulp(v, mant, emin):
+    a = np.abs(np.asarray(v, dtype=np.float64))
+    e = np.floor(np.log2(np.where(a > 0, a, 1.0)))
+    return np.exp2(np.maximum(e, emin) - mant)
+
+
+def _vjp_cases(dtype):
+    rng = np.random.default_rng(13)
+    rows = [[1.0, 2.0, 3.0], [0.0, 20.0, 40.0], [0.0, 200.0], [-5.0, 0.0, 5.0, 5.0], [3.0],
+            [0.0, 80.0, -30.0, 80.0], [0.0, 1e4, -1e4, 9999.0], [7.0, 7.0, 7.0, 7.0]]
+    out = [np.array(r, dtype=np.float64) for r in rows]
+    out += [rng.normal(0, s, 40) for s in (0.1, 3.0, 30.0)] + [rng.normal(0, 5, 300)]
+    fin = float((ml_dtypes.finfo if dtype == _BF16 else np.finfo)(dtype).max)
+    return [r.astype(dtype) for r in out if np.abs(r).max() < fin]
+
+
+def _mp_vjp_row(x, g, t, kind):
+    with mpmath.workdps(50):
+        z = [mpmath.mpf(float(v)) / t for v in x]
+        m = max(z)
+        e = [mpmath.exp(v - m) for v in z]
+        s = mpmath.fsum(e)
+        p = [v / s for v in e]
+        gg = [mpmath.mpf(float(v)) for v in g]
+        if kind == "softmax":
+            dot = mpmath.fsum(a * b for a, b in zip(gg, p))
+            ref = [p[j] * (gg[j] - dot) / t for j in range(len(p))]
+            big_g = mpmath.fsum(abs(a) * b for a, b in zip(gg, p))
+        else:
+            tot = mpmath.fsum(gg)
+            ref = [(gg[j] - p[j] * tot) / t for j in range(len(p))]
+            big_g = mpmath.fsum(abs(a) for a in gg)
+        scale = [(abs(ref[j]) + p[j] * big_g / t) for j in range(len(p))]
+        return np.array([float(v) for v in ref]), np.array([float(v) for v in scale]), ref
+
+
+@pytest.mark.parametrize("fmt", _FORMATS, ids=lambda f: f[0].name)
+@pytest.mark.parametrize("kind", ["softmax", "log"])
+@pytest.mark.parametrize("t", [1.0, 0.3, 7.0])
+def test_vjp_within_the_stated_bound_on_both_engines(fmt, kind, t):
+    from smx_cli.core import native
+
+    dtype, mant, emin = fmt
+    rng = np.random.default_rng(int(t * 10) + mant)
+    fn = softmax_vjp if kind == "softmax" else log_softmax_vjp
+    for x in _vjp_cases(dtype):
+        for g in (rng.normal(size=x.size), np.full(x.size, 1.5),
+                  rng.normal(size=x.size) * np.exp2(rng.integers(-30, 30, x.size))):
+            _, scale, ref = _mp_vjp_row(x, g, t, kind)
+            for engine in ("selected", "numpy"):
+                if engine == "numpy":
+                    with native.numpy_engine():
+                        got = fn(x, g, temperature=t)
+                else:
+                    got = fn(x, g, temperature=t)
+                assert got.dtype == dtype
+                gd = got.astype(np.float64)
+                with mpmath.workdps(50):
+                    err = np.array([float(abs(mpmath.mpf(float(a)) - b)) for a, b in zip(gd, ref)])
+                if dtype == np.float64:
+                    bound = 8 * 2.0**-52 * scale + 8 * 2.0**-1074
+                else:
+                    refd = np.array([float(v) for v in ref])
+                    half = 0.5 * np.maximum(_ulp(refd, mant, emin), _ulp(gd, mant, emin))
+                    bound = half + 2.0**-43 * scale
+                bad = np.flatnonzero(err > bound)
+                assert not bad.size, (engine, kind, t, x.tolist()[:6], bad[:5],
+                                      err[bad[:5]], bound[bad[:5]])
+
+
+def test_vjp_special_rows_match_the_numpy_engine():
+    from smx_cli.core import native
+
+    inf, nan = np.inf, np.nan
+    x = np.array([[nan, 0.0, 1.0], [inf, 0.0, 1.0], [-inf, -inf, -inf], [0.0, -inf, 1.0],
+                  [1.0, 2.0, 3.0]])
+    g = np.array([[1.0, 2.0, 3.0]] * 4 + [[inf, 0.0, 1.0]])
+    for fn in (softmax_vjp, log_softmax_vjp):
+        a = fn(x, g)
+        with native.numpy_engine():
+            b = fn(x, g)
+        special = [0, 1, 2, 4]  # handed back: the numpy path's values exactly
+        np.testing.assert_array_equal(a[special], b[special])
+        np.testing.assert_allclose(a[3], b[3], rtol=4 * 2.0**-52)  # a -inf entry: p = 0 there
+        assert a[3, 1] == b[3, 1] == (0.0 if fn is softmax_vjp else g[3, 1])
+
+
+@pytest.mark.parametrize("kind", ["softmax", "log"])
+def test_vjp_wide_row_with_a_cancelling_inner_product(kind):
+    """g ~ 1e8 (1 + noise): <g, p> (or sum g) is a sum of 20000 same-signed terms
+    whose result then cancels against g_j (out_j is ~1e-6 of p_j g_j)."""
+    rng = np.random.default_rng(21)
+    x = rng.normal(0, 1, 20000)
+    g = 1e8 * (1 + rng.normal(0, 1e-6, 20000))
+    fn = softmax_vjp if kind == "softmax" else log_softmax_vjp
+    _, scale, ref = _mp_vjp_row(x, g, 1.0, kind)
+    got = fn(x, g)
+    with mpmath.workdps(50):
+        err = np.array([float(abs(mpmath.mpf(float(a)) - b)) for a, b in zip(got, ref)])
+    assert (err <= 8 * 2.0**-52 * scale).all(), err.max() / (2.0**-52 * scale).max()

@@ -257,8 +257,174 @@ def test_paths_the_kernel_does_not_cover_report_numpy():
     x = np.random.default_rng(5).normal(0, 1, (6, 4))
     y = np.array([0, 1, 2, 3, 0, 1])
     t = np.full((6, 4), 0.25)
-    assert evaluate(x, t).engine == "numpy"                       # probability targets
     assert evaluate(x, y, want_grad=True).engine == "numpy"       # the gradient
     assert evaluate(x, y, input_kind="log-probs").engine == "numpy"
     assert evaluate(np.round(x * 3).astype(np.int32), y).engine == "numpy"
     assert evaluate(x, y).engine == (native.engine() if native.supports(x.dtype) else "numpy")
+    assert evaluate(x, t).engine == (native.engine() if native.supports(x.dtype) else "numpy")
+    assert evaluate(x, t, want_grad=True).engine == "numpy"
+
+
+# ----------------------------------------------------------------------------
+# probability targets (native.xent_prob_rows on the compiled core)
+
+
+def mp_row_prob(row, trow, w, eps):
+    """Every per-sample output of one row with probability targets, at 50 digits.
+
+    Finite rows keep the log1p form: logp_j = (x_j - m) - L with L = log1p(sum of
+    the terms other than the first maximum's), so a tiny loss (p(true) ~ 1) is
+    resolved; 1 - p(true) is -expm1(logp_true)."""
+    c = len(row)
+    y = int(np.argmax(trow))  # the first maximum of the target
+    base = mp_row(row, y, None, 0.0, -100)  # argmax, top-5, special rows
+    xs = [float(v) for v in row]
+    with mp.workdps(50):
+        if any(math.isnan(v) for v in xs) or all(v == -INF for v in xs) \
+                or any(v == INF for v in xs):
+            lp = None
+        else:
+            z = [mp.mpf(v) for v in xs]
+            m = max(z)
+            k = z.index(m)
+            big_l = mp.log1p(mp.fsum(mp.exp(z[j] - m) for j in range(c)
+                                     if j != k and z[j] != mp.ninf))
+            lp = [(v - m) - big_l for v in z]
+        e = mp.mpf(eps)
+        tv = [mp.mpf(float(v)) for v in trow]
+        wv = [mp.mpf(float(v)) for v in w] if w is not None else [mp.mpf(1)] * c
+        a = [wv[j] * ((1 - e) * tv[j] + e / c) for j in range(c)]
+        big_a = mp.fsum(a)
+        if lp is None:  # NaN / +-inf rows: the loss and nll from mp_row's special log-probs
+            if any(math.isnan(v) for v in xs) or all(v == -INF for v in xs):
+                lps = [mp.nan] * c
+            else:
+                k = sum(v == INF for v in xs)
+                lps = [mp.log(mp.mpf(1) / k) if v == INF else mp.ninf for v in xs]
+            return base | {"special": True,
+                           "loss": -mp.fsum(a[j] * lps[j] for j in range(c) if a[j] > 0),
+                           "nll": -mp.fsum(tv[j] * lps[j] for j in range(c) if tv[j] > 0)}
+        p = [mp.exp(v) for v in lp]
+        others = [lp[j] for j in range(c) if j != y]
+        base.update({
+            "loss": -mp.fsum(a[j] * lp[j] for j in range(c) if a[j] > 0),
+            "nll": -mp.fsum(tv[j] * lp[j] for j in range(c) if tv[j] > 0),
+            "residual": (max(abs(p[j] - a[j] / big_a) for j in range(c)) if big_a > 0
+                         else mp.nan),
+            "p_true": p[y],
+            "one_minus_p_true": -mp.expm1(lp[y]),
+            "entropy": -mp.fsum(p[j] * lp[j] for j in range(c) if p[j] > 0),
+            "lp_true": lp[y],
+            "special": False,
+        })
+        if c > 1 and mp.isfinite(lp[y]):
+            base["margin"] = lp[y] - max(others)
+            base["scale_margin"] = abs(lp[y]) + abs(max(others))
+        elif c > 1:
+            base["margin"] = mp.ninf
+        return base
+
+
+def check_prob(res, x, t, w, eps, entropy=True):
+    for i in range(x.shape[0]):
+        ref = mp_row_prob(x[i].astype(np.float64), t[i], w, eps)
+        where = f"row {i} {x[i].tolist()} t={t[i].tolist()} ({res.engine})"
+        for f in ("true_class", "predicted", "top5", "correct"):
+            assert getattr(res, f)[i] == ref[f], (f, where)
+        assert not res.ignored[i]
+        if ref["special"]:  # NaN / +-inf rows: the numpy reference on both engines
+            for f in ("loss", "nll"):
+                close(getattr(res, f)[i], ref[f], 0.0, 0.0, f, where)
+            continue
+        for f in ("loss", "nll", "entropy") if entropy else ("loss", "nll"):
+            close(getattr(res, f)[i], ref[f], LOSS_ULPS * EPS64, TINY, f, where)
+        lp_scale = abs(ref["lp_true"]) if mp.isfinite(ref["lp_true"]) else 0
+        close(res.p_true[i], ref["p_true"], LOSS_ULPS * EPS64 * (1 + lp_scale), TINY,
+              "p_true", where)
+        close(res.one_minus_p_true[i], ref["one_minus_p_true"],
+              LOSS_ULPS * EPS64 * (1 + lp_scale), TINY, "one_minus_p_true", where)
+        close(res.margin[i], ref["margin"], 0.0, LOSS_ULPS * EPS64 * ref["scale_margin"],
+              "margin", where)
+        close(res.residual[i], ref["residual"], 0.0, LOSS_ULPS * EPS64 * (1 + lp_scale),
+              "residual", where)
+
+
+def prob_targets(x, seed):
+    """Adversarial targets for the rows of ``x``: one-hot on the max, on the min, uniform,
+    ties (argmax the first), all mass on a -inf logit, tiny masses, random Dirichlet."""
+    rng = np.random.default_rng(seed)
+    n, c = x.shape
+    t = rng.dirichlet(np.full(c, 0.3), n)
+    xf = x.astype(np.float64)
+    for i in range(n):
+        kind = i % 6
+        row = np.where(np.isnan(xf[i]), 0.0, xf[i])
+        if kind == 0:
+            t[i] = 0.0
+            t[i, int(np.argmax(row))] = 1.0
+        elif kind == 1:
+            t[i] = 0.0
+            t[i, int(np.argmin(row))] = 1.0   # a -inf logit here: inf loss
+        elif kind == 2:
+            t[i] = 1.0 / c
+        elif kind == 3 and c > 1:
+            t[i] = 0.0
+            t[i, [0, c - 1]] = 0.5            # a tie: the first is the true class
+        elif kind == 4:
+            t[i] = 1e-300
+            t[i, 0] = 1.0 - (c - 1) * 1e-300
+    return t
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("eps,weights", list(itertools.product([0.0, 0.1, 1.0],
+                                                                ["none", "zeros"])))
+def test_probability_targets_match_the_reference_on_both_engines(dtype, eps, weights):
+    x, _ = cases(dtype, 4)
+    t = prob_targets(x, 7)
+    w = weights_for(weights, 4)
+    a, b = both_engines(lambda: evaluate(x, t, weight=w, label_smoothing=eps, reduction="sum"))
+    assert a.engine == (native.engine() if native.supports(dtype) else "numpy")
+    for res in (a, b):
+        check_prob(res, x, t, w, eps)
+
+
+@pytest.mark.parametrize("c", [1, 2, 7, 300, 1000])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16],
+                         ids=lambda d: np.dtype(d).name)
+def test_probability_targets_wide_rows_and_huge_spreads(c, dtype):
+    rng = np.random.default_rng(c)
+    x = rng.normal(0, 1, (12, c)) * rng.choice([0.01, 3.0, 300.0, 3e4], (12, 1))
+    if c > 1:
+        x[::4, 0] += 80.0  # a dominant entry: p(true) ~ 1, tiny losses
+    x = np.clip(x, -6e4, 6e4).astype(dtype)
+    t = prob_targets(x, c)
+    w = rng.uniform(0, 3, c)
+    for eps in (0.0, 0.05):
+        for res in both_engines(lambda: evaluate(x, t, weight=w, label_smoothing=eps,
+                                                 reduction="none")):
+            # the numpy engine's float64 entropy takes p = exp(logp): logp's absolute error
+            # u |logp| becomes p's relative error, 17.6 ulp at a spread of 80 (a known gap
+            # of that engine); the compiled core folds x - m's rounding error into p
+            check_prob(res, x, t, w, eps, entropy=res.engine != "numpy" or dtype != np.float64)
+
+
+@pytest.mark.skipif(not native.available() or native.engine() == "numpy",
+                    reason="the compiled core is not selected")
+def test_probability_kernel_hands_back_negative_targets_and_ignores_the_thread_count():
+    rng = np.random.default_rng(11)
+    x = rng.normal(0, 5, (300, 130)).astype(np.float32)
+    t = rng.dirichlet(np.ones(130), 300).astype(np.float32)
+    t[7, 3] = -0.25          # evaluate rejects these; the kernel hands the row back
+    t[9, 0] = np.nan
+    w = rng.uniform(0, 2, 130)
+    one = native.xent_prob_rows(x, t, weight=w, label_smoothing=0.1, threads=1)
+    two = native.xent_prob_rows(x, t, weight=w, label_smoothing=0.1, threads=2)
+    assert np.flatnonzero(one["fallback"]).tolist() == [7, 9]
+    ok = ~one["fallback"]
+    for k in one:
+        np.testing.assert_array_equal(one[k][ok], two[k][ok])
+    # float32 targets are read as they are: the same as their float64 widening
+    wide = native.xent_prob_rows(x, t.astype(np.float64), weight=w, label_smoothing=0.1)
+    for k in ("loss", "nll", "residual", "entropy", "true_class"):
+        np.testing.assert_array_equal(one[k][ok], wide[k][ok])

@@ -13,7 +13,8 @@
  *     relative error only: they take the single-word path (exp1, blocked lane
  *     sums; error budget before lowp_exp_sum), rows of <= 16 columns in
  *     blocks of rows flattened so the loops vectorise across rows; their
- *     cross-entropy takes one sweep (lowp_xent_sweep). The rest of this list
+ *     cross-entropy takes one sweep (lowp_xent_sweep; probability targets:
+ *     xp_sweep, every format). The rest of this list
  *     is the float64 path (and logsumexp):
  *   - d = fl(x - m) and its exact rounding error (TwoSum) are kept, so
  *     exp(x - m) = exp(d) (1 + err) to O(u^2);
@@ -381,7 +382,7 @@ AI void exp_sum(const void *x, Py_ssize_t j0, Py_ssize_t j1, double m, double t,
         double g = (eh + sigma) - sigma;                                       \
         ah[L] += g;                                                            \
         al[L] += (eh - g) + el;                                                \
-        if (DOT) ad[L] += (eh > 0.0) ? eh * -q : 0.0;                          \
+        if (DOT) ad[L] += (eh > 0.0) ? (eh + el) * -q : 0.0; /* el: x - m error */ \
     }
     for (; j + LANES <= j1; j += LANES)
         for (int l = 0; l < LANES; l++) EXP_BODY(j + l, l)
@@ -1031,6 +1032,365 @@ VARIANTS(xent_rows_kernel, (const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int6
          A, r0, r1, nfb, dt)
 
 /* ------------------------------------------------------------------------ */
+/* cross-entropy with probability targets, one sweep per row                */
+/*
+ * PyTorch's loss for probability targets t (N, C) with class weights w and
+ * label smoothing eps: loss = -sum_c a_c logp_c, a_c = w_c ((1 - eps) t_c +
+ * eps / C). With m the row's maximum and L = log(sum_c exp(x_c - m)) =
+ * log1p(R), -logp_c = (m - x_c) + L, so
+ *     loss = sum_c a_c (m - x_c) + L sum_c a_c,
+ * two sums of non-negative terms (t >= 0, w >= 0; a row with a negative or NaN
+ * target is handed back to the numpy reference): nothing cancels. The plain
+ * cross-entropy nll = -sum_c t_c logp_c is the same with a = t.
+ * Error budget of the loss (relative, u = 2^-53): a_c <= 5u (eps / C, 1 - eps,
+ * the product, the sum, w_c), (m - x_c) u, the product u; the sums of
+ * non-negative terms in LANES lanes restarted every XBLK terms with
+ * double-double block totals 3u: sum_c a_c (m - x_c) <= 10u, sum_c a_c <= 8u;
+ * L: R from exp1 (<= 1.1 ulp with FMA, the x - m error folded), lane sums
+ * (3u) and log1p_dd, <= 6u (float64 logits: rest_lse's L, <= 2u); the product
+ * and the final sum u each: <= 16u = 8 ulp in all (stated: 16 ulp).
+ * The residual max_c |p_c - a_c / A| (A = sum_c a_c) is a difference of two
+ * numbers in [0, 1] each within ~10u relative: <= 12u absolute.
+ */
+typedef struct {
+    const void *x;
+    Py_ssize_t C;
+    const void *t;          /* float64 (t64 = 1) or float32 targets, (N, C) */
+    int t64;
+    const double *weight;   /* NULL: 1 */
+    double eps;
+    double *loss, *nll, *logp_true, *p_true, *margin, *entropy, *residual;
+    int64_t *argmax, *true_class;
+    uint8_t *top5, *fallback;
+    double *eb;             /* scratch, C doubles */
+} xp_args;
+
+AI double ldt(const void *t, Py_ssize_t j, const int T64) {
+    return T64 ? ((const double *)t)[j] : (double)((const float *)t)[j];
+}
+
+/* first index of the maximum of the targets (NaN: ignored here, flagged by
+ * the sweep) */
+AI Py_ssize_t target_argmax(const void *t, Py_ssize_t C, const int T64) {
+    int64_t km = INT64_MIN;  /* the max on integer keys (see row_max): it vectorises */
+    for (Py_ssize_t j = 0; j < C; j++) {
+        int64_t key = order_key((int64_t)asu64(ldt(t, j, T64)));
+        km = key > km ? key : km;
+    }
+    double tm = asf64((uint64_t)order_key(km));
+    int64_t kf = C;
+    for (Py_ssize_t j = 0; j < C; j++) {
+        int64_t kk = ldt(t, j, T64) == tm ? (int64_t)j : (int64_t)C;
+        kf = kk < kf ? kk : kf;
+    }
+    return kf < C ? (Py_ssize_t)kf : 0;
+}
+
+typedef struct {
+    dd_t r, a, da, st, dt;
+    double dot, m2;
+    int64_t n0, above, kfirst, bad, inf_a, inf_t;  /* inf_*: a (or t) > 0 on m - x = inf */
+} xp_sums;
+
+/* the sweep of one row (after the max pass): e_j = exp(x_j - m) into eb
+ * (unmasked), R = sum of the terms with x_j < m, the entropy dot, sum a,
+ * sum a (m - x), sum t, sum t (m - x), the second maximum, the first index of
+ * the maximum, the count of entries above xy, and whether a target is
+ * negative or NaN */
+AI void xp_sweep(const xp_args *A, const void *x, const void *t, double m, double xy,
+                 xp_sums *S, const int DT, const int T64, const int HAS_W, const int USE_FMA) {
+    Py_ssize_t C = A->C;
+    const double *w = A->weight;
+    double *ebuf = A->eb;
+    double k1 = 1.0 - A->eps, k0 = A->eps / (double)C;
+    dd_t tot[5][LANES];
+    double dsum[LANES];
+    for (int l = 0; l < LANES; l++) {
+        for (int q = 0; q < 5; q++) tot[q][l].hi = tot[q][l].lo = 0.0;
+        dsum[l] = 0.0;
+    }
+    int64_t n0 = 0, ab = 0, bad = 0, ia = 0, it = 0, k2 = order_key((int64_t)asu64(-INFINITY)), kf = C;
+    double bufs[5][XBLK * LANES], db[XBLK * LANES];
+    for (Py_ssize_t jb = 0; jb < C; jb += XBLK * LANES) {
+        Py_ssize_t n = C - jb < XBLK * LANES ? C - jb : XBLK * LANES;
+        const char *xb = (const char *)x + (size_t)jb * ITEMSIZE[DT];
+        const char *tb = (const char *)t + (size_t)jb * (T64 ? 8 : 4);
+        for (Py_ssize_t j = 0; j < n; j++) {
+            double xv = ld(xb, j, DT);
+            double d = xv - m, bv = d - xv;
+            double c = (xv - (d - bv)) + (-m - bv);   /* TwoSum(x, -m) error */
+            double e = exp1(d, USE_FMA);
+            int z = d == 0.0;
+            e = (d < -708.0) ? 0.0 : FMA_(e, c, e, USE_FMA);
+            ebuf[jb + j] = e;
+            double es = z ? 0.0 : e;
+            bufs[0][j] = es;
+            db[j] = es > 0.0 ? es * -d : 0.0;
+            double tv = ldt(tb, j, T64);
+            double a = FMA_(k1, tv, k0, 0);
+            if (HAS_W) a *= w[jb + j];
+            double nz = m - xv;
+            bufs[1][j] = a;
+            int fin = nz < INFINITY;   /* m - x = inf: an infinite loss, counted apart */
+            ia += (a > 0.0) & !fin;
+            it += (tv > 0.0) & !fin;
+            bufs[2][j] = (a > 0.0) & fin ? a * nz : 0.0;
+            bufs[3][j] = tv;
+            bufs[4][j] = (tv > 0.0) & fin ? tv * nz : 0.0;
+            bad += !(tv >= 0.0);
+            n0 += z;
+            ab += xv > xy;
+            double v2 = z ? -INFINITY : xv;
+            int64_t key = order_key((int64_t)asu64(v2));
+            k2 = key > k2 ? key : k2;
+            int64_t kk = z ? (int64_t)(jb + j) : (int64_t)C;
+            kf = kk < kf ? kk : kf;
+        }
+        for (int q = 0; q < 5; q++) {
+            double acc[LANES];
+            for (int l = 0; l < LANES; l++) acc[l] = 0.0;
+            Py_ssize_t j = 0;
+            for (; j + LANES <= n; j += LANES)
+                for (int l = 0; l < LANES; l++) acc[l] += bufs[q][j + l];
+            for (; j < n; j++) acc[0] += bufs[q][j];
+            for (int l = 0; l < LANES; l++) dd_add(&tot[q][l], acc[l]);
+        }
+        Py_ssize_t j = 0;
+        for (; j + LANES <= n; j += LANES)
+            for (int l = 0; l < LANES; l++) dsum[l] += db[j + l];
+        for (; j < n; j++) dsum[0] += db[j];
+    }
+    dd_t *outs[5] = {&S->r, &S->a, &S->da, &S->st, &S->dt};
+    for (int q = 0; q < 5; q++) {
+        dd_t s = {0.0, 0.0};
+        for (int l = 0; l < LANES; l++) { dd_add(&s, tot[q][l].hi); s.lo += tot[q][l].lo; }
+        double hi = s.hi + s.lo;
+        outs[q]->lo = s.lo - (hi - s.hi);
+        outs[q]->hi = hi;
+    }
+    double ds = 0.0;
+    for (int l = 0; l < LANES; l++) ds += dsum[l];
+    S->dot = ds;
+    S->n0 = n0;
+    S->above = ab;
+    S->kfirst = kf;
+    S->bad = bad;
+    S->inf_a = ia;
+    S->inf_t = it;
+    S->m2 = n0 > 1 ? m : asf64((uint64_t)order_key(k2));
+}
+
+/* max_c |e_c inv - a_c inv_a| over the row (every term finite and >= 0: the
+ * maximum is taken on the float64 bits, an integer reduction that vectorises) */
+AI double xp_residual(const xp_args *A, const void *t, double inv, double inv_a, const int T64,
+                       const int HAS_W) {
+    Py_ssize_t C = A->C;
+    const double *w = A->weight, *ebuf = A->eb;
+    double k1 = 1.0 - A->eps, k0 = A->eps / (double)C;
+    int64_t best = 0;
+    for (Py_ssize_t j = 0; j < C; j++) {
+        double a = FMA_(k1, ldt(t, j, T64), k0, 0);
+        if (HAS_W) a *= w[j];
+        double v = fabs(ebuf[j] * inv - a * inv_a);
+        int64_t key = (int64_t)asu64(v);
+        best = key > best ? key : best;
+    }
+    return asf64((uint64_t)best);
+}
+
+AI void xp_rows_tt(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, const int DT,
+                   const int T64, const int HAS_W, const int USE_FMA) {
+    Py_ssize_t C = A->C;
+    size_t isz = (size_t)ITEMSIZE[DT], tsz = T64 ? 8 : 4;
+    Py_ssize_t k5 = C < 5 ? C : 5;
+    for (Py_ssize_t r = r0; r < r1; r++) {
+        const char *x = (const char *)A->x + (size_t)r * C * isz;
+        const char *t = (const char *)A->t + (size_t)r * C * tsz;
+        int has_nan;
+        double m = row_max(x, 0, C, &has_nan, DT);
+        Py_ssize_t y = target_argmax(t, C, T64);
+        A->true_class[r] = y;
+        if (has_nan || !isfinite(m)) { A->fallback[r] = 1; (*nfb)++; continue; }
+        double xy = ld(x, y, DT);
+        xp_sums S;
+        xp_sweep(A, x, t, m, xy, &S, DT, T64, HAS_W, USE_FMA);
+        if (S.bad) { A->fallback[r] = 1; (*nfb)++; continue; }
+        A->fallback[r] = 0;
+        double lh, ll, shi, dot;
+        Py_ssize_t k = (Py_ssize_t)S.kfirst;
+        if (DT != DT_F64) {
+            dd_t R = {(double)(S.n0 - 1), 0.0};
+            dd_add(&R, S.r.hi);
+            R.lo += S.r.lo;
+            shi = R.hi + R.lo;
+            double slo = R.lo - (shi - R.hi);
+            log1p_dd(shi, slo, &lh, &ll);
+            dot = S.dot;
+        } else {
+            double m2;
+            rest_lse(x, C, k, m, 1.0, &lh, &ll, &m2, &shi, &dot, DT, 0, USE_FMA, 1);
+        }
+        double L = lh + ll;
+        A->argmax[r] = k;
+        A->entropy[r] = L + dot / (1.0 + shi);
+        /* loss = sum a (m - x) + L sum a; nll the same with a = t */
+        double asum = S.a.hi + S.a.lo, tsum = S.st.hi + S.st.lo;
+        A->loss[r] = S.inf_a ? INFINITY
+                             : (S.da.hi + (S.da.lo + FMA_(lh, asum, ll * asum, USE_FMA))) + 0.0;
+        A->nll[r] = S.inf_t ? INFINITY
+                            : (S.dt.hi + (S.dt.lo + FMA_(lh, tsum, ll * tsum, USE_FMA))) + 0.0;
+        A->residual[r] = asum > 0.0 ? xp_residual(A, t, 1.0 / (1.0 + shi), 1.0 / asum, T64, HAS_W)
+                                    : NAN;
+        double q, c;
+        shifted(xy, m, 1.0, &q, &c, 0, USE_FMA);
+        double s = q - lh, bv = s - q;
+        double e1 = (q - (s - bv)) + (-lh - bv);
+        double lpy = (y == k) ? -L : s + ((e1 + c) - ll);
+        if (q == -INFINITY) lpy = -INFINITY;
+        A->logp_true[r] = lpy;
+        A->p_true[r] = exp(lpy);
+        A->top5[r] = S.above < k5;
+        if (C == 1) A->margin[r] = NAN;
+        else if (y == k) {
+            double q2, c2;
+            shifted(S.m2, m, 1.0, &q2, &c2, 0, USE_FMA);
+            A->margin[r] = -(q2 + c2);
+        } else A->margin[r] = q + c;
+    }
+}
+
+AI void xp_rows_t(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, const int DT,
+                  const int USE_FMA) {
+    if (A->t64) {
+        if (A->weight) xp_rows_tt(A, r0, r1, nfb, DT, 1, 1, USE_FMA);
+        else xp_rows_tt(A, r0, r1, nfb, DT, 1, 0, USE_FMA);
+    } else {
+        if (A->weight) xp_rows_tt(A, r0, r1, nfb, DT, 0, 1, USE_FMA);
+        else xp_rows_tt(A, r0, r1, nfb, DT, 0, 0, USE_FMA);
+    }
+}
+
+AI void xp_rows_kernel_t(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, int dt,
+                         const int USE_FMA) {
+    DISPATCH_DT(xp_rows_t, A, r0, r1, nfb)
+}
+VARIANTS(xp_rows_kernel, (const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, int dt),
+         A, r0, r1, nfb, dt)
+
+/* ------------------------------------------------------------------------ */
+/* vector-Jacobian products of softmax and log-softmax                      */
+/*
+ * softmax:     out_j = p_j (g_j - s) / t,   s = sum_k g_k p_k
+ * log-softmax: out_j = (g_j - p_j G) / t,   G = sum_k g_k
+ * p as the softmax kernels compute it (float64: <= 1.5 ulp; 16/32-bit inputs:
+ * relative error < 2^-44.4), in float64 scratch; s and G are compensated sums
+ * (each product's exact error by FMA / Dekker, TwoSum into LANES lane
+ * double-doubles), error u |s| + O(C u^2) sum |g_k p_k|. Per entry (u = 2^-53):
+ * softmax |err| <= 3u |p_j (g_j - s)| (p) + 2u |out_j| + p_j (u |s| + 3u <|g|, p>)
+ * + u |out_j| (the division), so <= 8 ulp (|out_j| + p_j <|g|, p> / t);
+ * log-softmax likewise <= 8 ulp (|out_j| + p_j sum|g| / t). 16/32-bit inputs:
+ * the same with 2^-43 for 8 ulp, then one rounding to the format. Rows with a
+ * NaN, a non-finite maximum or a non-finite g are handed back (numpy).
+ */
+typedef struct {
+    const void *x;
+    const double *g;
+    void *out;
+    Py_ssize_t C;
+    double t;
+    int kind;            /* 0 softmax, 1 log-softmax */
+    double *ph, *pl;     /* scratch, C doubles each */
+    uint8_t *fallback;
+} vj_args;
+
+AI void vjp_rows_t(const vj_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, const int DT,
+                   const int HAS_T, const int USE_FMA) {
+    Py_ssize_t C = A->C;
+    size_t isz = (size_t)ITEMSIZE[DT];
+    double t = A->t;
+    double *p = A->ph, *pl = A->pl;
+    for (Py_ssize_t r = r0; r < r1; r++) {
+        const char *x = (const char *)A->x + (size_t)r * C * isz;
+        const double *g = A->g + (size_t)r * C;
+        char *o = (char *)A->out + (size_t)r * C * isz;
+        int has_nan;
+        double m = row_max(x, 0, C, &has_nan, DT);
+        int64_t gbad = 0;
+        for (Py_ssize_t j = 0; j < C; j++) gbad += !(g[j] - g[j] == 0.0);
+        if (has_nan || !isfinite(m) || gbad) { A->fallback[r] = 1; (*nfb)++; continue; }
+        A->fallback[r] = 0;
+        if (DT != DT_F64) {
+            int64_t ninf;
+            double sum = lowp_exp_sum(x, C, m, t, p, NULL, &ninf, DT, HAS_T, USE_FMA, 1, 0);
+            double inv = 1.0 / sum;
+            for (Py_ssize_t j = 0; j < C; j++) p[j] *= inv;
+        } else {
+            double sigma = grid_sigma(1.0, C);
+            sums_t s = {0.0, 0.0, 0.0};
+            exp_sum(x, 0, C, m, t, sigma, 0, p, pl, &s, DT, HAS_T, USE_FMA, 1, 0);
+            double shi = s.hi + s.lo;
+            double slo = s.lo - (shi - s.hi);
+            double inv = 1.0 / shi;
+            for (Py_ssize_t j = 0; j < C; j++) {
+                double h = p[j], q = h * inv, pp = q * shi;
+                double rr = (h - pp) - prod_err(q, shi, pp, USE_FMA);
+                p[j] = q + ((rr + pl[j]) - q * slo) * inv;
+            }
+        }
+        /* s = <g, p> (softmax) or G = sum g (log-softmax), compensated */
+        double sh[LANES], sl[LANES];
+        for (int l = 0; l < LANES; l++) { sh[l] = 0.0; sl[l] = 0.0; }
+        Py_ssize_t j = 0;
+#define VJ_SUM(J, L)                                                            \
+        {                                                                       \
+            double v = g[(J)], e = 0.0;                                         \
+            if (A->kind == 0) {                                                 \
+                double gp = v * p[(J)];                                         \
+                e = prod_err(v, p[(J)], gp, USE_FMA);                           \
+                e = (e - e == 0.0) ? e : 0.0; /* Dekker overflow (baseline) */  \
+                v = gp;                                                         \
+            }                                                                   \
+            double s2 = sh[L] + v, bv = s2 - sh[L];                             \
+            sl[L] += ((sh[L] - (s2 - bv)) + (v - bv)) + e;                      \
+            sh[L] = s2;                                                         \
+        }
+        for (; j + LANES <= C; j += LANES)
+            for (int l = 0; l < LANES; l++) VJ_SUM(j + l, l)
+        for (; j < C; j++) VJ_SUM(j, 0)
+#undef VJ_SUM
+        dd_t tot = {0.0, 0.0};
+        for (int l = 0; l < LANES; l++) { dd_add(&tot, sh[l]); tot.lo += sl[l]; }
+        double S = tot.hi + tot.lo;
+        if (A->kind == 0) {
+            for (Py_ssize_t k = 0; k < C; k++) {
+                double v = p[k] * (g[k] - S);
+                if (HAS_T) v = v / t;
+                st(o, k, v, DT);
+            }
+        } else {
+            for (Py_ssize_t k = 0; k < C; k++) {
+                double v = g[k] - p[k] * S;
+                if (HAS_T) v = v / t;
+                st(o, k, v, DT);
+            }
+        }
+    }
+}
+
+AI void vjp_rows_dt(const vj_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, const int DT,
+                    const int USE_FMA) {
+    if (A->t != 1.0) vjp_rows_t(A, r0, r1, nfb, DT, 1, USE_FMA);
+    else vjp_rows_t(A, r0, r1, nfb, DT, 0, USE_FMA);
+}
+
+AI void vjp_rows_kernel_t(const vj_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, int dt,
+                          const int USE_FMA) {
+    DISPATCH_DT(vjp_rows_dt, A, r0, r1, nfb)
+}
+VARIANTS(vjp_rows_kernel, (const vj_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, int dt),
+         A, r0, r1, nfb, dt)
+
+/* ------------------------------------------------------------------------ */
 /* Python glue                                                               */
 
 static int get_buf(PyObject *o, Py_buffer *b, int writable, Py_ssize_t need, const char *what) {
@@ -1165,6 +1525,87 @@ static PyObject *py_xent(PyObject *self, PyObject *args) {
     return PyLong_FromLongLong((long long)nfb);
 }
 
+/* xent_prob(x, dt, n, c, t, t64, weight|None, eps, r0, r1, loss, nll, logp_true, p_true,
+ *           margin, entropy, residual, argmax, true_class, top5, fallback) -> n_fallback */
+static PyObject *py_xent_prob(PyObject *self, PyObject *args) {
+    PyObject *xo, *to, *wo, *outs[11];
+    int dt, t64;
+    Py_ssize_t n, c, r0, r1;
+    double eps;
+    if (!PyArg_ParseTuple(args, "OinnOiOdnnOOOOOOOOOOO", &xo, &dt, &n, &c, &to, &t64, &wo, &eps,
+                          &r0, &r1, &outs[0], &outs[1], &outs[2], &outs[3], &outs[4], &outs[5],
+                          &outs[6], &outs[7], &outs[8], &outs[9], &outs[10]))
+        return NULL;
+    if (check_rows(dt, n, c, r0, r1) < 0) return NULL;
+    if (c < 1) { PyErr_SetString(PyExc_ValueError, "no classes"); return NULL; }
+    Py_buffer bufs[14];
+    int nb = 0, ok = 1;
+    Py_ssize_t sizes[11] = {8, 8, 8, 8, 8, 8, 8, 8, 8, 1, 1};
+    if (get_buf(xo, &bufs[nb], 0, n * c * ITEMSIZE[dt], "x") < 0) return NULL;
+    nb++;
+    if (get_buf(to, &bufs[nb], 0, n * c * (t64 ? 8 : 4), "target") < 0) ok = 0; else nb++;
+    int have_w = wo != Py_None;
+    if (ok && have_w) { if (get_buf(wo, &bufs[nb], 0, c * 8, "weight") < 0) ok = 0; else nb++; }
+    for (int i = 0; ok && i < 11; i++) {
+        if (get_buf(outs[i], &bufs[nb], 1, n * sizes[i], "output") < 0) ok = 0; else nb++;
+    }
+    double *eb = ok ? (double *)malloc(sizeof(double) * (size_t)c) : NULL;
+    if (ok && !eb) { ok = 0; PyErr_NoMemory(); }
+    if (!ok) { for (int i = 0; i < nb; i++) PyBuffer_Release(&bufs[i]); return NULL; }
+    int o0 = have_w ? 3 : 2;
+    double *d[7];
+    for (int i = 0; i < 7; i++) d[i] = (double *)bufs[o0 + i].buf;
+    xp_args A = {bufs[0].buf, c, bufs[1].buf, t64 ? 1 : 0,
+                 have_w ? (const double *)bufs[2].buf : NULL, eps,
+                 d[0], d[1], d[2], d[3], d[4], d[5], d[6],
+                 (int64_t *)bufs[o0 + 7].buf, (int64_t *)bufs[o0 + 8].buf,
+                 (uint8_t *)bufs[o0 + 9].buf, (uint8_t *)bufs[o0 + 10].buf, eb};
+    int64_t nfb = 0;
+    Py_BEGIN_ALLOW_THREADS
+    xp_rows_kernel(&A, r0, r1, &nfb, dt);
+    Py_END_ALLOW_THREADS
+    free(eb);
+    for (int i = 0; i < nb; i++) PyBuffer_Release(&bufs[i]);
+    return PyLong_FromLongLong((long long)nfb);
+}
+
+/* vjp(x, g_f64, out, dt, n, c, kind, t, r0, r1, fallback) -> n_fallback */
+static PyObject *py_vjp(PyObject *self, PyObject *args) {
+    PyObject *xo, *go, *oo, *fo;
+    int dt, kind;
+    Py_ssize_t n, c, r0, r1;
+    double t;
+    if (!PyArg_ParseTuple(args, "OOOinnidnnO", &xo, &go, &oo, &dt, &n, &c, &kind, &t, &r0, &r1,
+                          &fo))
+        return NULL;
+    if (check_rows(dt, n, c, r0, r1) < 0) return NULL;
+    Py_buffer xb, gb, ob, fb;
+    if (get_buf(xo, &xb, 0, n * c * ITEMSIZE[dt], "x") < 0) return NULL;
+    if (get_buf(go, &gb, 0, n * c * 8, "g") < 0) { PyBuffer_Release(&xb); return NULL; }
+    if (get_buf(oo, &ob, 1, n * c * ITEMSIZE[dt], "out") < 0) {
+        PyBuffer_Release(&xb); PyBuffer_Release(&gb); return NULL;
+    }
+    if (get_buf(fo, &fb, 1, n, "fallback") < 0) {
+        PyBuffer_Release(&xb); PyBuffer_Release(&gb); PyBuffer_Release(&ob); return NULL;
+    }
+    double *scratch = c > 0 ? (double *)malloc(sizeof(double) * 2 * (size_t)c) : NULL;
+    int64_t nfb = 0;
+    if (c > 0 && !scratch) {
+        PyBuffer_Release(&xb); PyBuffer_Release(&gb); PyBuffer_Release(&ob); PyBuffer_Release(&fb);
+        return PyErr_NoMemory();
+    }
+    vj_args A = {xb.buf, (const double *)gb.buf, ob.buf, c, t, kind, scratch,
+                 scratch ? scratch + c : NULL, (uint8_t *)fb.buf};
+    if (c > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        vjp_rows_kernel(&A, r0, r1, &nfb, dt);
+        Py_END_ALLOW_THREADS
+    }
+    free(scratch);
+    PyBuffer_Release(&xb); PyBuffer_Release(&gb); PyBuffer_Release(&ob); PyBuffer_Release(&fb);
+    return PyLong_FromLongLong((long long)nfb);
+}
+
 /* the instruction set of the clone that runs (the resolver's choice) */
 static int best_isa(void) {
 #if SMX_X86
@@ -1226,6 +1667,10 @@ static PyMethodDef methods[] = {
     {"logsumexp", py_logsumexp, METH_VARARGS, "logsumexp(x, out, dt, out_dt, n, c, t, r0, r1)"},
     {"xent", py_xent, METH_VARARGS, "xent(x, dt, n, c, target, weight, wsum, ignore_index, eps, r0, r1, "
                                     "loss, logp_true, p_true, argmax, top5, margin, entropy, fallback)"},
+    {"xent_prob", py_xent_prob, METH_VARARGS,
+     "xent_prob(x, dt, n, c, t, t64, weight, eps, r0, r1, loss, nll, logp_true, p_true, "
+     "margin, entropy, residual, argmax, true_class, top5, fallback)"},
+    {"vjp", py_vjp, METH_VARARGS, "vjp(x, g, out, dt, n, c, kind, t, r0, r1, fallback)"},
     {"isa", py_isa, METH_NOARGS, "instruction set of the running clone"},
     {"exp_hl", py_exp_hl, METH_VARARGS, "exp(x) as (hi, lo) (test hook)"},
     {"round16", py_round16, METH_VARARGS, "round16(src_f64, dst_u16, n, dt) (test hook)"},

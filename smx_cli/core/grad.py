@@ -14,8 +14,14 @@ Vector-Jacobian products never form the C x C matrix:
     g J_softmax     = p * (g - <g, p>) / T
     g J_log_softmax = (g - p * sum(g)) / T
 
-They are computed in float64 (long double for the inner products of float64
-inputs) in blocks of rows, and returned in the input's float format.
+On the numpy engine they are computed in float64 (long double for the inner
+products of float64 inputs) in blocks of rows, and returned in the input's
+float format. On the compiled core (:func:`smx_cli.core.native.vjp_rows`, float
+inputs) in one fused pass per row with compensated inner products: float64
+within 8 ulp of (|out_j| + p_j G / T) per entry, G = <|g|, p> (softmax) or
+sum |g| (log-softmax); 16/32-bit inputs within 2**-43 of that before the one
+rounding to their format. Rows with NaN, +-inf or a non-finite g take the
+numpy path on both engines.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from smx_cli.core import native
 from smx_cli.core.gradcheck import GradCheck, Tally, central_difference, pick_rows  # noqa: F401
 from smx_cli.core.precision import format_of, result_format
 from smx_cli.core.softmax import as_rows, check_temperature, compute, from_rows
@@ -111,8 +118,15 @@ def _vjp(x, g, axis: int, temperature: float, kind: str) -> np.ndarray:
     wide = _LONG if fmt.name == "float64" else np.float64
     n, c = x2.shape
     out = np.empty((n, c), dtype=fmt.dtype)
+    if native.supports(x2.dtype) and fmt.dtype == x2.dtype:
+        # the compiled core (native.vjp_rows); rows it hands back (NaN, +-inf, a
+        # non-finite g) take the numpy path below
+        xc = np.ascontiguousarray(x2)
+        todo = [np.flatnonzero(native.vjp_rows(xc, g2, out, kind=kind, temperature=t))]
+    else:
+        todo = [slice(r.start, r.stop) for r in _blocks(n, c)]
     with np.errstate(invalid="ignore", over="ignore"):
-        for rows in _blocks(n, c):
+        for rows in todo:
             p = _probs64(x2[rows], t)
             gb = np.asarray(g2[rows], dtype=np.float64)
             if kind == "softmax":

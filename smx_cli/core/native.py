@@ -38,6 +38,16 @@ instruction-set variant the CPU runs):
   every instruction set, the baseline one evaluating exp without FMA);
   with weights and smoothing <= 16 ulp (the smoothing sum over classes is a
   plain SIMD sum of non-negative terms); entropy within 8 ulp.
+* VJPs of softmax and log-softmax (:func:`vjp_rows`): float64 within 8 ulp
+  of (|out_j| + p_j G / T), G = <|g|, p> or sum |g|; 16/32-bit within 2**-43
+  of that, rounded once.
+* cross-entropy with probability targets (:func:`xent_prob_rows`, every
+  format, weights, label smoothing): loss = sum_c a_c (m - x_c) + L sum_c a_c
+  with a = w ((1 - eps) t + eps / C), two sums of non-negative terms summed
+  in lanes restarted every 4 terms with double-double totals; loss and the
+  plain nll within 16 ulp of float64 (budget <= 8 ulp in _smx_native.c; rows
+  with a negative or NaN target go to the numpy reference); the residual
+  max_c |p_c - a_c / A| within 16 ulp absolute.
 
 The results do not depend on the thread count. They may differ in the last
 bits of float64 between the instruction sets (the FMA variants evaluate the
@@ -365,6 +375,128 @@ def xent_rows(x2: np.ndarray, target: np.ndarray, *, weight=None, ignore_index: 
     return res
 
 
+def xent_prob_rows(x2: np.ndarray, target: np.ndarray, *, weight=None,
+                   label_smoothing: float = 0.0, threads: int | None = None) -> dict:
+    """Per-sample cross-entropy with probability targets, one sweep per row.
+
+    PyTorch's ``F.cross_entropy(x, t, weight, reduction='none', label_smoothing=eps)``
+    for (N, C) probability targets t: loss_i = -sum_c w_c t'_ic logp_ic with
+    t' = (1 - eps) t + eps / C, computed as sum_c a_c (m - x_c) + L sum_c a_c
+    (a = w t', m the row's maximum, L = log sum_c exp(x_c - m)): two sums of
+    non-negative terms, nothing cancels, no N x C temporary.
+
+    Parameters
+    ----------
+    x2 : ndarray (N, C), C >= 1, C-contiguous, any of the four float formats
+    target : ndarray (N, C) of float32 or float64 (other dtypes are converted)
+    weight : array (C,) of float or None
+    label_smoothing : float in [0, 1]
+
+    Returns
+    -------
+    dict of arrays of length N, all float64 unless said:
+        ``loss``; ``nll`` (-sum_c t_c logp_c: no weights, no smoothing);
+        ``true_class`` int64 (first argmax of the target row); ``logp_true``,
+        ``p_true``, ``margin`` of that class (margin NaN if C == 1);
+        ``argmax`` int64 (first maximum of the logits); ``top5`` bool;
+        ``entropy``; ``residual`` (max_c |p_c - a_c / A|, A = sum_c a_c; NaN
+        where A = 0); ``fallback`` bool: rows with a NaN or a non-finite
+        maximum, or a negative or NaN target, computed by the numpy reference
+        instead (:func:`smx_cli.core.xent.evaluate` recomputes them).
+
+    Accuracy (asserted by ``tests/test_xent_engines.py`` against 50-digit
+    mpmath in the four formats): loss and nll within 16 ulp of float64
+    relative to the exact loss of the given logits and targets (error budget
+    in _smx_native.c, before xp_sweep: <= 8 ulp); residual within 16 ulp
+    absolute; the log p(true), p(true), margin and entropy bounds of
+    :func:`xent_rows`.
+
+    Examples
+    --------
+    >>> r = xent_prob_rows(np.array([[0.0, 0.0]]), np.array([[0.5, 0.5]]))  # doctest: +SKIP
+    >>> round(float(r["loss"][0]), 12)  # doctest: +SKIP
+    0.693147180560
+    """
+    ext = _need_ext()
+    x2 = _check_rows(x2)
+    dt = _dt(x2)
+    n, c = x2.shape
+    if c == 0:
+        raise ValueError("the logits have no classes (0 columns)")
+    eps = float(label_smoothing)
+    if not 0.0 <= eps <= 1.0:
+        raise ValueError(f"label smoothing must be in [0, 1], got {eps!r}")
+    t = np.asarray(target)
+    if t.dtype not in (np.float32, np.float64):
+        t = t.astype(np.float64)
+    t = np.ascontiguousarray(t)
+    if t.shape != (n, c):
+        raise ValueError(f"target must have shape {(n, c)}, got {t.shape}")
+    w = None
+    if weight is not None:
+        w = np.ascontiguousarray(weight, dtype=np.float64).reshape(-1)
+        if w.shape != (c,):
+            raise ValueError(f"weight must have {c} entries, got {w.shape}")
+        if not (w >= 0).all():
+            raise ValueError("class weights must be >= 0 for the compiled kernel")
+    f8 = ("loss", "nll", "logp_true", "p_true", "margin", "entropy", "residual")
+    res = {k: np.empty(n) for k in f8}
+    res["argmax"] = np.empty(n, dtype=np.int64)
+    res["true_class"] = np.empty(n, dtype=np.int64)
+    res["top5"] = np.zeros(n, dtype=np.bool_)
+    res["fallback"] = np.zeros(n, dtype=np.bool_)
+    if n == 0:
+        return res
+    order = f8 + ("argmax", "true_class", "top5", "fallback")
+    outs = [res[k].view(np.uint8) if res[k].dtype == np.bool_ else res[k] for k in order]
+    xr = _raw(x2)
+    t64 = 1 if t.dtype == np.float64 else 0
+
+    def one(r0, r1):
+        return ext.xent_prob(xr, dt, n, c, t, t64, w, eps, r0, r1, *outs)
+
+    sum(_run(one, n, c, threads))
+    return res
+
+
+def vjp_rows(x2: np.ndarray, g2: np.ndarray, out: np.ndarray, *, kind: str = "softmax",
+             temperature: float = 1.0, threads: int | None = None) -> np.ndarray:
+    """g^T J of softmax (``kind="softmax"``: p (g - <g, p>) / T) or log-softmax
+    (``"log"``: (g - p sum(g)) / T) of rows ``x2``, into ``out``.
+
+    ``x2`` and ``out`` (N, C), C-contiguous, of one of the four formats; ``g2`` is
+    converted to C-contiguous float64. Returns a bool (N,) array of the rows handed
+    back (NaN, a non-finite maximum or a non-finite g), whose ``out`` rows are
+    not written: the caller computes them with the numpy reference.
+
+    Accuracy (asserted by ``tests/test_grad.py`` against 50-digit mpmath): float64
+    inputs within 8 ulp of float64 of (|out_j| + p_j G / T) per entry, G = <|g|, p>
+    (softmax) or sum |g| (log-softmax); 16/32-bit inputs within 2**-43 of that in
+    float64, then rounded once to the format (+0.5 ulp). Error budget in
+    _smx_native.c before vjp_rows_t.
+    """
+    ext = _need_ext()
+    x2 = _check_rows(x2)
+    dt = _dt(x2)
+    if kind not in ("softmax", "log"):
+        raise ValueError(f"kind must be 'softmax' or 'log', got {kind!r}")
+    t = _temperature(temperature)
+    n, c = x2.shape
+    g = np.ascontiguousarray(g2, dtype=np.float64)
+    if g.shape != (n, c):
+        raise ValueError(f"g must have shape {(n, c)}, got {g.shape}")
+    if not isinstance(out, np.ndarray) or out.shape != x2.shape or out.dtype != x2.dtype \
+            or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous array of shape {x2.shape} and dtype {x2.dtype}")
+    fb = np.zeros(n, dtype=np.bool_)
+    if n == 0 or c == 0:
+        return fb
+    xr, orr, fr = _raw(x2), _raw(out), fb.view(np.uint8)
+    k = 0 if kind == "softmax" else 1
+    _run(lambda r0, r1: ext.vjp(xr, g, orr, dt, n, c, k, t, r0, r1, fr), n, c, threads)
+    return fb
+
+
 def _xent_fallback(x2, tg, w, ignore_index, eps, res) -> None:
     """Rows with a NaN or a non-finite maximum, from the reference log-softmax."""
     rows = np.flatnonzero(res["fallback"])
@@ -401,5 +533,5 @@ def _xent_fallback(x2, tg, w, ignore_index, eps, res) -> None:
         res["top5"][rows] = ((lp > lp_y[:, None]).sum(axis=1) < k5) & ~nan_row & ~ign
 
 
-__all__ = ["available", "engine", "softmax_rows", "logsumexp_rows", "xent_rows",
+__all__ = ["available", "engine", "softmax_rows", "logsumexp_rows", "xent_rows", "xent_prob_rows", "vjp_rows",
            "default_threads", "why_unavailable"]

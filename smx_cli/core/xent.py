@@ -267,8 +267,8 @@ def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
     with 1 - p_c = -expm1(logp_c), so a saturated sample (p_true near 1)
     keeps the relative accuracy of its tiny gradient.
 
-    Engines: class-index targets of logits without ``want_grad`` run on the
-    compiled core when it is active (:mod:`smx_cli.core.xent_native` says
+    Engines: class-index and probability targets of logits without
+    ``want_grad`` run on the compiled core when it is active (:mod:`smx_cli.core.xent_native` says
     what it covers; ``XentResult.engine`` says what ran), everything else on
     the numpy kernels. On either engine, against the exact values of the
     given logits (eps = 2**-52; asserted by ``tests/test_xent_engines.py``
@@ -420,8 +420,27 @@ def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
         if bad.any():
             general(s0 + np.flatnonzero(bad), threads=1)
 
+    def kernel_prob() -> None:
+        """Every statistic of probability targets from the compiled core's one sweep."""
+        got, redo = xent_native.per_sample_prob(x2, t, w, eps, threads)
+        lp_y = got["logp_true"]
+        loss[:] = got["loss"]
+        nll[:] = got["nll"]
+        true_class[:] = got["true_class"]
+        predicted[:] = got["argmax"]
+        p_true[:] = got["p_true"]
+        one_minus[:] = -np.expm1(lp_y)
+        margin[:] = got["margin"]
+        entropy[:] = got["entropy"]
+        top5[:] = got["top5"]
+        residual[:] = got["residual"]
+        if redo.size:  # NaN or non-finite maximum: the numpy reference, as on that engine
+            general(redo, threads=1)
+
     def kernel() -> None:
         """Every statistic from the compiled core's one sweep (xent_native covers which)."""
+        if kind == "prob":
+            return kernel_prob()
         got, redo = xent_native.per_sample(x2, t, w, int(ignore_index), eps, threads)
         ign = t == ignore_index
         lp_y = got["logp_true"]  # NaN where ignored

@@ -1,18 +1,18 @@
-"""Cross-entropy of class-index targets on the compiled core (:func:`native.xent_rows`).
+"""Cross-entropy on the compiled core (:func:`native.xent_rows`, :func:`native.xent_prob_rows`).
 
 :func:`smx_cli.core.xent.evaluate` hands a block here when :func:`covers` says
 the kernel computes it: logits (``input_kind='logits'``) of float16,
-bfloat16, float32 or float64 with class-index targets, any class weights,
-``ignore_index`` and label smoothing, no gradient, and the native engine
-selected. The kernel gives each row's loss, log p(true), p(true), argmax,
+bfloat16, float32 or float64 with class-index targets (any class weights,
+``ignore_index`` and label smoothing) or probability targets (any class
+weights and label smoothing; :func:`per_sample_prob`), no gradient, and the
+native engine selected. The kernel gives each row's loss, log p(true), p(true), argmax,
 top-5 flag, margin and entropy in one sweep with no N x C temporary; the
 rest of :class:`~smx_cli.core.xent.XentResult` follows from those here
 (see :func:`per_sample`). Rows the kernel hands back (a NaN or a non-finite
 maximum) are recomputed by the caller's numpy reference, so special rows
 are identical on both engines.
 
-Stays on the numpy kernels (``XentResult.engine == 'numpy'``): probability
-targets, ``input_kind`` 'log-probs' and 'probs' (the kernel takes logits;
+Stays on the numpy kernels (``XentResult.engine == 'numpy'``): ``input_kind`` 'log-probs' and 'probs' (the kernel takes logits;
 ``smx xent --dtype`` emulation feeds torch's log-probabilities as
 'log-probs'), the gradient (``want_grad``), integer logits, and the numpy
 engine itself (``SMX_ENGINE=numpy``). A temperature is not a kernel option:
@@ -30,8 +30,25 @@ _BLOCK = 1 << 20
 
 def covers(kind: str, input_kind: str, want_grad: bool, dtype) -> bool:
     """True when the compiled kernel computes this cross-entropy (see the module docstring)."""
-    return (kind == "index" and input_kind == "logits" and not want_grad
+    return (kind in ("index", "prob") and input_kind == "logits" and not want_grad
             and native.supports(dtype))
+
+
+def per_sample_prob(x2: np.ndarray, t: np.ndarray, w, eps: float,
+                    threads: int | None = None) -> tuple[dict, np.ndarray]:
+    """native.xent_prob_rows' arrays for every row of ``x2`` (probability targets ``t``),
+    and the rows it handed back (NaN or non-finite maximum, negative or NaN target),
+    whose values are the caller's to recompute."""
+    n, c = x2.shape
+    if x2.flags.c_contiguous:
+        res = native.xent_prob_rows(x2, t, weight=w, label_smoothing=eps, threads=threads)
+    else:  # C-ordered copies of row blocks
+        step = max(1, _BLOCK // max(c, 1))
+        parts = [native.xent_prob_rows(np.ascontiguousarray(x2[s:s + step]), t[s:s + step],
+                                       weight=w, label_smoothing=eps, threads=threads)
+                 for s in range(0, n, step)]
+        res = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return res, np.flatnonzero(res.pop("fallback"))
 
 
 def per_sample(x2: np.ndarray, y: np.ndarray, w, ignore_index: int, eps: float,
