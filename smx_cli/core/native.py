@@ -300,6 +300,19 @@ def _reference_logsoftmax(xb: np.ndarray) -> np.ndarray:
         return compute(np.asarray(xb, dtype=np.float64), "log").values
 
 
+def _xent_args(x2: np.ndarray, label_smoothing: float):
+    """The checks both cross-entropy kernels share: (ext, rows, dtype code, n, c, eps)."""
+    ext = _need_ext()
+    x2 = _check_rows(x2)
+    n, c = x2.shape
+    if c == 0:
+        raise ValueError("the logits have no classes (0 columns)")
+    eps = float(label_smoothing)
+    if not 0.0 <= eps <= 1.0:
+        raise ValueError(f"label smoothing must be in [0, 1], got {eps!r}")
+    return ext, x2, _dt(x2), n, c, eps
+
+
 def xent_rows(x2: np.ndarray, target: np.ndarray, *, weight=None, ignore_index: int = -100,
               label_smoothing: float = 0.0, threads: int | None = None) -> dict:
     """Per-sample cross-entropy with class-index targets, one sweep per row.
@@ -336,15 +349,7 @@ def xent_rows(x2: np.ndarray, target: np.ndarray, *, weight=None, ignore_index: 
     measured 1.36 ulp). Memory: the eight (N,) result
     arrays only (no N x C temporary).
     """
-    ext = _need_ext()
-    x2 = _check_rows(x2)
-    dt = _dt(x2)
-    n, c = x2.shape
-    if c == 0:
-        raise ValueError("the logits have no classes (0 columns)")
-    eps = float(label_smoothing)
-    if not 0.0 <= eps <= 1.0:
-        raise ValueError(f"label smoothing must be in [0, 1], got {eps!r}")
+    ext, x2, dt, n, c, eps = _xent_args(x2, label_smoothing)
     tg = np.ascontiguousarray(target, dtype=np.int64).reshape(-1)
     if tg.shape != (n,):
         raise ValueError(f"target must have {n} entries, got {tg.shape}")
@@ -417,15 +422,7 @@ def xent_prob_rows(x2: np.ndarray, target: np.ndarray, *, weight=None,
     >>> round(float(r["loss"][0]), 12)  # doctest: +SKIP
     0.693147180560
     """
-    ext = _need_ext()
-    x2 = _check_rows(x2)
-    dt = _dt(x2)
-    n, c = x2.shape
-    if c == 0:
-        raise ValueError("the logits have no classes (0 columns)")
-    eps = float(label_smoothing)
-    if not 0.0 <= eps <= 1.0:
-        raise ValueError(f"label smoothing must be in [0, 1], got {eps!r}")
+    ext, x2, dt, n, c, eps = _xent_args(x2, label_smoothing)
     t = np.asarray(target)
     if t.dtype not in (np.float32, np.float64):
         t = t.astype(np.float64)

@@ -423,13 +423,16 @@ def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
     def kernel_prob() -> None:
         """Every statistic of probability targets from the compiled core's one sweep."""
         got, redo = xent_native.per_sample_prob(x2, t, w, eps, threads)
-        lp_y = got["logp_true"]
-        loss[:] = got["loss"]
         nll[:] = got["nll"]
         true_class[:] = got["true_class"]
+        take(got, redo)
+
+    def take(got, redo) -> None:
+        """The statistics both kernels return, then their special rows on numpy."""
+        loss[:] = got["loss"]
         predicted[:] = got["argmax"]
         p_true[:] = got["p_true"]
-        one_minus[:] = -np.expm1(lp_y)
+        one_minus[:] = -np.expm1(got["logp_true"])
         margin[:] = got["margin"]
         entropy[:] = got["entropy"]
         top5[:] = got["top5"]
@@ -443,20 +446,10 @@ def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
             return kernel_prob()
         got, redo = xent_native.per_sample(x2, t, w, int(ignore_index), eps, threads)
         ign = t == ignore_index
-        lp_y = got["logp_true"]  # NaN where ignored
-        loss[:] = got["loss"]
-        nll[:] = np.where(ign, 0.0, -lp_y)
+        nll[:] = np.where(ign, 0.0, -got["logp_true"])  # logp_true is NaN where ignored
         ignored[:] = ign
         true_class[:] = np.where(ign, -1, t)
-        predicted[:] = got["argmax"]
-        p_true[:] = got["p_true"]
-        one_minus[:] = -np.expm1(lp_y)
-        margin[:] = got["margin"]
-        entropy[:] = got["entropy"]
-        top5[:] = got["top5"]
-        residual[:] = got["residual"]
-        if redo.size:  # NaN or non-finite maximum: the numpy reference, as on that engine
-            general(redo, threads=1)
+        take(got, redo)
 
     engine = native.engine() if xent_native.covers(kind, input_kind, want_grad, x2.dtype) \
         else "numpy"
