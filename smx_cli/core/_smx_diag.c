@@ -27,33 +27,9 @@
 #else
 #define SMX_X86 0
 #endif
-#define AI static inline __attribute__((always_inline))
+#include "_smx_common.h"
+
 #define LANES 4
-
-enum { DT_F16 = 0, DT_BF16 = 1, DT_F32 = 2, DT_F64 = 3 };
-static const int ITEMSIZE[4] = {2, 2, 4, 8};
-
-AI float asf32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
-AI uint32_t asu32(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
-
-AI float f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t a = h & 0x7fffu;
-    float v = asf32(a << 13) * 0x1p112f;          /* normals and subnormals, exact */
-    uint32_t bits = asu32(v);
-    uint32_t special = 0x7f800000u | (a & 0x3ffu) << 13;
-    bits = (a >= 0x7c00u) ? special : bits;
-    return asf32(bits | sign);
-}
-
-AI double ld(const void *p, Py_ssize_t j, const int DT) {
-    switch (DT) {
-    case DT_F16: return (double)f16_to_f32(((const uint16_t *)p)[j]);
-    case DT_BF16: return (double)asf32((uint32_t)((const uint16_t *)p)[j] << 16);
-    case DT_F32: return (double)((const float *)p)[j];
-    default: return ((const double *)p)[j];
-    }
-}
 
 /* 4-lane vectors (GCC/Clang vector extensions): each copy of the kernel lowers
  * them to its own instructions (one AVX2 register, two SSE2 ones), so the row
@@ -257,17 +233,6 @@ static void rows_base(const diag_args *A, totals_t *T, int xdt, int ydt) { rows_
 
 typedef void (*rows_fn)(const diag_args *, totals_t *, int, int);
 static rows_fn g_rows = rows_base;
-
-static int get_buf(PyObject *o, Py_buffer *b, int writable, Py_ssize_t need, const char *what) {
-    if (PyObject_GetBuffer(o, b, PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0)) < 0)
-        return -1;
-    if (b->len < need) {
-        PyErr_Format(PyExc_ValueError, "%s: buffer of %zd bytes, need %zd", what, b->len, need);
-        PyBuffer_Release(b);
-        return -1;
-    }
-    return 0;
-}
 
 /* summarize(x, xdt, y, ydt, n, c, kind, tiny, tol, counts, unclean)
  *   -> (zeros, subnormal, off, max_err, vmin, vmax, clean_rows) over the clean rows

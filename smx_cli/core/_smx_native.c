@@ -86,38 +86,13 @@ static int g_isa = ISA_BASE;
     static void NAME PARAMS { NAME##_t(__VA_ARGS__, 0); }
 #endif
 
-#if defined(__GNUC__)
-#define AI static inline __attribute__((always_inline))
-#else
-#define AI static inline
-#endif
+#include "_smx_common.h"
 
-enum { DT_F16 = 0, DT_BF16 = 1, DT_F32 = 2, DT_F64 = 3 };
-static const int ITEMSIZE[4] = {2, 2, 4, 8};
 #define LANES 8
 
 
 /* ------------------------------------------------------------------------ */
 /* bits                                                                      */
-
-AI uint64_t asu64(double d) { uint64_t u; memcpy(&u, &d, 8); return u; }
-AI double asf64(uint64_t u) { double d; memcpy(&d, &u, 8); return d; }
-AI uint32_t asu32(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
-AI float asf32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
-
-/* float16 -> float32 (exact) */
-AI float f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t a = h & 0x7fffu;
-    /* normals and subnormals: as a scaled float32, times 2^112 (exact) */
-    float v = asf32(a << 13) * 0x1p112f;
-    uint32_t bits = asu32(v);
-    uint32_t special = 0x7f800000u | (a & 0x3ffu) << 13; /* inf / nan */
-    bits = (a >= 0x7c00u) ? special : bits;
-    return asf32(bits | sign);
-}
-
-AI float bf16_to_f32(uint16_t h) { return asf32((uint32_t)h << 16); }
 
 /* float64 -> float16, round to nearest even, in one rounding */
 AI uint16_t f64_to_f16(double x) {
@@ -151,15 +126,6 @@ AI uint16_t f64_to_bf16(double x) {
     r = (ax >= 0x1p128) ? 0x7f80u : r;
     r = (x != x) ? 0x7fc0u : r;
     return (uint16_t)(r | sign);
-}
-
-AI double ld(const void *p, Py_ssize_t j, const int DT) {
-    switch (DT) {
-    case DT_F16: return (double)f16_to_f32(((const uint16_t *)p)[j]);
-    case DT_BF16: return (double)bf16_to_f32(((const uint16_t *)p)[j]);
-    case DT_F32: return (double)((const float *)p)[j];
-    default: return ((const double *)p)[j];
-    }
 }
 
 AI void st(void *p, Py_ssize_t j, double v, const int DT) {
@@ -1392,17 +1358,6 @@ VARIANTS(vjp_rows_kernel, (const vj_args *A, Py_ssize_t r0, Py_ssize_t r1, int64
 
 /* ------------------------------------------------------------------------ */
 /* Python glue                                                               */
-
-static int get_buf(PyObject *o, Py_buffer *b, int writable, Py_ssize_t need, const char *what) {
-    if (PyObject_GetBuffer(o, b, PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0)) < 0)
-        return -1;
-    if (b->len < need) {
-        PyErr_Format(PyExc_ValueError, "%s: buffer of %zd bytes, need %zd", what, b->len, need);
-        PyBuffer_Release(b);
-        return -1;
-    }
-    return 0;
-}
 
 static int check_rows(int dt, Py_ssize_t n, Py_ssize_t c, Py_ssize_t r0, Py_ssize_t r1) {
     if (dt < 0 || dt > 3) { PyErr_SetString(PyExc_ValueError, "bad dtype code"); return -1; }
