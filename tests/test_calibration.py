@@ -34,6 +34,14 @@ def _draw(p, rng):
 # plain references, written out loop by loop
 
 
+def plain_bin(members, conf, correct):
+    """(count, mean confidence, accuracy) of one bin's members; (0, None, None) if empty."""
+    if not members:
+        return (0, None, None)
+    return (len(members), sum(conf[i] for i in members) / len(members),
+            sum(correct[i] for i in members) / len(members))
+
+
 def plain_width_bins(conf, correct, m):
     """Per bin (lo, hi]: count, mean conf, accuracy; 0 goes to the first bin."""
     out = []
@@ -41,11 +49,7 @@ def plain_width_bins(conf, correct, m):
         lo, hi = b / m, (b + 1) / m
         members = [i for i, c in enumerate(conf)
                    if (lo < c <= hi) or (b == 0 and c == 0.0)]
-        if members:
-            out.append((len(members), sum(conf[i] for i in members) / len(members),
-                        sum(correct[i] for i in members) / len(members)))
-        else:
-            out.append((0, None, None))
+        out.append(plain_bin(members, conf, correct))
     return out
 
 
@@ -57,11 +61,7 @@ def plain_mass_bins(conf, correct, m):
         size = n // m + (1 if b < n % m else 0)
         members = order[start:start + size]
         start += size
-        if members:
-            out.append((len(members), sum(conf[i] for i in members) / len(members),
-                        sum(correct[i] for i in members) / len(members)))
-        else:
-            out.append((0, None, None))
+        out.append(plain_bin(members, conf, correct))
     return out
 
 

@@ -127,17 +127,8 @@ def check(res, x, y, w, eps, ignore_index):
             assert getattr(res, f)[i] == ref[f], (f, where)
         for f in ("loss", "nll", "entropy"):
             close(getattr(res, f)[i], ref[f], LOSS_ULPS * EPS64, TINY, f, where)
-        lp_scale = abs(ref["nll"]) if mp.isfinite(ref["nll"]) else 0
-        # p = exp(logp): logp's relative error times |logp| becomes p's relative error
-        close(res.p_true[i], ref["p_true"], LOSS_ULPS * EPS64 * (1 + lp_scale), TINY,
-              "p_true", where)
-        close(res.one_minus_p_true[i], ref["one_minus_p_true"],
-              LOSS_ULPS * EPS64 * (1 + lp_scale), TINY, "one_minus_p_true", where)
-        close(res.margin[i], ref["margin"], 0.0, LOSS_ULPS * EPS64 * ref["scale_margin"],
-              "margin", where)
-        # with smoothing the kernel's residual takes the other classes' p from log p(y)
-        close(res.residual[i], ref["residual"], 0.0, LOSS_ULPS * EPS64 * (1 + lp_scale),
-              "residual", where)
+        close_probabilities(res, i, ref, abs(ref["nll"]) if mp.isfinite(ref["nll"]) else 0,
+                            where)
 
 
 def close(got, ref, rtol, atol, what, where):
@@ -149,6 +140,23 @@ def close(got, ref, rtol, atol, what, where):
     with mp.workdps(50):
         err = abs(mp.mpf(got) - ref)
         assert err <= rtol * abs(ref) + atol, (what, got, float(ref), float(err), where)
+
+
+def close_probabilities(res, i, ref, lp_scale, where):
+    """p(true), 1 - p(true), margin and residual of row i against the reference.
+
+    p = exp(logp): logp's relative error times |logp| (``lp_scale``) becomes p's
+    relative error; with smoothing the kernel's residual takes the other
+    classes' p from log p(y), so it carries the same factor.
+    """
+    close(res.p_true[i], ref["p_true"], LOSS_ULPS * EPS64 * (1 + lp_scale), TINY,
+          "p_true", where)
+    close(res.one_minus_p_true[i], ref["one_minus_p_true"],
+          LOSS_ULPS * EPS64 * (1 + lp_scale), TINY, "one_minus_p_true", where)
+    close(res.margin[i], ref["margin"], 0.0, LOSS_ULPS * EPS64 * ref["scale_margin"],
+          "margin", where)
+    close(res.residual[i], ref["residual"], 0.0, LOSS_ULPS * EPS64 * (1 + lp_scale),
+          "residual", where)
 
 
 def both_engines(fn):
@@ -338,15 +346,8 @@ def check_prob(res, x, t, w, eps, entropy=True):
             continue
         for f in ("loss", "nll", "entropy") if entropy else ("loss", "nll"):
             close(getattr(res, f)[i], ref[f], LOSS_ULPS * EPS64, TINY, f, where)
-        lp_scale = abs(ref["lp_true"]) if mp.isfinite(ref["lp_true"]) else 0
-        close(res.p_true[i], ref["p_true"], LOSS_ULPS * EPS64 * (1 + lp_scale), TINY,
-              "p_true", where)
-        close(res.one_minus_p_true[i], ref["one_minus_p_true"],
-              LOSS_ULPS * EPS64 * (1 + lp_scale), TINY, "one_minus_p_true", where)
-        close(res.margin[i], ref["margin"], 0.0, LOSS_ULPS * EPS64 * ref["scale_margin"],
-              "margin", where)
-        close(res.residual[i], ref["residual"], 0.0, LOSS_ULPS * EPS64 * (1 + lp_scale),
-              "residual", where)
+        close_probabilities(res, i, ref,
+                            abs(ref["lp_true"]) if mp.isfinite(ref["lp_true"]) else 0, where)
 
 
 def prob_targets(x, seed):
