@@ -67,7 +67,9 @@ if os.environ.get("SMX_NO_NATIVE", "") not in ("1", "true", "yes"):
     ext_modules.append(Extension(
         "smx_cli.core._smx_native",
         sources=["smx_cli/core/_smx_native.c"],
-        depends=["smx_cli/core/_smx_common.h"],
+        depends=["smx_cli/core/_smx_common.h", "smx_cli/core/_smx_base.h",
+                 "smx_cli/core/_smx_softmax.h", "smx_cli/core/_smx_xent.h",
+                 "smx_cli/core/_smx_vjp.h"],
         extra_compile_args=_flags(),
         libraries=[] if sys.platform == "win32" else ["m"],
         optional=True,

@@ -20,7 +20,7 @@ instruction-set variant the CPU runs):
   0.5 ulp + 2**-20 ulp (correctly rounded except within a 2**-20-ulp band
   around rounding midpoints); softmax and log-softmax. The float64 value
   before the rounding needs only a relative error below 2**-44, so these
-  formats take a single-word path (error budget in _smx_native.c): x - m in
+  formats take a single-word path (error budget in _smx_base.h): x - m in
   float64 (error <= |x - m| 2**-53), a Cody-Waite exp with one 2**k scale
   (<= 2**-50), row sums in lane accumulators restarted every 64 terms with
   double-double block totals (<= 2**-47), one reciprocal and one product
@@ -45,7 +45,7 @@ instruction-set variant the CPU runs):
   format, weights, label smoothing): loss = sum_c a_c (m - x_c) + L sum_c a_c
   with a = w ((1 - eps) t + eps / C), two sums of non-negative terms summed
   in lanes restarted every 4 terms with double-double totals; loss and the
-  plain nll within 16 ulp of float64 (budget <= 8 ulp in _smx_native.c; rows
+  plain nll within 16 ulp of float64 (budget <= 8 ulp in _smx_xent.h; rows
   with a negative or NaN target go to the numpy reference); the residual
   max_c |p_c - a_c / A| within 16 ulp absolute.
 
@@ -412,7 +412,7 @@ def xent_prob_rows(x2: np.ndarray, target: np.ndarray, *, weight=None,
     Accuracy (asserted by ``tests/test_xent_engines.py`` against 50-digit
     mpmath in the four formats): loss and nll within 16 ulp of float64
     relative to the exact loss of the given logits and targets (error budget
-    in _smx_native.c, before xp_sweep: <= 8 ulp); residual within 16 ulp
+    in _smx_xent.h, before xp_sweep: <= 8 ulp); residual within 16 ulp
     absolute; the log p(true), p(true), margin and entropy bounds of
     :func:`xent_rows`.
 
@@ -470,7 +470,7 @@ def vjp_rows(x2: np.ndarray, g2: np.ndarray, out: np.ndarray, *, kind: str = "so
     inputs within 8 ulp of float64 of (|out_j| + p_j G / T) per entry, G = <|g|, p>
     (softmax) or sum |g| (log-softmax); 16/32-bit inputs within 2**-43 of that in
     float64, then rounded once to the format (+0.5 ulp). Error budget in
-    _smx_native.c before vjp_rows_t.
+    _smx_vjp.h before vjp_rows_t.
     """
     ext = _need_ext()
     x2 = _check_rows(x2)
