@@ -1,6 +1,6 @@
 """Build script: the package plus the optional compiled core.
 
-The C extension ``smx_cli.core._smx_native`` is optional: when it cannot be
+The C extensions (``smx_cli.core._smx_native``, ``_smx_diag``, ``_smx_fast``) are optional: when it cannot be
 compiled (no compiler, no Python headers) the install still succeeds with a
 warning, and smx runs on its numpy kernels (``smx_cli.core.native.engine()``
 then reports "numpy").
@@ -79,6 +79,16 @@ if os.environ.get("SMX_NO_NATIVE", "") not in ("1", "true", "yes"):
         "smx_cli.core._smx_diag",
         sources=["smx_cli/core/_smx_diag.c"],
         depends=["smx_cli/core/_smx_common.h"],
+        extra_compile_args=_flags(),
+        libraries=[] if sys.platform == "win32" else ["m"],
+        optional=True,
+    ))
+
+    # the compiled fast mode and online normaliser (small; same flags)
+    ext_modules.append(Extension(
+        "smx_cli.core._smx_fast",
+        sources=["smx_cli/core/_smx_fast.c"],
+        depends=["smx_cli/core/_smx_common.h", "smx_cli/core/_smx_base.h"],
         extra_compile_args=_flags(),
         libraries=[] if sys.platform == "win32" else ["m"],
         optional=True,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from smx_cli.core import kernels, native
+from smx_cli.core import kernels, native, native_fast
 from smx_cli.core.eft import split_sum, two_prod, two_sum
 from smx_cli.core.precision import BFLOAT16, Format, result_format
 from smx_cli.core.result import SoftmaxResult
@@ -245,10 +245,19 @@ def accurate(x2: np.ndarray, spec, t: float, masked: str, threads: int | None = 
     kind = spec.kind
     n, width = x2.shape
     out = _output(out, (n, width), fmt)
+    contiguous_out = out.flags.c_contiguous and not np.shares_memory(out, x2)
+    use_online = (spec.accurate is online_block and native_fast.supports(x2.dtype)
+                  and contiguous_out)
     use_native = (spec.fast and fmt.name in NATIVE_FORMATS and native.supports(x2.dtype)
-                  and out.flags.c_contiguous and not np.shares_memory(out, x2))
-    engine = native.engine() if use_native else "numpy"
+                  and contiguous_out)
+    engine = (native.engine() if use_native else native_fast.engine() if use_online
+              else "numpy")
     if width == 0 or n == 0:  # rows of no classes: an empty result, like 0 rows
+        return SoftmaxResult(out, kind, fmt, False, spec.name, t, engine=engine)
+    if use_online:
+        # the compiled one-pass online normaliser (bounds of native.py; see native_fast.py)
+        native_fast.online_rows(np.ascontiguousarray(x2), out, temperature=t, masked=masked,
+                                block=ONLINE_BLOCK, threads=threads)
         return SoftmaxResult(out, kind, fmt, False, spec.name, t, engine=engine)
     if use_native:
         # the compiled core: the same special rows, tighter bounds (see native.py)
@@ -276,13 +285,26 @@ def accurate(x2: np.ndarray, spec, t: float, masked: str, threads: int | None = 
 
 def fast(x2: np.ndarray, spec, t: float, masked: str,
          threads: int | None = None, out: np.ndarray | None = None) -> SoftmaxResult:
-    """Opt-in fast mode: the input's own arithmetic with the plain max-shift."""
+    """Opt-in fast mode: the input's own arithmetic with the plain max-shift.
+
+    Runs the compiled kernels of :mod:`smx_cli.core.native_fast` when they are
+    built (and the output is a separate C-contiguous array), else the numpy
+    fast kernels; ``SoftmaxResult.engine`` says which. Bounds: see
+    :data:`smx_cli.core.kernels.FAST_ULP_NOTE` and native_fast's docstring.
+    """
     fmt = result_format(x2.dtype)
     kind = spec.kind
     n, width = x2.shape
     out = _output(out, (n, width), fmt)
+    use_native = (native_fast.supports(x2.dtype) and out.flags.c_contiguous
+                  and not np.shares_memory(out, x2))
+    engine = native_fast.engine() if use_native else "numpy"
     if width == 0 or n == 0:
-        return SoftmaxResult(out, kind, fmt, False, spec.name, t, fast=True)
+        return SoftmaxResult(out, kind, fmt, False, spec.name, t, fast=True, engine=engine)
+    if use_native:
+        native_fast.fast_rows(np.ascontiguousarray(x2), out, kind=kind, temperature=t,
+                              masked=masked, threads=threads)
+        return SoftmaxResult(out, kind, fmt, False, spec.name, t, fast=True, engine=engine)
 
     def fix(rows):
         _plain_rows(x2, out, rows, spec.accurate, t, masked, fmt)
