@@ -8,7 +8,7 @@ float32 exp. Bounds are the ones native_fast.py states:
 * fast probabilities: float32 4 + k|q| ulps, float64 8 + k|q|, float16
   0.5 + (4 + k|q|) 2**-13, bfloat16 0.5 + (4 + k|q|) 2**-16 (q = (x - max)/T,
   k = 1 at T = 1, else 2), for exact values that are normal numbers;
-* fast log-probabilities: (4 + k(|q| + ln C)) eps32/eps64 max(|logp|, 1),
+* fast log-probabilities: (5 + k(|q| + ln C)) eps32/eps64 max(|logp|, 1),
   plus 0.5 ulp of the format for 16-bit outputs;
 * online: 0.5 + 2**-20 ulp for 16/32-bit formats, 1.5 ulp for float64.
 """
@@ -126,7 +126,7 @@ def fast_bounds(x, dt, t):
         prob = (8.0 if dt == np.float64 else 4.0) + k * q
     else:
         prob = 0.5 + (4.0 + k * q) * (2.0 ** -13 if dt == np.float16 else 2.0 ** -16)
-    log = 4.0 + k * (q + np.log(c))
+    log = 5.0 + k * (q + np.log(c))
     return prob, log
 
 

@@ -20,11 +20,21 @@
  *     C 2^-57, nothing at float32 scale for C < 2^27); float64 terms in 16
  *     lanes restarted every 4 terms, the block sums added as double-doubles
  *     (<= 3 u + 2 u);
+ *   - float64 exp below -700 (exp1 flushes under -708): exp(q + 64) e^-64,
+ *     one more rounding (u);
  *   - fl(1 / S): u; the product p = e * inv: the final rounding (0.5 ulp).
- *   Probabilities: float32 <= 0.5 + k|q| + 3 ulps, float64 <= 0.5 + k|q| + 8;
+ *   A relative error of r u costs at most r ulps, so probabilities are within
+ *   float32: 0.5 + k|q| + 2 + 1 (+ C 2^-33) <= 4 + k|q| ulps;
+ *   float64: 0.5 + k|q| + 2 + 1 + 3.5 + 1 <= 8 + k|q| ulps;
  *   16-bit outputs: 0.5 ulp of the format plus the float32 error scaled by
- *   2^-13 (float16) or 2^-16 (bfloat16). Log-probabilities: absolute error
- *   <= (k |q| + k ln C + 8) u + rounding of log S and of the difference.
+ *   2^-13 (float16) or 2^-16 (bfloat16).
+ *   Log-probabilities logp = q - fl(log S): the shift k|q| u, log S off by the
+ *   e-weighted mean of the terms' errors, sum_j p_j (k|q_j| + 7) u <=
+ *   (k ln C + 7) u (sum_j p_j |q_j| = H(p) - ln S <= ln C), plus the roundings
+ *   of log S (u lse) and of the difference (u |logp|): no cancellation (q <= 0,
+ *   lse >= 0), so |error| <= (k|q| + k ln C + 10) u max(|logp|, 1)
+ *   = (5 + k(|q| + ln C)/2) eps max(|logp|, 1), eps = 2u; stated with k(|q| +
+ *   ln C) for margin.
  *
  * Online (online_rows, the `online` variant): one read pass computes, per
  * block of B columns, the block maximum m_b and the compensated block sum
