@@ -70,6 +70,12 @@
 #else
 #define SMX_X86 0
 #endif
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <emmintrin.h>
+#define SMX_STREAM 1
+#else
+#define SMX_STREAM 0
+#endif
 
 enum { ISA_BASE = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
 static int g_isa = ISA_BASE;
@@ -95,6 +101,7 @@ static int g_isa = ISA_BASE;
 
 #define FL 16   /* lanes of the fast kernels */
 #define RB 4    /* float64 fast sums: terms per lane between restarts */
+#define CH 512  /* entries per L1 chunk of the output passes */
 
 /* ------------------------------------------------------------------------ */
 /* 16-bit rows <-> float32 buffers                                           */
@@ -178,6 +185,61 @@ AI void row_out(const float *s, void *o, Py_ssize_t n, const int DT, const int I
 }
 
 /* ------------------------------------------------------------------------ */
+/* output stores that skip the cache                                         */
+
+/* copy nbytes to d with non-temporal stores where d is aligned: the output
+ * is not read again, so its cache lines need not be fetched first (the
+ * read-for-ownership of a plain store is a third of the memory traffic of a
+ * wide row). stream_fence() before the kernel returns. */
+#if SMX_X86
+SMX_V4 static void stream_v4(const char *s, char *d, size_t nb) {
+    size_t h = (size_t)(-(uintptr_t)d & 63);
+    h = h < nb ? h : nb;
+    memcpy(d, s, h);
+    size_t j = h;
+    for (; j + 64 <= nb; j += 64)
+        _mm512_stream_si512((void *)(d + j), _mm512_loadu_si512((const void *)(s + j)));
+    memcpy(d + j, s + j, nb - j);
+}
+SMX_V3 static void stream_v3(const char *s, char *d, size_t nb) {
+    size_t h = (size_t)(-(uintptr_t)d & 31);
+    h = h < nb ? h : nb;
+    memcpy(d, s, h);
+    size_t j = h;
+    for (; j + 32 <= nb; j += 32)
+        _mm256_stream_si256((__m256i *)(d + j), _mm256_loadu_si256((const __m256i *)(s + j)));
+    memcpy(d + j, s + j, nb - j);
+}
+#endif
+static void stream_base(const char *s, char *d, size_t nb) {
+#if SMX_STREAM
+    size_t h = (size_t)(-(uintptr_t)d & 15);
+    h = h < nb ? h : nb;
+    memcpy(d, s, h);
+    size_t j = h;
+    for (; j + 16 <= nb; j += 16)
+        _mm_stream_si128((__m128i *)(d + j), _mm_loadu_si128((const __m128i *)(s + j)));
+    memcpy(d + j, s + j, nb - j);
+#else
+    memcpy(d, s, nb);
+#endif
+}
+
+AI void stream_out(const void *s, void *d, size_t nb, const int ISA) {
+#if SMX_X86
+    if (ISA == ISA_AVX512) { stream_v4((const char *)s, (char *)d, nb); return; }
+    if (ISA == ISA_AVX2) { stream_v3((const char *)s, (char *)d, nb); return; }
+#endif
+    stream_base((const char *)s, (char *)d, nb);
+}
+
+static void stream_fence(void) {
+#if SMX_STREAM
+    _mm_sfence();
+#endif
+}
+
+/* ------------------------------------------------------------------------ */
 /* float32 exp for arguments <= 0                                            */
 
 #define LOG2EF 0x1.715476p0f
@@ -245,7 +307,7 @@ typedef struct {
     double t;
     int kind;   /* 0 prob, 1 logprob */
     int mz;     /* masked rows give 0 / -inf instead of NaN */
-    float *buf; /* C floats (16-bit rows) */
+    void *buf;  /* C doubles: the row's exp terms until 1/S is known */
 } fast_args;
 
 /* the maximum of a float32 row on integer keys (monotone in the value; an
@@ -265,8 +327,9 @@ AI float max_f32(const float *x, Py_ssize_t C) {
 /* one float32 row, x may alias o (16-bit rows run in place in the buffer).
  * Returns 0, or 1 when the row is special (non-finite maximum, or a NaN
  * met on the way): the caller refills it. */
-AI int fast_row_f32(const float *x, float *o, Py_ssize_t C, float t, const int KIND,
-                    const int HAS_T, const int F) {
+AI int fast_row_f32(const float *x, float *o, float *buf, Py_ssize_t C, float t, const int KIND,
+                    const int HAS_T, const int ISA) {
+    const int F = ISA != ISA_BASE;
     float m = max_f32(x, C);
     if (!(m - m == 0.0f)) return 1;
     Py_ssize_t j;
@@ -288,16 +351,24 @@ AI int fast_row_f32(const float *x, float *o, Py_ssize_t C, float t, const int K
         for (int l = 0; l < w; l++) acc[l] += acc[l + w];
     double S = acc[0];
     if (S != S) return 1;  /* a NaN entry */
-    if (!KIND) {
-        float inv = (float)(1.0 / S);
+    float inv = (float)(1.0 / S), lse = (float)log(S);
+    if (!KIND) {  /* in place: the row is in cache (measured faster than streaming it) */
         for (j = 0; j < C; j++) o[j] *= inv;
-    } else {
-        float lse = (float)log(S);
-        for (j = 0; j < C; j++) {
-            float d = x[j] - m;
-            if (HAS_T) d = d / t;
-            o[j] = d - lse;
+        return 0;
+    }
+    float tmp[CH];
+    for (Py_ssize_t j0 = 0; j0 < C; j0 += CH) {
+        Py_ssize_t n = C - j0 < CH ? C - j0 : CH;
+        if (!KIND) {
+            for (j = 0; j < n; j++) tmp[j] = buf[j0 + j] * inv;
+        } else {
+            for (j = 0; j < n; j++) {
+                float d = x[j0 + j] - m;
+                if (HAS_T) d = d / t;
+                tmp[j] = d - lse;
+            }
         }
+        stream_out(tmp, o + j0, (size_t)n * 4, ISA);
     }
     return 0;
 }
@@ -312,8 +383,9 @@ AI double exp1_wide(double d, const int F) {
     return low ? e * EXP_M64 : e;
 }
 
-AI int fast_row_f64(const double *x, double *o, Py_ssize_t C, double t, const int KIND,
-                    const int HAS_T, const int F) {
+AI int fast_row_f64(const double *x, double *o, double *buf, Py_ssize_t C, double t,
+                    const int KIND, const int HAS_T, const int ISA) {
+    const int F = ISA != ISA_BASE;
     double m = row_max(x, 0, C, NULL, DT_F64);
     if (!(m - m == 0.0)) return 1;
     Py_ssize_t j;
@@ -347,16 +419,24 @@ AI int fast_row_f64(const double *x, double *o, Py_ssize_t C, double t, const in
     for (int l = 0; l < FL; l++) { dd_add(&s, th[l]); s.lo += tl[l]; }
     double S = s.hi + s.lo;
     if (S != S) return 1;
-    if (!KIND) {
-        double inv = 1.0 / S;
+    double inv = 1.0 / S, lse = log(S);
+    if (!KIND) {  /* in place: the row is in cache (measured faster than streaming it) */
         for (j = 0; j < C; j++) o[j] *= inv;
-    } else {
-        double lse = log(S);
-        for (j = 0; j < C; j++) {
-            double d = x[j] - m;
-            if (HAS_T) d = d / t;
-            o[j] = d - lse;
+        return 0;
+    }
+    double tmp[CH];
+    for (Py_ssize_t j0 = 0; j0 < C; j0 += CH) {
+        Py_ssize_t n = C - j0 < CH ? C - j0 : CH;
+        if (!KIND) {
+            for (j = 0; j < n; j++) tmp[j] = buf[j0 + j] * inv;
+        } else {
+            for (j = 0; j < n; j++) {
+                double d = x[j0 + j] - m;
+                if (HAS_T) d = d / t;
+                tmp[j] = d - lse;
+            }
         }
+        stream_out(tmp, o + j0, (size_t)n * 8, ISA);
     }
     return 0;
 }
@@ -365,7 +445,6 @@ AI int fast_row_f64(const double *x, double *o, Py_ssize_t C, double t, const in
  * CH entries widened into an L1 buffer (F16C on the AVX variants) for the
  * float32 loops; probabilities are kept in the row buffer buf (C floats)
  * until 1/S is known, then scaled and rounded once to the format. */
-#define CH 512
 AI int16_t key16(int16_t b) { return (int16_t)(b ^ (int16_t)((uint16_t)(b >> 15) >> 1)); }
 AI int fast_row_16(const uint16_t *x, uint16_t *o, float *buf, Py_ssize_t C, float t,
                    const int DT, const int KIND, const int HAS_T, const int ISA) {
@@ -404,6 +483,7 @@ AI int fast_row_16(const uint16_t *x, uint16_t *o, float *buf, Py_ssize_t C, flo
     double S = acc[0];
     if (S != S) return 1;  /* a NaN entry */
     float inv = (float)(1.0 / S), lse = (float)log(S);
+    uint16_t t16[CH];
     for (Py_ssize_t j0 = 0; j0 < C; j0 += CH) {
         Py_ssize_t n = C - j0 < CH ? C - j0 : CH;
         if (!KIND) {
@@ -416,14 +496,14 @@ AI int fast_row_16(const uint16_t *x, uint16_t *o, float *buf, Py_ssize_t C, flo
                 tmp[j] = d - lse;
             }
         }
-        row_out(tmp, o + j0, n, DT, ISA);
+        row_out(tmp, t16, n, DT, ISA);
+        stream_out(t16, o + j0, (size_t)n * 2, ISA);
     }
     return 0;
 }
 
 AI void fast_rows_t(const fast_args *A, Py_ssize_t r0, Py_ssize_t r1, const int DT,
                     const int KIND, const int HAS_T, const int ISA) {
-    const int F = ISA != ISA_BASE;
     Py_ssize_t C = A->C;
     size_t isz = (size_t)ITEMSIZE[DT];
     for (Py_ssize_t r = r0; r < r1; r++) {
@@ -431,15 +511,18 @@ AI void fast_rows_t(const fast_args *A, Py_ssize_t r0, Py_ssize_t r1, const int 
         char *o = (char *)A->out + (size_t)r * C * isz;
         int sp;
         if (DT == DT_F64) {
-            sp = fast_row_f64((const double *)x, (double *)o, C, A->t, KIND, HAS_T, F);
+            sp = fast_row_f64((const double *)x, (double *)o, (double *)A->buf, C, A->t, KIND,
+                              HAS_T, ISA);
         } else if (DT == DT_F32) {
-            sp = fast_row_f32((const float *)x, (float *)o, C, (float)A->t, KIND, HAS_T, F);
+            sp = fast_row_f32((const float *)x, (float *)o, (float *)A->buf, C, (float)A->t, KIND,
+                              HAS_T, ISA);
         } else {
-            sp = fast_row_16((const uint16_t *)x, (uint16_t *)o, A->buf, C, (float)A->t, DT, KIND,
+            sp = fast_row_16((const uint16_t *)x, (uint16_t *)o, (float *)A->buf, C, (float)A->t, DT, KIND,
                              HAS_T, ISA);
         }
         if (sp) special_fill(x, o, C, KIND, A->mz, DT);
     }
+    stream_fence();
 }
 
 AI void fast_rows_k(const fast_args *A, Py_ssize_t r0, Py_ssize_t r1, const int DT, const int ISA) {
@@ -600,9 +683,9 @@ static PyObject *py_fast(PyObject *self, PyObject *args) {
     Py_buffer xb, ob;
     if (get_buf(xo, &xb, 0, need, "x") < 0) return NULL;
     if (get_buf(oo, &ob, 1, need, "out") < 0) { PyBuffer_Release(&xb); return NULL; }
-    float *buf = NULL;
-    if (dt <= DT_BF16 && c > 0) {
-        buf = (float *)malloc(sizeof(float) * (size_t)c);
+    double *buf = NULL;
+    if (c > 0) {
+        buf = (double *)malloc(sizeof(double) * (size_t)c);
         if (!buf) { PyBuffer_Release(&xb); PyBuffer_Release(&ob); return PyErr_NoMemory(); }
     }
     fast_args A = {xb.buf, ob.buf, c, t, kind ? 1 : 0, mz, buf};
