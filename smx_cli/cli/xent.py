@@ -264,6 +264,8 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, id_c
     if strict:
         bad = int((~np.isfinite(res.loss) & ~res.ignored).sum())
         if bad or (reduction != "none" and not math.isfinite(res.reduced)):
+            for path in (output, grad_out):  # the files are complete: say so first
+                msgs.wrote(path)
             raise SmxError(f"--strict: {bad} sample loss(es) are NaN or inf"
                            if bad else f"--strict: {_undefined_reason(res)}")
     if not on_screen or stdout_fmt == "none":
