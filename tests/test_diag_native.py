@@ -32,6 +32,10 @@ def adversarial(dtype, rng) -> np.ndarray:
     x[7, :] = np.linspace(0, -120, 37)          # subnormal probabilities in float32
     x[8, :] = np.linspace(0, -740, 37)          # and in float64
     x[9, [4, 20]] = 30.0                        # a tie for the maximum
+    x[10, [17, 6]] = 30.0                       # ... in two vector lanes: the first wins
+    x[11, [36, 2]] = 30.0                       # ... in the scalar tail and a lane
+    x[12, 36] = 30.0                            # the maximum in the tail only
+    x[13, [35, 0]] = 30.0                       # first and last vector element
     return x.astype(dtype)
 
 

@@ -9,9 +9,11 @@
  *   - probabilities: the row sum in float64 with TwoSum per lane (error ~2 u of
  *     the sum, far below the 4 eps the panel tolerates), |sum - 1|;
  *   - log-probabilities: 16/32-bit ones also |sum(exp) - 1| (a short exp in
- *     float64, relative error ~1e-15, far below 4 eps of those formats);
+ *     float64, relative error < 2^-31, far below 4 eps of those formats);
  *     float64 ones leave the sum to numpy's exp and the split sum;
- *   - argmax: the first index of the row maximum, as numpy.argmax.
+ *   - argmax: the first index of the row maximum, as numpy.argmax (each lane
+ *     keeps the index of its first maximum; the smallest of those holding the
+ *     row maximum wins).
  *
  * CPython C API and the buffer protocol only; the GIL is released in the loop.
  * Same build flags as _smx_native (-ffp-contract=off keeps TwoSum exact).
@@ -88,9 +90,12 @@ AI int finite_row(const void *p, Py_ssize_t c, const int DT) {
     return t == 0.0;
 }
 
-/* exp(v) for v <= ~0 with relative error ~1e-15 (Cody-Waite, degree-11 Taylor):
- * ample for the |sum - 1| check of 16/32-bit log-probabilities (tolerance 4 eps
- * of the format >= 2^-21); below -708 it returns 0 */
+/* exp(v) for v <= ~0 with relative error below 2^-31 (Cody-Waite, then the
+ * Taylor polynomial to r^8/8! by Estrin's scheme: truncation 2^-31.7 relative
+ * for |r| <= ln2/2, checked against mpmath; a few u of rounding): ample for the
+ * |sum - 1| check of 16/32-bit log-probabilities (tolerance 4 eps of the format
+ * >= 2^-21) and for the max |sum - 1| the panel prints (4 significant digits);
+ * below -708 it returns 0 */
 AI double exp_small(double v) {
     double vc = v < -708.0 ? -708.0 : v;
     vc = vc > 700.0 ? 700.0 : vc;
@@ -98,11 +103,10 @@ AI double exp_small(double v) {
     uint64_t ki; memcpy(&ki, &kd, 8);
     kd -= 0x1.8p52;
     double r = (vc - kd * 0x1.62e42feep-1) - kd * 0x1.a39ef35793c76p-33;
-    double p = 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0; p = p * r + 1.0 / 362880.0; p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0; p = p * r + 1.0 / 720.0; p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0; p = p * r + 1.0 / 6.0; p = p * r + 0.5; p = p * r + 1.0;
-    p = p * r + 1.0;
+    double r2 = r * r, r4 = r2 * r2;
+    double c03 = (r * (1.0 / 6.0) + 0.5) * r2 + (r + 1.0);
+    double c47 = (r * (1.0 / 5040.0) + 1.0 / 720.0) * r2 + (r * (1.0 / 120.0) + 1.0 / 24.0);
+    double p = (r4 * (1.0 / 40320.0) + c47) * r4 + c03;
     uint64_t bits = (ki - 0x4338000000000000ull + 1023) << 52; /* 2^k: ki holds 1.5 2^52 + k */
     double scale; memcpy(&scale, &bits, 8);
     return v < -708.0 ? 0.0 : p * scale;
@@ -115,11 +119,10 @@ AI v4d exp_small_v(v4d v) {
     v4l ki = (v4l)kd;
     kd -= 0x1.8p52;
     v4d r = (vc - kd * 0x1.62e42feep-1) - kd * 0x1.a39ef35793c76p-33;
-    v4d p = splat(1.0 / 39916800.0);
-    p = p * r + 1.0 / 3628800.0; p = p * r + 1.0 / 362880.0; p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0; p = p * r + 1.0 / 720.0; p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0; p = p * r + 1.0 / 6.0; p = p * r + 0.5; p = p * r + 1.0;
-    p = p * r + 1.0;
+    v4d r2 = r * r, r4 = r2 * r2;
+    v4d c03 = (r * (1.0 / 6.0) + 0.5) * r2 + (r + 1.0);
+    v4d c47 = (r * (1.0 / 5040.0) + 1.0 / 720.0) * r2 + (r * (1.0 / 120.0) + 1.0 / 24.0);
+    v4d p = (r4 * (1.0 / 40320.0) + c47) * r4 + c03;
     v4l bits = (ki - (int64_t)0x4338000000000000ll + 1023) << 52;
     return sel(v < -708.0, splat(0.0), p * (v4d)bits);
 }
@@ -140,6 +143,7 @@ AI void rows_t(const diag_args *A, totals_t *T, const int XDT, const int YDT, co
         T->clean_rows++;
         v4d sh = splat(0.0), sl = splat(0.0), mn = splat(INFINITY), mx = splat(-INFINITY);
         v4l z = {0}, sub = {0};   /* comparisons give -1 per true lane: subtracted */
+        v4l at = {0, 1, 2, 3}, arg = {0, 1, 2, 3}; /* each lane's first maximum */
         const double tiny = A->tiny;
         Py_ssize_t j = 0;
         for (; j + LANES <= c; j += LANES) {
@@ -159,11 +163,14 @@ AI void rows_t(const diag_args *A, totals_t *T, const int XDT, const int YDT, co
                 sh += p;
             }
             mn = sel(v < mn, v, mn);
-            mx = sel(v > mx, v, mx);
+            v4l up = v > mx;
+            mx = sel(up, v, mx);
+            arg = (up & at) | (~up & arg);
+            at += LANES;
         }
-        int64_t zt = 0, subt = 0;
+        int64_t zt = 0, subt = 0, targ = -1;
         double th = 0.0, tl = 0.0, tmn = INFINITY, tmx = -INFINITY;
-        for (; j < c; j++) {   /* the last c % 8 entries, one at a time */
+        for (; j < c; j++) {   /* the last c % 4 entries, one at a time */
             double v = ld(y, j, YDT);
             if (KIND == 0) { zt += v == 0.0; subt += (v > 0.0) & (v < tiny); }
             else subt += v < tiny;
@@ -172,6 +179,7 @@ AI void rows_t(const diag_args *A, totals_t *T, const int XDT, const int YDT, co
             tl += (th - (t - bv)) + (p - bv);
             th = t;
             tmn = v < tmn ? v : tmn;
+            targ = v > tmx ? j : targ;
             tmx = v > tmx ? v : tmx;
         }
         T->zeros += zt;
@@ -193,9 +201,11 @@ AI void rows_t(const diag_args *A, totals_t *T, const int XDT, const int YDT, co
         }
         T->vmin = rmin < T->vmin ? rmin : T->vmin;
         T->vmax = rmax > T->vmax ? rmax : T->vmax;
-        Py_ssize_t k = 0;
-        while (k < c && ld(y, k, YDT) != rmax) k++;  /* the first maximum */
-        A->counts[k < c ? k : 0]++;
+        /* the first maximum: the smallest index holding rmax */
+        int64_t k = rmax == tmx ? targ : c;
+        for (int l = 0; l < LANES; l++)
+            if (c >= LANES && mx[l] == rmax && arg[l] < k) k = arg[l];
+        A->counts[k >= 0 && k < c ? k : 0]++;
     }
 }
 
