@@ -140,16 +140,19 @@ AI void rows_t(const diag_args *A, totals_t *T, const int XDT, const int YDT, co
     for (Py_ssize_t r = 0; r < A->n; r++) {
         const char *x = (const char *)A->x + (size_t)r * c * xs;
         const char *y = (const char *)A->y + (size_t)r * c * ys;
-        if (!finite_row(x, c, XDT) || !finite_row(y, c, YDT)) { A->unclean[r] = 1; continue; }
-        A->unclean[r] = 0;
-        T->clean_rows++;
+        A->unclean[r] = 1;
+        if (!finite_row(x, c, XDT)) continue;
+        /* y's finiteness is checked in the same pass (fin: a sum of v - v);
+         * nothing is added to the totals before it is known */
         v4d sh = splat(0.0), sl = splat(0.0), mn = splat(INFINITY), mx = splat(-INFINITY);
+        v4d fin = splat(0.0);
         v4l z = {0}, sub = {0};   /* comparisons give -1 per true lane: subtracted */
         v4l at = {0, 1, 2, 3}, arg = {0, 1, 2, 3}; /* each lane's first maximum */
         const double tiny = A->tiny;
         Py_ssize_t j = 0;
         for (; j + LANES <= c; j += LANES) {
             v4d v = ldv(y, j, YDT);
+            fin += v - v;
             if (KIND == 0) {
                 z -= (v == 0.0);
                 sub -= (v > 0.0) & (v < tiny);
@@ -172,8 +175,10 @@ AI void rows_t(const diag_args *A, totals_t *T, const int XDT, const int YDT, co
         }
         int64_t zt = 0, subt = 0, targ = -1;
         double th = 0.0, tl = 0.0, tmn = INFINITY, tmx = -INFINITY;
+        double tfin = 0.0;
         for (; j < c; j++) {   /* the last c % 4 entries, one at a time */
             double v = ld(y, j, YDT);
+            tfin += v - v;
             if (KIND == 0) { zt += v == 0.0; subt += (v > 0.0) & (v < tiny); }
             else subt += v < tiny;
             double p = KIND == 0 ? v : (SUM ? exp_small(v) : 0.0);
@@ -184,6 +189,10 @@ AI void rows_t(const diag_args *A, totals_t *T, const int XDT, const int YDT, co
             targ = v > tmx ? j : targ;
             tmx = v > tmx ? v : tmx;
         }
+        for (int l = 0; l < LANES; l++) tfin += fin[l];
+        if (tfin != 0.0) continue;   /* NaN or inf in y: not a clean row */
+        A->unclean[r] = 0;
+        T->clean_rows++;
         T->zeros += zt;
         T->subnormal += subt;
         double hi = th, lo = tl, rmin = tmn, rmax = tmx;
