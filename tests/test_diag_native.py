@@ -83,6 +83,27 @@ def test_the_compiled_argmax_is_the_first_maximum_and_sums_are_checked():
     assert d.underflow_to_zero == 1 and d.min_value == 0.0 and d.max_value == 0.5
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_non_finite_value_from_finite_logits_is_not_a_clean_row(bad):
+    """Values are checked in the counting pass itself: a NaN or inf value (a kernel
+    bug, or values handed to diagnose) sends its row to the careful count."""
+    if native.engine() == "numpy":
+        pytest.skip("the numpy engine is forced")
+    rng = np.random.default_rng(5)
+    x = rng.normal(0, 2, (6, 9))
+    res = compute(x)
+    y = res.values.copy()
+    y[2, 4] = bad
+    y[5, 8] = bad  # in the scalar tail (9 = 2 vectors of 4 + 1)
+    res = dataclasses.replace(res, values=y)
+    got = fields(diagnose(x, res))
+    with native.numpy_engine():
+        want = fields(diagnose(x, res))
+    assert got == want
+    if bad != bad:
+        assert got["output_nan_rows"] == got["produced_nan_rows"] == 2
+
+
 @pytest.mark.parametrize("variant", ["stable", "log"])
 def test_a_block_counted_in_parallel_pieces_equals_the_numpy_counts(variant):
     # 600 x 4000: three pieces of the diagnostics block, summarised on threads
