@@ -147,7 +147,7 @@ def fast_rows(x2: np.ndarray, out: np.ndarray, *, kind: str = "prob", temperatur
     --------
     >>> x = np.array([[1.0, 2.0, 3.0]], dtype=np.float32)
     >>> if available():
-    ...     fast_rows(x, np.empty_like(x)).round(4).tolist()
+    ...     fast_rows(x, np.empty_like(x)).astype(np.float64).round(4).tolist()
     ... else:
     ...     [[0.09, 0.2447, 0.6652]]
     [[0.09, 0.2447, 0.6652]]
