@@ -19,6 +19,8 @@ typedef struct {
     double *loss, *logp_true, *p_true, *margin, *entropy;
     int64_t *argmax;
     uint8_t *top5, *fallback;
+    float *fbuf;           /* scratch, C floats: a 16-bit row widened (AVX-512 path) */
+    const double *wpos;    /* max(w, 0) (smoothing with weights, AVX-512 path), else NULL */
 } xe_args;
 
 /* One sweep of a 16/32-bit row for the cross-entropy (after the max pass):
@@ -77,13 +79,89 @@ AI void lowp_xent_sweep(const void *x, Py_ssize_t C, double m, double xy, double
     *above = ab;
 }
 
+/* Everything a row gives after its sweep: argmax k, L = lh + ll = log1p(R)
+ * (R = shi + ...), the entropy dot sum_j e_j (m - x_j), the second maximum m2
+ * (multiset: m again on a tie), the count of entries above x_y (top-5; < 0:
+ * count here) and, with HAVE_SM, the smoothing sum sum_c w+_c (m - x_c) (else
+ * it is summed here). */
+AI void xent_finish(const xe_args *A, Py_ssize_t r, const void *x, double m, double m2,
+                    Py_ssize_t k, double lh, double ll, double shi, double dot, int64_t above,
+                    double sm_given, const int HAVE_SM, const int DT, const int USE_FMA) {
+    Py_ssize_t C = A->C;
+    Py_ssize_t k5 = C < 5 ? C : 5;
+    double eps = A->eps;
+    const double *w = A->weight;
+    int64_t y = A->target[r];
+    A->argmax[r] = k;
+    A->entropy[r] = (lh + ll) + dot / (1.0 + shi);
+    if (y == A->ignore_index) {
+        A->loss[r] = 0.0;
+        A->logp_true[r] = NAN;
+        A->p_true[r] = NAN;
+        A->margin[r] = NAN;
+        A->top5[r] = 0;
+        return;
+    }
+    double lpy, zy;
+    double xy = ld(x, y, DT);
+    {
+        double q, c;
+        shifted(xy, m, 1.0, &q, &c, 0, USE_FMA);
+        zy = q + c;
+        double s = q - lh, bv = s - q;
+        double e1 = (q - (s - bv)) + (-lh - bv);
+        lpy = (y == k) ? -(lh + ll) : s + ((e1 + c) - ll);
+        if (q == -INFINITY) lpy = -INFINITY;
+    }
+    A->logp_true[r] = lpy;
+    A->p_true[r] = exp(lpy);
+    double wy = w ? w[y] : 1.0;
+    double loss = (wy > 0.0) ? -(wy * lpy) : 0.0;
+    if (eps > 0.0) {
+        /* sum_c w_c (-logp_c) = L W + sum_c w_c (-z_c), every term >= 0 */
+        double sm = sm_given;
+        if (!HAVE_SM) {
+            double acc[LANES];
+            for (int l = 0; l < LANES; l++) acc[l] = 0.0;
+            Py_ssize_t j = 0;
+            for (; j + LANES <= C; j += LANES)
+                for (int l = 0; l < LANES; l++) {
+                    double wc = w ? w[j + l] : 1.0;
+                    double nz = m - ld(x, j + l, DT);
+                    acc[l] += wc > 0.0 ? wc * nz : 0.0;
+                }
+            sm = 0.0;
+            for (; j < C; j++) {
+                double wc = w ? w[j] : 1.0;
+                double nz = m - ld(x, j, DT);
+                sm += wc > 0.0 ? wc * nz : 0.0;
+            }
+            for (int l = 0; l < LANES; l++) sm += acc[l];
+        }
+        double smooth = (lh + ll) * A->wsum + sm;
+        double nll_part = (wy > 0.0) ? (1.0 - eps) * (wy * -lpy) : 0.0;
+        loss = nll_part + (eps / (double)C) * smooth;
+    }
+    A->loss[r] = 0.0 + loss;
+    /* top-5: fewer than k5 classes strictly above the true one */
+    if (above < 0) {
+        above = 0;
+        for (Py_ssize_t j = 0; j < C; j++) above += ld(x, j, DT) > xy;
+    }
+    A->top5[r] = above < k5;
+    if (C == 1) A->margin[r] = NAN;
+    else if (y == k) {
+        double q, c;
+        shifted(m2, m, 1.0, &q, &c, 0, USE_FMA);
+        A->margin[r] = -(q + c);
+    } else A->margin[r] = zy;
+}
+
+/* the portable row loop (every variant but AVX-512, and float64 logits on it) */
 AI void xent_rows_t(const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, const int DT,
                     const int USE_FMA) {
     Py_ssize_t C = A->C;
     size_t isz = (size_t)ITEMSIZE[DT];
-    Py_ssize_t k5 = C < 5 ? C : 5;
-    double eps = A->eps;
-    const double *w = A->weight;
     for (Py_ssize_t r = r0; r < r1; r++) {
         const char *x = (const char *)A->x + (size_t)r * C * isz;
         int has_nan;
@@ -103,66 +181,7 @@ AI void xent_rows_t(const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb
             k = first_index(x, C, m, DT);
             rest_lse(x, C, k, m, 1.0, &lh, &ll, &m2, &shi, &dot, DT, 0, USE_FMA, 1);
         }
-        A->argmax[r] = k;
-        A->entropy[r] = (lh + ll) + dot / (1.0 + shi);
-        if (y == A->ignore_index) {
-            A->loss[r] = 0.0;
-            A->logp_true[r] = NAN;
-            A->p_true[r] = NAN;
-            A->margin[r] = NAN;
-            A->top5[r] = 0;
-            continue;
-        }
-        double lpy, zy;
-        double xy = ld(x, y, DT);
-        {
-            double q, c;
-            shifted(xy, m, 1.0, &q, &c, 0, USE_FMA);
-            zy = q + c;
-            double s = q - lh, bv = s - q;
-            double e1 = (q - (s - bv)) + (-lh - bv);
-            lpy = (y == k) ? -(lh + ll) : s + ((e1 + c) - ll);
-            if (q == -INFINITY) lpy = -INFINITY;
-        }
-        A->logp_true[r] = lpy;
-        A->p_true[r] = exp(lpy);
-        double wy = w ? w[y] : 1.0;
-        double loss = (wy > 0.0) ? -(wy * lpy) : 0.0;
-        if (eps > 0.0) {
-            /* sum_c w_c (-logp_c) = L W + sum_c w_c (-z_c), every term >= 0 */
-            double acc[LANES];
-            for (int l = 0; l < LANES; l++) acc[l] = 0.0;
-            Py_ssize_t j = 0;
-            for (; j + LANES <= C; j += LANES)
-                for (int l = 0; l < LANES; l++) {
-                    double wc = w ? w[j + l] : 1.0;
-                    double nz = m - ld(x, j + l, DT);
-                    acc[l] += wc > 0.0 ? wc * nz : 0.0;
-                }
-            double sm = 0.0;
-            for (; j < C; j++) {
-                double wc = w ? w[j] : 1.0;
-                double nz = m - ld(x, j, DT);
-                sm += wc > 0.0 ? wc * nz : 0.0;
-            }
-            for (int l = 0; l < LANES; l++) sm += acc[l];
-            double smooth = (lh + ll) * A->wsum + sm;
-            double nll_part = (wy > 0.0) ? (1.0 - eps) * (wy * -lpy) : 0.0;
-            loss = nll_part + (eps / (double)C) * smooth;
-        }
-        A->loss[r] = 0.0 + loss;
-        /* top-5: fewer than k5 classes strictly above the true one */
-        if (above < 0) {
-            above = 0;
-            for (Py_ssize_t j = 0; j < C; j++) above += ld(x, j, DT) > xy;
-        }
-        A->top5[r] = above < k5;
-        if (C == 1) A->margin[r] = NAN;
-        else if (y == k) {
-            double q, c;
-            shifted(m2, m, 1.0, &q, &c, 0, USE_FMA);
-            A->margin[r] = -(q + c);
-        } else A->margin[r] = zy;
+        xent_finish(A, r, x, m, m2, k, lh, ll, shi, dot, above, 0.0, 0, DT, USE_FMA);
     }
 }
 
@@ -172,6 +191,276 @@ AI void xent_rows_kernel_t(const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int64
 }
 VARIANTS(xent_rows_kernel, (const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, int dt),
          A, r0, r1, nfb, dt)
+
+/* ------------------------------------------------------------------------ */
+/* cross-entropy with class indices, 16/32-bit logits, AVX-512               */
+/*
+ * Two passes per row, both on float32 values (16-bit rows are widened into a
+ * scratch row first, exactly):
+ *  1. 16 lanes of float32: the maximum m and the first index of it (each lane
+ *     keeps its maximum and where it first reached it), the second maximum
+ *     (multiset: m on a tie), the count of entries above x_y (top-5), NaN, and
+ *     the largest and the smallest non-zero |x| (on the bits).
+ *  2. 8 lanes of float64: d = x - m, e = exp(d) for -708 <= d < 0 (the maxima
+ *     are left out: R = (n_max - 1) + sum e, L = log1p(R)), R as lane
+ *     double-doubles, the entropy dot sum e (-d) and the smoothing sum.
+ * Error of R (u = 2^-53), which bounds L's relative error (R / ((1 + R)
+ * log1p R) <= 1):
+ *  - d = fl(x - m) is exact when every non-zero |x_j| >= 2^-28 max|x_j|: the
+ *    exact difference is a multiple of g = min(ulp(x), ulp(m)) >= 2^-24
+ *    min(|x|, |m|) >= 2^-52 max|x| and |x - m| <= 2 max|x|, so it has <= 53
+ *    bits (16-bit formats have coarser ulps still). Pass 1 checks this per
+ *    row; rows that fail it (and rows with a -inf) take lowp_xent_sweep, which
+ *    carries fl(x - m)'s error.
+ *  - exp(d) = 2^(k/16) exp(r): k = rint(16 d / ln 2), r = d - k CHI - k CLO
+ *    with CHI = ln2/16 to 39 bits (k CHI exact for |k| < 2^14, d - k CHI exact
+ *    by Sterbenz) and CLO the rest: |r| <= ln2/32 = 0.02166, r's error
+ *    <= u |r| + 2^-90 < 0.022 u; exp(r) = 1 + p, p = r + r^2 Q(r), Q the
+ *    Taylor polynomial to r^7/7! (truncation r^8/8! < 2^-59.5 = 0.012 u),
+ *    |p| <= 0.022 so p's roundings cost <= 0.03 u; T = 2^(j/16) rounded (0.5 u)
+ *    from a 16-entry table in two registers (vpermt2pd); T + T p in one FMA
+ *    (0.5 u); the scaling by 2^floor(k/16) (vscalefpd) is exact for d >= -708.
+ *    In all <= 1.07 u per term.
+ *  - the sum: 4 vectors added as a tree (2 levels: <= 2 u for terms >= 0),
+ *    each tree sum added to its lane's double-double by TwoSum (exact; the lo
+ *    words' own sum is off by ~n^2 u^2), the lanes merged the same way.
+ *  So R is within 3.1 u, L = log1p_dd(R) within 3.1 u + O(u^2), and the loss
+ *    (xent_finish: L + |x_y - m| with the shift's TwoSum error kept, no
+ *    cancellation, one rounding) within 3.6 u, under the 6 ulp stated (an ulp
+ *    of float64 is >= u relative).
+ *  The entropy dot and the smoothing sum are plain lane sums, as on the
+ *  portable path.
+ */
+#if SMX_X86
+#include <immintrin.h>
+
+#define AI4 SMX_V4 static inline __attribute__((always_inline))
+
+typedef struct {
+    float m, m2;
+    Py_ssize_t k;
+    int64_t above;
+    int special, exact;
+} x4_pass1_t;
+
+#define X4_P1_BODY(V, ACT)                                                     \
+    {                                                                          \
+        __mmask16 gt = _mm512_cmp_ps_mask((V), m1, _CMP_GT_OQ);                \
+        __m512 lo = _mm512_mask_blend_ps(gt, (V), m1); /* min(m1, v) */         \
+        m1 = _mm512_mask_blend_ps(gt, m1, (V));                                \
+        pos = _mm512_mask_blend_epi32(gt, pos, idx);                           \
+        m2 = _mm512_max_ps(lo, m2); /* a NaN lo leaves m2 */                   \
+        __mmask16 ab = _mm512_mask_cmp_ps_mask((ACT), (V), xyv, _CMP_GT_OQ);    \
+        above = _mm512_mask_add_epi32(above, ab, above, one);                  \
+        __m512i bits = _mm512_and_si512(_mm512_castps_si512(V), absm);         \
+        amax = _mm512_mask_max_epu32(amax, (ACT), amax, bits);                 \
+        amin = _mm512_mask_min_epu32(amin, (ACT), amin, _mm512_sub_epi32(bits, one)); \
+        idx = _mm512_add_epi32(idx, sixteen);                                  \
+    }
+
+/* pass 1 (see above) of a float32 row, C < 2^31 - 16 */
+AI4 void x4_pass1(const float *x, Py_ssize_t C, float xy, x4_pass1_t *o) {
+    __m512 m1 = _mm512_set1_ps(-INFINITY), m2 = m1, xyv = _mm512_set1_ps(xy);
+    __m512i pos = _mm512_set1_epi32(INT32_MAX);
+    __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i sixteen = _mm512_set1_epi32(16), one = _mm512_set1_epi32(1);
+    const __m512i absm = _mm512_set1_epi32(0x7fffffff);
+    __m512i above = _mm512_setzero_si512(), amax = above, amin = _mm512_set1_epi32(-1);
+    Py_ssize_t j = 0;
+    for (; j + 16 <= C; j += 16) {
+        __m512 v = _mm512_loadu_ps(x + j);
+        X4_P1_BODY(v, (__mmask16)0xffff)
+    }
+    if (j < C) {
+        __mmask16 act = (__mmask16)((1u << (C - j)) - 1u);
+        __m512 v = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), act, x + j);
+        X4_P1_BODY(v, act)
+    }
+    float fm1[16], fm2[16];
+    int32_t ip[16], ia[16];
+    uint32_t ux[16], un[16];
+    _mm512_storeu_ps(fm1, m1);
+    _mm512_storeu_ps(fm2, m2);
+    _mm512_storeu_si512(ip, pos);
+    _mm512_storeu_si512(ia, above);
+    _mm512_storeu_si512(ux, amax);
+    _mm512_storeu_si512(un, amin);
+    float m = -INFINITY, s2 = -INFINITY;
+    uint32_t bx = 0, bn = 0xffffffffu;
+    int64_t ab = 0;
+    for (int l = 0; l < 16; l++) {
+        m = fm1[l] > m ? fm1[l] : m;
+        s2 = fm2[l] > s2 ? fm2[l] : s2;
+        bx = ux[l] > bx ? ux[l] : bx;
+        bn = un[l] < bn ? un[l] : bn;
+        ab += ia[l];
+    }
+    int32_t k = INT32_MAX, nm = 0;
+    for (int l = 0; l < 16; l++) {
+        if (fm1[l] == m) { nm++; k = ip[l] < k ? ip[l] : k; }
+        else s2 = fm1[l] > s2 ? fm1[l] : s2;
+    }
+    o->m = m;
+    o->m2 = nm > 1 ? m : s2;
+    o->k = k;
+    o->above = ab;
+    o->special = bx > 0x7f800000u || !(m > -INFINITY && m < INFINITY);
+    float big, small;
+    uint32_t sb = bn + 1u;
+    memcpy(&big, &bx, 4);
+    memcpy(&small, &sb, 4);
+    o->exact = bx < 0x7f800000u && (bn == 0xffffffffu || small >= big * 0x1p-28f);
+}
+
+/* exp(d) for -708 <= d < 0, else 0 (see above) */
+AI4 __m512d x4_exp(__m512d d) {
+    const __m512d T0 = _mm512_setr_pd(0x1.0000000000000p+0, 0x1.0b5586cf9890fp+0,
+                                      0x1.172b83c7d517bp+0, 0x1.2387a6e756238p+0,
+                                      0x1.306fe0a31b715p+0, 0x1.3dea64c123422p+0,
+                                      0x1.4bfdad5362a27p+0, 0x1.5ab07dd485429p+0);
+    const __m512d T1 = _mm512_setr_pd(0x1.6a09e667f3bcdp+0, 0x1.7a11473eb0187p+0,
+                                      0x1.8ace5422aa0dbp+0, 0x1.9c49182a3f090p+0,
+                                      0x1.ae89f995ad3adp+0, 0x1.c199bdd85529cp+0,
+                                      0x1.d5818dcfba487p+0, 0x1.ea4afa2a490dap+0);
+    const __m512d sh = _mm512_set1_pd(SHIFT);
+    __m512d kd = _mm512_fmadd_pd(d, _mm512_set1_pd(0x1.71547652b82fep+4), sh);
+    __m512i ki = _mm512_castpd_si512(kd);       /* low 4 bits: k mod 16 */
+    kd = _mm512_sub_pd(kd, sh);
+    __m512d r = _mm512_fnmadd_pd(kd, _mm512_set1_pd(0x1.62e42fefa4000p-5), d);  /* exact */
+    r = _mm512_fnmadd_pd(kd, _mm512_set1_pd(-0x1.8432a1b0e2634p-47), r);
+    __m512d r2 = _mm512_mul_pd(r, r);
+    __m512d q = _mm512_fmadd_pd(_mm512_set1_pd(1.0 / 5040.0), r, _mm512_set1_pd(1.0 / 720.0));
+    q = _mm512_fmadd_pd(q, r, _mm512_set1_pd(1.0 / 120.0));
+    q = _mm512_fmadd_pd(q, r, _mm512_set1_pd(1.0 / 24.0));
+    q = _mm512_fmadd_pd(q, r, _mm512_set1_pd(1.0 / 6.0));
+    q = _mm512_fmadd_pd(q, r, _mm512_set1_pd(0.5));
+    __m512d p = _mm512_fmadd_pd(r2, q, r);
+    __m512d t = _mm512_permutex2var_pd(T0, ki, T1);
+    __mmask8 ok = _mm512_cmp_pd_mask(d, _mm512_setzero_pd(), _CMP_LT_OQ);
+    ok = _mm512_mask_cmp_pd_mask(ok, d, _mm512_set1_pd(-708.0), _CMP_GE_OQ);
+    __m512d e = _mm512_maskz_fmadd_pd(ok, t, p, t);
+    return _mm512_scalef_pd(e, _mm512_mul_pd(kd, _mm512_set1_pd(0.0625)));
+}
+
+AI4 void x4_two_sum(__m512d *hi, __m512d *lo, __m512d s) {
+    __m512d t = _mm512_add_pd(*hi, s), bv = _mm512_sub_pd(t, *hi);
+    __m512d err = _mm512_add_pd(_mm512_sub_pd(*hi, _mm512_sub_pd(t, bv)), _mm512_sub_pd(s, bv));
+    *hi = t;
+    *lo = _mm512_add_pd(*lo, err);
+}
+
+/* pass 2 (see above) of a float32 row: R (without the n_max - 1) as *rh + *rl,
+ * the dot sum e (-d) and, with SM, the smoothing sum sum w+ (-d) (wp NULL: w = 1) */
+AI4 void x4_pass2(const float *x, Py_ssize_t C, double m, const double *wp, double *rh,
+                  double *rl, double *dot, double *ssum, const int SM) {
+    const __m512d mv = _mm512_set1_pd(m);
+    __m512d hi = _mm512_setzero_pd(), lo = hi, dt = hi, sm = hi;
+    Py_ssize_t j = 0;
+#define X4_D(J) _mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(x + (J))), mv)
+#define X4_SM(D, J)                                                            \
+    if (SM) sm = wp ? _mm512_fnmadd_pd(_mm512_loadu_pd(wp + (J)), (D), sm) : _mm512_sub_pd(sm, (D));
+    for (; j + 32 <= C; j += 32) {
+        __m512d d0 = X4_D(j), d1 = X4_D(j + 8), d2 = X4_D(j + 16), d3 = X4_D(j + 24);
+        __m512d e0 = x4_exp(d0), e1 = x4_exp(d1), e2 = x4_exp(d2), e3 = x4_exp(d3);
+        dt = _mm512_fnmadd_pd(e0, d0, dt);
+        dt = _mm512_fnmadd_pd(e1, d1, dt);
+        dt = _mm512_fnmadd_pd(e2, d2, dt);
+        dt = _mm512_fnmadd_pd(e3, d3, dt);
+        X4_SM(d0, j) X4_SM(d1, j + 8) X4_SM(d2, j + 16) X4_SM(d3, j + 24)
+        x4_two_sum(&hi, &lo, _mm512_add_pd(_mm512_add_pd(e0, e1), _mm512_add_pd(e2, e3)));
+    }
+    for (; j < C; j += 8) {
+        Py_ssize_t n = C - j < 8 ? C - j : 8;
+        __mmask8 act = (__mmask8)((1u << n) - 1u);
+        /* absent lanes read m: d = 0 adds nothing anywhere */
+        __m512d d = _mm512_sub_pd(
+            _mm512_cvtps_pd(_mm256_mask_loadu_ps(_mm256_set1_ps((float)m), act, x + j)), mv);
+        __m512d e = x4_exp(d);
+        dt = _mm512_fnmadd_pd(e, d, dt);
+        if (SM) sm = wp ? _mm512_fnmadd_pd(_mm512_maskz_loadu_pd(act, wp + j), d, sm)
+                        : _mm512_sub_pd(sm, d);
+        x4_two_sum(&hi, &lo, e);
+    }
+#undef X4_D
+#undef X4_SM
+    double h[8], l8[8], dd8[8], s8[8];
+    _mm512_storeu_pd(h, hi);
+    _mm512_storeu_pd(l8, lo);
+    _mm512_storeu_pd(dd8, dt);
+    _mm512_storeu_pd(s8, sm);
+    dd_t s = {0.0, 0.0};
+    double ds = 0.0, ss = 0.0;
+    for (int l = 0; l < 8; l++) { dd_add(&s, h[l]); s.lo += l8[l]; ds += dd8[l]; ss += s8[l]; }
+    double t = s.hi + s.lo;
+    *rl = s.lo - (t - s.hi);
+    *rh = t;
+    *dot = ds;
+    *ssum = ss;
+}
+
+AI4 void xent_rows_x4_t(const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb,
+                        const int DT) {
+    Py_ssize_t C = A->C;
+    size_t isz = (size_t)ITEMSIZE[DT];
+    int sm = A->eps > 0.0;
+    for (Py_ssize_t r = r0; r < r1; r++) {
+        const char *x = (const char *)A->x + (size_t)r * C * isz;
+        const float *xf = (const float *)x;
+        if (DT != DT_F32) {
+            for (Py_ssize_t j = 0; j < C; j++) A->fbuf[j] = (float)ld(x, j, DT);  /* exact */
+            xf = A->fbuf;
+        }
+        int64_t y = A->target[r];
+        float xy = y == A->ignore_index ? INFINITY : xf[y];
+        x4_pass1_t P;
+        x4_pass1(xf, C, xy, &P);
+        if (P.special) { A->fallback[r] = 1; (*nfb)++; continue; }
+        A->fallback[r] = 0;
+        double m = (double)P.m, lh, ll, shi, dot;
+        if (!P.exact) {
+            double slo, m2;
+            Py_ssize_t k;
+            int64_t above;
+            lowp_xent_sweep(x, C, m, (double)xy, &shi, &slo, &dot, &m2, &k, &above, DT, 1);
+            log1p_dd(shi, slo, &lh, &ll);
+            xent_finish(A, r, x, m, m2, k, lh, ll, shi, dot, above, 0.0, 0, DT, 1);
+            continue;
+        }
+        double rh, rl, ssum = 0.0;
+        if (sm) x4_pass2(xf, C, m, A->wpos, &rh, &rl, &dot, &ssum, 1);
+        else x4_pass2(xf, C, m, NULL, &rh, &rl, &dot, &ssum, 0);
+        if (P.m2 == P.m) {  /* a tie for the maximum: R gets n_max - 1 */
+            int64_t n0 = 0;
+            for (Py_ssize_t j = 0; j < C; j++) n0 += xf[j] == P.m;
+            dd_t R = {(double)(n0 - 1), 0.0};
+            dd_add(&R, rh);
+            R.lo += rl;
+            rh = R.hi + R.lo;
+            rl = R.lo - (rh - R.hi);
+        }
+        log1p_dd(rh, rl, &lh, &ll);
+        xent_finish(A, r, x, m, (double)P.m2, P.k, lh, ll, rh, dot, P.above, ssum, 1, DT, 1);
+    }
+}
+
+SMX_V4 static void xent_rows_x4(const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb,
+                                int dt) {
+    switch (dt) {
+    case DT_F16: xent_rows_x4_t(A, r0, r1, nfb, DT_F16); break;
+    case DT_BF16: xent_rows_x4_t(A, r0, r1, nfb, DT_BF16); break;
+    case DT_F32: xent_rows_x4_t(A, r0, r1, nfb, DT_F32); break;
+    default: xent_rows_kernel_v4(A, r0, r1, nfb, dt); break;
+    }
+}
+#endif
+
+/* the AVX-512 rows when that variant runs (16/32-bit logits, C < 2^31 - 16) */
+static void xent_rows_run(const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, int dt) {
+#if SMX_X86
+    if (g_isa == ISA_AVX512 && A->C < INT32_MAX - 16) { xent_rows_x4(A, r0, r1, nfb, dt); return; }
+#endif
+    xent_rows_kernel(A, r0, r1, nfb, dt);
+}
 
 /* ------------------------------------------------------------------------ */
 /* cross-entropy with probability targets, one sweep per row                */
@@ -459,15 +748,31 @@ static PyObject *py_xent(PyObject *self, PyObject *args) {
             return NULL;
         }
     }
-    xe_args A = {bufs[0].buf, c, tg, have_w ? (const double *)bufs[2].buf : NULL, wsum,
+    const double *w = have_w ? (const double *)bufs[2].buf : NULL;
+    /* scratch: a widened 16-bit row; max(w, 0) for the smoothing sum */
+    float *fbuf = dt == DT_F16 || dt == DT_BF16 ? (float *)malloc(sizeof(float) * (size_t)c) : NULL;
+    double *wpos = w && eps > 0.0 ? (double *)malloc(sizeof(double) * (size_t)c) : NULL;
+    if ((dt == DT_F16 || dt == DT_BF16) && !fbuf) ok = 0;
+    if (w && eps > 0.0 && !wpos) ok = 0;
+    if (!ok) {
+        free(fbuf);
+        free(wpos);
+        for (int i = 0; i < nb; i++) PyBuffer_Release(&bufs[i]);
+        return PyErr_NoMemory();
+    }
+    if (wpos) for (Py_ssize_t j = 0; j < c; j++) wpos[j] = w[j] > 0.0 ? w[j] : 0.0;
+    xe_args A = {bufs[0].buf, c, tg, w, wsum,
                  (int64_t)ign, eps,
                  (double *)bufs[o0 + 0].buf, (double *)bufs[o0 + 1].buf, (double *)bufs[o0 + 2].buf,
                  (double *)bufs[o0 + 5].buf, (double *)bufs[o0 + 6].buf,
-                 (int64_t *)bufs[o0 + 3].buf, (uint8_t *)bufs[o0 + 4].buf, (uint8_t *)bufs[o0 + 7].buf};
+                 (int64_t *)bufs[o0 + 3].buf, (uint8_t *)bufs[o0 + 4].buf, (uint8_t *)bufs[o0 + 7].buf,
+                 fbuf, wpos};
     int64_t nfb = 0;
     Py_BEGIN_ALLOW_THREADS
-    xent_rows_kernel(&A, r0, r1, &nfb, dt);
+    xent_rows_run(&A, r0, r1, &nfb, dt);
     Py_END_ALLOW_THREADS
+    free(fbuf);
+    free(wpos);
     for (int i = 0; i < nb; i++) PyBuffer_Release(&bufs[i]);
     return PyLong_FromLongLong((long long)nfb);
 }
