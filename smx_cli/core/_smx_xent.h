@@ -494,6 +494,7 @@ typedef struct {
     int64_t *argmax, *true_class;
     uint8_t *top5, *fallback;
     double *eb;             /* scratch, C doubles */
+    double *tsum;           /* sum_c t_c of each row; NaN if a target is negative or NaN */
 } xp_args;
 
 AI double ldt(const void *t, Py_ssize_t j, const int T64) {
@@ -641,10 +642,25 @@ AI void xp_rows_tt(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb,
         double m = row_max(x, 0, C, &has_nan, DT);
         Py_ssize_t y = target_argmax(t, C, T64);
         A->true_class[r] = y;
-        if (has_nan || !isfinite(m)) { A->fallback[r] = 1; (*nfb)++; continue; }
+        if (has_nan || !isfinite(m)) {
+            /* the targets are still checked (xent_checks.check_target_sums): their sum,
+             * NaN if one is negative or NaN */
+            dd_t ts = {0.0, 0.0};
+            int64_t bad = 0;
+            for (Py_ssize_t j = 0; j < C; j++) {
+                double tv = ldt(t, j, T64);
+                bad += !(tv >= 0.0);
+                dd_add(&ts, tv);
+            }
+            A->tsum[r] = bad ? NAN : ts.hi + ts.lo;
+            A->fallback[r] = 1;
+            (*nfb)++;
+            continue;
+        }
         double xy = ld(x, y, DT);
         xp_sums S;
         xp_sweep(A, x, t, m, xy, &S, DT, T64, HAS_W, USE_FMA);
+        A->tsum[r] = S.bad ? NAN : S.st.hi + S.st.lo;
         if (S.bad) { A->fallback[r] = 1; (*nfb)++; continue; }
         A->fallback[r] = 0;
         double lh, ll, shi, dot;
@@ -778,27 +794,28 @@ static PyObject *py_xent(PyObject *self, PyObject *args) {
 }
 
 /* xent_prob(x, dt, n, c, t, t64, weight|None, eps, r0, r1, loss, nll, logp_true, p_true,
- *           margin, entropy, residual, argmax, true_class, top5, fallback) -> n_fallback */
+ *           margin, entropy, residual, argmax, true_class, top5, fallback, target_sum)
+ *   -> n_fallback */
 static PyObject *py_xent_prob(PyObject *self, PyObject *args) {
-    PyObject *xo, *to, *wo, *outs[11];
+    PyObject *xo, *to, *wo, *outs[12];
     int dt, t64;
     Py_ssize_t n, c, r0, r1;
     double eps;
-    if (!PyArg_ParseTuple(args, "OinnOiOdnnOOOOOOOOOOO", &xo, &dt, &n, &c, &to, &t64, &wo, &eps,
+    if (!PyArg_ParseTuple(args, "OinnOiOdnnOOOOOOOOOOOO", &xo, &dt, &n, &c, &to, &t64, &wo, &eps,
                           &r0, &r1, &outs[0], &outs[1], &outs[2], &outs[3], &outs[4], &outs[5],
-                          &outs[6], &outs[7], &outs[8], &outs[9], &outs[10]))
+                          &outs[6], &outs[7], &outs[8], &outs[9], &outs[10], &outs[11]))
         return NULL;
     if (check_rows(dt, n, c, r0, r1) < 0) return NULL;
     if (c < 1) { PyErr_SetString(PyExc_ValueError, "no classes"); return NULL; }
-    Py_buffer bufs[14];
+    Py_buffer bufs[15];
     int nb = 0, ok = 1;
-    Py_ssize_t sizes[11] = {8, 8, 8, 8, 8, 8, 8, 8, 8, 1, 1};
+    Py_ssize_t sizes[12] = {8, 8, 8, 8, 8, 8, 8, 8, 8, 1, 1, 8};
     if (get_buf(xo, &bufs[nb], 0, n * c * ITEMSIZE[dt], "x") < 0) return NULL;
     nb++;
     if (get_buf(to, &bufs[nb], 0, n * c * (t64 ? 8 : 4), "target") < 0) ok = 0; else nb++;
     int have_w = wo != Py_None;
     if (ok && have_w) { if (get_buf(wo, &bufs[nb], 0, c * 8, "weight") < 0) ok = 0; else nb++; }
-    for (int i = 0; ok && i < 11; i++) {
+    for (int i = 0; ok && i < 12; i++) {
         if (get_buf(outs[i], &bufs[nb], 1, n * sizes[i], "output") < 0) ok = 0; else nb++;
     }
     double *eb = ok ? (double *)malloc(sizeof(double) * (size_t)c) : NULL;
@@ -811,7 +828,8 @@ static PyObject *py_xent_prob(PyObject *self, PyObject *args) {
                  have_w ? (const double *)bufs[2].buf : NULL, eps,
                  d[0], d[1], d[2], d[3], d[4], d[5], d[6],
                  (int64_t *)bufs[o0 + 7].buf, (int64_t *)bufs[o0 + 8].buf,
-                 (uint8_t *)bufs[o0 + 9].buf, (uint8_t *)bufs[o0 + 10].buf, eb};
+                 (uint8_t *)bufs[o0 + 9].buf, (uint8_t *)bufs[o0 + 10].buf, eb,
+                 (double *)bufs[o0 + 11].buf};
     int64_t nfb = 0;
     Py_BEGIN_ALLOW_THREADS
     xp_rows_kernel(&A, r0, r1, &nfb, dt);

@@ -407,7 +407,11 @@ def xent_prob_rows(x2: np.ndarray, target: np.ndarray, *, weight=None,
         ``entropy``; ``residual`` (max_c |p_c - a_c / A|, A = sum_c a_c; NaN
         where A = 0); ``fallback`` bool: rows with a NaN or a non-finite
         maximum, or a negative or NaN target, computed by the numpy reference
-        instead (:func:`smx_cli.core.xent.evaluate` recomputes them).
+        instead (:func:`smx_cli.core.xent.evaluate` recomputes them);
+        ``target_sum`` (sum_c t_c of every row, a double-double rounded once;
+        NaN where a target is negative or NaN): the target checks
+        (:func:`smx_cli.core.xent_checks.check_target_sums`) take it from the
+        same sweep instead of passing over the targets again.
 
     Accuracy (asserted by ``tests/test_xent_engines.py`` against 50-digit
     mpmath in the four formats): loss and nll within 16 ulp of float64
@@ -442,9 +446,10 @@ def xent_prob_rows(x2: np.ndarray, target: np.ndarray, *, weight=None,
     res["true_class"] = np.empty(n, dtype=np.int64)
     res["top5"] = np.zeros(n, dtype=np.bool_)
     res["fallback"] = np.zeros(n, dtype=np.bool_)
+    res["target_sum"] = np.empty(n)
     if n == 0:
         return res
-    order = f8 + ("argmax", "true_class", "top5", "fallback")
+    order = f8 + ("argmax", "true_class", "top5", "fallback", "target_sum")
     outs = [res[k].view(np.uint8) if res[k].dtype == np.bool_ else res[k] for k in order]
     xr = _raw(x2)
     t64 = 1 if t.dtype == np.float64 else 0

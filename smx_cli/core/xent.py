@@ -295,7 +295,10 @@ def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
         raise ValueError("the logits have no classes (0 columns)")
     if input_kind == "probs":
         check_probs(x2)
-    kind, t = check_target(target, n, n_classes, int(ignore_index), target_tolerance)
+    # probability targets the compiled kernel takes are checked inside its sweep
+    defer = xent_native.covers("prob", input_kind, want_grad, x2.dtype)
+    kind, t = check_target(target, n, n_classes, int(ignore_index), target_tolerance,
+                           defer_prob=defer)
     w = None if weight is None else check_class_weights(weight, n_classes)
     eps = float(label_smoothing)
 
@@ -324,7 +327,7 @@ def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
             yy = np.where(ign, 0, y)
             tb = None
         else:
-            tb = t[sl]
+            tb = np.asarray(t[sl], dtype=np.float64)  # float32 when the kernel took them
             ign = np.zeros(lp.shape[0], dtype=bool)
             yy = np.argmax(tb, axis=1)
         lp_y = lp[rows, yy]
@@ -422,7 +425,8 @@ def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
 
     def kernel_prob() -> None:
         """Every statistic of probability targets from the compiled core's one sweep."""
-        got, redo = xent_native.per_sample_prob(x2, t, w, eps, threads)
+        got, redo = xent_native.per_sample_prob(x2, t, w, eps, threads, validate=defer,
+                                                tolerance=target_tolerance)
         nll[:] = got["nll"]
         true_class[:] = got["true_class"]
         take(got, redo)

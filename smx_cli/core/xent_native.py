@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from smx_cli.core import native
+from smx_cli.core.xent_checks import check_target_sums
 
 # elements per block when rows are copied to C order or widened for the residual
 _BLOCK = 1 << 20
@@ -35,10 +36,17 @@ def covers(kind: str, input_kind: str, want_grad: bool, dtype) -> bool:
 
 
 def per_sample_prob(x2: np.ndarray, t: np.ndarray, w, eps: float,
-                    threads: int | None = None) -> tuple[dict, np.ndarray]:
+                    threads: int | None = None, *, validate: bool = False,
+                    tolerance: float | None = 1e-6) -> tuple[dict, np.ndarray]:
     """native.xent_prob_rows' arrays for every row of ``x2`` (probability targets ``t``),
     and the rows it handed back (NaN or non-finite maximum, negative or NaN target),
-    whose values are the caller's to recompute."""
+    whose values are the caller's to recompute.
+
+    With ``validate`` the targets (float32 or float64, unchecked:
+    ``check_target(..., defer_prob=True)``) are checked from the kernel's own
+    row sums (:func:`~smx_cli.core.xent_checks.check_target_sums`: finite,
+    >= 0, summing to 1 within ``tolerance``), raising check_target's errors.
+    """
     n, c = x2.shape
     if x2.flags.c_contiguous:
         res = native.xent_prob_rows(x2, t, weight=w, label_smoothing=eps, threads=threads)
@@ -48,6 +56,9 @@ def per_sample_prob(x2: np.ndarray, t: np.ndarray, w, eps: float,
                                        weight=w, label_smoothing=eps, threads=threads)
                  for s in range(0, n, step)]
         res = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    sums = res.pop("target_sum")
+    if validate:
+        check_target_sums(t, sums, tolerance)
     return res, np.flatnonzero(res.pop("fallback"))
 
 
