@@ -725,6 +725,111 @@ VARIANTS(xp_rows_kernel, (const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_
          A, r0, r1, nfb, dt)
 
 /* ------------------------------------------------------------------------ */
+/* the gradient of each sample's loss, A p - a, one row at a time           */
+/*
+ * loss = -sum_c a_c logp_c (index targets: a_c = (eps/C) w_c + (1 - eps) w_y
+ * [c == y], 0 for an ignored sample; probability targets: a_c = w_c ((1 - eps)
+ * t_c + eps/C)), so dloss/dx_c = A p_c - a_c with A = sum_c a_c, evaluated as
+ * p_c (A - a_c) - a_c (1 - p_c): no cancellation at p ~ 1 (a saturated sample
+ * keeps its tiny gradient relatively accurate). From the logits: m, the first
+ * argmax k and L = log1p(sum_{j != k} exp(x_j - m)) as a double-double
+ * (rest_lse: absolute error ~0.2 u); p_c = exp(s)(1 + (e + c_x - L_lo)) with
+ * s = fl(z_c - L_hi), e its TwoSum error and c_x the shift's (exp_hl: 0.15 u),
+ * so p_c is within ~2 u relative whatever |logp_c|; 1 - p_k = -expm1(-L)
+ * (libm, <= 1 ulp, plus L_lo's first-order term) and 1 - p_c = fl(1 - p_c)
+ * for c != k (p_c <= 1/2 there). Each entry: within ~6 u of |p_c (A - a_c)|
+ * + |a_c (1 - p_c)| (asserted: 16 u).
+ */
+typedef struct {
+    const void *x;
+    Py_ssize_t C;
+    const int64_t *y;       /* index targets, or NULL */
+    const void *t;          /* probability targets (float64 if t64, else float32), or NULL */
+    int t64;
+    const double *weight;   /* NULL: 1 */
+    double wsum;            /* sum of the weights (C without) */
+    double eps;
+    int64_t ignore_index;
+    double *out;            /* (N, C) float64 */
+    uint8_t *fallback;
+} xg_args;
+
+AI void xg_rows_tt(const xg_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, const int DT,
+                   const int PROB, const int T64, const int USE_FMA) {
+    Py_ssize_t C = A->C;
+    size_t isz = (size_t)ITEMSIZE[DT], tsz = T64 ? 8 : 4;
+    const double *w = A->weight;
+    double eps = A->eps, k0 = eps / (double)C, k1 = 1.0 - eps;
+    for (Py_ssize_t r = r0; r < r1; r++) {
+        const char *x = (const char *)A->x + (size_t)r * C * isz;
+        double *g = A->out + (size_t)r * C;
+        int has_nan;
+        double m = row_max(x, 0, C, &has_nan, DT);
+        if (has_nan || !isfinite(m)) { A->fallback[r] = 1; (*nfb)++; continue; }
+        A->fallback[r] = 0;
+        const char *t = PROB ? (const char *)A->t + (size_t)r * C * tsz : NULL;
+        int64_t y = PROB ? -1 : A->y[r];
+        if (!PROB && y == A->ignore_index) {
+            for (Py_ssize_t j = 0; j < C; j++) g[j] = 0.0;
+            continue;
+        }
+        Py_ssize_t k = first_index(x, C, m, DT);
+        double lh, ll, m2;
+        rest_lse(x, C, k, m, 1.0, &lh, &ll, &m2, NULL, NULL, DT, 0, USE_FMA, 0);
+        double omk = -expm1(-lh);
+        omk += ll * (1.0 - omk);      /* d(1 - exp(-L))/dL = exp(-L) */
+        double wy = 0.0, big_a;
+        if (!PROB) {
+            wy = w ? w[y] : 1.0;
+            big_a = (eps > 0.0 ? k0 * A->wsum : 0.0) + k1 * wy;
+        } else {
+            dd_t sa = {0.0, 0.0};
+            for (Py_ssize_t j = 0; j < C; j++) {
+                double tv = ldt(t, j, T64);
+                double ts = eps > 0.0 ? tv * k1 + k0 : tv;
+                dd_add(&sa, w ? ts * w[j] : ts);
+            }
+            big_a = sa.hi + sa.lo;
+        }
+        for (Py_ssize_t j = 0; j < C; j++) {
+            double q, c;
+            shifted(ld(x, j, DT), m, 1.0, &q, &c, 0, USE_FMA);
+            double s = q - lh, bv = s - q;
+            double e1 = (q - (s - bv)) + (-lh - bv);
+            double eh, el;
+            exp_hl(s, &eh, &el, USE_FMA);
+            double p = eh + (el + eh * ((e1 + c) - ll));
+            if (q == -INFINITY) p = 0.0;
+            double a;
+            if (PROB) {
+                double tv = ldt(t, j, T64);
+                double ts = eps > 0.0 ? tv * k1 + k0 : tv;
+                a = w ? ts * w[j] : ts;
+            } else {
+                a = eps > 0.0 ? k0 * (w ? w[j] : 1.0) : 0.0;
+                if (j == y) a += k1 * wy;
+            }
+            double om = j == k ? omk : 1.0 - p;
+            g[j] = p * (big_a - a) - (a > 0.0 ? a * om : 0.0);
+        }
+    }
+}
+
+AI void xg_rows_t(const xg_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, const int DT,
+                  const int USE_FMA) {
+    if (!A->t) xg_rows_tt(A, r0, r1, nfb, DT, 0, 0, USE_FMA);
+    else if (A->t64) xg_rows_tt(A, r0, r1, nfb, DT, 1, 1, USE_FMA);
+    else xg_rows_tt(A, r0, r1, nfb, DT, 1, 0, USE_FMA);
+}
+
+AI void xg_rows_kernel_t(const xg_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, int dt,
+                         const int USE_FMA) {
+    DISPATCH_DT(xg_rows_t, A, r0, r1, nfb)
+}
+VARIANTS(xg_rows_kernel, (const xg_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, int dt),
+         A, r0, r1, nfb, dt)
+
+/* ------------------------------------------------------------------------ */
 /* Python glue: cross-entropy                                               */
 
 /* xent(x, dt, n, c, target, weight|None, wsum, ignore_index, eps, r0, r1,
@@ -835,6 +940,56 @@ static PyObject *py_xent_prob(PyObject *self, PyObject *args) {
     xp_rows_kernel(&A, r0, r1, &nfb, dt);
     Py_END_ALLOW_THREADS
     free(eb);
+    for (int i = 0; i < nb; i++) PyBuffer_Release(&bufs[i]);
+    return PyLong_FromLongLong((long long)nfb);
+}
+
+
+/* xent_grad(x, dt, n, c, target, prob, t64, weight|None, wsum, ignore_index, eps, r0, r1,
+ *           out, fallback) -> n_fallback; target: int64 (N,) labels (prob = 0) or (N, C)
+ *           float32/float64 probabilities (prob = 1); out (N, C) float64 */
+static PyObject *py_xent_grad(PyObject *self, PyObject *args) {
+    PyObject *xo, *to, *wo, *oo, *fo;
+    int dt, prob, t64;
+    Py_ssize_t n, c, r0, r1;
+    long long ign;
+    double wsum, eps;
+    if (!PyArg_ParseTuple(args, "OinnOiiOdLdnnOO", &xo, &dt, &n, &c, &to, &prob, &t64, &wo, &wsum,
+                          &ign, &eps, &r0, &r1, &oo, &fo))
+        return NULL;
+    if (check_rows(dt, n, c, r0, r1) < 0) return NULL;
+    if (c < 1) { PyErr_SetString(PyExc_ValueError, "no classes"); return NULL; }
+    Py_buffer bufs[5];
+    int nb = 0, ok = 1;
+    if (get_buf(xo, &bufs[nb], 0, n * c * ITEMSIZE[dt], "x") < 0) return NULL;
+    nb++;
+    if (get_buf(to, &bufs[nb], 0, prob ? n * c * (t64 ? 8 : 4) : n * 8, "target") < 0) ok = 0;
+    else nb++;
+    int have_w = wo != Py_None;
+    if (ok && have_w) { if (get_buf(wo, &bufs[nb], 0, c * 8, "weight") < 0) ok = 0; else nb++; }
+    if (ok) { if (get_buf(oo, &bufs[nb], 1, n * c * 8, "out") < 0) ok = 0; else nb++; }
+    if (ok) { if (get_buf(fo, &bufs[nb], 1, n, "fallback") < 0) ok = 0; else nb++; }
+    if (!ok) { for (int i = 0; i < nb; i++) PyBuffer_Release(&bufs[i]); return NULL; }
+    int o0 = have_w ? 3 : 2;
+    if (!prob) {  /* the labels: in [0, C) or ignore_index */
+        const int64_t *tg = (const int64_t *)bufs[1].buf;
+        for (Py_ssize_t r = r0; r < r1; r++) {
+            if (tg[r] != ign && (tg[r] < 0 || tg[r] >= c)) {
+                PyErr_Format(PyExc_ValueError, "target %lld of row %zd is out of range [0, %zd)",
+                             (long long)tg[r], r, c);
+                for (int i = 0; i < nb; i++) PyBuffer_Release(&bufs[i]);
+                return NULL;
+            }
+        }
+    }
+    xg_args A = {bufs[0].buf, c, prob ? NULL : (const int64_t *)bufs[1].buf,
+                 prob ? bufs[1].buf : NULL, t64 ? 1 : 0,
+                 have_w ? (const double *)bufs[2].buf : NULL, wsum, eps, (int64_t)ign,
+                 (double *)bufs[o0].buf, (uint8_t *)bufs[o0 + 1].buf};
+    int64_t nfb = 0;
+    Py_BEGIN_ALLOW_THREADS
+    xg_rows_kernel(&A, r0, r1, &nfb, dt);
+    Py_END_ALLOW_THREADS
     for (int i = 0; i < nb; i++) PyBuffer_Release(&bufs[i]);
     return PyLong_FromLongLong((long long)nfb);
 }
