@@ -495,6 +495,7 @@ typedef struct {
     uint8_t *top5, *fallback;
     double *eb;             /* scratch, C doubles */
     double *tsum;           /* sum_c t_c of each row; NaN if a target is negative or NaN */
+    float *fbuf;            /* scratch, C floats: a 16-bit row widened (AVX-512 path) */
 } xp_args;
 
 AI double ldt(const void *t, Py_ssize_t j, const int T64) {
@@ -630,11 +631,73 @@ AI double xp_residual(const xp_args *A, const void *t, double inv, double inv_a,
     return asf64((uint64_t)best);
 }
 
+/* a row handed back (NaN or non-finite maximum): its targets are still checked
+ * (xent_checks.check_target_sums): their sum, NaN if one is negative or NaN */
+AI void xp_hand_back(const xp_args *A, Py_ssize_t r, const char *t, int64_t *nfb, const int T64) {
+    dd_t ts = {0.0, 0.0};
+    int64_t bad = 0;
+    for (Py_ssize_t j = 0; j < A->C; j++) {
+        double tv = ldt(t, j, T64);
+        bad += !(tv >= 0.0);
+        dd_add(&ts, tv);
+    }
+    A->tsum[r] = bad ? NAN : ts.hi + ts.lo;
+    A->fallback[r] = 1;
+    (*nfb)++;
+}
+
+/* a row's outputs from its sweep's sums (every path of the probability targets) */
+AI void xp_finish(const xp_args *A, Py_ssize_t r, const char *x, const char *t, double m,
+                  Py_ssize_t y, double xy, const xp_sums *S, const int DT, const int T64,
+                  const int HAS_W, const int USE_FMA) {
+    Py_ssize_t C = A->C;
+    Py_ssize_t k5 = C < 5 ? C : 5;
+    double lh, ll, shi, dot;
+    Py_ssize_t k = (Py_ssize_t)S->kfirst;
+    if (DT != DT_F64) {
+        dd_t R = {(double)(S->n0 - 1), 0.0};
+        dd_add(&R, S->r.hi);
+        R.lo += S->r.lo;
+        shi = R.hi + R.lo;
+        double slo = R.lo - (shi - R.hi);
+        log1p_dd(shi, slo, &lh, &ll);
+        dot = S->dot;
+    } else {
+        double m2;
+        rest_lse(x, C, k, m, 1.0, &lh, &ll, &m2, &shi, &dot, DT, 0, USE_FMA, 1);
+    }
+    double L = lh + ll;
+    A->argmax[r] = k;
+    A->entropy[r] = L + dot / (1.0 + shi);
+    /* loss = sum a (m - x) + L sum a; nll the same with a = t */
+    double asum = S->a.hi + S->a.lo, tsum = S->st.hi + S->st.lo;
+    A->loss[r] = S->inf_a ? INFINITY
+                         : (S->da.hi + (S->da.lo + FMA_(lh, asum, ll * asum, USE_FMA))) + 0.0;
+    A->nll[r] = S->inf_t ? INFINITY
+                        : (S->dt.hi + (S->dt.lo + FMA_(lh, tsum, ll * tsum, USE_FMA))) + 0.0;
+    A->residual[r] = asum > 0.0 ? xp_residual(A, t, 1.0 / (1.0 + shi), 1.0 / asum, T64, HAS_W)
+                                : NAN;
+    double q, c;
+    shifted(xy, m, 1.0, &q, &c, 0, USE_FMA);
+    double s = q - lh, bv = s - q;
+    double e1 = (q - (s - bv)) + (-lh - bv);
+    double lpy = (y == k) ? -L : s + ((e1 + c) - ll);
+    if (q == -INFINITY) lpy = -INFINITY;
+    A->logp_true[r] = lpy;
+    A->p_true[r] = exp(lpy);
+    A->top5[r] = S->above < k5;
+    if (C == 1) A->margin[r] = NAN;
+    else if (y == k) {
+        double q2, c2;
+        shifted(S->m2, m, 1.0, &q2, &c2, 0, USE_FMA);
+        A->margin[r] = -(q2 + c2);
+    } else A->margin[r] = q + c;
+}
+
 AI void xp_rows_tt(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, const int DT,
                    const int T64, const int HAS_W, const int USE_FMA) {
     Py_ssize_t C = A->C;
     size_t isz = (size_t)ITEMSIZE[DT], tsz = T64 ? 8 : 4;
-    Py_ssize_t k5 = C < 5 ? C : 5;
     for (Py_ssize_t r = r0; r < r1; r++) {
         const char *x = (const char *)A->x + (size_t)r * C * isz;
         const char *t = (const char *)A->t + (size_t)r * C * tsz;
@@ -642,69 +705,136 @@ AI void xp_rows_tt(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb,
         double m = row_max(x, 0, C, &has_nan, DT);
         Py_ssize_t y = target_argmax(t, C, T64);
         A->true_class[r] = y;
-        if (has_nan || !isfinite(m)) {
-            /* the targets are still checked (xent_checks.check_target_sums): their sum,
-             * NaN if one is negative or NaN */
-            dd_t ts = {0.0, 0.0};
-            int64_t bad = 0;
-            for (Py_ssize_t j = 0; j < C; j++) {
-                double tv = ldt(t, j, T64);
-                bad += !(tv >= 0.0);
-                dd_add(&ts, tv);
-            }
-            A->tsum[r] = bad ? NAN : ts.hi + ts.lo;
-            A->fallback[r] = 1;
-            (*nfb)++;
-            continue;
-        }
+        if (has_nan || !isfinite(m)) { xp_hand_back(A, r, t, nfb, T64); continue; }
         double xy = ld(x, y, DT);
         xp_sums S;
         xp_sweep(A, x, t, m, xy, &S, DT, T64, HAS_W, USE_FMA);
         A->tsum[r] = S.bad ? NAN : S.st.hi + S.st.lo;
         if (S.bad) { A->fallback[r] = 1; (*nfb)++; continue; }
         A->fallback[r] = 0;
-        double lh, ll, shi, dot;
-        Py_ssize_t k = (Py_ssize_t)S.kfirst;
-        if (DT != DT_F64) {
-            dd_t R = {(double)(S.n0 - 1), 0.0};
-            dd_add(&R, S.r.hi);
-            R.lo += S.r.lo;
-            shi = R.hi + R.lo;
-            double slo = R.lo - (shi - R.hi);
-            log1p_dd(shi, slo, &lh, &ll);
-            dot = S.dot;
-        } else {
-            double m2;
-            rest_lse(x, C, k, m, 1.0, &lh, &ll, &m2, &shi, &dot, DT, 0, USE_FMA, 1);
-        }
-        double L = lh + ll;
-        A->argmax[r] = k;
-        A->entropy[r] = L + dot / (1.0 + shi);
-        /* loss = sum a (m - x) + L sum a; nll the same with a = t */
-        double asum = S.a.hi + S.a.lo, tsum = S.st.hi + S.st.lo;
-        A->loss[r] = S.inf_a ? INFINITY
-                             : (S.da.hi + (S.da.lo + FMA_(lh, asum, ll * asum, USE_FMA))) + 0.0;
-        A->nll[r] = S.inf_t ? INFINITY
-                            : (S.dt.hi + (S.dt.lo + FMA_(lh, tsum, ll * tsum, USE_FMA))) + 0.0;
-        A->residual[r] = asum > 0.0 ? xp_residual(A, t, 1.0 / (1.0 + shi), 1.0 / asum, T64, HAS_W)
-                                    : NAN;
-        double q, c;
-        shifted(xy, m, 1.0, &q, &c, 0, USE_FMA);
-        double s = q - lh, bv = s - q;
-        double e1 = (q - (s - bv)) + (-lh - bv);
-        double lpy = (y == k) ? -L : s + ((e1 + c) - ll);
-        if (q == -INFINITY) lpy = -INFINITY;
-        A->logp_true[r] = lpy;
-        A->p_true[r] = exp(lpy);
-        A->top5[r] = S.above < k5;
-        if (C == 1) A->margin[r] = NAN;
-        else if (y == k) {
-            double q2, c2;
-            shifted(S.m2, m, 1.0, &q2, &c2, 0, USE_FMA);
-            A->margin[r] = -(q2 + c2);
-        } else A->margin[r] = q + c;
+        xp_finish(A, r, x, t, m, y, xy, &S, DT, T64, HAS_W, USE_FMA);
     }
 }
+
+#if SMX_X86
+/* The AVX-512 sweep of a 16/32-bit row with probability targets: x4_pass1
+ * (maximum, first argmax, second maximum, entries above x_y, the exactness
+ * check), then one pass of x4_exp over 8 lanes with R, sum a, sum a (m - x),
+ * sum t, sum t (m - x) as lane double-doubles (4 terms per lane, then TwoSum:
+ * 3 u each, as xp_sweep's, so the budget above holds), the entropy dot, the
+ * negative-or-NaN target flag, and the terms stored for the residual. Rows
+ * failing the exactness check take xp_sweep. */
+AI4 __m512d x4_load_t(const void *t, Py_ssize_t j, __mmask8 act, const int T64) {
+    if (T64) return _mm512_maskz_loadu_pd(act, (const double *)t + j);
+    return _mm512_cvtps_pd(_mm256_maskz_loadu_ps(act, (const float *)t + j));
+}
+
+AI4 void x4_prob_sweep(const xp_args *A, const float *x, const void *t, double m, xp_sums *S,
+                       const int T64, const int HAS_W) {
+    Py_ssize_t C = A->C;
+    const double *w = A->weight;
+    double *ebuf = A->eb;
+    const __m512d mv = _mm512_set1_pd(m), k1 = _mm512_set1_pd(1.0 - A->eps),
+                  k0 = _mm512_set1_pd(A->eps / (double)C), zero = _mm512_setzero_pd(),
+                  onev = _mm512_set1_pd(1.0);
+    __m512d hi[5], lo[5], acc[5], dt = zero;
+    for (int q = 0; q < 5; q++) hi[q] = lo[q] = acc[q] = zero;
+    __mmask8 bad = 0;
+    int nacc = 0;
+    int64_t n0 = 0;
+    for (Py_ssize_t j = 0; j < C; j += 8) {
+        Py_ssize_t n = C - j < 8 ? C - j : 8;
+        __mmask8 act = (__mmask8)((1u << n) - 1u);
+        /* absent lanes read m and t = 0: they add nothing */
+        __m512d d = _mm512_sub_pd(
+            _mm512_cvtps_pd(_mm256_mask_loadu_ps(_mm256_set1_ps((float)m), act, x + j)), mv);
+        __m512d e = x4_exp(d);
+        __mmask8 top = _mm512_cmp_pd_mask(d, zero, _CMP_EQ_OQ);
+        n0 += __builtin_popcount((unsigned)(top & act));
+        _mm512_mask_storeu_pd(ebuf + j, act, _mm512_mask_blend_pd(top, e, onev));
+        __m512d tv = x4_load_t(t, j, act, T64);
+        bad |= _mm512_mask_cmp_pd_mask(act, tv, zero, _CMP_NGE_UQ);  /* t < 0 or NaN */
+        __m512d a = _mm512_add_pd(_mm512_mul_pd(k1, tv), k0);
+        if (HAS_W) a = _mm512_mul_pd(a, _mm512_maskz_loadu_pd(act, w + j));
+        a = _mm512_maskz_mov_pd(act, a);
+        __m512d nz = _mm512_sub_pd(zero, d);
+        dt = _mm512_fmadd_pd(e, nz, dt);
+        acc[0] = _mm512_add_pd(acc[0], e);
+        acc[1] = _mm512_add_pd(acc[1], a);
+        acc[2] = _mm512_fmadd_pd(a, nz, acc[2]);
+        acc[3] = _mm512_add_pd(acc[3], tv);
+        acc[4] = _mm512_fmadd_pd(tv, nz, acc[4]);
+        if (++nacc == 4 || j + 8 >= C) {  /* 4 terms per lane, then into the double-doubles */
+            for (int q = 0; q < 5; q++) { x4_two_sum(&hi[q], &lo[q], acc[q]); acc[q] = zero; }
+            nacc = 0;
+        }
+    }
+    dd_t *outs[5] = {&S->r, &S->a, &S->da, &S->st, &S->dt};
+    for (int q = 0; q < 5; q++) {
+        double h[8], l8[8];
+        _mm512_storeu_pd(h, hi[q]);
+        _mm512_storeu_pd(l8, lo[q]);
+        dd_t sq = {0.0, 0.0};
+        for (int l = 0; l < 8; l++) { dd_add(&sq, h[l]); sq.lo += l8[l]; }
+        double th = sq.hi + sq.lo;
+        outs[q]->lo = sq.lo - (th - sq.hi);
+        outs[q]->hi = th;
+    }
+    double dd8[8];
+    _mm512_storeu_pd(dd8, dt);
+    double ds = 0.0;
+    for (int l = 0; l < 8; l++) ds += dd8[l];
+    S->dot = ds;
+    S->bad = bad != 0;
+    S->n0 = n0;
+    S->inf_a = S->inf_t = 0;  /* exact rows have no -inf */
+}
+
+AI4 void xp_rows_x4_tt(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb,
+                       const int DT, const int T64, const int HAS_W) {
+    Py_ssize_t C = A->C;
+    size_t isz = (size_t)ITEMSIZE[DT], tsz = T64 ? 8 : 4;
+    for (Py_ssize_t r = r0; r < r1; r++) {
+        const char *x = (const char *)A->x + (size_t)r * C * isz;
+        const char *t = (const char *)A->t + (size_t)r * C * tsz;
+        const float *xf = (const float *)x;
+        if (DT != DT_F32) {
+            for (Py_ssize_t j = 0; j < C; j++) A->fbuf[j] = (float)ld(x, j, DT);  /* exact */
+            xf = A->fbuf;
+        }
+        Py_ssize_t y = target_argmax(t, C, T64);
+        A->true_class[r] = y;
+        x4_pass1_t P;
+        x4_pass1(xf, C, xf[y], &P);
+        if (P.special) { xp_hand_back(A, r, t, nfb, T64); continue; }
+        double m = (double)P.m, xy = (double)xf[y];
+        xp_sums S;
+        if (P.exact) {
+            x4_prob_sweep(A, xf, t, m, &S, T64, HAS_W);
+            S.kfirst = P.k;
+            S.above = P.above;
+            S.m2 = (double)P.m2;
+        } else {
+            xp_sweep(A, x, t, m, xy, &S, DT, T64, HAS_W, 1);
+        }
+        A->tsum[r] = S.bad ? NAN : S.st.hi + S.st.lo;
+        if (S.bad) { A->fallback[r] = 1; (*nfb)++; continue; }
+        A->fallback[r] = 0;
+        xp_finish(A, r, x, t, m, y, xy, &S, DT, T64, HAS_W, 1);
+    }
+}
+
+AI4 void xp_rows_x4_t(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb,
+                      const int DT) {
+    if (A->t64) {
+        if (A->weight) xp_rows_x4_tt(A, r0, r1, nfb, DT, 1, 1);
+        else xp_rows_x4_tt(A, r0, r1, nfb, DT, 1, 0);
+    } else {
+        if (A->weight) xp_rows_x4_tt(A, r0, r1, nfb, DT, 0, 1);
+        else xp_rows_x4_tt(A, r0, r1, nfb, DT, 0, 0);
+    }
+}
+#endif
 
 AI void xp_rows_t(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, const int DT,
                   const int USE_FMA) {
@@ -723,6 +853,26 @@ AI void xp_rows_kernel_t(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t
 }
 VARIANTS(xp_rows_kernel, (const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, int dt),
          A, r0, r1, nfb, dt)
+
+#if SMX_X86
+SMX_V4 static void xp_rows_x4(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb,
+                              int dt) {
+    switch (dt) {
+    case DT_F16: xp_rows_x4_t(A, r0, r1, nfb, DT_F16); break;
+    case DT_BF16: xp_rows_x4_t(A, r0, r1, nfb, DT_BF16); break;
+    case DT_F32: xp_rows_x4_t(A, r0, r1, nfb, DT_F32); break;
+    default: xp_rows_kernel_v4(A, r0, r1, nfb, dt); break;
+    }
+}
+#endif
+
+/* the AVX-512 rows when that variant runs (16/32-bit logits, C < 2^31 - 16) */
+static void xp_rows_run(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, int dt) {
+#if SMX_X86
+    if (g_isa == ISA_AVX512 && A->C < INT32_MAX - 16) { xp_rows_x4(A, r0, r1, nfb, dt); return; }
+#endif
+    xp_rows_kernel(A, r0, r1, nfb, dt);
+}
 
 /* ------------------------------------------------------------------------ */
 /* the gradient of each sample's loss, A p - a, one row at a time           */
@@ -924,7 +1074,8 @@ static PyObject *py_xent_prob(PyObject *self, PyObject *args) {
         if (get_buf(outs[i], &bufs[nb], 1, n * sizes[i], "output") < 0) ok = 0; else nb++;
     }
     double *eb = ok ? (double *)malloc(sizeof(double) * (size_t)c) : NULL;
-    if (ok && !eb) { ok = 0; PyErr_NoMemory(); }
+    float *fb = ok ? (float *)malloc(sizeof(float) * (size_t)c) : NULL;
+    if (ok && (!eb || !fb)) { ok = 0; free(eb); free(fb); PyErr_NoMemory(); }
     if (!ok) { for (int i = 0; i < nb; i++) PyBuffer_Release(&bufs[i]); return NULL; }
     int o0 = have_w ? 3 : 2;
     double *d[7];
@@ -934,12 +1085,13 @@ static PyObject *py_xent_prob(PyObject *self, PyObject *args) {
                  d[0], d[1], d[2], d[3], d[4], d[5], d[6],
                  (int64_t *)bufs[o0 + 7].buf, (int64_t *)bufs[o0 + 8].buf,
                  (uint8_t *)bufs[o0 + 9].buf, (uint8_t *)bufs[o0 + 10].buf, eb,
-                 (double *)bufs[o0 + 11].buf};
+                 (double *)bufs[o0 + 11].buf, fb};
     int64_t nfb = 0;
     Py_BEGIN_ALLOW_THREADS
-    xp_rows_kernel(&A, r0, r1, &nfb, dt);
+    xp_rows_run(&A, r0, r1, &nfb, dt);
     Py_END_ALLOW_THREADS
     free(eb);
+    free(fb);
     for (int i = 0; i < nb; i++) PyBuffer_Release(&bufs[i]);
     return PyLong_FromLongLong((long long)nfb);
 }
