@@ -17,6 +17,15 @@ torch). Two clocks: wall
 ``threads=1``, ``torch.set_num_threads(1)``), the stable per-core figure on a
 shared machine.
 
+Memory: the peak of numpy's traced allocations (``tracemalloc``) during one
+``evaluate(reduction='none')`` call and one kernel call, minus the (N,) outputs
+they return ("extra").
+
+Gradient: ``evaluate(want_grad=True, reduction='mean')`` on float32 1024 x 32000
+(``native.xent_grad_rows`` on the native engine, the float64 log-softmax plus
+numpy on the numpy engine) against torch's forward + backward of
+``F.cross_entropy`` (float32).
+
 CLI: ``smx xent big.npy --labels y.npy --format json`` on a float32 NPY of ~1.6 GB
 generated under /tmp (deleted afterwards) against a blocked copy of the file
 (16 MB ``readinto`` blocks, written and fsynced), each in a fresh child; wall, child
@@ -33,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 
 import numpy as np
 
@@ -103,7 +113,58 @@ def bench_lib(n: int, c: int, repeat: int) -> list[dict]:
             torch.set_num_threads(nt)
         rows.append(r)
     rows.append(bench_prob(x, w, repeat))
+    rows.append(bench_memory(x, y))
+    rows.append(bench_grad(x[: max(1, n // 4)], y[: max(1, n // 4)], repeat))
     return rows
+
+
+def traced_peak_mb(fn) -> float:
+    """Peak traced allocation of one call beyond what it returns, in MB."""
+    tracemalloc.start()
+    try:
+        out = fn()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    kept = sum(v.nbytes for v in (out.values() if isinstance(out, dict) else vars(out).values())
+               if isinstance(v, np.ndarray))
+    return (peak - kept) / 2**20
+
+
+def bench_memory(x: np.ndarray, y: np.ndarray) -> dict:
+    r = {"case": f"extra memory, xent f32 {x.shape[0]}x{x.shape[1]} (MB, tracemalloc)"}
+    if native.engine() != "numpy":
+        r["kernel MB"] = traced_peak_mb(lambda: native.xent_rows(x, y))
+        r["smx native MB"] = traced_peak_mb(lambda: evaluate(x, y, reduction="none"))
+    return r
+
+
+def bench_grad(x: np.ndarray, y: np.ndarray, repeat: int) -> dict:
+    n, c = x.shape
+    r = {"case": f"xent gradient f32 {n}x{c} (mean)"}
+    fns = [("smx native", lambda th: lambda: evaluate(x, y, want_grad=True, threads=th)),
+           ("smx numpy", lambda th: numpy_engine(lambda: evaluate(x, y, want_grad=True,
+                                                                 threads=th)))]
+    for name, fn in fns:
+        if name != "smx numpy" and native.engine() == "numpy":
+            continue
+        reps = repeat if name != "smx numpy" else max(1, repeat // 2)
+        r[f"{name} wall"] = median_time(fn(None), reps, time.perf_counter)
+        r[f"{name} cpu1"] = median_time(fn(1), reps, time.process_time)
+    if torch is not None:
+        F = torch.nn.functional
+        ty = torch.from_numpy(y)
+
+        def call():
+            tx = torch.from_numpy(x).requires_grad_(True)
+            F.cross_entropy(tx, ty).backward()
+            return tx.grad
+        nt = torch.get_num_threads()
+        r["torch wall"] = median_time(call, repeat, time.perf_counter)
+        torch.set_num_threads(1)
+        r["torch cpu1"] = median_time(call, repeat, time.process_time)
+        torch.set_num_threads(nt)
+    return r
 
 
 def bench_prob(x: np.ndarray, w: np.ndarray, repeat: int) -> dict:
@@ -235,6 +296,8 @@ def show(rows: list[dict]) -> None:
                 cells.append(f"{k} {v * 1e3:.0f} ms")
             elif isinstance(v, float):
                 cells.append(f"{k} {v:.3g}")
+        if len(cells) == 0 and len(r) == 1:
+            continue
         print(f"{r['case']}: " + ", ".join(cells))
         if "torch wall" in r and "kernel wall" in r:
             print(f"    kernel / torch: wall {r['kernel wall'] / r['torch wall']:.2f}x, "

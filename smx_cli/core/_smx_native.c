@@ -164,7 +164,9 @@ static PyMethodDef methods[] = {
                                     "loss, logp_true, p_true, argmax, top5, margin, entropy, fallback)"},
     {"xent_prob", py_xent_prob, METH_VARARGS,
      "xent_prob(x, dt, n, c, t, t64, weight, eps, r0, r1, loss, nll, logp_true, p_true, "
-     "margin, entropy, residual, argmax, true_class, top5, fallback)"},
+     "margin, entropy, residual, argmax, true_class, top5, fallback, target_sum)"},
+    {"xent_grad", py_xent_grad, METH_VARARGS,
+     "xent_grad(x, dt, n, c, target, prob, t64, weight, wsum, ignore_index, eps, r0, r1, out, fallback)"},
     {"vjp", py_vjp, METH_VARARGS, "vjp(x, g, out, dt, n, c, kind, t, r0, r1, fallback)"},
     {"isa", py_isa, METH_NOARGS, "instruction set of the running clone"},
     {"exp_hl", py_exp_hl, METH_VARARGS, "exp(x) as (hi, lo) (test hook)"},

@@ -19,6 +19,8 @@ typedef struct {
     double *loss, *logp_true, *p_true, *margin, *entropy;
     int64_t *argmax;
     uint8_t *top5, *fallback;
+    float *fbuf;           /* scratch, C floats: a 16-bit row widened (AVX-512 path) */
+    const double *wpos;    /* max(w, 0) (smoothing with weights, AVX-512 path), else NULL */
 } xe_args;
 
 /* One sweep of a 16/32-bit row for the cross-entropy (after the max pass):
@@ -77,13 +79,89 @@ AI void lowp_xent_sweep(const void *x, Py_ssize_t C, double m, double xy, double
     *above = ab;
 }
 
+/* Everything a row gives after its sweep: argmax k, L = lh + ll = log1p(R)
+ * (R = shi + ...), the entropy dot sum_j e_j (m - x_j), the second maximum m2
+ * (multiset: m again on a tie), the count of entries above x_y (top-5; < 0:
+ * count here) and, with HAVE_SM, the smoothing sum sum_c w+_c (m - x_c) (else
+ * it is summed here). */
+AI void xent_finish(const xe_args *A, Py_ssize_t r, const void *x, double m, double m2,
+                    Py_ssize_t k, double lh, double ll, double shi, double dot, int64_t above,
+                    double sm_given, const int HAVE_SM, const int DT, const int USE_FMA) {
+    Py_ssize_t C = A->C;
+    Py_ssize_t k5 = C < 5 ? C : 5;
+    double eps = A->eps;
+    const double *w = A->weight;
+    int64_t y = A->target[r];
+    A->argmax[r] = k;
+    A->entropy[r] = (lh + ll) + dot / (1.0 + shi);
+    if (y == A->ignore_index) {
+        A->loss[r] = 0.0;
+        A->logp_true[r] = NAN;
+        A->p_true[r] = NAN;
+        A->margin[r] = NAN;
+        A->top5[r] = 0;
+        return;
+    }
+    double lpy, zy;
+    double xy = ld(x, y, DT);
+    {
+        double q, c;
+        shifted(xy, m, 1.0, &q, &c, 0, USE_FMA);
+        zy = q + c;
+        double s = q - lh, bv = s - q;
+        double e1 = (q - (s - bv)) + (-lh - bv);
+        lpy = (y == k) ? -(lh + ll) : s + ((e1 + c) - ll);
+        if (q == -INFINITY) lpy = -INFINITY;
+    }
+    A->logp_true[r] = lpy;
+    A->p_true[r] = exp(lpy);
+    double wy = w ? w[y] : 1.0;
+    double loss = (wy > 0.0) ? -(wy * lpy) : 0.0;
+    if (eps > 0.0) {
+        /* sum_c w_c (-logp_c) = L W + sum_c w_c (-z_c), every term >= 0 */
+        double sm = sm_given;
+        if (!HAVE_SM) {
+            double acc[LANES];
+            for (int l = 0; l < LANES; l++) acc[l] = 0.0;
+            Py_ssize_t j = 0;
+            for (; j + LANES <= C; j += LANES)
+                for (int l = 0; l < LANES; l++) {
+                    double wc = w ? w[j + l] : 1.0;
+                    double nz = m - ld(x, j + l, DT);
+                    acc[l] += wc > 0.0 ? wc * nz : 0.0;
+                }
+            sm = 0.0;
+            for (; j < C; j++) {
+                double wc = w ? w[j] : 1.0;
+                double nz = m - ld(x, j, DT);
+                sm += wc > 0.0 ? wc * nz : 0.0;
+            }
+            for (int l = 0; l < LANES; l++) sm += acc[l];
+        }
+        double smooth = (lh + ll) * A->wsum + sm;
+        double nll_part = (wy > 0.0) ? (1.0 - eps) * (wy * -lpy) : 0.0;
+        loss = nll_part + (eps / (double)C) * smooth;
+    }
+    A->loss[r] = 0.0 + loss;
+    /* top-5: fewer than k5 classes strictly above the true one */
+    if (above < 0) {
+        above = 0;
+        for (Py_ssize_t j = 0; j < C; j++) above += ld(x, j, DT) > xy;
+    }
+    A->top5[r] = above < k5;
+    if (C == 1) A->margin[r] = NAN;
+    else if (y == k) {
+        double q, c;
+        shifted(m2, m, 1.0, &q, &c, 0, USE_FMA);
+        A->margin[r] = -(q + c);
+    } else A->margin[r] = zy;
+}
+
+/* the portable row loop (every variant but AVX-512, and float64 logits on it) */
 AI void xent_rows_t(const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, const int DT,
                     const int USE_FMA) {
     Py_ssize_t C = A->C;
     size_t isz = (size_t)ITEMSIZE[DT];
-    Py_ssize_t k5 = C < 5 ? C : 5;
-    double eps = A->eps;
-    const double *w = A->weight;
     for (Py_ssize_t r = r0; r < r1; r++) {
         const char *x = (const char *)A->x + (size_t)r * C * isz;
         int has_nan;
@@ -103,66 +181,7 @@ AI void xent_rows_t(const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb
             k = first_index(x, C, m, DT);
             rest_lse(x, C, k, m, 1.0, &lh, &ll, &m2, &shi, &dot, DT, 0, USE_FMA, 1);
         }
-        A->argmax[r] = k;
-        A->entropy[r] = (lh + ll) + dot / (1.0 + shi);
-        if (y == A->ignore_index) {
-            A->loss[r] = 0.0;
-            A->logp_true[r] = NAN;
-            A->p_true[r] = NAN;
-            A->margin[r] = NAN;
-            A->top5[r] = 0;
-            continue;
-        }
-        double lpy, zy;
-        double xy = ld(x, y, DT);
-        {
-            double q, c;
-            shifted(xy, m, 1.0, &q, &c, 0, USE_FMA);
-            zy = q + c;
-            double s = q - lh, bv = s - q;
-            double e1 = (q - (s - bv)) + (-lh - bv);
-            lpy = (y == k) ? -(lh + ll) : s + ((e1 + c) - ll);
-            if (q == -INFINITY) lpy = -INFINITY;
-        }
-        A->logp_true[r] = lpy;
-        A->p_true[r] = exp(lpy);
-        double wy = w ? w[y] : 1.0;
-        double loss = (wy > 0.0) ? -(wy * lpy) : 0.0;
-        if (eps > 0.0) {
-            /* sum_c w_c (-logp_c) = L W + sum_c w_c (-z_c), every term >= 0 */
-            double acc[LANES];
-            for (int l = 0; l < LANES; l++) acc[l] = 0.0;
-            Py_ssize_t j = 0;
-            for (; j + LANES <= C; j += LANES)
-                for (int l = 0; l < LANES; l++) {
-                    double wc = w ? w[j + l] : 1.0;
-                    double nz = m - ld(x, j + l, DT);
-                    acc[l] += wc > 0.0 ? wc * nz : 0.0;
-                }
-            double sm = 0.0;
-            for (; j < C; j++) {
-                double wc = w ? w[j] : 1.0;
-                double nz = m - ld(x, j, DT);
-                sm += wc > 0.0 ? wc * nz : 0.0;
-            }
-            for (int l = 0; l < LANES; l++) sm += acc[l];
-            double smooth = (lh + ll) * A->wsum + sm;
-            double nll_part = (wy > 0.0) ? (1.0 - eps) * (wy * -lpy) : 0.0;
-            loss = nll_part + (eps / (double)C) * smooth;
-        }
-        A->loss[r] = 0.0 + loss;
-        /* top-5: fewer than k5 classes strictly above the true one */
-        if (above < 0) {
-            above = 0;
-            for (Py_ssize_t j = 0; j < C; j++) above += ld(x, j, DT) > xy;
-        }
-        A->top5[r] = above < k5;
-        if (C == 1) A->margin[r] = NAN;
-        else if (y == k) {
-            double q, c;
-            shifted(m2, m, 1.0, &q, &c, 0, USE_FMA);
-            A->margin[r] = -(q + c);
-        } else A->margin[r] = zy;
+        xent_finish(A, r, x, m, m2, k, lh, ll, shi, dot, above, 0.0, 0, DT, USE_FMA);
     }
 }
 
@@ -172,6 +191,276 @@ AI void xent_rows_kernel_t(const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int64
 }
 VARIANTS(xent_rows_kernel, (const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, int dt),
          A, r0, r1, nfb, dt)
+
+/* ------------------------------------------------------------------------ */
+/* cross-entropy with class indices, 16/32-bit logits, AVX-512               */
+/*
+ * Two passes per row, both on float32 values (16-bit rows are widened into a
+ * scratch row first, exactly):
+ *  1. 16 lanes of float32: the maximum m and the first index of it (each lane
+ *     keeps its maximum and where it first reached it), the second maximum
+ *     (multiset: m on a tie), the count of entries above x_y (top-5), NaN, and
+ *     the largest and the smallest non-zero |x| (on the bits).
+ *  2. 8 lanes of float64: d = x - m, e = exp(d) for -708 <= d < 0 (the maxima
+ *     are left out: R = (n_max - 1) + sum e, L = log1p(R)), R as lane
+ *     double-doubles, the entropy dot sum e (-d) and the smoothing sum.
+ * Error of R (u = 2^-53), which bounds L's relative error (R / ((1 + R)
+ * log1p R) <= 1):
+ *  - d = fl(x - m) is exact when every non-zero |x_j| >= 2^-28 max|x_j|: the
+ *    exact difference is a multiple of g = min(ulp(x), ulp(m)) >= 2^-24
+ *    min(|x|, |m|) >= 2^-52 max|x| and |x - m| <= 2 max|x|, so it has <= 53
+ *    bits (16-bit formats have coarser ulps still). Pass 1 checks this per
+ *    row; rows that fail it (and rows with a -inf) take lowp_xent_sweep, which
+ *    carries fl(x - m)'s error.
+ *  - exp(d) = 2^(k/16) exp(r): k = rint(16 d / ln 2), r = d - k CHI - k CLO
+ *    with CHI = ln2/16 to 39 bits (k CHI exact for |k| < 2^14, d - k CHI exact
+ *    by Sterbenz) and CLO the rest: |r| <= ln2/32 = 0.02166, r's error
+ *    <= u |r| + 2^-90 < 0.022 u; exp(r) = 1 + p, p = r + r^2 Q(r), Q the
+ *    Taylor polynomial to r^7/7! (truncation r^8/8! < 2^-59.5 = 0.012 u),
+ *    |p| <= 0.022 so p's roundings cost <= 0.03 u; T = 2^(j/16) rounded (0.5 u)
+ *    from a 16-entry table in two registers (vpermt2pd); T + T p in one FMA
+ *    (0.5 u); the scaling by 2^floor(k/16) (vscalefpd) is exact for d >= -708.
+ *    In all <= 1.07 u per term.
+ *  - the sum: 4 vectors added as a tree (2 levels: <= 2 u for terms >= 0),
+ *    each tree sum added to its lane's double-double by TwoSum (exact; the lo
+ *    words' own sum is off by ~n^2 u^2), the lanes merged the same way.
+ *  So R is within 3.1 u, L = log1p_dd(R) within 3.1 u + O(u^2), and the loss
+ *    (xent_finish: L + |x_y - m| with the shift's TwoSum error kept, no
+ *    cancellation, one rounding) within 3.6 u, under the 6 ulp stated (an ulp
+ *    of float64 is >= u relative).
+ *  The entropy dot and the smoothing sum are plain lane sums, as on the
+ *  portable path.
+ */
+#if SMX_X86
+#include <immintrin.h>
+
+#define AI4 SMX_V4 static inline __attribute__((always_inline))
+
+typedef struct {
+    float m, m2;
+    Py_ssize_t k;
+    int64_t above;
+    int special, exact;
+} x4_pass1_t;
+
+#define X4_P1_BODY(V, ACT)                                                     \
+    {                                                                          \
+        __mmask16 gt = _mm512_cmp_ps_mask((V), m1, _CMP_GT_OQ);                \
+        __m512 lo = _mm512_mask_blend_ps(gt, (V), m1); /* min(m1, v) */         \
+        m1 = _mm512_mask_blend_ps(gt, m1, (V));                                \
+        pos = _mm512_mask_blend_epi32(gt, pos, idx);                           \
+        m2 = _mm512_max_ps(lo, m2); /* a NaN lo leaves m2 */                   \
+        __mmask16 ab = _mm512_mask_cmp_ps_mask((ACT), (V), xyv, _CMP_GT_OQ);    \
+        above = _mm512_mask_add_epi32(above, ab, above, one);                  \
+        __m512i bits = _mm512_and_si512(_mm512_castps_si512(V), absm);         \
+        amax = _mm512_mask_max_epu32(amax, (ACT), amax, bits);                 \
+        amin = _mm512_mask_min_epu32(amin, (ACT), amin, _mm512_sub_epi32(bits, one)); \
+        idx = _mm512_add_epi32(idx, sixteen);                                  \
+    }
+
+/* pass 1 (see above) of a float32 row, C < 2^31 - 16 */
+AI4 void x4_pass1(const float *x, Py_ssize_t C, float xy, x4_pass1_t *o) {
+    __m512 m1 = _mm512_set1_ps(-INFINITY), m2 = m1, xyv = _mm512_set1_ps(xy);
+    __m512i pos = _mm512_set1_epi32(INT32_MAX);
+    __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i sixteen = _mm512_set1_epi32(16), one = _mm512_set1_epi32(1);
+    const __m512i absm = _mm512_set1_epi32(0x7fffffff);
+    __m512i above = _mm512_setzero_si512(), amax = above, amin = _mm512_set1_epi32(-1);
+    Py_ssize_t j = 0;
+    for (; j + 16 <= C; j += 16) {
+        __m512 v = _mm512_loadu_ps(x + j);
+        X4_P1_BODY(v, (__mmask16)0xffff)
+    }
+    if (j < C) {
+        __mmask16 act = (__mmask16)((1u << (C - j)) - 1u);
+        __m512 v = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), act, x + j);
+        X4_P1_BODY(v, act)
+    }
+    float fm1[16], fm2[16];
+    int32_t ip[16], ia[16];
+    uint32_t ux[16], un[16];
+    _mm512_storeu_ps(fm1, m1);
+    _mm512_storeu_ps(fm2, m2);
+    _mm512_storeu_si512(ip, pos);
+    _mm512_storeu_si512(ia, above);
+    _mm512_storeu_si512(ux, amax);
+    _mm512_storeu_si512(un, amin);
+    float m = -INFINITY, s2 = -INFINITY;
+    uint32_t bx = 0, bn = 0xffffffffu;
+    int64_t ab = 0;
+    for (int l = 0; l < 16; l++) {
+        m = fm1[l] > m ? fm1[l] : m;
+        s2 = fm2[l] > s2 ? fm2[l] : s2;
+        bx = ux[l] > bx ? ux[l] : bx;
+        bn = un[l] < bn ? un[l] : bn;
+        ab += ia[l];
+    }
+    int32_t k = INT32_MAX, nm = 0;
+    for (int l = 0; l < 16; l++) {
+        if (fm1[l] == m) { nm++; k = ip[l] < k ? ip[l] : k; }
+        else s2 = fm1[l] > s2 ? fm1[l] : s2;
+    }
+    o->m = m;
+    o->m2 = nm > 1 ? m : s2;
+    o->k = k;
+    o->above = ab;
+    o->special = bx > 0x7f800000u || !(m > -INFINITY && m < INFINITY);
+    float big, small;
+    uint32_t sb = bn + 1u;
+    memcpy(&big, &bx, 4);
+    memcpy(&small, &sb, 4);
+    o->exact = bx < 0x7f800000u && (bn == 0xffffffffu || small >= big * 0x1p-28f);
+}
+
+/* exp(d) for -708 <= d < 0, else 0 (see above) */
+AI4 __m512d x4_exp(__m512d d) {
+    const __m512d T0 = _mm512_setr_pd(0x1.0000000000000p+0, 0x1.0b5586cf9890fp+0,
+                                      0x1.172b83c7d517bp+0, 0x1.2387a6e756238p+0,
+                                      0x1.306fe0a31b715p+0, 0x1.3dea64c123422p+0,
+                                      0x1.4bfdad5362a27p+0, 0x1.5ab07dd485429p+0);
+    const __m512d T1 = _mm512_setr_pd(0x1.6a09e667f3bcdp+0, 0x1.7a11473eb0187p+0,
+                                      0x1.8ace5422aa0dbp+0, 0x1.9c49182a3f090p+0,
+                                      0x1.ae89f995ad3adp+0, 0x1.c199bdd85529cp+0,
+                                      0x1.d5818dcfba487p+0, 0x1.ea4afa2a490dap+0);
+    const __m512d sh = _mm512_set1_pd(SHIFT);
+    __m512d kd = _mm512_fmadd_pd(d, _mm512_set1_pd(0x1.71547652b82fep+4), sh);
+    __m512i ki = _mm512_castpd_si512(kd);       /* low 4 bits: k mod 16 */
+    kd = _mm512_sub_pd(kd, sh);
+    __m512d r = _mm512_fnmadd_pd(kd, _mm512_set1_pd(0x1.62e42fefa4000p-5), d);  /* exact */
+    r = _mm512_fnmadd_pd(kd, _mm512_set1_pd(-0x1.8432a1b0e2634p-47), r);
+    __m512d r2 = _mm512_mul_pd(r, r);
+    __m512d q = _mm512_fmadd_pd(_mm512_set1_pd(1.0 / 5040.0), r, _mm512_set1_pd(1.0 / 720.0));
+    q = _mm512_fmadd_pd(q, r, _mm512_set1_pd(1.0 / 120.0));
+    q = _mm512_fmadd_pd(q, r, _mm512_set1_pd(1.0 / 24.0));
+    q = _mm512_fmadd_pd(q, r, _mm512_set1_pd(1.0 / 6.0));
+    q = _mm512_fmadd_pd(q, r, _mm512_set1_pd(0.5));
+    __m512d p = _mm512_fmadd_pd(r2, q, r);
+    __m512d t = _mm512_permutex2var_pd(T0, ki, T1);
+    __mmask8 ok = _mm512_cmp_pd_mask(d, _mm512_setzero_pd(), _CMP_LT_OQ);
+    ok = _mm512_mask_cmp_pd_mask(ok, d, _mm512_set1_pd(-708.0), _CMP_GE_OQ);
+    __m512d e = _mm512_maskz_fmadd_pd(ok, t, p, t);
+    return _mm512_scalef_pd(e, _mm512_mul_pd(kd, _mm512_set1_pd(0.0625)));
+}
+
+AI4 void x4_two_sum(__m512d *hi, __m512d *lo, __m512d s) {
+    __m512d t = _mm512_add_pd(*hi, s), bv = _mm512_sub_pd(t, *hi);
+    __m512d err = _mm512_add_pd(_mm512_sub_pd(*hi, _mm512_sub_pd(t, bv)), _mm512_sub_pd(s, bv));
+    *hi = t;
+    *lo = _mm512_add_pd(*lo, err);
+}
+
+/* pass 2 (see above) of a float32 row: R (without the n_max - 1) as *rh + *rl,
+ * the dot sum e (-d) and, with SM, the smoothing sum sum w+ (-d) (wp NULL: w = 1) */
+AI4 void x4_pass2(const float *x, Py_ssize_t C, double m, const double *wp, double *rh,
+                  double *rl, double *dot, double *ssum, const int SM) {
+    const __m512d mv = _mm512_set1_pd(m);
+    __m512d hi = _mm512_setzero_pd(), lo = hi, dt = hi, sm = hi;
+    Py_ssize_t j = 0;
+#define X4_D(J) _mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(x + (J))), mv)
+#define X4_SM(D, J)                                                            \
+    if (SM) sm = wp ? _mm512_fnmadd_pd(_mm512_loadu_pd(wp + (J)), (D), sm) : _mm512_sub_pd(sm, (D));
+    for (; j + 32 <= C; j += 32) {
+        __m512d d0 = X4_D(j), d1 = X4_D(j + 8), d2 = X4_D(j + 16), d3 = X4_D(j + 24);
+        __m512d e0 = x4_exp(d0), e1 = x4_exp(d1), e2 = x4_exp(d2), e3 = x4_exp(d3);
+        dt = _mm512_fnmadd_pd(e0, d0, dt);
+        dt = _mm512_fnmadd_pd(e1, d1, dt);
+        dt = _mm512_fnmadd_pd(e2, d2, dt);
+        dt = _mm512_fnmadd_pd(e3, d3, dt);
+        X4_SM(d0, j) X4_SM(d1, j + 8) X4_SM(d2, j + 16) X4_SM(d3, j + 24)
+        x4_two_sum(&hi, &lo, _mm512_add_pd(_mm512_add_pd(e0, e1), _mm512_add_pd(e2, e3)));
+    }
+    for (; j < C; j += 8) {
+        Py_ssize_t n = C - j < 8 ? C - j : 8;
+        __mmask8 act = (__mmask8)((1u << n) - 1u);
+        /* absent lanes read m: d = 0 adds nothing anywhere */
+        __m512d d = _mm512_sub_pd(
+            _mm512_cvtps_pd(_mm256_mask_loadu_ps(_mm256_set1_ps((float)m), act, x + j)), mv);
+        __m512d e = x4_exp(d);
+        dt = _mm512_fnmadd_pd(e, d, dt);
+        if (SM) sm = wp ? _mm512_fnmadd_pd(_mm512_maskz_loadu_pd(act, wp + j), d, sm)
+                        : _mm512_sub_pd(sm, d);
+        x4_two_sum(&hi, &lo, e);
+    }
+#undef X4_D
+#undef X4_SM
+    double h[8], l8[8], dd8[8], s8[8];
+    _mm512_storeu_pd(h, hi);
+    _mm512_storeu_pd(l8, lo);
+    _mm512_storeu_pd(dd8, dt);
+    _mm512_storeu_pd(s8, sm);
+    dd_t s = {0.0, 0.0};
+    double ds = 0.0, ss = 0.0;
+    for (int l = 0; l < 8; l++) { dd_add(&s, h[l]); s.lo += l8[l]; ds += dd8[l]; ss += s8[l]; }
+    double t = s.hi + s.lo;
+    *rl = s.lo - (t - s.hi);
+    *rh = t;
+    *dot = ds;
+    *ssum = ss;
+}
+
+AI4 void xent_rows_x4_t(const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb,
+                        const int DT) {
+    Py_ssize_t C = A->C;
+    size_t isz = (size_t)ITEMSIZE[DT];
+    int sm = A->eps > 0.0;
+    for (Py_ssize_t r = r0; r < r1; r++) {
+        const char *x = (const char *)A->x + (size_t)r * C * isz;
+        const float *xf = (const float *)x;
+        if (DT != DT_F32) {
+            for (Py_ssize_t j = 0; j < C; j++) A->fbuf[j] = (float)ld(x, j, DT);  /* exact */
+            xf = A->fbuf;
+        }
+        int64_t y = A->target[r];
+        float xy = y == A->ignore_index ? INFINITY : xf[y];
+        x4_pass1_t P;
+        x4_pass1(xf, C, xy, &P);
+        if (P.special) { A->fallback[r] = 1; (*nfb)++; continue; }
+        A->fallback[r] = 0;
+        double m = (double)P.m, lh, ll, shi, dot;
+        if (!P.exact) {
+            double slo, m2;
+            Py_ssize_t k;
+            int64_t above;
+            lowp_xent_sweep(x, C, m, (double)xy, &shi, &slo, &dot, &m2, &k, &above, DT, 1);
+            log1p_dd(shi, slo, &lh, &ll);
+            xent_finish(A, r, x, m, m2, k, lh, ll, shi, dot, above, 0.0, 0, DT, 1);
+            continue;
+        }
+        double rh, rl, ssum = 0.0;
+        if (sm) x4_pass2(xf, C, m, A->wpos, &rh, &rl, &dot, &ssum, 1);
+        else x4_pass2(xf, C, m, NULL, &rh, &rl, &dot, &ssum, 0);
+        if (P.m2 == P.m) {  /* a tie for the maximum: R gets n_max - 1 */
+            int64_t n0 = 0;
+            for (Py_ssize_t j = 0; j < C; j++) n0 += xf[j] == P.m;
+            dd_t R = {(double)(n0 - 1), 0.0};
+            dd_add(&R, rh);
+            R.lo += rl;
+            rh = R.hi + R.lo;
+            rl = R.lo - (rh - R.hi);
+        }
+        log1p_dd(rh, rl, &lh, &ll);
+        xent_finish(A, r, x, m, (double)P.m2, P.k, lh, ll, rh, dot, P.above, ssum, 1, DT, 1);
+    }
+}
+
+SMX_V4 static void xent_rows_x4(const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb,
+                                int dt) {
+    switch (dt) {
+    case DT_F16: xent_rows_x4_t(A, r0, r1, nfb, DT_F16); break;
+    case DT_BF16: xent_rows_x4_t(A, r0, r1, nfb, DT_BF16); break;
+    case DT_F32: xent_rows_x4_t(A, r0, r1, nfb, DT_F32); break;
+    default: xent_rows_kernel_v4(A, r0, r1, nfb, dt); break;
+    }
+}
+#endif
+
+/* the AVX-512 rows when that variant runs (16/32-bit logits, C < 2^31 - 16) */
+static void xent_rows_run(const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, int dt) {
+#if SMX_X86
+    if (g_isa == ISA_AVX512 && A->C < INT32_MAX - 16) { xent_rows_x4(A, r0, r1, nfb, dt); return; }
+#endif
+    xent_rows_kernel(A, r0, r1, nfb, dt);
+}
 
 /* ------------------------------------------------------------------------ */
 /* cross-entropy with probability targets, one sweep per row                */
@@ -205,6 +494,8 @@ typedef struct {
     int64_t *argmax, *true_class;
     uint8_t *top5, *fallback;
     double *eb;             /* scratch, C doubles */
+    double *tsum;           /* sum_c t_c of each row; NaN if a target is negative or NaN */
+    float *fbuf;            /* scratch, C floats: a 16-bit row widened (AVX-512 path) */
 } xp_args;
 
 AI double ldt(const void *t, Py_ssize_t j, const int T64) {
@@ -340,11 +631,73 @@ AI double xp_residual(const xp_args *A, const void *t, double inv, double inv_a,
     return asf64((uint64_t)best);
 }
 
+/* a row handed back (NaN or non-finite maximum): its targets are still checked
+ * (xent_checks.check_target_sums): their sum, NaN if one is negative or NaN */
+AI void xp_hand_back(const xp_args *A, Py_ssize_t r, const char *t, int64_t *nfb, const int T64) {
+    dd_t ts = {0.0, 0.0};
+    int64_t bad = 0;
+    for (Py_ssize_t j = 0; j < A->C; j++) {
+        double tv = ldt(t, j, T64);
+        bad += !(tv >= 0.0);
+        dd_add(&ts, tv);
+    }
+    A->tsum[r] = bad ? NAN : ts.hi + ts.lo;
+    A->fallback[r] = 1;
+    (*nfb)++;
+}
+
+/* a row's outputs from its sweep's sums (every path of the probability targets) */
+AI void xp_finish(const xp_args *A, Py_ssize_t r, const char *x, const char *t, double m,
+                  Py_ssize_t y, double xy, const xp_sums *S, const int DT, const int T64,
+                  const int HAS_W, const int USE_FMA) {
+    Py_ssize_t C = A->C;
+    Py_ssize_t k5 = C < 5 ? C : 5;
+    double lh, ll, shi, dot;
+    Py_ssize_t k = (Py_ssize_t)S->kfirst;
+    if (DT != DT_F64) {
+        dd_t R = {(double)(S->n0 - 1), 0.0};
+        dd_add(&R, S->r.hi);
+        R.lo += S->r.lo;
+        shi = R.hi + R.lo;
+        double slo = R.lo - (shi - R.hi);
+        log1p_dd(shi, slo, &lh, &ll);
+        dot = S->dot;
+    } else {
+        double m2;
+        rest_lse(x, C, k, m, 1.0, &lh, &ll, &m2, &shi, &dot, DT, 0, USE_FMA, 1);
+    }
+    double L = lh + ll;
+    A->argmax[r] = k;
+    A->entropy[r] = L + dot / (1.0 + shi);
+    /* loss = sum a (m - x) + L sum a; nll the same with a = t */
+    double asum = S->a.hi + S->a.lo, tsum = S->st.hi + S->st.lo;
+    A->loss[r] = S->inf_a ? INFINITY
+                         : (S->da.hi + (S->da.lo + FMA_(lh, asum, ll * asum, USE_FMA))) + 0.0;
+    A->nll[r] = S->inf_t ? INFINITY
+                        : (S->dt.hi + (S->dt.lo + FMA_(lh, tsum, ll * tsum, USE_FMA))) + 0.0;
+    A->residual[r] = asum > 0.0 ? xp_residual(A, t, 1.0 / (1.0 + shi), 1.0 / asum, T64, HAS_W)
+                                : NAN;
+    double q, c;
+    shifted(xy, m, 1.0, &q, &c, 0, USE_FMA);
+    double s = q - lh, bv = s - q;
+    double e1 = (q - (s - bv)) + (-lh - bv);
+    double lpy = (y == k) ? -L : s + ((e1 + c) - ll);
+    if (q == -INFINITY) lpy = -INFINITY;
+    A->logp_true[r] = lpy;
+    A->p_true[r] = exp(lpy);
+    A->top5[r] = S->above < k5;
+    if (C == 1) A->margin[r] = NAN;
+    else if (y == k) {
+        double q2, c2;
+        shifted(S->m2, m, 1.0, &q2, &c2, 0, USE_FMA);
+        A->margin[r] = -(q2 + c2);
+    } else A->margin[r] = q + c;
+}
+
 AI void xp_rows_tt(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, const int DT,
                    const int T64, const int HAS_W, const int USE_FMA) {
     Py_ssize_t C = A->C;
     size_t isz = (size_t)ITEMSIZE[DT], tsz = T64 ? 8 : 4;
-    Py_ssize_t k5 = C < 5 ? C : 5;
     for (Py_ssize_t r = r0; r < r1; r++) {
         const char *x = (const char *)A->x + (size_t)r * C * isz;
         const char *t = (const char *)A->t + (size_t)r * C * tsz;
@@ -352,54 +705,136 @@ AI void xp_rows_tt(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb,
         double m = row_max(x, 0, C, &has_nan, DT);
         Py_ssize_t y = target_argmax(t, C, T64);
         A->true_class[r] = y;
-        if (has_nan || !isfinite(m)) { A->fallback[r] = 1; (*nfb)++; continue; }
+        if (has_nan || !isfinite(m)) { xp_hand_back(A, r, t, nfb, T64); continue; }
         double xy = ld(x, y, DT);
         xp_sums S;
         xp_sweep(A, x, t, m, xy, &S, DT, T64, HAS_W, USE_FMA);
+        A->tsum[r] = S.bad ? NAN : S.st.hi + S.st.lo;
         if (S.bad) { A->fallback[r] = 1; (*nfb)++; continue; }
         A->fallback[r] = 0;
-        double lh, ll, shi, dot;
-        Py_ssize_t k = (Py_ssize_t)S.kfirst;
-        if (DT != DT_F64) {
-            dd_t R = {(double)(S.n0 - 1), 0.0};
-            dd_add(&R, S.r.hi);
-            R.lo += S.r.lo;
-            shi = R.hi + R.lo;
-            double slo = R.lo - (shi - R.hi);
-            log1p_dd(shi, slo, &lh, &ll);
-            dot = S.dot;
-        } else {
-            double m2;
-            rest_lse(x, C, k, m, 1.0, &lh, &ll, &m2, &shi, &dot, DT, 0, USE_FMA, 1);
-        }
-        double L = lh + ll;
-        A->argmax[r] = k;
-        A->entropy[r] = L + dot / (1.0 + shi);
-        /* loss = sum a (m - x) + L sum a; nll the same with a = t */
-        double asum = S.a.hi + S.a.lo, tsum = S.st.hi + S.st.lo;
-        A->loss[r] = S.inf_a ? INFINITY
-                             : (S.da.hi + (S.da.lo + FMA_(lh, asum, ll * asum, USE_FMA))) + 0.0;
-        A->nll[r] = S.inf_t ? INFINITY
-                            : (S.dt.hi + (S.dt.lo + FMA_(lh, tsum, ll * tsum, USE_FMA))) + 0.0;
-        A->residual[r] = asum > 0.0 ? xp_residual(A, t, 1.0 / (1.0 + shi), 1.0 / asum, T64, HAS_W)
-                                    : NAN;
-        double q, c;
-        shifted(xy, m, 1.0, &q, &c, 0, USE_FMA);
-        double s = q - lh, bv = s - q;
-        double e1 = (q - (s - bv)) + (-lh - bv);
-        double lpy = (y == k) ? -L : s + ((e1 + c) - ll);
-        if (q == -INFINITY) lpy = -INFINITY;
-        A->logp_true[r] = lpy;
-        A->p_true[r] = exp(lpy);
-        A->top5[r] = S.above < k5;
-        if (C == 1) A->margin[r] = NAN;
-        else if (y == k) {
-            double q2, c2;
-            shifted(S.m2, m, 1.0, &q2, &c2, 0, USE_FMA);
-            A->margin[r] = -(q2 + c2);
-        } else A->margin[r] = q + c;
+        xp_finish(A, r, x, t, m, y, xy, &S, DT, T64, HAS_W, USE_FMA);
     }
 }
+
+#if SMX_X86
+/* The AVX-512 sweep of a 16/32-bit row with probability targets: x4_pass1
+ * (maximum, first argmax, second maximum, entries above x_y, the exactness
+ * check), then one pass of x4_exp over 8 lanes with R, sum a, sum a (m - x),
+ * sum t, sum t (m - x) as lane double-doubles (4 terms per lane, then TwoSum:
+ * 3 u each, as xp_sweep's, so the budget above holds), the entropy dot, the
+ * negative-or-NaN target flag, and the terms stored for the residual. Rows
+ * failing the exactness check take xp_sweep. */
+AI4 __m512d x4_load_t(const void *t, Py_ssize_t j, __mmask8 act, const int T64) {
+    if (T64) return _mm512_maskz_loadu_pd(act, (const double *)t + j);
+    return _mm512_cvtps_pd(_mm256_maskz_loadu_ps(act, (const float *)t + j));
+}
+
+AI4 void x4_prob_sweep(const xp_args *A, const float *x, const void *t, double m, xp_sums *S,
+                       const int T64, const int HAS_W) {
+    Py_ssize_t C = A->C;
+    const double *w = A->weight;
+    double *ebuf = A->eb;
+    const __m512d mv = _mm512_set1_pd(m), k1 = _mm512_set1_pd(1.0 - A->eps),
+                  k0 = _mm512_set1_pd(A->eps / (double)C), zero = _mm512_setzero_pd(),
+                  onev = _mm512_set1_pd(1.0);
+    __m512d hi[5], lo[5], acc[5], dt = zero;
+    for (int q = 0; q < 5; q++) hi[q] = lo[q] = acc[q] = zero;
+    __mmask8 bad = 0;
+    int nacc = 0;
+    int64_t n0 = 0;
+    for (Py_ssize_t j = 0; j < C; j += 8) {
+        Py_ssize_t n = C - j < 8 ? C - j : 8;
+        __mmask8 act = (__mmask8)((1u << n) - 1u);
+        /* absent lanes read m and t = 0: they add nothing */
+        __m512d d = _mm512_sub_pd(
+            _mm512_cvtps_pd(_mm256_mask_loadu_ps(_mm256_set1_ps((float)m), act, x + j)), mv);
+        __m512d e = x4_exp(d);
+        __mmask8 top = _mm512_cmp_pd_mask(d, zero, _CMP_EQ_OQ);
+        n0 += __builtin_popcount((unsigned)(top & act));
+        _mm512_mask_storeu_pd(ebuf + j, act, _mm512_mask_blend_pd(top, e, onev));
+        __m512d tv = x4_load_t(t, j, act, T64);
+        bad |= _mm512_mask_cmp_pd_mask(act, tv, zero, _CMP_NGE_UQ);  /* t < 0 or NaN */
+        __m512d a = _mm512_add_pd(_mm512_mul_pd(k1, tv), k0);
+        if (HAS_W) a = _mm512_mul_pd(a, _mm512_maskz_loadu_pd(act, w + j));
+        a = _mm512_maskz_mov_pd(act, a);
+        __m512d nz = _mm512_sub_pd(zero, d);
+        dt = _mm512_fmadd_pd(e, nz, dt);
+        acc[0] = _mm512_add_pd(acc[0], e);
+        acc[1] = _mm512_add_pd(acc[1], a);
+        acc[2] = _mm512_fmadd_pd(a, nz, acc[2]);
+        acc[3] = _mm512_add_pd(acc[3], tv);
+        acc[4] = _mm512_fmadd_pd(tv, nz, acc[4]);
+        if (++nacc == 4 || j + 8 >= C) {  /* 4 terms per lane, then into the double-doubles */
+            for (int q = 0; q < 5; q++) { x4_two_sum(&hi[q], &lo[q], acc[q]); acc[q] = zero; }
+            nacc = 0;
+        }
+    }
+    dd_t *outs[5] = {&S->r, &S->a, &S->da, &S->st, &S->dt};
+    for (int q = 0; q < 5; q++) {
+        double h[8], l8[8];
+        _mm512_storeu_pd(h, hi[q]);
+        _mm512_storeu_pd(l8, lo[q]);
+        dd_t sq = {0.0, 0.0};
+        for (int l = 0; l < 8; l++) { dd_add(&sq, h[l]); sq.lo += l8[l]; }
+        double th = sq.hi + sq.lo;
+        outs[q]->lo = sq.lo - (th - sq.hi);
+        outs[q]->hi = th;
+    }
+    double dd8[8];
+    _mm512_storeu_pd(dd8, dt);
+    double ds = 0.0;
+    for (int l = 0; l < 8; l++) ds += dd8[l];
+    S->dot = ds;
+    S->bad = bad != 0;
+    S->n0 = n0;
+    S->inf_a = S->inf_t = 0;  /* exact rows have no -inf */
+}
+
+AI4 void xp_rows_x4_tt(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb,
+                       const int DT, const int T64, const int HAS_W) {
+    Py_ssize_t C = A->C;
+    size_t isz = (size_t)ITEMSIZE[DT], tsz = T64 ? 8 : 4;
+    for (Py_ssize_t r = r0; r < r1; r++) {
+        const char *x = (const char *)A->x + (size_t)r * C * isz;
+        const char *t = (const char *)A->t + (size_t)r * C * tsz;
+        const float *xf = (const float *)x;
+        if (DT != DT_F32) {
+            for (Py_ssize_t j = 0; j < C; j++) A->fbuf[j] = (float)ld(x, j, DT);  /* exact */
+            xf = A->fbuf;
+        }
+        Py_ssize_t y = target_argmax(t, C, T64);
+        A->true_class[r] = y;
+        x4_pass1_t P;
+        x4_pass1(xf, C, xf[y], &P);
+        if (P.special) { xp_hand_back(A, r, t, nfb, T64); continue; }
+        double m = (double)P.m, xy = (double)xf[y];
+        xp_sums S;
+        if (P.exact) {
+            x4_prob_sweep(A, xf, t, m, &S, T64, HAS_W);
+            S.kfirst = P.k;
+            S.above = P.above;
+            S.m2 = (double)P.m2;
+        } else {
+            xp_sweep(A, x, t, m, xy, &S, DT, T64, HAS_W, 1);
+        }
+        A->tsum[r] = S.bad ? NAN : S.st.hi + S.st.lo;
+        if (S.bad) { A->fallback[r] = 1; (*nfb)++; continue; }
+        A->fallback[r] = 0;
+        xp_finish(A, r, x, t, m, y, xy, &S, DT, T64, HAS_W, 1);
+    }
+}
+
+AI4 void xp_rows_x4_t(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb,
+                      const int DT) {
+    if (A->t64) {
+        if (A->weight) xp_rows_x4_tt(A, r0, r1, nfb, DT, 1, 1);
+        else xp_rows_x4_tt(A, r0, r1, nfb, DT, 1, 0);
+    } else {
+        if (A->weight) xp_rows_x4_tt(A, r0, r1, nfb, DT, 0, 1);
+        else xp_rows_x4_tt(A, r0, r1, nfb, DT, 0, 0);
+    }
+}
+#endif
 
 AI void xp_rows_t(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, const int DT,
                   const int USE_FMA) {
@@ -417,6 +852,131 @@ AI void xp_rows_kernel_t(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t
     DISPATCH_DT(xp_rows_t, A, r0, r1, nfb)
 }
 VARIANTS(xp_rows_kernel, (const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, int dt),
+         A, r0, r1, nfb, dt)
+
+#if SMX_X86
+SMX_V4 static void xp_rows_x4(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb,
+                              int dt) {
+    switch (dt) {
+    case DT_F16: xp_rows_x4_t(A, r0, r1, nfb, DT_F16); break;
+    case DT_BF16: xp_rows_x4_t(A, r0, r1, nfb, DT_BF16); break;
+    case DT_F32: xp_rows_x4_t(A, r0, r1, nfb, DT_F32); break;
+    default: xp_rows_kernel_v4(A, r0, r1, nfb, dt); break;
+    }
+}
+#endif
+
+/* the AVX-512 rows when that variant runs (16/32-bit logits, C < 2^31 - 16) */
+static void xp_rows_run(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, int dt) {
+#if SMX_X86
+    if (g_isa == ISA_AVX512 && A->C < INT32_MAX - 16) { xp_rows_x4(A, r0, r1, nfb, dt); return; }
+#endif
+    xp_rows_kernel(A, r0, r1, nfb, dt);
+}
+
+/* ------------------------------------------------------------------------ */
+/* the gradient of each sample's loss, A p - a, one row at a time           */
+/*
+ * loss = -sum_c a_c logp_c (index targets: a_c = (eps/C) w_c + (1 - eps) w_y
+ * [c == y], 0 for an ignored sample; probability targets: a_c = w_c ((1 - eps)
+ * t_c + eps/C)), so dloss/dx_c = A p_c - a_c with A = sum_c a_c, evaluated as
+ * p_c (A - a_c) - a_c (1 - p_c): no cancellation at p ~ 1 (a saturated sample
+ * keeps its tiny gradient relatively accurate). From the logits: m, the first
+ * argmax k and L = log1p(sum_{j != k} exp(x_j - m)) as a double-double
+ * (rest_lse: absolute error ~0.2 u); p_c = exp(s)(1 + (e + c_x - L_lo)) with
+ * s = fl(z_c - L_hi), e its TwoSum error and c_x the shift's (exp_hl: 0.15 u),
+ * so p_c is within ~2 u relative whatever |logp_c|; 1 - p_k = -expm1(-L)
+ * (libm, <= 1 ulp, plus L_lo's first-order term) and 1 - p_c = fl(1 - p_c)
+ * for c != k (p_c <= 1/2 there). Each entry: within ~6 u of |p_c (A - a_c)|
+ * + |a_c (1 - p_c)| (asserted: 16 u).
+ */
+typedef struct {
+    const void *x;
+    Py_ssize_t C;
+    const int64_t *y;       /* index targets, or NULL */
+    const void *t;          /* probability targets (float64 if t64, else float32), or NULL */
+    int t64;
+    const double *weight;   /* NULL: 1 */
+    double wsum;            /* sum of the weights (C without) */
+    double eps;
+    int64_t ignore_index;
+    double *out;            /* (N, C) float64 */
+    uint8_t *fallback;
+} xg_args;
+
+AI void xg_rows_tt(const xg_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, const int DT,
+                   const int PROB, const int T64, const int USE_FMA) {
+    Py_ssize_t C = A->C;
+    size_t isz = (size_t)ITEMSIZE[DT], tsz = T64 ? 8 : 4;
+    const double *w = A->weight;
+    double eps = A->eps, k0 = eps / (double)C, k1 = 1.0 - eps;
+    for (Py_ssize_t r = r0; r < r1; r++) {
+        const char *x = (const char *)A->x + (size_t)r * C * isz;
+        double *g = A->out + (size_t)r * C;
+        int has_nan;
+        double m = row_max(x, 0, C, &has_nan, DT);
+        if (has_nan || !isfinite(m)) { A->fallback[r] = 1; (*nfb)++; continue; }
+        A->fallback[r] = 0;
+        const char *t = PROB ? (const char *)A->t + (size_t)r * C * tsz : NULL;
+        int64_t y = PROB ? -1 : A->y[r];
+        if (!PROB && y == A->ignore_index) {
+            for (Py_ssize_t j = 0; j < C; j++) g[j] = 0.0;
+            continue;
+        }
+        Py_ssize_t k = first_index(x, C, m, DT);
+        double lh, ll, m2;
+        rest_lse(x, C, k, m, 1.0, &lh, &ll, &m2, NULL, NULL, DT, 0, USE_FMA, 0);
+        double omk = -expm1(-lh);
+        omk += ll * (1.0 - omk);      /* d(1 - exp(-L))/dL = exp(-L) */
+        double wy = 0.0, big_a;
+        if (!PROB) {
+            wy = w ? w[y] : 1.0;
+            big_a = (eps > 0.0 ? k0 * A->wsum : 0.0) + k1 * wy;
+        } else {
+            dd_t sa = {0.0, 0.0};
+            for (Py_ssize_t j = 0; j < C; j++) {
+                double tv = ldt(t, j, T64);
+                double ts = eps > 0.0 ? tv * k1 + k0 : tv;
+                dd_add(&sa, w ? ts * w[j] : ts);
+            }
+            big_a = sa.hi + sa.lo;
+        }
+        for (Py_ssize_t j = 0; j < C; j++) {
+            double q, c;
+            shifted(ld(x, j, DT), m, 1.0, &q, &c, 0, USE_FMA);
+            double s = q - lh, bv = s - q;
+            double e1 = (q - (s - bv)) + (-lh - bv);
+            double eh, el;
+            exp_hl(s, &eh, &el, USE_FMA);
+            double p = eh + (el + eh * ((e1 + c) - ll));
+            if (q == -INFINITY) p = 0.0;
+            double a;
+            if (PROB) {
+                double tv = ldt(t, j, T64);
+                double ts = eps > 0.0 ? tv * k1 + k0 : tv;
+                a = w ? ts * w[j] : ts;
+            } else {
+                a = eps > 0.0 ? k0 * (w ? w[j] : 1.0) : 0.0;
+                if (j == y) a += k1 * wy;
+            }
+            double om = j == k ? omk : 1.0 - p;
+            g[j] = p * (big_a - a) - (a > 0.0 ? a * om : 0.0);
+        }
+    }
+}
+
+AI void xg_rows_t(const xg_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, const int DT,
+                  const int USE_FMA) {
+    if (!A->t) xg_rows_tt(A, r0, r1, nfb, DT, 0, 0, USE_FMA);
+    else if (A->t64) xg_rows_tt(A, r0, r1, nfb, DT, 1, 1, USE_FMA);
+    else xg_rows_tt(A, r0, r1, nfb, DT, 1, 0, USE_FMA);
+}
+
+AI void xg_rows_kernel_t(const xg_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, int dt,
+                         const int USE_FMA) {
+    DISPATCH_DT(xg_rows_t, A, r0, r1, nfb)
+}
+VARIANTS(xg_rows_kernel, (const xg_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, int dt),
          A, r0, r1, nfb, dt)
 
 /* ------------------------------------------------------------------------ */
@@ -459,45 +1019,63 @@ static PyObject *py_xent(PyObject *self, PyObject *args) {
             return NULL;
         }
     }
-    xe_args A = {bufs[0].buf, c, tg, have_w ? (const double *)bufs[2].buf : NULL, wsum,
+    const double *w = have_w ? (const double *)bufs[2].buf : NULL;
+    /* scratch: a widened 16-bit row; max(w, 0) for the smoothing sum */
+    float *fbuf = dt == DT_F16 || dt == DT_BF16 ? (float *)malloc(sizeof(float) * (size_t)c) : NULL;
+    double *wpos = w && eps > 0.0 ? (double *)malloc(sizeof(double) * (size_t)c) : NULL;
+    if ((dt == DT_F16 || dt == DT_BF16) && !fbuf) ok = 0;
+    if (w && eps > 0.0 && !wpos) ok = 0;
+    if (!ok) {
+        free(fbuf);
+        free(wpos);
+        for (int i = 0; i < nb; i++) PyBuffer_Release(&bufs[i]);
+        return PyErr_NoMemory();
+    }
+    if (wpos) for (Py_ssize_t j = 0; j < c; j++) wpos[j] = w[j] > 0.0 ? w[j] : 0.0;
+    xe_args A = {bufs[0].buf, c, tg, w, wsum,
                  (int64_t)ign, eps,
                  (double *)bufs[o0 + 0].buf, (double *)bufs[o0 + 1].buf, (double *)bufs[o0 + 2].buf,
                  (double *)bufs[o0 + 5].buf, (double *)bufs[o0 + 6].buf,
-                 (int64_t *)bufs[o0 + 3].buf, (uint8_t *)bufs[o0 + 4].buf, (uint8_t *)bufs[o0 + 7].buf};
+                 (int64_t *)bufs[o0 + 3].buf, (uint8_t *)bufs[o0 + 4].buf, (uint8_t *)bufs[o0 + 7].buf,
+                 fbuf, wpos};
     int64_t nfb = 0;
     Py_BEGIN_ALLOW_THREADS
-    xent_rows_kernel(&A, r0, r1, &nfb, dt);
+    xent_rows_run(&A, r0, r1, &nfb, dt);
     Py_END_ALLOW_THREADS
+    free(fbuf);
+    free(wpos);
     for (int i = 0; i < nb; i++) PyBuffer_Release(&bufs[i]);
     return PyLong_FromLongLong((long long)nfb);
 }
 
 /* xent_prob(x, dt, n, c, t, t64, weight|None, eps, r0, r1, loss, nll, logp_true, p_true,
- *           margin, entropy, residual, argmax, true_class, top5, fallback) -> n_fallback */
+ *           margin, entropy, residual, argmax, true_class, top5, fallback, target_sum)
+ *   -> n_fallback */
 static PyObject *py_xent_prob(PyObject *self, PyObject *args) {
-    PyObject *xo, *to, *wo, *outs[11];
+    PyObject *xo, *to, *wo, *outs[12];
     int dt, t64;
     Py_ssize_t n, c, r0, r1;
     double eps;
-    if (!PyArg_ParseTuple(args, "OinnOiOdnnOOOOOOOOOOO", &xo, &dt, &n, &c, &to, &t64, &wo, &eps,
+    if (!PyArg_ParseTuple(args, "OinnOiOdnnOOOOOOOOOOOO", &xo, &dt, &n, &c, &to, &t64, &wo, &eps,
                           &r0, &r1, &outs[0], &outs[1], &outs[2], &outs[3], &outs[4], &outs[5],
-                          &outs[6], &outs[7], &outs[8], &outs[9], &outs[10]))
+                          &outs[6], &outs[7], &outs[8], &outs[9], &outs[10], &outs[11]))
         return NULL;
     if (check_rows(dt, n, c, r0, r1) < 0) return NULL;
     if (c < 1) { PyErr_SetString(PyExc_ValueError, "no classes"); return NULL; }
-    Py_buffer bufs[14];
+    Py_buffer bufs[15];
     int nb = 0, ok = 1;
-    Py_ssize_t sizes[11] = {8, 8, 8, 8, 8, 8, 8, 8, 8, 1, 1};
+    Py_ssize_t sizes[12] = {8, 8, 8, 8, 8, 8, 8, 8, 8, 1, 1, 8};
     if (get_buf(xo, &bufs[nb], 0, n * c * ITEMSIZE[dt], "x") < 0) return NULL;
     nb++;
     if (get_buf(to, &bufs[nb], 0, n * c * (t64 ? 8 : 4), "target") < 0) ok = 0; else nb++;
     int have_w = wo != Py_None;
     if (ok && have_w) { if (get_buf(wo, &bufs[nb], 0, c * 8, "weight") < 0) ok = 0; else nb++; }
-    for (int i = 0; ok && i < 11; i++) {
+    for (int i = 0; ok && i < 12; i++) {
         if (get_buf(outs[i], &bufs[nb], 1, n * sizes[i], "output") < 0) ok = 0; else nb++;
     }
     double *eb = ok ? (double *)malloc(sizeof(double) * (size_t)c) : NULL;
-    if (ok && !eb) { ok = 0; PyErr_NoMemory(); }
+    float *fb = ok ? (float *)malloc(sizeof(float) * (size_t)c) : NULL;
+    if (ok && (!eb || !fb)) { ok = 0; free(eb); free(fb); PyErr_NoMemory(); }
     if (!ok) { for (int i = 0; i < nb; i++) PyBuffer_Release(&bufs[i]); return NULL; }
     int o0 = have_w ? 3 : 2;
     double *d[7];
@@ -506,12 +1084,64 @@ static PyObject *py_xent_prob(PyObject *self, PyObject *args) {
                  have_w ? (const double *)bufs[2].buf : NULL, eps,
                  d[0], d[1], d[2], d[3], d[4], d[5], d[6],
                  (int64_t *)bufs[o0 + 7].buf, (int64_t *)bufs[o0 + 8].buf,
-                 (uint8_t *)bufs[o0 + 9].buf, (uint8_t *)bufs[o0 + 10].buf, eb};
+                 (uint8_t *)bufs[o0 + 9].buf, (uint8_t *)bufs[o0 + 10].buf, eb,
+                 (double *)bufs[o0 + 11].buf, fb};
     int64_t nfb = 0;
     Py_BEGIN_ALLOW_THREADS
-    xp_rows_kernel(&A, r0, r1, &nfb, dt);
+    xp_rows_run(&A, r0, r1, &nfb, dt);
     Py_END_ALLOW_THREADS
     free(eb);
+    free(fb);
+    for (int i = 0; i < nb; i++) PyBuffer_Release(&bufs[i]);
+    return PyLong_FromLongLong((long long)nfb);
+}
+
+
+/* xent_grad(x, dt, n, c, target, prob, t64, weight|None, wsum, ignore_index, eps, r0, r1,
+ *           out, fallback) -> n_fallback; target: int64 (N,) labels (prob = 0) or (N, C)
+ *           float32/float64 probabilities (prob = 1); out (N, C) float64 */
+static PyObject *py_xent_grad(PyObject *self, PyObject *args) {
+    PyObject *xo, *to, *wo, *oo, *fo;
+    int dt, prob, t64;
+    Py_ssize_t n, c, r0, r1;
+    long long ign;
+    double wsum, eps;
+    if (!PyArg_ParseTuple(args, "OinnOiiOdLdnnOO", &xo, &dt, &n, &c, &to, &prob, &t64, &wo, &wsum,
+                          &ign, &eps, &r0, &r1, &oo, &fo))
+        return NULL;
+    if (check_rows(dt, n, c, r0, r1) < 0) return NULL;
+    if (c < 1) { PyErr_SetString(PyExc_ValueError, "no classes"); return NULL; }
+    Py_buffer bufs[5];
+    int nb = 0, ok = 1;
+    if (get_buf(xo, &bufs[nb], 0, n * c * ITEMSIZE[dt], "x") < 0) return NULL;
+    nb++;
+    if (get_buf(to, &bufs[nb], 0, prob ? n * c * (t64 ? 8 : 4) : n * 8, "target") < 0) ok = 0;
+    else nb++;
+    int have_w = wo != Py_None;
+    if (ok && have_w) { if (get_buf(wo, &bufs[nb], 0, c * 8, "weight") < 0) ok = 0; else nb++; }
+    if (ok) { if (get_buf(oo, &bufs[nb], 1, n * c * 8, "out") < 0) ok = 0; else nb++; }
+    if (ok) { if (get_buf(fo, &bufs[nb], 1, n, "fallback") < 0) ok = 0; else nb++; }
+    if (!ok) { for (int i = 0; i < nb; i++) PyBuffer_Release(&bufs[i]); return NULL; }
+    int o0 = have_w ? 3 : 2;
+    if (!prob) {  /* the labels: in [0, C) or ignore_index */
+        const int64_t *tg = (const int64_t *)bufs[1].buf;
+        for (Py_ssize_t r = r0; r < r1; r++) {
+            if (tg[r] != ign && (tg[r] < 0 || tg[r] >= c)) {
+                PyErr_Format(PyExc_ValueError, "target %lld of row %zd is out of range [0, %zd)",
+                             (long long)tg[r], r, c);
+                for (int i = 0; i < nb; i++) PyBuffer_Release(&bufs[i]);
+                return NULL;
+            }
+        }
+    }
+    xg_args A = {bufs[0].buf, c, prob ? NULL : (const int64_t *)bufs[1].buf,
+                 prob ? bufs[1].buf : NULL, t64 ? 1 : 0,
+                 have_w ? (const double *)bufs[2].buf : NULL, wsum, eps, (int64_t)ign,
+                 (double *)bufs[o0].buf, (uint8_t *)bufs[o0 + 1].buf};
+    int64_t nfb = 0;
+    Py_BEGIN_ALLOW_THREADS
+    xg_rows_kernel(&A, r0, r1, &nfb, dt);
+    Py_END_ALLOW_THREADS
     for (int i = 0; i < nb; i++) PyBuffer_Release(&bufs[i]);
     return PyLong_FromLongLong((long long)nfb);
 }

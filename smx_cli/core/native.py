@@ -344,10 +344,12 @@ def xent_rows(x2: np.ndarray, target: np.ndarray, *, weight=None, ignore_index: 
     Accuracy: the loss of a finite row without smoothing is -w[y] logp_y with
     logp_y within 2 ulp of float64 for float64 logits (measured 0.50 ulp against
     mpmath) and within 6 ulp for 16/32-bit logits (one vectorised sweep per
-    row after the max pass, see the module docstring); with smoothing the sum
-    over classes is a plain (SIMD) sum of non-negative terms (<= 16 ulp,
-    measured 1.36 ulp). Memory: the eight (N,) result
-    arrays only (no N x C temporary).
+    row after the max pass; on AVX-512 CPUs a float32 max/argmax/top-5 pass
+    and a table-driven float64 exp, budget <= 3.6 u in _smx_xent.h); with
+    smoothing the sum over classes is a plain (SIMD) sum of non-negative
+    terms (<= 16 ulp, measured 1.36 ulp). Asserted on every CPU variant by
+    ``tests/test_xent_native_rows.py``. Memory: the eight (N,) result arrays
+    and a row of scratch (no N x C temporary).
     """
     ext, x2, dt, n, c, eps = _xent_args(x2, label_smoothing)
     tg = np.ascontiguousarray(target, dtype=np.int64).reshape(-1)
@@ -407,7 +409,11 @@ def xent_prob_rows(x2: np.ndarray, target: np.ndarray, *, weight=None,
         ``entropy``; ``residual`` (max_c |p_c - a_c / A|, A = sum_c a_c; NaN
         where A = 0); ``fallback`` bool: rows with a NaN or a non-finite
         maximum, or a negative or NaN target, computed by the numpy reference
-        instead (:func:`smx_cli.core.xent.evaluate` recomputes them).
+        instead (:func:`smx_cli.core.xent.evaluate` recomputes them);
+        ``target_sum`` (sum_c t_c of every row, a double-double rounded once;
+        NaN where a target is negative or NaN): the target checks
+        (:func:`smx_cli.core.xent_checks.check_target_sums`) take it from the
+        same sweep instead of passing over the targets again.
 
     Accuracy (asserted by ``tests/test_xent_engines.py`` against 50-digit
     mpmath in the four formats): loss and nll within 16 ulp of float64
@@ -442,9 +448,10 @@ def xent_prob_rows(x2: np.ndarray, target: np.ndarray, *, weight=None,
     res["true_class"] = np.empty(n, dtype=np.int64)
     res["top5"] = np.zeros(n, dtype=np.bool_)
     res["fallback"] = np.zeros(n, dtype=np.bool_)
+    res["target_sum"] = np.empty(n)
     if n == 0:
         return res
-    order = f8 + ("argmax", "true_class", "top5", "fallback")
+    order = f8 + ("argmax", "true_class", "top5", "fallback", "target_sum")
     outs = [res[k].view(np.uint8) if res[k].dtype == np.bool_ else res[k] for k in order]
     xr = _raw(x2)
     t64 = 1 if t.dtype == np.float64 else 0
@@ -454,6 +461,83 @@ def xent_prob_rows(x2: np.ndarray, target: np.ndarray, *, weight=None,
 
     sum(_run(one, n, c, threads))
     return res
+
+
+def xent_grad_rows(x2: np.ndarray, target: np.ndarray, out: np.ndarray, *, weight=None,
+                   ignore_index: int = -100, label_smoothing: float = 0.0,
+                   threads: int | None = None) -> np.ndarray:
+    """Each sample's cross-entropy gradient A p - a with respect to its logits, into ``out``.
+
+    The loss of row i is -sum_c a_ic logp_ic (PyTorch's ``F.cross_entropy``
+    with ``reduction='none'``): class indices ``target`` (N,) give a_c =
+    (eps / C) w_c + (1 - eps) w_y [c == y] (0 for ``ignore_index``: a zero
+    row); probability targets (N, C) give a_c = w_c ((1 - eps) t_c + eps / C).
+    The gradient is A p - a with A = sum_c a_c, computed from the logits in
+    one pass per row as p_c (A - a_c) - a_c (1 - p_c) (no log-probability
+    array; a saturated sample keeps a relatively accurate tiny gradient).
+    Reductions are the caller's (divide by the mean's denominator).
+
+    Parameters
+    ----------
+    x2 : ndarray (N, C), C >= 1, C-contiguous, any of the four float formats
+    target : int array (N,) or float32/float64 array (N, C)
+    out : C-contiguous float64 (N, C)
+    weight : array (C,) of float >= 0 or None
+    label_smoothing : float in [0, 1]
+
+    Returns
+    -------
+    bool (N,): rows handed back (a NaN or a non-finite maximum), whose ``out``
+    rows are not written (the caller uses the numpy reference).
+
+    Accuracy (asserted by ``tests/test_xent_native_grad.py`` against 50-digit
+    mpmath): each entry within 16 * 2**-53 of |p_c (A - a_c)| + |a_c (1 - p_c)|
+    (plus 2**-1070 below the normal range); error budget in _smx_xent.h before
+    xg_rows_tt.
+
+    Examples
+    --------
+    >>> g = np.empty((1, 2))
+    >>> xent_grad_rows(np.array([[0.0, 0.0]]), np.array([0]), g).tolist()  # doctest: +SKIP
+    [False]
+    >>> g.tolist()  # doctest: +SKIP
+    [[-0.5, 0.5]]
+    """
+    ext, x2, dt, n, c, eps = _xent_args(x2, label_smoothing)
+    t = np.asarray(target)
+    prob = t.ndim == 2
+    if prob:
+        if t.dtype not in (np.float32, np.float64):
+            t = t.astype(np.float64)
+        t = np.ascontiguousarray(t)
+        if t.shape != (n, c):
+            raise ValueError(f"target must have shape {(n, c)}, got {t.shape}")
+    else:
+        t = np.ascontiguousarray(t, dtype=np.int64).reshape(-1)
+        if t.shape != (n,):
+            raise ValueError(f"target must have {n} entries, got {t.shape}")
+    if not isinstance(out, np.ndarray) or out.shape != (n, c) or out.dtype != np.float64 \
+            or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float64 array of shape {(n, c)}")
+    w = None
+    wsum = float(c)
+    if weight is not None:
+        w = np.ascontiguousarray(weight, dtype=np.float64).reshape(-1)
+        if w.shape != (c,):
+            raise ValueError(f"weight must have {c} entries, got {w.shape}")
+        wsum = float(np.sum(w))
+    fb = np.zeros(n, dtype=np.bool_)
+    if n == 0:
+        return fb
+    xr, fr = _raw(x2), fb.view(np.uint8)
+    t64 = 1 if prob and t.dtype == np.float64 else 0
+
+    def one(r0, r1):
+        return ext.xent_grad(xr, dt, n, c, t, int(prob), t64, w, wsum, int(ignore_index), eps,
+                             r0, r1, out, fr)
+
+    _run(one, n, c, threads)
+    return fb
 
 
 def vjp_rows(x2: np.ndarray, g2: np.ndarray, out: np.ndarray, *, kind: str = "softmax",
@@ -530,5 +614,6 @@ def _xent_fallback(x2, tg, w, ignore_index, eps, res) -> None:
         res["top5"][rows] = ((lp > lp_y[:, None]).sum(axis=1) < k5) & ~nan_row & ~ign
 
 
-__all__ = ["available", "engine", "softmax_rows", "logsumexp_rows", "xent_rows", "xent_prob_rows", "vjp_rows",
+__all__ = ["available", "engine", "softmax_rows", "logsumexp_rows", "xent_rows", "xent_prob_rows",
+           "xent_grad_rows", "vjp_rows",
            "default_threads", "why_unavailable"]

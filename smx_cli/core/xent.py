@@ -267,8 +267,8 @@ def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
     with 1 - p_c = -expm1(logp_c), so a saturated sample (p_true near 1)
     keeps the relative accuracy of its tiny gradient.
 
-    Engines: class-index and probability targets of logits without
-    ``want_grad`` run on the compiled core when it is active (:mod:`smx_cli.core.xent_native` says
+    Engines: class-index and probability targets of logits (with
+    ``want_grad`` too) run on the compiled core when it is active (:mod:`smx_cli.core.xent_native` says
     what it covers; ``XentResult.engine`` says what ran), everything else on
     the numpy kernels. On either engine, against the exact values of the
     given logits (eps = 2**-52; asserted by ``tests/test_xent_engines.py``
@@ -295,7 +295,10 @@ def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
         raise ValueError("the logits have no classes (0 columns)")
     if input_kind == "probs":
         check_probs(x2)
-    kind, t = check_target(target, n, n_classes, int(ignore_index), target_tolerance)
+    # probability targets the compiled kernel takes are checked inside its sweep
+    defer = xent_native.covers("prob", input_kind, want_grad, x2.dtype)
+    kind, t = check_target(target, n, n_classes, int(ignore_index), target_tolerance,
+                           defer_prob=defer)
     w = None if weight is None else check_class_weights(weight, n_classes)
     eps = float(label_smoothing)
 
@@ -324,7 +327,7 @@ def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
             yy = np.where(ign, 0, y)
             tb = None
         else:
-            tb = t[sl]
+            tb = np.asarray(t[sl], dtype=np.float64)  # float32 when the kernel took them
             ign = np.zeros(lp.shape[0], dtype=bool)
             yy = np.argmax(tb, axis=1)
         lp_y = lp[rows, yy]
@@ -420,9 +423,19 @@ def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
         if bad.any():
             general(s0 + np.flatnonzero(bad), threads=1)
 
+    def kernel_grad(redo):
+        """The gradient A p - a on the compiled core (one pass per row from the logits);
+        the rows it hands back join ``redo``."""
+        if grad is None:
+            return redo
+        back = xent_native.grad_rows(x2, t, w, int(ignore_index), eps, grad, threads)
+        return np.union1d(redo, back) if back.size else redo
+
     def kernel_prob() -> None:
         """Every statistic of probability targets from the compiled core's one sweep."""
-        got, redo = xent_native.per_sample_prob(x2, t, w, eps, threads)
+        got, redo = xent_native.per_sample_prob(x2, t, w, eps, threads, validate=defer,
+                                                tolerance=target_tolerance)
+        redo = kernel_grad(redo)
         nll[:] = got["nll"]
         true_class[:] = got["true_class"]
         take(got, redo)
@@ -445,6 +458,7 @@ def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
         if kind == "prob":
             return kernel_prob()
         got, redo = xent_native.per_sample(x2, t, w, int(ignore_index), eps, threads)
+        redo = kernel_grad(redo)
         ign = t == ignore_index
         nll[:] = np.where(ign, 0.0, -got["logp_true"])  # logp_true is NaN where ignored
         ignored[:] = ign

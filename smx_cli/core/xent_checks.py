@@ -21,7 +21,8 @@ def check_options(reduction: str, label_smoothing: float, input_kind: str) -> No
 
 
 def check_target(target, n_rows: int, n_classes: int, ignore_index: int,
-                 tolerance: float | None = 1e-6) -> tuple[str, np.ndarray]:
+                 tolerance: float | None = 1e-6,
+                 defer_prob: bool = False) -> tuple[str, np.ndarray]:
     """Tell index targets from probability targets and validate them.
 
     Returns ``("index", int64 labels)`` or ``("prob", float64 (N, C))``.
@@ -32,26 +33,69 @@ def check_target(target, n_rows: int, n_classes: int, ignore_index: int,
     each in [0, C) or equal to ``ignore_index``. Probability targets' rows
     must be non-negative and sum to 1 within ``tolerance`` (None: any sum,
     as PyTorch takes them).
+
+    With ``defer_prob`` (the compiled kernel will sweep the targets anyway)
+    float32 and float64 probability targets come back as they are (no
+    float64 copy) and unchecked: the caller passes the kernel's row sums to
+    :func:`check_target_sums`, which raises the same errors.
     """
     t = np.asarray(target)
     if t.ndim == 2 and t.shape == (n_rows, n_classes) and t.dtype.kind == "f":
         if ignore_index >= 0:
             raise ValueError(f"ignore_index={ignore_index} is not supported with probability "
                              "targets (as in PyTorch); leave it at -100")
+        if defer_prob and t.dtype in (np.float32, np.float64):
+            return "prob", t
         t = t.astype(np.float64)
-        bad = ~np.isfinite(t) | (t < 0)
-        if bad.any():
-            i, j = np.argwhere(bad)[0]
-            raise ValueError(f"probability target row {i}, class {j} is {float(t[i, j])!r}: "
-                             "targets must be finite and >= 0")
-        sums = t.sum(axis=1)
-        off = np.flatnonzero(np.abs(sums - 1) > tolerance) if tolerance is not None \
-            else np.zeros(0, dtype=np.intp)
-        if off.size:
-            i = int(off[0])
-            raise ValueError(f"probability target row {i} sums to {float(sums[i])!r}, not 1 "
-                             f"(tolerance {tolerance:g}); {off.size} row(s) are off")
+        check_target_sums(t, _sum_or_nan(t), tolerance)
         return "prob", t
+    return _check_labels(t, n_rows, n_classes, ignore_index)
+
+
+def _sum_or_nan(t: np.ndarray) -> np.ndarray:
+    """Row sums of float64 targets, NaN where a row has a non-finite or negative target."""
+    with np.errstate(invalid="ignore"):
+        sums = t.sum(axis=1)
+        sums[~(np.isfinite(t) & (t >= 0)).all(axis=1)] = np.nan
+    return sums
+
+
+def check_target_sums(t: np.ndarray, sums: np.ndarray, tolerance: float | None) -> None:
+    """Refuse probability targets from their row sums (NaN: a negative or NaN target).
+
+    ``sums`` comes from the compiled kernel's sweep (``native.xent_prob_rows``'
+    ``target_sum``) or from :func:`check_target`; a non-finite sum marks a row
+    with a target that is not finite and >= 0, which is found and named here
+    (one row is read). Otherwise each sum must be within ``tolerance`` of 1
+    (None: any sum).
+
+    Examples
+    --------
+    >>> check_target_sums(np.array([[0.5, 0.5], [0.25, -1.0]]), np.array([1.0, np.nan]), 1e-6)
+    Traceback (most recent call last):
+    ...
+    ValueError: probability target row 1, class 1 is -1.0: targets must be finite and >= 0
+    """
+    bad_rows = np.flatnonzero(~np.isfinite(sums))
+    if bad_rows.size:
+        i = int(bad_rows[0])
+        row = np.asarray(t[i], dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            j = int(np.flatnonzero(~np.isfinite(row) | (row < 0))[0])
+        raise ValueError(f"probability target row {i}, class {j} is {float(row[j])!r}: "
+                         "targets must be finite and >= 0")
+    if tolerance is None:
+        return
+    off = np.flatnonzero(np.abs(sums - 1) > tolerance)
+    if off.size:
+        i = int(off[0])
+        raise ValueError(f"probability target row {i} sums to {float(sums[i])!r}, not 1 "
+                         f"(tolerance {tolerance:g}); {off.size} row(s) are off")
+
+
+def _check_labels(t: np.ndarray, n_rows: int, n_classes: int,
+                  ignore_index: int) -> tuple[str, np.ndarray]:
+    """Class-index targets (check_target's second half)."""
     if t.ndim == 2 and t.shape[1] == 1:
         t = t[:, 0]
     if t.ndim != 1:

@@ -4,8 +4,9 @@
 the kernel computes it: logits (``input_kind='logits'``) of float16,
 bfloat16, float32 or float64 with class-index targets (any class weights,
 ``ignore_index`` and label smoothing) or probability targets (any class
-weights and label smoothing; :func:`per_sample_prob`), no gradient, and the
-native engine selected. The kernel gives each row's loss, log p(true), p(true), argmax,
+weights and label smoothing; :func:`per_sample_prob`), with or without the
+gradient (:func:`grad_rows`: A p - a from the logits, one pass per row), and
+the native engine selected. The kernel gives each row's loss, log p(true), p(true), argmax,
 top-5 flag, margin and entropy in one sweep with no N x C temporary; the
 rest of :class:`~smx_cli.core.xent.XentResult` follows from those here
 (see :func:`per_sample`). Rows the kernel hands back (a NaN or a non-finite
@@ -14,8 +15,8 @@ are identical on both engines.
 
 Stays on the numpy kernels (``XentResult.engine == 'numpy'``): ``input_kind`` 'log-probs' and 'probs' (the kernel takes logits;
 ``smx xent --dtype`` emulation feeds torch's log-probabilities as
-'log-probs'), the gradient (``want_grad``), integer logits, and the numpy
-engine itself (``SMX_ENGINE=numpy``). A temperature is not a kernel option:
+'log-probs'), integer logits, and the numpy engine itself
+(``SMX_ENGINE=numpy``). A temperature is not a kernel option:
 callers divide the logits by it in float64 first, which the kernel takes.
 """
 from __future__ import annotations
@@ -23,22 +24,49 @@ from __future__ import annotations
 import numpy as np
 
 from smx_cli.core import native
+from smx_cli.core.xent_checks import check_target_sums
 
 # elements per block when rows are copied to C order or widened for the residual
 _BLOCK = 1 << 20
 
 
 def covers(kind: str, input_kind: str, want_grad: bool, dtype) -> bool:
-    """True when the compiled kernel computes this cross-entropy (see the module docstring)."""
-    return (kind in ("index", "prob") and input_kind == "logits" and not want_grad
-            and native.supports(dtype))
+    """True when the compiled kernel computes this cross-entropy (see the module docstring);
+    ``want_grad`` is covered too (:func:`grad_rows`)."""
+    return kind in ("index", "prob") and input_kind == "logits" and native.supports(dtype)
+
+
+def grad_rows(x2: np.ndarray, t: np.ndarray, w, ignore_index: int, eps: float, out: np.ndarray,
+              threads: int | None = None) -> np.ndarray:
+    """Each sample's gradient A p - a into ``out`` (N, C) float64 by native.xent_grad_rows
+    (class indices ``t`` (N,) or probabilities (N, C)); returns the rows it handed back
+    (NaN or a non-finite maximum), whose gradient is the caller's to compute."""
+    n, c = x2.shape
+    if x2.flags.c_contiguous:
+        fb = native.xent_grad_rows(x2, t, out, weight=w, ignore_index=ignore_index,
+                                   label_smoothing=eps, threads=threads)
+    else:  # C-ordered copies of row blocks
+        step = max(1, _BLOCK // max(c, 1))
+        fb = np.concatenate([np.zeros(0, dtype=bool)] + [
+            native.xent_grad_rows(np.ascontiguousarray(x2[s:s + step]), t[s:s + step],
+                                  out[s:s + step], weight=w, ignore_index=ignore_index,
+                                  label_smoothing=eps, threads=threads)
+            for s in range(0, n, step)])
+    return np.flatnonzero(fb)
 
 
 def per_sample_prob(x2: np.ndarray, t: np.ndarray, w, eps: float,
-                    threads: int | None = None) -> tuple[dict, np.ndarray]:
+                    threads: int | None = None, *, validate: bool = False,
+                    tolerance: float | None = 1e-6) -> tuple[dict, np.ndarray]:
     """native.xent_prob_rows' arrays for every row of ``x2`` (probability targets ``t``),
     and the rows it handed back (NaN or non-finite maximum, negative or NaN target),
-    whose values are the caller's to recompute."""
+    whose values are the caller's to recompute.
+
+    With ``validate`` the targets (float32 or float64, unchecked:
+    ``check_target(..., defer_prob=True)``) are checked from the kernel's own
+    row sums (:func:`~smx_cli.core.xent_checks.check_target_sums`: finite,
+    >= 0, summing to 1 within ``tolerance``), raising check_target's errors.
+    """
     n, c = x2.shape
     if x2.flags.c_contiguous:
         res = native.xent_prob_rows(x2, t, weight=w, label_smoothing=eps, threads=threads)
@@ -48,6 +76,9 @@ def per_sample_prob(x2: np.ndarray, t: np.ndarray, w, eps: float,
                                        weight=w, label_smoothing=eps, threads=threads)
                  for s in range(0, n, step)]
         res = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    sums = res.pop("target_sum")
+    if validate:
+        check_target_sums(t, sums, tolerance)
     return res, np.flatnonzero(res.pop("fallback"))
 
 
