@@ -116,3 +116,24 @@ def test_row_max_on_bits(dt, C):
         assert np.isnan(o64[nan_rows | masked]).all()
         assert not np.isnan(o64[ok]).any()
         assert ulp_errors(out[ok], ref, dt).max() <= LOWP_BOUND
+
+
+@pytest.mark.parametrize("dt", [np.dtype(np.float16), BF16, np.dtype(np.float32)], ids=str)
+@pytest.mark.parametrize("C", [9, 40, 1000])
+def test_underflow_count_skips_neginf(dt, C):
+    """exp_underflow counts finite entries whose probability is 0 in the format (or whose
+    log-probability is below log of half the smallest subnormal), never -inf entries:
+    rows with 5 -inf entries and 3 entries at -200, and rows with -inf entries only."""
+    under = np.full((3, C), -1.0)
+    under[:, 0] = 0.0
+    under[:, 1:6] = -np.inf
+    under[:, 6:9] = -200.0
+    clean = np.full((2, C), -1.0)
+    clean[:, 2:4] = -np.inf
+    x = np.concatenate([under, clean]).astype(dt)
+    for kind in ("prob", "logprob"):
+        out = np.empty_like(x)
+        s = native.softmax_rows(x, out, kind=kind, threads=1)
+        assert s["exp_underflow"] == 9, (kind, s)
+        s = native.softmax_rows(x[3:], out[3:], kind=kind, threads=1)
+        assert s["exp_underflow"] == 0, (kind, s)

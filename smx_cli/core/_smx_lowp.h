@@ -41,10 +41,10 @@
  * FMAs for the polynomial where exp1 takes 3 and 12. */
 AI double exp1w(double q, const int USE_FMA) {
     double qc = q < -708.0 ? -708.0 : q;
-    double kd = qc * LOG2E + SHIFT;
+    double kd = FMA_(qc, LOG2E, SHIFT, USE_FMA);  /* rint(q log2e), up to ties */
     uint64_t ki = asu64(kd);
     kd -= SHIFT;
-    double r = qc - kd * LN2HI;   /* exact */
+    double r = FMA_(-kd, LN2HI, qc, USE_FMA);     /* exact either way */
     r = FMA_(-kd, LN2LO, r, USE_FMA);
     double r2 = r * r, r4 = r2 * r2;
     /* Estrin's scheme: Q = (C2 + C3 r) + r^2 (C4 + C5 r) + r^4 ((C6 + C7 r)
@@ -223,7 +223,9 @@ AI int64_t store_w(void *o, Py_ssize_t j0, Py_ssize_t n, const double *v, double
 #define CH_W (BLK_W * LANES)
 
 /* as lowp_exp_sum (same arguments, same results within the budget above),
- * with exp1w, F16C loads, and lane sums restarted every BLK_W terms */
+ * with exp1w, F16C loads, and lane sums restarted every BLK_W terms; ninf
+ * may be NULL (then -inf entries are not counted: count_neginf does it when
+ * a caller needs it) */
 AI double lowp_exp_sum_w(const void *x, Py_ssize_t C, double m, double t, double *ph,
                          int64_t *n0, int64_t *ninf, const int DT, const int HAS_T,
                          const int USE_FMA, const int STORE, const int MASK) {
@@ -244,7 +246,7 @@ AI double lowp_exp_sum_w(const void *x, Py_ssize_t C, double m, double t, double
             if (HAS_T) q = q / t;
             double e = exp1w(q, USE_FMA);
             if (MASK) { a += q == 0.0; e = q == 0.0 ? 0.0 : e; }
-            b += xv == -INFINITY;
+            if (ninf) b += xv == -INFINITY;
             eb[j] = e;
         }
         cz += a; ci += b;
@@ -259,8 +261,24 @@ AI double lowp_exp_sum_w(const void *x, Py_ssize_t C, double m, double t, double
     dd_t s = tot[0];
     for (int l = 1; l < LANES; l++) { dd_add(&s, tot[l].hi); s.lo += tot[l].lo; }
     if (n0) *n0 = cz;
-    *ninf = ci;
+    if (ninf) *ninf = ci;
     return s.hi + s.lo;
+}
+
+/* number of -inf entries of a 16/32-bit row (on the bits) */
+AI int64_t count_neginf(const void *x, Py_ssize_t C, const int DT) {
+    int64_t n = 0;
+    if (DT == DT_F32) {
+        const uint32_t *p = (const uint32_t *)x;
+        for (Py_ssize_t j = 0; j < C; j++) n += p[j] == 0xff800000u;
+    } else if (DT == DT_F16 || DT == DT_BF16) {
+        const uint16_t *p = (const uint16_t *)x;
+        const uint16_t ni = DT == DT_F16 ? 0xfc00u : 0xff80u;
+        for (Py_ssize_t j = 0; j < C; j++) n += p[j] == ni;
+    } else {
+        for (Py_ssize_t j = 0; j < C; j++) n += ld(x, j, DT) == -INFINITY;
+    }
+    return n;
 }
 
 #endif

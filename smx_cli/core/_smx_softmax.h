@@ -133,14 +133,14 @@ AI void lowp_row_prob(const sm_args *A, const void *x, void *o, double m, stats_
                       const int DT, const int HAS_T, const int USE_FMA) {
     Py_ssize_t C = A->C;
     double *ph = A->ph;
-    int64_t ninf;
-    double sum = lowp_exp_sum_w(x, C, m, A->t, ph, NULL, &ninf, DT, HAS_T, USE_FMA, 1, 0);
+    double sum = lowp_exp_sum_w(x, C, m, A->t, ph, NULL, NULL, DT, HAS_T, USE_FMA, 1, 0);
     double inv = 1.0 / sum;
-    int64_t z = -ninf;  /* -inf entries are exact zeros, not underflows */
+    int64_t z = 0;
     for (Py_ssize_t jb = 0; jb < C; jb += CH_W) {
         Py_ssize_t n = C - jb < CH_W ? C - jb : CH_W;
         z += store_w(o, jb, n, ph + jb, inv, DT, USE_FMA, 1);
     }
+    if (z) z -= count_neginf(x, C, DT);  /* -inf entries are exact zeros, not underflows */
     S->exp_underflow += z;
 }
 
@@ -148,11 +148,11 @@ AI void lowp_row_log(const sm_args *A, const void *x, void *o, double m, stats_t
                      const int DT, const int HAS_T, const int USE_FMA) {
     Py_ssize_t C = A->C;
     double t = A->t;
-    int64_t n0, ninf;
-    double rest = lowp_exp_sum_w(x, C, m, t, NULL, &n0, &ninf, DT, HAS_T, USE_FMA, 0, 1);
+    int64_t n0;
+    double rest = lowp_exp_sum_w(x, C, m, t, NULL, &n0, NULL, DT, HAS_T, USE_FMA, 0, 1);
     double L = log1p((double)(n0 - 1) + rest);
     double lim = LOG_UNDER[DT];
-    int64_t z = -ninf;
+    int64_t z = 0;
     if (HAVE_F16C_PATH && DT == DT_F16 && USE_FMA) {
         /* F16C: widen a chunk, compute, store the chunk (f16c_store) */
         double v[CH_W];
@@ -179,6 +179,7 @@ AI void lowp_row_log(const sm_args *A, const void *x, void *o, double m, stats_t
             z += w < lim;
         }
     }
+    if (z) z -= count_neginf(x, C, DT);  /* -inf entries are not underflows */
     S->exp_underflow += z;
 }
 
