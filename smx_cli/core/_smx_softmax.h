@@ -186,7 +186,7 @@ AI void lowp_row_log(const sm_args *A, const void *x, void *o, double m, stats_t
 /* Narrow rows (C <= NARROW_C) of 16/32-bit formats: blocks of NR rows, with
  * the exp and output loops running over the flattened block (the row's max,
  * 1/S or L expanded per entry) so they vectorise across rows; the row sums are
- * plain sums of <= NARROW_C terms (<= 15 u, inside the budget above).
+ * plain sums of <= NARROW_C terms (<= 15 u, inside the budget in _smx_lowp.h).
  * Special rows (NaN, +-inf max) get NaN in the flat loops (not counted as
  * underflows) and are then rewritten by special_row. */
 #define NARROW_C 16
