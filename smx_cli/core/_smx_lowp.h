@@ -237,7 +237,9 @@ AI double lowp_exp_sum_w(const void *x, Py_ssize_t C, double m, double t, double
         Py_ssize_t n = C - jb < CH_W ? C - jb : CH_W;
         double *eb = STORE ? ph + jb : buf;
         const char *xb = (const char *)x + (size_t)jb * ITEMSIZE[DT];
-        const int F16C = HAVE_F16C_PATH && DT == DT_F16 && USE_FMA;
+        /* 16-bit rows are widened into xd first: the exp loop over the raw
+         * 16-bit input gets unrolled 4x by gcc and spills its registers */
+        const int F16C = DT == DT_F16 || DT == DT_BF16;
         if (F16C) load_w(x, jb, n, xd, DT, USE_FMA);
         int64_t a = 0, b = 0;
         for (Py_ssize_t j = 0; j < n; j++) {

@@ -153,8 +153,9 @@ AI void lowp_row_log(const sm_args *A, const void *x, void *o, double m, stats_t
     double L = log1p((double)(n0 - 1) + rest);
     double lim = LOG_UNDER[DT];
     int64_t z = 0;
-    if (HAVE_F16C_PATH && DT == DT_F16 && USE_FMA) {
-        /* F16C: widen a chunk, compute, store the chunk (f16c_store) */
+    if (DT == DT_F16 || DT == DT_BF16) {
+        /* widen a chunk (F16C for float16 on AVX2/AVX-512), compute, store the
+         * chunk (f16c_store): a loop over the raw 16-bit input spills */
         double v[CH_W];
         for (Py_ssize_t jb = 0; jb < C; jb += CH_W) {
             Py_ssize_t n = C - jb < CH_W ? C - jb : CH_W;
