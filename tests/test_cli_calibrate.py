@@ -241,6 +241,22 @@ def test_nan_logits_named(tmp_path):
     assert "row 1234, class 7 is NaN" in fails(1, tmp_path / "x.npy", "--labels", LABELS_NPY)
 
 
+@pytest.mark.parametrize("split", [None, "0.5"])
+@pytest.mark.parametrize("method", ["temperature", "vector"])
+def test_bad_rows_are_named_by_index_and_id(tmp_path, split, method):
+    """The row named is the input's own (also when --split keeps only some rows), with its id."""
+    x = np.load(LOGITS_NPY)[:400].astype(np.float64)
+    y = np.load(LABELS_NPY)[:400]
+    x[321, 4] = np.nan
+    lines = ["name,label," + ",".join(f"c{j}" for j in range(x.shape[1]))]
+    lines += [f"img{i:04d},{y[i]}," + ",".join(repr(float(v)) for v in x[i]) for i in range(len(x))]
+    (tmp_path / "x.csv").write_text("\n".join(lines) + "\n")
+    args = [tmp_path / "x.csv", "--label-column", "label", "--id-column", "name",
+            "--method", method] + (["--split", split, "--seed", "3"] if split else [])
+    err = fails(1, *args)
+    assert "row 321 (id 'img0321')" in err, err
+
+
 def test_empty_input(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((0, 10), np.float32))
     np.save(tmp_path / "y.npy", np.zeros(0, np.int64))

@@ -245,3 +245,24 @@ def test_probs_input_out_of_range_names_the_logits_file(tmp_path):
     np.save(tmp_path / "y.npy", np.zeros((2, 3), dtype=np.int64))
     msg = fails("xent", tmp_path / "p.npy", "--labels", tmp_path / "y.npy", "--input-kind", "probs")
     assert msg.startswith(f"Error: {tmp_path / 'p.npy'}: ")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_non_finite_inputs_are_counted_in_every_format(tmp_path, dtype):
+    """16-bit blocks are checked on their exponent bits (no float64 copy): NaN, +inf
+    and -inf entries must still be counted as count_inputs counts them."""
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(2, 6, 20, generator=g) * 4).to(dtype)
+    x[1, 2, 3] = float("nan")
+    x[0, 1, 5] = float("inf")
+    x[0, 4, :] = float("-inf")
+    x[1, 0, 19] = float("-inf")
+    ids = torch.randint(1, 20, (2, 6), generator=g)
+    from safetensors.torch import save_file
+    save_file({"logits": x}, str(tmp_path / "x.safetensors"))
+    save_file({"input_ids": ids}, str(tmp_path / "y.safetensors"))
+    r = CliRunner().invoke(cli, ["xent", str(tmp_path / "x.safetensors"), "--labels",
+                                 str(tmp_path / "y.safetensors"), "--shift-labels"],
+                           env={"COLUMNS": "120"})
+    assert r.exit_code == 0, r.output
+    assert "non-finite input  NaN 1  +inf 1  -inf 21" in r.stdout

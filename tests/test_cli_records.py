@@ -315,6 +315,9 @@ def test_softmax_ids_in_npz_json_csv(named, tmp_path):
     ("id,a,b\nx,1,2\ny,oops,3\n", ["--id-column", "id"], "line 3, column 2: 'oops' is not"),
     ("id,a,b\nx,1,2\ny,3\n", ["--id-column", "id"], "line 3 has 2 values, expected 3"),
     ("id,a,b\n", ["--id-column", "id"], "only a header row"),
+    # a quoted id with a comma, but no --id-column: the split row names the fix
+    ('name,a,b\n"Smith, J",1,2\n', [], "line 2 has 4 values, expected 3 (the header's count); "
+     "a quoted field holds the delimiter: name that column with --id-column"),
 ])
 @pytest.mark.parametrize("command", ["softmax", "xent"])
 def test_hostile_columns(tmp_path, text, args, why, command):

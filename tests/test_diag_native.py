@@ -32,6 +32,10 @@ def adversarial(dtype, rng) -> np.ndarray:
     x[7, :] = np.linspace(0, -120, 37)          # subnormal probabilities in float32
     x[8, :] = np.linspace(0, -740, 37)          # and in float64
     x[9, [4, 20]] = 30.0                        # a tie for the maximum
+    x[10, [17, 6]] = 30.0                       # ... in two vector lanes: the first wins
+    x[11, [36, 2]] = 30.0                       # ... in the scalar tail and a lane
+    x[12, 36] = 30.0                            # the maximum in the tail only
+    x[13, [35, 0]] = 30.0                       # first and last vector element
     return x.astype(dtype)
 
 
@@ -77,6 +81,27 @@ def test_the_compiled_argmax_is_the_first_maximum_and_sums_are_checked():
     assert dict(d.argmax_counts) == {1: 1, 0: 2}
     assert d.sum_off_rows == 1 and d.max_sum_error == pytest.approx(0.7)
     assert d.underflow_to_zero == 1 and d.min_value == 0.0 and d.max_value == 0.5
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_non_finite_value_from_finite_logits_is_not_a_clean_row(bad):
+    """Values are checked in the counting pass itself: a NaN or inf value (a kernel
+    bug, or values handed to diagnose) sends its row to the careful count."""
+    if native.engine() == "numpy":
+        pytest.skip("the numpy engine is forced")
+    rng = np.random.default_rng(5)
+    x = rng.normal(0, 2, (6, 9))
+    res = compute(x)
+    y = res.values.copy()
+    y[2, 4] = bad
+    y[5, 8] = bad  # in the scalar tail (9 = 2 vectors of 4 + 1)
+    res = dataclasses.replace(res, values=y)
+    got = fields(diagnose(x, res))
+    with native.numpy_engine():
+        want = fields(diagnose(x, res))
+    assert got == want
+    if bad != bad:
+        assert got["output_nan_rows"] == got["produced_nan_rows"] == 2
 
 
 @pytest.mark.parametrize("variant", ["stable", "log"])

@@ -130,3 +130,58 @@ def test_top_p_count_equals_a_sorted_loop(scale, p):
     np.testing.assert_array_equal(top_p_count(x.astype(np.float32), p),
                                   [_loop_top_p([float(v) for v in r], p)
                                    for r in x.astype(np.float32)])
+
+
+def _loop_top_p_margin(row, p):
+    """The sorted-loop count and how far (relative to p Z) its decision was from a tie."""
+    finite = [v for v in row if math.isfinite(v)]
+    if len(finite) < len(row) and any(math.isnan(v) or v == math.inf for v in row) or not finite:
+        return 0, math.inf
+    m = max(finite)
+    ps = sorted((math.exp(v - m) if v != -math.inf else 0.0 for v in row), reverse=True)
+    total = math.fsum(ps)
+    target, acc = p * total, 0.0
+    for k, q in enumerate(ps, start=1):
+        before = acc
+        acc += q  # a float64 running sum: its error (< k u) is far below the 1e-5 margin
+        if acc >= target:
+            return k, min(acc - target, target - before) / target
+    return len(ps), math.inf
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+@pytest.mark.parametrize("c", [1, 7, 8, 9, 300, 5000])
+@pytest.mark.parametrize("p", [1e-6, 0.5, 0.9, 0.99])
+def test_top_p_count_of_16_and_32_bit_logits_on_both_engines(dtype, c, p):
+    """The compiled pass (16/32-bit logits) and the numpy reference against an
+    exact sorted loop on the format's values: equal except on rows whose top-k
+    sum lies within float32 rounding (1e-5 relative) of p Z."""
+    import ml_dtypes
+
+    from smx_cli.core import native
+
+    dt = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+    rng = np.random.default_rng(c + int(p * 1000))
+    x = rng.standard_normal((24, c)) * rng.choice([0.3, 3.0, 12.0], size=(24, 1))
+    x[1] = 0.0                                    # uniform: ties everywhere
+    x[2, : max(1, c // 3)] = 20.0                 # a block of tied maxima
+    x[3, ::2] = -np.inf                           # masked entries
+    x[4] = -np.inf                                # fully masked: 0
+    x[5, c // 2] = np.nan                         # NaN: 0
+    x[6, c - 1] = np.inf                          # +inf: 0
+    x[7, 0] = 60.0                                # one dominant token
+    x[8] = np.round(x[8])                         # ties between some
+    x = x.astype(dt)
+    rows = [[float(v) for v in r] for r in x.astype(np.float64)]
+    ref = [_loop_top_p_margin(r, p) for r in rows]
+    got_native = top_p_count(x, p)
+    with native.numpy_engine():
+        got_numpy = top_p_count(x, p)
+    assert got_native[4] == got_native[5] == got_native[6] == 0
+    assert got_native[7] == 1 or (c == 1 and got_native[7] == 1)
+    for got in (got_native, got_numpy):
+        for i, (k, margin) in enumerate(ref):
+            if margin > 1e-5:
+                assert got[i] == k, (i, got[i], k)
+            else:  # a near tie: one of the two neighbouring counts
+                assert abs(int(got[i]) - k) <= 1, (i, got[i], k)

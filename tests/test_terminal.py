@@ -478,3 +478,29 @@ def test_xent_summary_only_shows_the_panel():
             "--summary")
     assert r.exit_code == 0 and r.stdout.lstrip().startswith("╭─ summary")
     assert "loss (mean)" in r.stdout and r.stderr == ""
+
+
+@pytest.mark.parametrize("command", ["softmax", "xent", "xent-lm"])
+def test_strict_failure_still_says_the_complete_file_was_written(tmp_path, command):
+    """-o with --strict: the file is complete, so stderr says `wrote FILE`, then the error."""
+    rng = np.random.default_rng(3)
+    out = tmp_path / "out.json"
+    if command == "xent-lm":  # the B x T x V path (class axis last)
+        x = rng.standard_normal((2, 3, 5))
+        x[1, 2, :] = np.nan
+        y = rng.integers(0, 5, (2, 3))
+        args = ["xent", "--class-axis", "-1"]
+    else:
+        x = rng.standard_normal((6, 4))
+        x[2, 1] = np.nan
+        y = rng.integers(0, 4, 6)
+        args = [command]
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    if command != "softmax":
+        args += ["--labels", str(tmp_path / "y.npy")]
+    r = run(*args[:1], tmp_path / "x.npy", *args[1:], "--strict", "--format", "json", "-o", out)
+    assert r.exit_code == 1 and out.exists()
+    lines = r.stderr.splitlines()
+    assert lines[-1].startswith("Error: --strict") and f"wrote {out}" in lines[-2]
+    json.loads(out.read_text())

@@ -58,9 +58,10 @@ class Rows:
     select: np.ndarray | None = None
     probs: bool = False
     _take: Callable[[np.ndarray], np.ndarray] | None = None
+    ids: tuple | None = None   # row ids (--id-column), named in the error messages
 
     @classmethod
-    def of(cls, x2, source: str = "logits") -> "Rows":
+    def of(cls, x2, source: str = "logits", ids=None) -> "Rows":
         x2 = np.asarray(x2)
         if x2.ndim != 2:
             raise SmxError(f"{source}: calibration takes N x C logits, got shape {x2.shape}")
@@ -71,7 +72,8 @@ class Rows:
         def gen():
             for s in range(0, x2.shape[0], step):
                 yield s, x2[s:s + step]
-        return cls(x2.shape[0], x2.shape[1], source, x2.dtype, gen, _take=lambda i: x2[i])
+        return cls(x2.shape[0], x2.shape[1], source, x2.dtype, gen, _take=lambda i: x2[i],
+                   ids=None if ids is None else tuple(ids))
 
     @classmethod
     def npy(cls, path: str) -> "Rows":
@@ -100,12 +102,12 @@ class Rows:
 
     def with_select(self, select: np.ndarray | None) -> "Rows":
         return Rows(self.n, self.c, self.source, self.dtype, self._blocks, select, self.probs,
-                    self._take)
+                    self._take, self.ids)
 
     def as_probs(self) -> "Rows":
         """The same rows read as probabilities: each block's log is the logits."""
         return Rows(self.n, self.c, self.source, self.dtype, self._blocks, self.select, True,
-                    self._take)
+                    self._take, self.ids)
 
     def sample(self, labels: np.ndarray, max_elements: int) -> tuple[np.ndarray, np.ndarray]:
         """Evenly spaced rows (of the selection) and their labels (at most ``max_elements``)."""
@@ -118,6 +120,17 @@ class Rows:
             with np.errstate(divide="ignore"):
                 x = np.log(np.asarray(x, dtype=np.float64))
         return x, np.asarray(labels)[idx]
+
+    def where(self, i: int) -> str:
+        """``SOURCE: row i`` for messages, with the row's id when there are ids.
+
+        Examples
+        --------
+        >>> Rows.of(np.zeros((2, 3)), "x.csv", ids=["a", "b"]).where(1)
+        "x.csv: row 1 (id 'b')"
+        """
+        name = f"{self.source}: row {i}"
+        return name if self.ids is None else f"{name} (id {self.ids[i]!r})"
 
     @property
     def rows(self) -> int:
@@ -134,7 +147,7 @@ class Rows:
                 xb = np.asarray(xb, dtype=np.float64)
                 if xb.size and not (xb.min() >= 0 and xb.max() <= 1):
                     i, j = np.argwhere(~((xb >= 0) & (xb <= 1)))[0]
-                    raise SmxError(f"{self.source}: row {s + i}, class {j} is "
+                    raise SmxError(f"{self.where(s + i)}, class {j} is "
                                    f"{float(xb[i, j])!r}: not a probability in [0, 1]")
                 with np.errstate(divide="ignore"):
                     xb = np.log(xb)
@@ -206,15 +219,15 @@ def _widen(xb: np.ndarray) -> np.ndarray:
     return xb.astype(np.float64)
 
 
-def _bad_row(xb, r, start, source):
+def _bad_row(xb, r, where):
     row = np.asarray(xb[r], dtype=np.float64)
     bad = np.flatnonzero(np.isnan(row) | (row == np.inf))
     if bad.size:
         j = int(bad[0])
         what = "NaN" if np.isnan(row[j]) else "inf"
-        return SmxError(f"{source}: row {start + r}, class {j} is {what}; calibration needs "
+        return SmxError(f"{where(r)}, class {j} is {what}; calibration needs "
                         "finite logits (-inf, a class with probability 0, is allowed)")
-    return SmxError(f"{source}: row {start + r} is all -inf: no class has any probability")
+    return SmxError(f"{where(r)} is all -inf: no class has any probability")
 
 
 class _Acc:
@@ -291,9 +304,11 @@ def _exp_scaled(d, beta, name):
     return e, e.sum(axis=1)
 
 
-def _block(xb, y, beta, dbeta, out_conf, out_correct, acc, bins_edges, start, source, metrics,
+def _block(xb, y, beta, dbeta, out_conf, out_correct, acc, bins_edges, where, metrics,
            order):
     """The sums of one block of rows (called on worker threads, disjoint rows).
+
+    ``where(r)`` names the block's row r in messages (``SOURCE: row i (id ...)``).
 
     Metrics and the NLL at ``beta``; derivatives (``order`` 0, 2 or 4) at
     ``dbeta``, from the same shifted logits (one exp more if it differs).
@@ -302,7 +317,7 @@ def _block(xb, y, beta, dbeta, out_conf, out_correct, acc, bins_edges, start, so
     r, c = xb.shape
     m = xb.max(axis=1)
     if not np.isfinite(m).all():
-        raise _bad_row(xb, int(np.flatnonzero(~np.isfinite(m))[0]), start, source)
+        raise _bad_row(xb, int(np.flatnonzero(~np.isfinite(m))[0]), where)
     d = kernels.work("cal_d", (r, c))
     np.copyto(d, xb)                                   # exact widening, then
     np.subtract(d, m[:, None], out=d)                  # exact for 32-bit input
@@ -310,7 +325,7 @@ def _block(xb, y, beta, dbeta, out_conf, out_correct, acc, bins_edges, start, so
     dy = d[np.arange(r), y]
     if not np.isfinite(dy).all():
         i = int(np.flatnonzero(~np.isfinite(dy))[0])
-        raise SmxError(f"{source}: row {start + i}: the true class {int(y[i])} has logit -inf "
+        raise SmxError(f"{where(i)}: the true class {int(y[i])} has logit -inf "
                        "(probability 0 at every temperature): the NLL is infinite")
     sums = {"nll": float(np.sum(np.log(s) - beta * dy)),
             "top": float(np.count_nonzero(dy == 0))}
@@ -422,11 +437,12 @@ def scan(data: Rows, labels: np.ndarray, beta: float = 1.0, *, metrics: bool = T
         base = pos
 
         def fn(s0, s1, xb=xb, yb=yb, base=base, start=start, offsets=offsets):
-            first = start + s0 if offsets is None else int(offsets[s0])
+            def where(r):  # the input's row index of the sub-block's row r (kept rows only)
+                return data.where(start + s0 + r if offsets is None else int(offsets[s0 + r]))
             _block(xb[s0:s1], yb[s0:s1], beta, dbeta,
                    conf[base + s0:base + s1] if metrics else None,
                    correct[base + s0:base + s1] if metrics else None,
-                   acc, edges, first, data.source, metrics, order)
+                   acc, edges, where, metrics, order)
         with np.errstate(all="ignore"):  # 0 * inf where exp underflows: handled per block
             kernels.run_blocks(xb.shape[0], xb.shape[1], fn, threads=threads,
                                block_elements=SUB_BLOCK)

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from smx_cli.core import kernels
+from smx_cli.analysis.diagnostics import _DIAG_CODES, _smx_diag
+from smx_cli.core import kernels, native
 from smx_cli.core.xent import XentResult, exact_sum
 
 LN2 = math.log(2.0)
@@ -134,8 +135,12 @@ def top_p_count(logits: np.ndarray, p: float = 0.9, *, input_kind: str = "logits
     them, so the entries >= t hold more than p Z: the top-k set lies among
     them. A peaked row (a language model's usual) has a handful; only a flat
     row sorts most of itself. e is computed in float32 for inputs of 32 bits
-    or fewer (exact inputs, exp to 1 ulp) and float64 otherwise; the sums in
-    float64.
+    or fewer (exp to a few ulps) and float64 otherwise; the sums in float64.
+    16/32-bit logits take the compiled pass (``_smx_diag.top_p``: x compared
+    with max + log t, exp only for the candidates, a selection instead of a
+    sort); the numpy code is the reference and the fallback
+    (``SMX_ENGINE=numpy``, probabilities, float64). The two can differ only on
+    a row whose top-k sum lies within their rounding of p Z.
 
     Examples
     --------
@@ -149,8 +154,19 @@ def top_p_count(logits: np.ndarray, p: float = 0.9, *, input_kind: str = "logits
     out = np.zeros(n, dtype=np.int64)
     if n == 0 or v == 0:
         return out
+    if not 0 < p <= 1:
+        raise ValueError(f"p must be in (0, 1], got {p!r}")
+    code = _DIAG_CODES.get(x.dtype)
+    if (input_kind == "logits" and code is not None and code < 3 and _smx_diag is not None
+            and native.engine() != "numpy"):
+        xc = np.ascontiguousarray(x)
+        kernels.run_blocks(n, v, lambda s0, s1: _smx_diag.top_p(
+            xc[s0:s1], code, s1 - s0, v, float(p), out[s0:s1]), threads,
+            block_elements=_TOP_P_BLOCK)
+        return out
     work = np.float32 if x.dtype.kind == "f" and x.dtype.itemsize <= 4 or \
         x.dtype.name == "bfloat16" else np.float64
+
     def piece(s0: int, s1: int) -> None:
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             xb = np.asarray(x[s0:s1], dtype=work)
@@ -271,7 +287,8 @@ def evaluate_tokens(blocks, n_rows: int, n_classes: int, labels, *, top_p: float
 
     ``blocks`` yields ``(start, block)`` as for
     :func:`smx_cli.core.xent.evaluate_blocks` (which this runs, with
-    ``options``; 16-bit blocks are widened to float32 first, exactly); on each block the number of tokens holding ``top_p`` of
+    ``options``; on the numpy engine 16-bit blocks are widened to float32 first, exactly); on
+    each block the number of tokens holding ``top_p`` of
     the predicted mass is counted too (for ``input_kind='logits'``).
     Returns ``(XentResult, top_p_counts)``.
 
@@ -298,8 +315,12 @@ def evaluate_tokens(blocks, n_rows: int, n_classes: int, labels, *, top_p: float
 
 
 def _widened(block: np.ndarray) -> np.ndarray:
-    """bfloat16/float16 blocks as float32 (exact): numpy's ufuncs on them are several times slower."""
+    """On the numpy engine, bfloat16/float16 blocks as float32 (exact): numpy's
+    ufuncs on them are several times slower. The compiled core reads them as
+    they are."""
     b = np.asarray(block)
+    if native.engine() != "numpy":
+        return b
     if b.dtype.kind == "f" and b.dtype.itemsize < 4 or b.dtype.name == "bfloat16":
         return b.astype(np.float32)
     return b

@@ -213,16 +213,17 @@ def _vector_pass(data: Rows, labels: np.ndarray, a: np.ndarray, b: np.ndarray):
     nll = []
     for start, xb in data.blocks():
         yb = labels[start:start + xb.shape[0]]
+        rows = np.arange(start, start + xb.shape[0])
         if data.select is not None:
             keep = data.select[start:start + xb.shape[0]]
-            xb, yb = xb[keep], yb[keep]
+            xb, yb, rows = xb[keep], yb[keep], rows[keep]
         if not xb.shape[0]:
             continue
         z = np.asarray(xb, dtype=np.float64)
         if not np.isfinite(z).all():
             i = int(np.flatnonzero(~np.isfinite(z).all(axis=1))[0])
-            raise SmxError(f"{data.source}: a row near {start + i} holds NaN or inf; vector "
-                           "scaling needs finite logits")
+            raise SmxError(f"{data.where(int(rows[i]))} holds NaN or inf; vector scaling "
+                           "needs finite logits")
         u = z * a + b
         m = u.max(axis=1, keepdims=True)
         e = np.exp(u - m)

@@ -218,7 +218,7 @@ def _load(file, labels_path, picks: _Picks, delimiter, header, key, axis, names=
         labels = r.labels
     else:
         labels = read_labels(labels_path, class_names=cls)
-    return Rows.of(r.x2, r.loaded.source), labels, cls, r.ids
+    return Rows.of(r.x2, r.loaded.source, ids=r.ids), labels, cls, r.ids
 
 
 def _npy2d(file, key, axis) -> bool:

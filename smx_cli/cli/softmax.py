@@ -231,7 +231,9 @@ def softmax_cmd(file, delimiter, header, key, axis, label_column, id_column, col
         if report is not None and report.failed:
             raise SmxError("--check-grad: an analytic gradient disagrees with finite differences")
     failure = pipeline.strict_failure(res.diagnostics) if strict else None
-    if failure:  # the one error line says it all
+    if failure:  # the files are complete: say so, then the one error line says the rest
+        for path in (output, grad_out):
+            msgs.wrote(path)
         raise SmxError(failure)
     if not on_screen or stdout_fmt == "none":
         msgs.summary(render.summary_line(res.diagnostics, lead_shape),

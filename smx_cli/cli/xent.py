@@ -264,6 +264,8 @@ def xent_cmd(file, delimiter, header, key, axis, labels_path, label_column, id_c
     if strict:
         bad = int((~np.isfinite(res.loss) & ~res.ignored).sum())
         if bad or (reduction != "none" and not math.isfinite(res.reduced)):
+            for path in (output, grad_out):  # the files are complete: say so first
+                msgs.wrote(path)
             raise SmxError(f"--strict: {bad} sample loss(es) are NaN or inf"
                            if bad else f"--strict: {_undefined_reason(res)}")
     if not on_screen or stdout_fmt == "none":
@@ -359,12 +361,8 @@ class _InputTally:
 
     def add(self, xb) -> None:
         c = None
-        if xb.dtype.kind == "f" and xb.size:
-            # min/max propagate NaN: both finite means no NaN or inf anywhere (the
-            # common case, two passes without temporaries instead of count_inputs' copies)
-            lo, hi = xb.min(), xb.max()
-            if np.isfinite(lo) and np.isfinite(hi):
-                c = InputCounts(xb.shape[0], xb.shape[1], 0, 0, 0, 0, 0, 0)
+        if _all_finite(xb):  # the common case, without count_inputs' float64 copies
+            c = InputCounts(xb.shape[0], xb.shape[1], 0, 0, 0, 0, 0, 0)
         if c is None:
             c = count_inputs(xb)
         if self.counts is None:
@@ -373,6 +371,25 @@ class _InputTally:
         summed = {f.name: getattr(self.counts, f.name) + getattr(c, f.name)
                   for f in dataclasses.fields(c) if f.name != "classes"}
         self.counts = dataclasses.replace(c, **summed)
+
+
+# exponent bits of the 16-bit float formats: all ones is inf or NaN
+_EXP16 = {"float16": 0x7C00, "bfloat16": 0x7F80}
+
+
+def _all_finite(xb) -> bool:
+    """True when a float block holds no NaN or inf, checked in its own format
+    (no float64 copy); False when unsure: count_inputs then counts."""
+    if not xb.size:
+        return False
+    mask = _EXP16.get(xb.dtype.name)
+    if mask is not None and xb.flags.c_contiguous:
+        bits = xb.view(np.uint16)  # a 16-bit float is finite iff its exponent is not all ones
+        return not np.any(np.bitwise_and(bits, mask, dtype=np.uint16) == mask)
+    if xb.dtype.kind != "f":
+        return False
+    lo, hi = xb.min(), xb.max()  # min/max propagate NaN: both finite means all finite
+    return bool(np.isfinite(lo) and np.isfinite(hi))
 
 
 def _count_inputs(x2):

@@ -224,12 +224,13 @@ def run_nd(*, file, key, axis, class_axis, labels_path, weight, opts, worst, max
           shape=tuple(shape), ax=ax, c=c, dtype=dtype, weights=weights, opts=opts, tally=tally,
           shift=shift, pad_id=pad_id, vocab_path=vocab_path, output=output, fmt=fmt,
           worst=worst, max_rows=max_rows, lead=lead, summary_only=summary_only)
+    msgs = msgs or Messages()
     if strict:
         bad = int((~np.isfinite(res.loss) & ~res.ignored).sum())
         if bad or (opts["reduction"] != "none" and not math.isfinite(res.reduced)):
+            msgs.wrote(output)  # the file is complete: say so first
             raise SmxError(f"--strict: {bad} sample loss(es) are NaN or inf" if bad
                            else f"--strict: {cx._undefined_reason(res)}")  # noqa: SLF001
-    msgs = msgs or Messages()
     if not on_screen or output:
         msgs.summary(render_xent.summary_line(meta), None if on_screen else panel)
     msgs.wrote(output)

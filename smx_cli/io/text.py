@@ -218,8 +218,12 @@ def parse_rows(numbered: list[tuple[int, str]], source: str, layout: Layout,
         raise _bad_token_error(source, layout, *bad[1:])
     if ragged < len(rows):
         lineno, tokens = rows[ragged]
+        hint = "fix the ragged row"
+        if any('"' in t for t in tokens):  # a quoted field holding the delimiter, split here
+            hint = ("a quoted field holds the delimiter: name that column with --id-column "
+                    "(quoted ids may hold commas) or leave it out with --drop-columns")
         raise SmxError(f"{source}: line {lineno} has {len(tokens)} values, expected "
-                       f"{width} ({layout.expect} count); fix the ragged row")
+                       f"{width} ({layout.expect} count); {hint}")
     return canonical_nan(values)
 
 
