@@ -204,6 +204,8 @@ def main(argv=None) -> int:
     ap.add_argument("--xent-dtypes", default="float32,float64")
     ap.add_argument("--vjp-dtypes", default="float32,float64")
     ap.add_argument("--only-vjp", action="store_true", help="only the VJP table")
+    ap.add_argument("--only-softmax", action="store_true",
+                    help="only the softmax / log-softmax table (no cross-entropy, no VJP)")
     args = ap.parse_args(argv)
     if not native.available():
         print(f"native extension not built: {native.why_unavailable()}")
@@ -235,6 +237,8 @@ def main(argv=None) -> int:
                       f"{fmt_ratio(r['native_cpu1'], r.get('torch_cpu1'))} | "
                       f"{fmt_ratio(r['native_wall'], r.get('scipy_wall'))} | "
                       f"{fmt_ratio(r['native_wall'], r.get('numpy_wall'))} |", flush=True)
+    if args.only_softmax:
+        return 0
     shape = (args.wide_rows, 32000)
     for xdt in args.xent_dtypes.split(","):
         print_xent(shape, xdt, args.repeat)

@@ -332,6 +332,8 @@ AI void rest_lse(const void *x, Py_ssize_t C, Py_ssize_t k, double m, double t, 
 /* ------------------------------------------------------------------------ */
 /* 16/32-bit formats: single-word float64 arithmetic, rounded once          */
 /*
+ * (lowp_exp_sum serves the VJP kernels; the softmax / log-softmax kernels use
+ * lowp_exp_sum_w in _smx_lowp.h, with a shorter exp and its own budget.)
  * Error budget (relative error of the float64 value before the one rounding
  * to the output format; 2^-44 of it costs at most 2^-20 ulp of a 24-bit
  * significand, so the result is within 0.5 + 2^-20 ulp; an exact value that

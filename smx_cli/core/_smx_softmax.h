@@ -5,6 +5,8 @@
 #ifndef SMX_SOFTMAX_H
 #define SMX_SOFTMAX_H
 
+#include "_smx_lowp.h"
+
 /* ------------------------------------------------------------------------ */
 /* softmax / log-softmax over rows [r0, r1)                                  */
 
@@ -124,19 +126,21 @@ AI void softmax_row_log(const sm_args *A, const void *x, void *o, double m, Py_s
 
 
 
+/* 16/32-bit rows: lowp_exp_sum_w (budget in _smx_lowp.h), then the outputs
+ * in chunks of CH_W: computed into a float64 buffer, stored by store_w (one
+ * rounding each) */
 AI void lowp_row_prob(const sm_args *A, const void *x, void *o, double m, stats_t *S,
                       const int DT, const int HAS_T, const int USE_FMA) {
     Py_ssize_t C = A->C;
     double *ph = A->ph;
-    int64_t ninf;
-    double sum = lowp_exp_sum(x, C, m, A->t, ph, NULL, &ninf, DT, HAS_T, USE_FMA, 1, 0);
+    double sum = lowp_exp_sum_w(x, C, m, A->t, ph, NULL, NULL, DT, HAS_T, USE_FMA, 1, 0);
     double inv = 1.0 / sum;
-    int64_t z = -ninf;  /* -inf entries are exact zeros, not underflows */
-    for (Py_ssize_t j = 0; j < C; j++) {
-        double v = ph[j] * inv;
-        st(o, j, v, DT);
-        z += st_is_zero(v, DT);
+    int64_t z = 0;
+    for (Py_ssize_t jb = 0; jb < C; jb += CH_W) {
+        Py_ssize_t n = C - jb < CH_W ? C - jb : CH_W;
+        z += store_w(o, jb, n, ph + jb, inv, DT, USE_FMA, 1);
     }
+    if (z) z -= count_neginf(x, C, DT);  /* -inf entries are exact zeros, not underflows */
     S->exp_underflow += z;
 }
 
@@ -144,25 +148,46 @@ AI void lowp_row_log(const sm_args *A, const void *x, void *o, double m, stats_t
                      const int DT, const int HAS_T, const int USE_FMA) {
     Py_ssize_t C = A->C;
     double t = A->t;
-    int64_t n0, ninf;
-    double rest = lowp_exp_sum(x, C, m, t, NULL, &n0, &ninf, DT, HAS_T, USE_FMA, 0, 1);
+    int64_t n0;
+    double rest = lowp_exp_sum_w(x, C, m, t, NULL, &n0, NULL, DT, HAS_T, USE_FMA, 0, 1);
     double L = log1p((double)(n0 - 1) + rest);
     double lim = LOG_UNDER[DT];
-    int64_t z = -ninf;
-    for (Py_ssize_t j = 0; j < C; j++) {
-        double q = ld(x, j, DT) - m;
-        if (HAS_T) q = q / t;
-        double v = -(L - q); /* = q - L; -0.0 for the max of a one-entry row */
-        st(o, j, v, DT);
-        z += v < lim;
+    int64_t z = 0;
+    if (DT == DT_F16 || DT == DT_BF16) {
+        /* widen a chunk (F16C for float16 on AVX2/AVX-512), compute, store the
+         * chunk (f16c_store): a loop over the raw 16-bit input spills */
+        double v[CH_W];
+        for (Py_ssize_t jb = 0; jb < C; jb += CH_W) {
+            Py_ssize_t n = C - jb < CH_W ? C - jb : CH_W;
+            load_w(x, jb, n, v, DT, USE_FMA);
+            int64_t zb = 0;
+            for (Py_ssize_t j = 0; j < n; j++) {
+                double q = v[j] - m;
+                if (HAS_T) q = q / t;
+                double w = -(L - q); /* = q - L; -0.0 for the max of a one-entry row */
+                v[j] = w;
+                zb += w < lim;
+            }
+            z += zb;
+            store_w(o, jb, n, v, 1.0, DT, USE_FMA, 0);
+        }
+    } else {
+        for (Py_ssize_t j = 0; j < C; j++) {
+            double q = ld(x, j, DT) - m;
+            if (HAS_T) q = q / t;
+            double w = -(L - q);
+            st(o, j, w, DT);
+            z += w < lim;
+        }
     }
+    if (z) z -= count_neginf(x, C, DT);  /* -inf entries are not underflows */
     S->exp_underflow += z;
 }
 
 /* Narrow rows (C <= NARROW_C) of 16/32-bit formats: blocks of NR rows, with
  * the exp and output loops running over the flattened block (the row's max,
  * 1/S or L expanded per entry) so they vectorise across rows; the row sums are
- * plain sums of <= NARROW_C terms (<= 15 u, inside the budget above).
+ * plain sums of <= NARROW_C terms (<= 15 u, inside the budget in _smx_lowp.h).
  * Special rows (NaN, +-inf max) get NaN in the flat loops (not counted as
  * underflows) and are then rewritten by special_row. */
 #define NARROW_C 16
@@ -172,37 +197,36 @@ AI void lowp_narrow_t(const sm_args *A, Py_ssize_t r0, Py_ssize_t r1, stats_t *S
     Py_ssize_t C = A->C;
     size_t isz = (size_t)ITEMSIZE[DT];
     double t = A->t;
-    double mm[NR * NARROW_C], vv[NR * NARROW_C], eb[NR * NARROW_C], rm[NR], rv[NR];
+    double mm[NR * NARROW_C], vv[NR * NARROW_C], eb[NR * NARROW_C], xd[NR * NARROW_C], rm[NR],
+        rv[NR];
     unsigned char sp[NR];
     for (Py_ssize_t rb = r0; rb < r1; rb += NR) {
         Py_ssize_t nr = r1 - rb < NR ? r1 - rb : NR;
         Py_ssize_t n = nr * C;
         const char *xb = (const char *)A->x + (size_t)rb * C * isz;
         char *ob = (char *)A->out + (size_t)rb * C * isz;
-        int nsp = 0;
         for (Py_ssize_t r = 0; r < nr; r++) {
             int has_nan;
-            double m = row_max(xb + (size_t)r * C * isz, 0, C, &has_nan, DT);
+            double m = row_max_w(xb + (size_t)r * C * isz, C, &has_nan, DT);
             sp[r] = has_nan || !(m - m == 0.0);
-            nsp += sp[r];
             rm[r] = sp[r] ? NAN : m;
         }
+        load_w(xb, 0, n, xd, DT, USE_FMA);
         for (Py_ssize_t r = 0; r < nr; r++)
             for (Py_ssize_t j = 0; j < C; j++) mm[r * C + j] = rm[r];
         for (Py_ssize_t i = 0; i < n; i++) {
-            double q = ld(xb, i, DT) - mm[i];
+            double q = xd[i] - mm[i];
             if (HAS_T) q = q / t;
-            double e = exp1(q, USE_FMA);
+            double e = exp1w(q, USE_FMA);
             if (KIND) e = q == 0.0 ? 0.0 : e;
             eb[i] = e;
         }
         int64_t ninf = 0;
         for (Py_ssize_t r = 0; r < nr; r++) {
-            const char *xr = xb + (size_t)r * C * isz;
             double sum = 0.0;
             int64_t n0 = 0;
             for (Py_ssize_t j = 0; j < C; j++) {
-                double xv = ld(xr, j, DT);
+                double xv = xd[r * C + j];
                 sum += eb[r * C + j];
                 n0 += xv == rm[r];
                 ninf += (xv == -INFINITY) & !sp[r];
@@ -213,18 +237,20 @@ AI void lowp_narrow_t(const sm_args *A, Py_ssize_t r0, Py_ssize_t r1, stats_t *S
             for (Py_ssize_t j = 0; j < C; j++) vv[r * C + j] = rv[r];
         int64_t under = -ninf;
         double lim = LOG_UNDER[DT];
-        for (Py_ssize_t i = 0; i < n; i++) {
-            double v;
-            if (KIND) {
-                double q = ld(xb, i, DT) - mm[i];
+        if (KIND) {
+            for (Py_ssize_t i = 0; i < n; i++) {
+                double q = xd[i] - mm[i];
                 if (HAS_T) q = q / t;
-                v = -(vv[i] - q);
+                double v = -(vv[i] - q);
                 under += v < lim;
-            } else {
-                v = eb[i] * vv[i];
-                under += st_is_zero(v, DT);
+                eb[i] = v;
             }
-            st(ob, i, v, DT);
+            store_w(ob, 0, n, eb, 1.0, DT, USE_FMA, 0);
+        } else {
+            for (Py_ssize_t i = 0; i < n; i++) eb[i] *= vv[i];
+            int64_t z = store_w(ob, 0, n, eb, 1.0, DT, USE_FMA, 0);
+            /* NaN (special rows) is not a zero: no correction needed */
+            under += z;
         }
         S->exp_underflow += under;
         for (Py_ssize_t r = 0; r < nr; r++) {
@@ -253,7 +279,7 @@ AI void softmax_rows_t(const sm_args *A, Py_ssize_t r0, Py_ssize_t r1, stats_t *
         const char *x = (const char *)A->x + (size_t)r * C * isz;
         char *o = (char *)A->out + (size_t)r * C * isz;
         int has_nan;
-        double m = row_max(x, 0, C, &has_nan, DT);
+        double m = DT != DT_F64 ? row_max_w(x, C, &has_nan, DT) : row_max(x, 0, C, &has_nan, DT);
         if (special_row(A, x, o, m, has_nan, r, S, DT)) continue;
         if (DT != DT_F64) {
             if (A->kind == 0) lowp_row_prob(A, x, o, m, S, DT, HAS_T, USE_FMA);
