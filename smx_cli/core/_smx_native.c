@@ -10,12 +10,14 @@
  *     ONCE from float64 (f64 -> f16 and f64 -> bf16 round-to-nearest-even are
  *     done directly on the bits, never through float32);
  *   - 16/32-bit softmax and log-softmax need a float64 value within 2^-44
- *     relative error only: they take the single-word path (exp1, blocked lane
- *     sums; error budget before lowp_exp_sum), rows of <= 16 columns in
- *     blocks of rows flattened so the loops vectorise across rows; their
- *     cross-entropy takes one sweep (lowp_xent_sweep; probability targets:
- *     xp_sweep, every format). The rest of this list
- *     is the float64 path (and logsumexp):
+ *     relative error only: they take the single-word path (_smx_lowp.h: a
+ *     degree-10 minimax exp, blocked lane sums; its error budget is written
+ *     there), rows of <= 16 columns in blocks of rows flattened so the loops
+ *     vectorise across rows; their cross-entropy (_smx_xent.h) takes two
+ *     passes on AVX-512 (a float32 max/top-5 pass, then a table-driven
+ *     float64 exp; budget in its comment) and one sweep elsewhere
+ *     (lowp_xent_sweep; probability targets: xp_sweep). The rest of this
+ *     list is the float64 path (and logsumexp):
  *   - d = fl(x - m) and its exact rounding error (TwoSum) are kept, so
  *     exp(x - m) = exp(d) (1 + err) to O(u^2);
  *   - exp: branch-free Cody-Waite reduction (ln2 split hi/lo), degree-13
@@ -35,8 +37,9 @@
  *     out = TwoSum(z, -L_hi) folded with the shift error and L_lo; the
  *     dominant entry is -L (relative accuracy kept).
  *
- * Layout: _smx_base.h (shared numerics), _smx_softmax.h (softmax, log-softmax,
- * logsumexp), _smx_xent.h (cross-entropy), _smx_vjp.h (VJPs), each with its
+ * Layout: _smx_base.h (shared numerics), _smx_lowp.h (the 16/32-bit softmax
+ * path's exp and sums), _smx_softmax.h (softmax, log-softmax, logsumexp),
+ * _smx_xent.h (cross-entropy and its gradient), _smx_vjp.h (VJPs), each with its
  * Python glue, all included here as one translation unit; this file holds the
  * CPU dispatch, the test hooks and the method table.
  *
