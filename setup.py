@@ -89,7 +89,8 @@ if os.environ.get("SMX_NO_NATIVE", "") not in ("1", "true", "yes"):
     ext_modules.append(Extension(
         "smx_cli.core._smx_fast",
         sources=["smx_cli/core/_smx_fast.c"],
-        depends=["smx_cli/core/_smx_common.h", "smx_cli/core/_smx_base.h"],
+        depends=["smx_cli/core/_smx_common.h", "smx_cli/core/_smx_base.h",
+                 "smx_cli/core/_smx_lowp.h"],
         extra_compile_args=_flags(),
         libraries=[] if sys.platform == "win32" else ["m"],
         optional=True,

@@ -332,8 +332,9 @@ AI void rest_lse(const void *x, Py_ssize_t C, Py_ssize_t k, double m, double t, 
 /* ------------------------------------------------------------------------ */
 /* 16/32-bit formats: single-word float64 arithmetic, rounded once          */
 /*
- * (lowp_exp_sum serves the VJP kernels; the softmax / log-softmax kernels use
- * lowp_exp_sum_w in _smx_lowp.h, with a shorter exp and its own budget.)
+ * (The softmax / log-softmax, VJP and online kernels sum their terms with
+ * lowp_exp_sum_w in _smx_lowp.h, which has a shorter exp and its own budget;
+ * this one, with exp1, is the budget of the cross-entropy's portable sweep.)
  * Error budget (relative error of the float64 value before the one rounding
  * to the output format; 2^-44 of it costs at most 2^-20 ulp of a 24-bit
  * significand, so the result is within 0.5 + 2^-20 ulp; an exact value that
@@ -369,47 +370,6 @@ AI void dd_add(dd_t *a, double b) {  /* TwoSum into a double-double */
     a->lo += e;
 }
 
-/* blocked lane sums of exp((x_j - m)/t) over the row; with STORE the terms go
- * to ph; with MASK the terms with q == 0 (the maxima) are left out and
- * counted in *n0. *ninf counts the -inf entries. The row is done in chunks
- * of BLK * LANES: a map loop (exp of each entry into a buffer; gcc vectorises
- * it whole) then LANES plain partial sums of <= BLK terms each. */
-AI double lowp_exp_sum(const void *x, Py_ssize_t C, double m, double t, double *ph, int64_t *n0,
-                       int64_t *ninf, const int DT, const int HAS_T, const int USE_FMA,
-                       const int STORE, const int MASK) {
-    dd_t tot[LANES];
-    double buf[BLK * LANES];
-    int64_t cz = 0, ci = 0;
-    for (int l = 0; l < LANES; l++) tot[l].hi = tot[l].lo = 0.0;
-    for (Py_ssize_t jb = 0; jb < C; jb += BLK * LANES) {
-        Py_ssize_t n = C - jb < BLK * LANES ? C - jb : BLK * LANES;
-        double *eb = STORE ? ph + jb : buf;
-        const char *xb = (const char *)x + (size_t)jb * ITEMSIZE[DT];
-        int64_t a = 0, b = 0;
-        for (Py_ssize_t j = 0; j < n; j++) {
-            double xv = ld(xb, j, DT);
-            double q = xv - m;
-            if (HAS_T) q = q / t;
-            double e = exp1(q, USE_FMA);
-            if (MASK) { a += q == 0.0; e = q == 0.0 ? 0.0 : e; }
-            b += xv == -INFINITY;
-            eb[j] = e;
-        }
-        cz += a; ci += b;
-        double acc[LANES];
-        for (int l = 0; l < LANES; l++) acc[l] = 0.0;
-        Py_ssize_t j = 0;
-        for (; j + LANES <= n; j += LANES)
-            for (int l = 0; l < LANES; l++) acc[l] += eb[j + l];
-        for (; j < n; j++) acc[0] += eb[j];
-        for (int l = 0; l < LANES; l++) dd_add(&tot[l], acc[l]);
-    }
-    dd_t s = tot[0];
-    for (int l = 1; l < LANES; l++) { dd_add(&s, tot[l].hi); s.lo += tot[l].lo; }
-    if (n0) *n0 = cz;
-    *ninf = ci;
-    return s.hi + s.lo;
-}
 
 
 #define DISPATCH_DT(FN, ...)                                                    \

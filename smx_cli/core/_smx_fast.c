@@ -38,7 +38,7 @@
  *
  * Online (online_rows, the `online` variant): one read pass computes, per
  * block of B columns, the block maximum m_b and the compensated block sum
- * T_b = sum_{j in b} exp((x_j - m_b)/T) (16/32-bit: lowp_exp_sum, float64:
+ * T_b = sum_{j in b} exp((x_j - m_b)/T) (16/32-bit: lowp_exp_sum_w, float64:
  * exp_sum's grid-split sum of exp pairs, both from _smx_base.h); the running
  * maximum M = max_b m_b is kept, and the blocks are merged with the online
  * normaliser's operator (Milakov & Gimelshein 2018, eq. 4)
@@ -98,6 +98,7 @@ static int g_isa = ISA_BASE;
 
 #include "_smx_common.h"
 #include "_smx_base.h"
+#include "_smx_lowp.h"
 
 #define FL 16   /* lanes of the fast kernels */
 #define RB 4    /* float64 fast sums: terms per lane between restarts */
@@ -580,7 +581,7 @@ AI double online_blocks(const online_args *A, const void *x, Py_ssize_t nb, int 
         } else {
             int64_t ninf;
             const char *xb = (const char *)x + (size_t)j0 * ITEMSIZE[DT];
-            A->bh[b] = lowp_exp_sum(xb, j1 - j0, mb, A->t, NULL, NULL, &ninf, DT, HAS_T, F, 0, 0);
+            A->bh[b] = lowp_exp_sum_w(xb, j1 - j0, mb, A->t, NULL, NULL, &ninf, DT, HAS_T, F, 0, 0);
         }
         M = mb > M ? mb : M;
     }

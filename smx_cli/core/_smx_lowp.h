@@ -1,10 +1,10 @@
 /* _smx_lowp.h: the pieces of the 16/32-bit softmax / log-softmax path that
  * make it fast: a shorter exp (exp1w), row maxima on the input's own bits,
  * float16 loads and stores through F16C on the AVX2/AVX-512 variants, and the
- * blocked exp sum built from them (lowp_exp_sum_w). Only the softmax kernels
- * (_smx_softmax.h) use these; exp1 / row_max / lowp_exp_sum in _smx_base.h
- * stay as they are for the cross-entropy and VJP kernels.
- * Included by _smx_softmax.h (one translation unit); not a public header. */
+ * blocked exp sum built from them (lowp_exp_sum_w), used by the softmax
+ * kernels (_smx_softmax.h), the VJPs (_smx_vjp.h) and the online kernel
+ * (_smx_fast.c); exp1 / row_max in _smx_base.h stay for the cross-entropy.
+ * Included once per module (_smx_softmax.h, _smx_fast.c); not a public header. */
 #ifndef SMX_LOWP_H
 #define SMX_LOWP_H
 
@@ -222,7 +222,7 @@ AI int64_t store_w(void *o, Py_ssize_t j0, Py_ssize_t n, const double *v, double
 #define BLK_W 32
 #define CH_W (BLK_W * LANES)
 
-/* as lowp_exp_sum (same arguments, same results within the budget above),
+/* blocked lane sums of exp((x_j - m)/t) over the row (within the budget above),
  * with exp1w, F16C loads, and lane sums restarted every BLK_W terms; ninf
  * may be NULL (then -inf entries are not counted: count_neginf does it when
  * a caller needs it) */

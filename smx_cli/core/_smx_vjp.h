@@ -49,7 +49,7 @@ AI void vjp_rows_t(const vj_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb,
         A->fallback[r] = 0;
         if (DT != DT_F64) {
             int64_t ninf;
-            double sum = lowp_exp_sum(x, C, m, t, p, NULL, &ninf, DT, HAS_T, USE_FMA, 1, 0);
+            double sum = lowp_exp_sum_w(x, C, m, t, p, NULL, &ninf, DT, HAS_T, USE_FMA, 1, 0);
             double inv = 1.0 / sum;
             for (Py_ssize_t j = 0; j < C; j++) p[j] *= inv;
         } else {
