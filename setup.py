@@ -67,7 +67,7 @@ if os.environ.get("SMX_NO_NATIVE", "") not in ("1", "true", "yes"):
     ext_modules.append(Extension(
         "smx_cli.core._smx_native",
         sources=["smx_cli/core/_smx_native.c"],
-        depends=["smx_cli/core/_smx_common.h", "smx_cli/core/_smx_base.h",
+        depends=["smx_cli/core/_smx_common.h", "smx_cli/core/_smx_dispatch.h", "smx_cli/core/_smx_base.h",
                  "smx_cli/core/_smx_softmax.h", "smx_cli/core/_smx_lowp.h",
                  "smx_cli/core/_smx_xent.h",
                  "smx_cli/core/_smx_vjp.h"],
@@ -89,7 +89,7 @@ if os.environ.get("SMX_NO_NATIVE", "") not in ("1", "true", "yes"):
     ext_modules.append(Extension(
         "smx_cli.core._smx_fast",
         sources=["smx_cli/core/_smx_fast.c"],
-        depends=["smx_cli/core/_smx_common.h", "smx_cli/core/_smx_base.h",
+        depends=["smx_cli/core/_smx_common.h", "smx_cli/core/_smx_dispatch.h", "smx_cli/core/_smx_base.h",
                  "smx_cli/core/_smx_lowp.h"],
         extra_compile_args=_flags(),
         libraries=[] if sys.platform == "win32" else ["m"],

@@ -61,14 +61,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
-    && !defined(SMX_NO_CLONES)
-#define SMX_X86 1
-#define SMX_V4 __attribute__((target("arch=x86-64-v4,prefer-vector-width=512")))
-#define SMX_V3 __attribute__((target("arch=x86-64-v3")))
+#include "_smx_dispatch.h"
+#if SMX_X86
 #include <immintrin.h>
-#else
-#define SMX_X86 0
 #endif
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <emmintrin.h>
@@ -77,24 +72,9 @@
 #define SMX_STREAM 0
 #endif
 
-enum { ISA_BASE = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
-static int g_isa = ISA_BASE;
-
-/* kernel NAME_t(ARGS..., ISA) -> NAME(ARGS...) dispatching on g_isa */
-#if SMX_X86
-#define FVARIANTS(NAME, PARAMS, ...)                                            \
-    SMX_V4 static void NAME##_v4 PARAMS { NAME##_t(__VA_ARGS__, ISA_AVX512); }   \
-    SMX_V3 static void NAME##_v3 PARAMS { NAME##_t(__VA_ARGS__, ISA_AVX2); }     \
-    static void NAME##_base PARAMS { NAME##_t(__VA_ARGS__, ISA_BASE); }         \
-    static void NAME PARAMS {                                                   \
-        if (g_isa == ISA_AVX512) NAME##_v4(__VA_ARGS__);                        \
-        else if (g_isa == ISA_AVX2) NAME##_v3(__VA_ARGS__);                     \
-        else NAME##_base(__VA_ARGS__);                                          \
-    }
-#else
-#define FVARIANTS(NAME, PARAMS, ...)                                            \
-    static void NAME PARAMS { NAME##_t(__VA_ARGS__, ISA_BASE); }
-#endif
+/* kernel NAME_t(ARGS..., ISA) -> NAME(ARGS...): each variant passes its ISA */
+#define FVARIANTS(NAME, PARAMS, ...) \
+    SMX_VARIANTS(NAME, PARAMS, ISA_AVX512, ISA_AVX2, ISA_BASE, __VA_ARGS__)
 
 #include "_smx_common.h"
 #include "_smx_base.h"
@@ -732,19 +712,6 @@ static PyObject *py_online(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-static int best_isa(void) {
-#if SMX_X86
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("x86-64-v4")) return ISA_AVX512;
-    if (__builtin_cpu_supports("x86-64-v3")) return ISA_AVX2;
-#endif
-    return ISA_BASE;
-}
-
-static const char *const ISA_NAMES[3] = {"baseline", "avx2", "avx512"};
-
-static PyObject *py_isa(PyObject *self, PyObject *noargs) { return PyUnicode_FromString(ISA_NAMES[g_isa]); }
-
 /* test hook: exp_f32 on a float32 buffer, in place, with the named variant's
  * FMA setting (fma=1: fused, 0: separate multiply and add) */
 static PyObject *py_exp_f32(PyObject *self, PyObject *args) {
@@ -774,22 +741,6 @@ static PyObject *py_round16(PyObject *self, PyObject *args) {
     for (Py_ssize_t i = 0; i < n; i++) dst[i] = dt == DT_F16 ? f32_to_f16(src[i]) : f32_to_bf16(src[i]);
     PyBuffer_Release(&sb); PyBuffer_Release(&db);
     Py_RETURN_NONE;
-}
-
-/* test hook: run the named instruction set's kernels (at most the CPU's best);
- * returns the previous name */
-static PyObject *py_set_isa(PyObject *self, PyObject *args) {
-    const char *name;
-    if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
-    int want = -1;
-    for (int i = 0; i < 3; i++) if (strcmp(name, ISA_NAMES[i]) == 0) want = i;
-    if (want < 0 || want > best_isa()) {
-        PyErr_Format(PyExc_ValueError, "instruction set %s is not available", name);
-        return NULL;
-    }
-    const char *old = ISA_NAMES[g_isa];
-    g_isa = want;
-    return PyUnicode_FromString(old);
 }
 
 static PyMethodDef methods[] = {

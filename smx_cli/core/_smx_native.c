@@ -66,33 +66,10 @@
  * time (g_isa). The FMA variants evaluate the exp polynomials with fused
  * multiply-adds (USE_FMA is a compile-time constant of each variant, never a
  * flag tested in the loops); the baseline uses separate multiply and add. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
-    && !defined(SMX_NO_CLONES)
-#define SMX_X86 1
-#define SMX_V4 __attribute__((target("arch=x86-64-v4,prefer-vector-width=512")))
-#define SMX_V3 __attribute__((target("arch=x86-64-v3")))
-#else
-#define SMX_X86 0
-#endif
+#include "_smx_dispatch.h"
 
-enum { ISA_BASE = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
-static int g_isa = ISA_BASE;
-
-/* kernel NAME_t(ARGS..., USE_FMA) -> NAME(ARGS...) dispatching on g_isa */
-#if SMX_X86
-#define VARIANTS(NAME, PARAMS, ...)                                             \
-    SMX_V4 static void NAME##_v4 PARAMS { NAME##_t(__VA_ARGS__, 1); }            \
-    SMX_V3 static void NAME##_v3 PARAMS { NAME##_t(__VA_ARGS__, 1); }            \
-    static void NAME##_base PARAMS { NAME##_t(__VA_ARGS__, 0); }                \
-    static void NAME PARAMS {                                                   \
-        if (g_isa == ISA_AVX512) NAME##_v4(__VA_ARGS__);                        \
-        else if (g_isa == ISA_AVX2) NAME##_v3(__VA_ARGS__);                     \
-        else NAME##_base(__VA_ARGS__);                                          \
-    }
-#else
-#define VARIANTS(NAME, PARAMS, ...)                                             \
-    static void NAME PARAMS { NAME##_t(__VA_ARGS__, 0); }
-#endif
+/* kernel NAME_t(ARGS..., USE_FMA) -> NAME(ARGS...): the FMA variants pass 1 */
+#define VARIANTS(NAME, PARAMS, ...) SMX_VARIANTS(NAME, PARAMS, 1, 1, 0, __VA_ARGS__)
 
 #include "_smx_common.h"
 
@@ -103,22 +80,6 @@ static int g_isa = ISA_BASE;
 
 /* ------------------------------------------------------------------------ */
 /* the module: CPU dispatch, test hooks, method table                       */
-
-/* the instruction set of the clone that runs (the resolver's choice) */
-static int best_isa(void) {
-#if SMX_X86
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("x86-64-v4")) return ISA_AVX512;
-    if (__builtin_cpu_supports("x86-64-v3")) return ISA_AVX2;
-#endif
-    return ISA_BASE;
-}
-
-static const char *const ISA_NAMES[3] = {"baseline", "avx2", "avx512"};
-
-static const char *isa_name(void) { return ISA_NAMES[g_isa]; }
-
-static PyObject *py_isa(PyObject *self, PyObject *noargs) { return PyUnicode_FromString(isa_name()); }
 
 /* test hook: exp_hl on one value -> (hi, lo) */
 static PyObject *py_exp_hl(PyObject *self, PyObject *args) {
@@ -142,22 +103,6 @@ static PyObject *py_round16(PyObject *self, PyObject *args) {
     for (Py_ssize_t i = 0; i < n; i++) dst[i] = dt == DT_F16 ? f64_to_f16(src[i]) : f64_to_bf16(src[i]);
     PyBuffer_Release(&sb); PyBuffer_Release(&db);
     Py_RETURN_NONE;
-}
-
-/* test hook: run the variant of the named instruction set (at most the CPU's
- * best); returns the previous name */
-static PyObject *py_set_isa(PyObject *self, PyObject *args) {
-    const char *name;
-    if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
-    int want = -1;
-    for (int i = 0; i < 3; i++) if (strcmp(name, ISA_NAMES[i]) == 0) want = i;
-    if (want < 0 || want > best_isa()) {
-        PyErr_Format(PyExc_ValueError, "instruction set %s is not available", name);
-        return NULL;
-    }
-    const char *old = isa_name();
-    g_isa = want;
-    return PyUnicode_FromString(old);
 }
 
 static PyMethodDef methods[] = {
