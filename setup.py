@@ -69,7 +69,7 @@ if os.environ.get("SMX_NO_NATIVE", "") not in ("1", "true", "yes"):
         sources=["smx_cli/core/_smx_native.c"],
         depends=["smx_cli/core/_smx_common.h", "smx_cli/core/_smx_dispatch.h", "smx_cli/core/_smx_base.h",
                  "smx_cli/core/_smx_softmax.h", "smx_cli/core/_smx_lowp.h",
-                 "smx_cli/core/_smx_xent.h",
+                 "smx_cli/core/_smx_narrow64.h", "smx_cli/core/_smx_xent.h",
                  "smx_cli/core/_smx_vjp.h"],
         extra_compile_args=_flags(),
         libraries=[] if sys.platform == "win32" else ["m"],

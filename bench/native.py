@@ -206,6 +206,9 @@ def main(argv=None) -> int:
     ap.add_argument("--only-vjp", action="store_true", help="only the VJP table")
     ap.add_argument("--only-softmax", action="store_true",
                     help="only the softmax / log-softmax table (no cross-entropy, no VJP)")
+    ap.add_argument("--shapes", default=None,
+                    help="comma-separated NxC softmax shapes instead of the issue's, e.g. "
+                         "100000x10,100000x32")
     args = ap.parse_args(argv)
     if not native.available():
         print(f"native extension not built: {native.why_unavailable()}")
@@ -213,6 +216,8 @@ def main(argv=None) -> int:
     if args.quick:
         args.wide_rows, args.repeat = 1024, 3
     shapes = [(args.wide_rows, 32000), (1000, 1000), (100000, 10)]
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes.split(",")]
     print(f"engine {native.engine()}, {os.cpu_count()} CPUs, torch "
           f"{torch.__version__ if torch else 'missing'}, medians of {args.repeat}, "
           f"load average {os.getloadavg()[0]:.1f}\n")

@@ -39,6 +39,7 @@
  *
  * Layout: _smx_base.h (shared numerics), _smx_lowp.h (the 16/32-bit softmax
  * path's exp and sums), _smx_softmax.h (softmax, log-softmax, logsumexp),
+ * _smx_narrow64.h (float64 rows of <= 16 / 32 columns, vectorised across rows),
  * _smx_xent.h (cross-entropy and its gradient), _smx_vjp.h (VJPs), each with its
  * Python glue, all included here as one translation unit; this file holds the
  * CPU dispatch, the test hooks and the method table.
@@ -105,6 +106,16 @@ static PyObject *py_round16(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* test hook: set_narrow64(on) -> old; off sends narrow float64 rows to the
+ * per-row path (the narrow path's tests and bench compare the two) */
+static PyObject *py_set_narrow64(PyObject *self, PyObject *args) {
+    int on;
+    if (!PyArg_ParseTuple(args, "p", &on)) return NULL;
+    int old = g_narrow64;
+    g_narrow64 = on;
+    return PyBool_FromLong(old);
+}
+
 static PyMethodDef methods[] = {
     {"softmax", py_softmax, METH_VARARGS, "softmax(x, out, dt, n, c, kind, t, masked_zero, r0, r1, argmax)"},
     {"logsumexp", py_logsumexp, METH_VARARGS, "logsumexp(x, out, dt, out_dt, n, c, t, r0, r1)"},
@@ -119,6 +130,8 @@ static PyMethodDef methods[] = {
     {"isa", py_isa, METH_NOARGS, "instruction set of the running clone"},
     {"exp_hl", py_exp_hl, METH_VARARGS, "exp(x) as (hi, lo) (test hook)"},
     {"round16", py_round16, METH_VARARGS, "round16(src_f64, dst_u16, n, dt) (test hook)"},
+    {"set_narrow64", py_set_narrow64, METH_VARARGS,
+     "set_narrow64(on): narrow float64 rows on their own path (test hook); returns the old flag"},
     {"set_isa", py_set_isa, METH_VARARGS, "run the named instruction set's kernels (test hook); "
                                           "returns the old name"},
     {NULL, NULL, 0, NULL},

@@ -266,6 +266,8 @@ AI void lowp_narrow_t(const sm_args *A, Py_ssize_t r0, Py_ssize_t r1, stats_t *S
     }
 }
 
+#include "_smx_narrow64.h"
+
 AI void softmax_rows_t(const sm_args *A, Py_ssize_t r0, Py_ssize_t r1, stats_t *S, const int DT,
                        const int HAS_T, const int USE_FMA) {
     Py_ssize_t C = A->C;
@@ -275,6 +277,7 @@ AI void softmax_rows_t(const sm_args *A, Py_ssize_t r0, Py_ssize_t r1, stats_t *
         else lowp_narrow_t(A, r0, r1, S, DT, HAS_T, USE_FMA, 0);
         return;
     }
+    if (DT == DT_F64 && C <= (A->kind ? NARROW64_LOG_C : NARROW64_C) && g_narrow64) { narrow64_rows(A, r0, r1, S, HAS_T, USE_FMA); return; }
     for (Py_ssize_t r = r0; r < r1; r++) {
         const char *x = (const char *)A->x + (size_t)r * C * isz;
         char *o = (char *)A->out + (size_t)r * C * isz;
