@@ -4,6 +4,8 @@
  * blocked exp sum built from them (lowp_exp_sum_w), used by the softmax
  * kernels (_smx_softmax.h), the VJPs (_smx_vjp.h) and the online kernel
  * (_smx_fast.c); exp1 / row_max in _smx_base.h stay for the cross-entropy.
+ * On the AVX-512 variant the softmax / log-softmax rows run lowp_x4_row (at
+ * the end: intrinsics, the exp of _smx_x4exp.h, the sum kept in registers).
  * Included once per module (_smx_softmax.h, _smx_fast.c); not a public header. */
 #ifndef SMX_LOWP_H
 #define SMX_LOWP_H
@@ -198,26 +200,39 @@ AI int64_t store_w(void *o, Py_ssize_t j0, Py_ssize_t n, const double *v, double
  * is subnormal in the output is < 2^-126 and gets an absolute error below
  * 2^-170, far under 2^-20 of its spacing 2^-149). u = 2^-53. Let q_j be the
  * exact (x_j - m)/t; only q_j >= -88 - ln C matter (the others give outputs
- * below 2^-126, or their sum is < C e^-88 relative to S >= 1).
+ * below 2^-126, or their sum is < C e^-88 relative to S >= 1). Two paths:
+ * the portable loops (lowp_exp_sum_w below; the baseline and AVX2 variants)
+ * and the AVX-512 rows (lowp_x4_row, further below; the AVX-512 variant).
  *  - q = fl(x - m) [ / t ]: |error| <= |q| u (|q| 2u with t), so exp(q) is
  *    off by <= 88 * 2u = 2^-45.5 relatively (2^-46.5 without t) for outputs
  *    >= 2^-126, and the sum S by <= 2^-46.6 (the e^q-weighted mean of |q|
  *    is < 41 for C < 2^40);
- *  - exp1w: <= 2^-50 (2^-50.2, above), in each term and so in S;
- *  - S = sum of the exp terms: plain float64 sums in LANES lane accumulators
- *    restarted every BLK_W terms (<= (BLK_W - 1) u < 2^-48 each), the block
- *    sums added as double-doubles (TwoSum), so <= 2^-48 + 2u in all;
+ *  - exp, in each term and so in S: E = 2^-50 (exp1w, 2^-50.2, above) on
+ *    the portable path; E = 2^-46.97 on the AVX-512 rows (x4_exp_deg of
+ *    degree 5, _smx_x4exp.h: 2^-47 for the polynomial + 1.07 u);
+ *  - S = sum of the exp terms: portable: plain float64 sums in LANES lane
+ *    accumulators restarted every BLK_W terms (<= (BLK_W - 1) u < 2^-48
+ *    each), the block sums added as double-doubles (TwoSum): <= 2^-48 + 2u
+ *    in all. AVX-512: 4-term trees (2u, the terms are >= 0) added to 8 lane
+ *    double-doubles by TwoSum (exact; the lo words' own sums, of N < 2^26
+ *    errors each <= u of the lane sum for C < 2^31, are off by <= N^2 u^2 <=
+ *    2^-54), merged by dd_add, one last rounding: <= 3u + 2^-54 < 2^-51.1;
  *  - probabilities: e * fl(1 / S): 2 roundings, 2u.
- *    Total: 2^-45.5 + 2^-50 + (2^-46.6 + 2^-50 + 2^-48 + 2^-52) + 2^-52
- *    = 2^-44.6 < 2^-44.
+ *    Total, portable: 2^-45.5 + 2^-50 + (2^-46.6 + 2^-50 + 2^-48 + 2^-52)
+ *    + 2^-52 < 2^-44.6 < 2^-44;
+ *    AVX-512: 2^-45.5 + 2^-46.97 + (2^-46.6 + 2^-46.97 + 2^-51.1) + 2^-52
+ *    < 2^-44.34 < 2^-44.
  *  - log-probabilities: out = q - L, L = log1p(R), R = (n_max - 1) + sum of
  *    the terms with q < 0 (n_max entries equal the maximum): both q <= 0 and
  *    -L <= 0, so the subtraction does not cancel and the relative error is at
  *    most max(err q, err L) + u. err L <= err R + err log1p (glibc: 1 ulp)
  *    since R / ((1 + R) log1p(R)) <= 1, and err R <= 2^-45.3 (terms at
- *    q >= -109 when R >= 2^-126) + 2^-50 + 2^-48 + 2u: < 2^-44.7 in all.
+ *    q >= -109 when R >= 2^-126) + E + the sum's error: portable 2^-45.3 +
+ *    2^-50 + 2^-48 + 2u < 2^-45.0, AVX-512 2^-45.3 + 2^-46.97 + 2^-51.1
+ *    < 2^-44.88; with log1p's 2u and the final u: < 2^-44.8 in all.
  * float16 loads and stores through F16C are exact / one correct rounding
- * (f16c_load, f16c_store), so they change nothing above.
+ * (f16c_load, f16c_store; the AVX-512 rows' x4_ld, x4_st), so they change
+ * nothing above. Both paths: exp(q) = 0 for q < -708 and q = -inf.
  */
 #define BLK_W 32
 #define CH_W (BLK_W * LANES)
@@ -289,6 +304,12 @@ AI int64_t count_neginf(const void *x, Py_ssize_t C, const int DT) {
 #if SMX_X86
 #include "_smx_x4exp.h"
 
+/* the exp's degree (5, in the budget above; -DX4_DEG=7 builds the
+ * cross-entropy's, for timing comparisons only) */
+#ifndef X4_DEG
+#define X4_DEG 5
+#endif
+
 /* the AVX-512 rows take C < X4_MAX_C (the lo words' sum below) */
 #define X4_MAX_C ((Py_ssize_t)1 << 31)
 
@@ -322,11 +343,14 @@ AI4 __m512d x4_q(__m512d xv, __m512d mv, __m512d tv, const int HAS_T) {
  * float32: vcvtpd2ps. float16: f64_to_f32_odd on the bits, then vcvtpd2ps
  * (exact) and vcvtps2ph, as f16c_store. bfloat16: f64_to_bf16 on 64-bit
  * lanes, the lanes outside [2^-126, 2^128) in magnitude (zeros, subnormals,
- * infinities, NaN) by its other branches; NEG: v may be negative. */
+ * infinities, NaN) by its other branches. NEG: v <= 0 and the value is
+ * stored with its sign bit set (q - L = +0 becomes -0.0, as the portable
+ * loop's -(L - q)). */
 AI4 __mmask8 x4_st(void *o, Py_ssize_t j, __m512d v, __mmask8 act, const int DT, const int FULL,
                    const int NEG) {
     if (DT == DT_F32) {
         __m256 f = _mm512_cvtpd_ps(v);
+        if (NEG) f = _mm256_or_ps(f, _mm256_set1_ps(-0.0f));
         float *p = (float *)o + j;
         if (FULL) _mm256_storeu_ps(p, f);
         else _mm256_mask_storeu_ps(p, act, f);
@@ -336,7 +360,9 @@ AI4 __mmask8 x4_st(void *o, Py_ssize_t j, __m512d v, __mmask8 act, const int DT,
     __m128i h;
     if (DT == DT_F16) {
         const __m512i M = _mm512_set1_epi64((1ll << 29) - 1);
-        __m512i b = _mm512_add_epi64(_mm512_and_si512(u, M), M);
+        /* NEG: the sign bit added to b here (no carry into it: b < 2^30) */
+        __m512i b = _mm512_add_epi64(_mm512_and_si512(u, M),
+                                     NEG ? _mm512_set1_epi64(((1ll << 29) - 1) | INT64_MIN) : M);
         /* (u & ~M) | (b & (M + 1)): b < 2^30 */
         __m512i odd = _mm512_ternarylogic_epi64(u, b, _mm512_set1_epi64(~((1ll << 29) - 1)), 0xA8);
         h = _mm256_cvtps_ph(_mm512_cvtpd_ps(_mm512_castsi512_pd(odd)), _MM_FROUND_TO_NEAREST_INT);
@@ -360,8 +386,7 @@ AI4 __mmask8 x4_st(void *o, Py_ssize_t j, __m512d v, __mmask8 act, const int DT,
             r = _mm512_mask_blend_epi64(_mm512_cmp_pd_mask(v, v, _CMP_UNORD_Q), r,
                                         _mm512_set1_epi64(0x7fc0));
         }
-        if (NEG) /* r | ((u >> 48) & 0x8000) */
-            r = _mm512_ternarylogic_epi64(r, _mm512_srli_epi64(u, 48), _mm512_set1_epi64(0x8000), 0xF8);
+        if (NEG) r = _mm512_or_si512(r, _mm512_set1_epi64(0x8000));
         h = _mm512_cvtepi64_epi16(r);
     }
     uint16_t *p = (uint16_t *)o + j;
@@ -379,17 +404,17 @@ AI4 double x4_exp_sum(const void *x, Py_ssize_t C, double m, double t, double *p
     const __m512d mv = _mm512_set1_pd(m), tv = _mm512_set1_pd(t);
     const __m512d lim = _mm512_set1_pd(-708.0), zero = _mm512_setzero_pd();
     __m512d hi = zero, lo = zero;
-    int64_t c0 = 0;
+    __m512i c0 = _mm512_setzero_si512();  /* per-lane counts of q = 0 */
 #define X4_E(E, J, ACT, FULL)                                                   \
     {                                                                           \
         __m512d q = x4_q(x4_ld(x, (J), (ACT), DT, (FULL)), mv, tv, HAS_T);      \
         __mmask8 ok = _mm512_cmp_pd_mask(q, lim, _CMP_GE_OQ);                   \
         if (MASK) {                                                             \
             __mmask8 z0 = _mm512_cmp_pd_mask(q, zero, _CMP_EQ_OQ);              \
-            c0 += __builtin_popcount((unsigned)z0);                             \
+            c0 = _mm512_mask_sub_epi64(c0, z0, c0, _mm512_set1_epi64(-1));      \
             ok = _kandn_mask8(z0, ok);                                          \
         }                                                                       \
-        E = x4_exp_deg(q, ok, 5);                                               \
+        E = x4_exp_deg(q, ok, X4_DEG);                                          \
         if (STORE && (FULL)) _mm512_storeu_pd(ph + (J), E);                     \
         else if (STORE) _mm512_mask_storeu_pd(ph + (J), (ACT), E);              \
     }
@@ -413,7 +438,7 @@ AI4 double x4_exp_sum(const void *x, Py_ssize_t C, double m, double t, double *p
     _mm512_storeu_pd(l8, lo);
     dd_t s = {0.0, 0.0};
     for (int l = 0; l < 8; l++) { dd_add(&s, h8[l]); s.lo += l8[l]; }
-    if (n0) *n0 = c0;
+    if (n0) *n0 = _mm512_reduce_add_epi64(c0);
     return s.hi + s.lo;
 }
 
@@ -423,20 +448,24 @@ AI4 int64_t x4_prob_t(const void *x, void *o, Py_ssize_t C, double m, double t, 
                       const int DT, const int HAS_T) {
     double inv = 1.0 / x4_exp_sum(x, C, m, t, ph, NULL, DT, HAS_T, 1, 0);
     const __m512d iv = _mm512_set1_pd(inv);
-    int64_t z = 0;
+    const __m512i one = _mm512_set1_epi64(-1);
+    __m512i z = _mm512_setzero_si512();  /* per-lane counts (negated) of stored zeros */
     Py_ssize_t j = 0;
-    for (; j + 16 <= C; j += 16) {
-        __mmask8 z0 = x4_st(o, j, _mm512_mul_pd(_mm512_loadu_pd(ph + j), iv), 0xff, DT, 1, 0);
-        __mmask8 z1 = x4_st(o, j + 8, _mm512_mul_pd(_mm512_loadu_pd(ph + j + 8), iv), 0xff, DT, 1, 0);
-        z += __builtin_popcount((unsigned)z0 | ((unsigned)z1 << 8));
+#define X4_P(J, ACT, FULL)                                                      \
+    {                                                                           \
+        __m512d v = _mm512_mul_pd(FULL ? _mm512_loadu_pd(ph + (J))              \
+                                       : _mm512_maskz_loadu_pd((ACT), ph + (J)), iv); \
+        z = _mm512_mask_add_epi64(z, x4_st(o, (J), v, (ACT), DT, (FULL), 0), z, one); \
+    }
+    for (; j + 32 <= C; j += 32) {
+        X4_P(j, 0xff, 1) X4_P(j + 8, 0xff, 1) X4_P(j + 16, 0xff, 1) X4_P(j + 24, 0xff, 1)
     }
     for (; j < C; j += 8) {
         Py_ssize_t n = C - j < 8 ? C - j : 8;
-        __mmask8 act = (__mmask8)((1u << n) - 1u);
-        __m512d v = _mm512_mul_pd(_mm512_maskz_loadu_pd(act, ph + j), iv);
-        z += __builtin_popcount((unsigned)x4_st(o, j, v, act, DT, 0, 0));
+        X4_P(j, (__mmask8)((1u << n) - 1u), 0)
     }
-    return z;
+#undef X4_P
+    return -_mm512_reduce_add_epi64(z);
 }
 
 /* log-probabilities q - L, L = log1p((n_max - 1) + sum of the terms with
@@ -448,26 +477,26 @@ AI4 int64_t x4_log_t(const void *x, void *o, Py_ssize_t C, double m, double t, c
     double L = log1p((double)(n0 - 1) + rest);
     const __m512d mv = _mm512_set1_pd(m), tv = _mm512_set1_pd(t), Lv = _mm512_set1_pd(L);
     const __m512d lim = _mm512_set1_pd(LOG_UNDER[DT]);
-    const __m512i sgn = _mm512_set1_epi64(INT64_MIN);
-    int64_t z = 0;
-    /* -(L - q) = q - L, but -0.0 for the max of a one-entry row */
+    const __m512i one = _mm512_set1_epi64(-1);
+    __m512i z = _mm512_setzero_si512();  /* per-lane counts (negated) of w < LOG_UNDER */
+    /* w = q - L <= 0, stored with the sign set (x4_st NEG) */
 #define X4_W(J, ACT, FULL)                                                      \
-    __m512d q = x4_q(x4_ld(x, (J), (ACT), DT, (FULL)), mv, tv, HAS_T);          \
-    __m512d w = _mm512_castsi512_pd(                                            \
-        _mm512_xor_si512(_mm512_castpd_si512(_mm512_sub_pd(Lv, q)), sgn));      \
-    z += __builtin_popcount((unsigned)_mm512_mask_cmp_pd_mask((ACT), w, lim, _CMP_LT_OQ));
-    Py_ssize_t j = 0;
-    for (; j + 8 <= C; j += 8) {
-        X4_W(j, 0xff, 1)
-        x4_st(o, j, w, 0xff, DT, 1, 1);
+    {                                                                           \
+        __m512d q = x4_q(x4_ld(x, (J), (ACT), DT, (FULL)), mv, tv, HAS_T);      \
+        __m512d w = _mm512_sub_pd(q, Lv);                                       \
+        z = _mm512_mask_add_epi64(z, _mm512_mask_cmp_pd_mask((ACT), w, lim, _CMP_LT_OQ), z, one); \
+        x4_st(o, (J), w, (ACT), DT, (FULL), 1);                                 \
     }
-    if (j < C) {
-        __mmask8 act = (__mmask8)((1u << (C - j)) - 1u);
-        X4_W(j, act, 0)
-        x4_st(o, j, w, act, DT, 0, 1);
+    Py_ssize_t j = 0;
+    for (; j + 32 <= C; j += 32) {
+        X4_W(j, 0xff, 1) X4_W(j + 8, 0xff, 1) X4_W(j + 16, 0xff, 1) X4_W(j + 24, 0xff, 1)
+    }
+    for (; j < C; j += 8) {
+        Py_ssize_t n = C - j < 8 ? C - j : 8;
+        X4_W(j, (__mmask8)((1u << n) - 1u), 0)
     }
 #undef X4_W
-    return z;
+    return -_mm512_reduce_add_epi64(z);
 }
 
 /* one 16/32-bit row, kind 0 (softmax: ph holds C doubles of scratch) or 1

@@ -1,17 +1,17 @@
 /* _smx_x4exp.h: exp of 8 float64 lanes with AVX-512 intrinsics, for the
  * x86-64-v4 variants only (callers check g_isa == ISA_AVX512), shared by the
  * cross-entropy (_smx_xent.h: x4_exp) and the 16/32-bit softmax
- * (_smx_lowp.h: the polynomial of degree 5). Needs SHIFT (_smx_base.h);
- * not a public header.
+ * (_smx_lowp.h: the polynomial of degree 5). Not a public header.
  *
- * exp(d) = 2^floor(k/16) T[k mod 16] (1 + p(r)): k = rint(16 d / ln 2) (the
- * SHIFT trick: the low bits of kd are k), r = (d - k CHI) - k CLO with CHI
- * = ln2/16 to 39 bits (k CHI exact for |k| < 2^14, i.e. |d| <= 708, and
- * d - k CHI exact by Sterbenz) and CLO the rest, so |r| <= ln2/32 = 0.02166
+ * exp(d) = 2^floor(k/16) T[k mod 16] (1 + p(r)): k = rint(16 d / ln 2) as
+ * kd = k/16 = fl(d / ln2 + 1.5 2^48) - 1.5 2^48 (the low 4 bits of the sum
+ * are k mod 16), r = (d - (k/16) CHI) - (k/16) CLO with CHI = ln2 to 39 bits
+ * ((k/16) CHI exact for |k| < 2^14, i.e. |d| <= 708, and d - (k/16) CHI
+ * exact by Sterbenz) and CLO the rest, so |r| <= ln2/32 = 0.02166
  * and r's error is <= u |r| + 2^-90 < 0.022 u (u = 2^-53); T[j] = 2^(j/16)
  * rounded (0.5 u) from a 16-entry table held in two registers (vpermt2pd on
  * k's low 4 bits); T + T p in one FMA (0.5 u); the scaling by 2^floor(k/16)
- * (vscalefpd on k/16) is exact for d >= -708 (exp(-708) is a normal number).
+ * (vscalefpd on kd) is exact for d >= -708 (exp(-708) is a normal number).
  * p(r) = r + r^2 Q(r) ~ exp(r) - 1, |p| <= 0.022, so p's own roundings cost
  * <= 0.03 u relative to 1 + p. Q is
  *  - DEG 7 (the cross-entropy's): the Taylor polynomial to r^7/7!
@@ -47,12 +47,12 @@ AI4 __m512d x4_exp_deg(__m512d d, __mmask8 ok, const int DEG) {
                                       0x1.8ace5422aa0dbp+0, 0x1.9c49182a3f090p+0,
                                       0x1.ae89f995ad3adp+0, 0x1.c199bdd85529cp+0,
                                       0x1.d5818dcfba487p+0, 0x1.ea4afa2a490dap+0);
-    const __m512d sh = _mm512_set1_pd(SHIFT);
-    __m512d kd = _mm512_fmadd_pd(d, _mm512_set1_pd(0x1.71547652b82fep+4), sh);
+    const __m512d sh = _mm512_set1_pd(0x1.8p48);  /* its ulp is 1/16 */
+    __m512d kd = _mm512_fmadd_pd(d, _mm512_set1_pd(0x1.71547652b82fep+0), sh);
     __m512i ki = _mm512_castpd_si512(kd);       /* low 4 bits: k mod 16 */
-    kd = _mm512_sub_pd(kd, sh);
-    __m512d r = _mm512_fnmadd_pd(kd, _mm512_set1_pd(0x1.62e42fefa4000p-5), d);  /* exact */
-    r = _mm512_fnmadd_pd(kd, _mm512_set1_pd(-0x1.8432a1b0e2634p-47), r);
+    kd = _mm512_sub_pd(kd, sh);                 /* k/16, exact */
+    __m512d r = _mm512_fnmadd_pd(kd, _mm512_set1_pd(0x1.62e42fefa4000p-1), d);  /* exact */
+    r = _mm512_fnmadd_pd(kd, _mm512_set1_pd(-0x1.8432a1b0e2634p-43), r);
     __m512d r2 = _mm512_mul_pd(r, r);
     __m512d q;
     if (DEG == 7) {
@@ -70,7 +70,7 @@ AI4 __m512d x4_exp_deg(__m512d d, __mmask8 ok, const int DEG) {
     __m512d p = _mm512_fmadd_pd(r2, q, r);
     __m512d t = _mm512_permutex2var_pd(T0, ki, T1);
     __m512d e = _mm512_maskz_fmadd_pd(ok, t, p, t);
-    return _mm512_scalef_pd(e, _mm512_mul_pd(kd, _mm512_set1_pd(0.0625)));
+    return _mm512_scalef_pd(e, kd);
 }
 
 /* exp(d) for -708 <= d < 0, else 0 (the cross-entropy's: the maxima, d = 0,
