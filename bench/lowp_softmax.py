@@ -44,6 +44,10 @@ def _cpu_median(fns, repeat):
     return [float(np.median(t)) for t in ts]
 
 
+def f(v: float) -> str:
+    return f"{v * 1e3:.0f}"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1024)
@@ -88,7 +92,6 @@ def main(argv=None) -> int:
             ts = _cpu_median(fns, args.repeat)
             new, tor = ts[0], ts[1]
             od = ts[2] if old is not None else None
-            f = (lambda v: f"{v * 1e3:.0f}") if True else None
             print(f"| {'softmax' if k == 0 else 'log_softmax'} {name} | {f(new)} | "
                   f"{f(od) if od else '-'} | {f(tor)} | {new / tor:.2f} | "
                   f"{od / tor if od else float('nan'):.2f} | "
