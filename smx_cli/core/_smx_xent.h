@@ -243,9 +243,7 @@ VARIANTS(xent_rows_kernel, (const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int6
  *  sums had drifted by 67 ulp: tests/test_xent_native_wide.py).
  */
 #if SMX_X86
-#include <immintrin.h>
-
-#define AI4 SMX_V4 static inline __attribute__((always_inline))
+#include "_smx_x4exp.h"  /* x4_exp (exp(d) in 1.07 u, above), x4_two_sum, AI4 */
 
 typedef struct {
     float m, m2;
@@ -321,43 +319,6 @@ AI4 void x4_pass1(const float *x, Py_ssize_t C, float xy, x4_pass1_t *o) {
     memcpy(&big, &bx, 4);
     memcpy(&small, &sb, 4);
     o->exact = bx < 0x7f800000u && (bn == 0xffffffffu || small >= big * 0x1p-28f);
-}
-
-/* exp(d) for -708 <= d < 0, else 0 (see above) */
-AI4 __m512d x4_exp(__m512d d) {
-    const __m512d T0 = _mm512_setr_pd(0x1.0000000000000p+0, 0x1.0b5586cf9890fp+0,
-                                      0x1.172b83c7d517bp+0, 0x1.2387a6e756238p+0,
-                                      0x1.306fe0a31b715p+0, 0x1.3dea64c123422p+0,
-                                      0x1.4bfdad5362a27p+0, 0x1.5ab07dd485429p+0);
-    const __m512d T1 = _mm512_setr_pd(0x1.6a09e667f3bcdp+0, 0x1.7a11473eb0187p+0,
-                                      0x1.8ace5422aa0dbp+0, 0x1.9c49182a3f090p+0,
-                                      0x1.ae89f995ad3adp+0, 0x1.c199bdd85529cp+0,
-                                      0x1.d5818dcfba487p+0, 0x1.ea4afa2a490dap+0);
-    const __m512d sh = _mm512_set1_pd(SHIFT);
-    __m512d kd = _mm512_fmadd_pd(d, _mm512_set1_pd(0x1.71547652b82fep+4), sh);
-    __m512i ki = _mm512_castpd_si512(kd);       /* low 4 bits: k mod 16 */
-    kd = _mm512_sub_pd(kd, sh);
-    __m512d r = _mm512_fnmadd_pd(kd, _mm512_set1_pd(0x1.62e42fefa4000p-5), d);  /* exact */
-    r = _mm512_fnmadd_pd(kd, _mm512_set1_pd(-0x1.8432a1b0e2634p-47), r);
-    __m512d r2 = _mm512_mul_pd(r, r);
-    __m512d q = _mm512_fmadd_pd(_mm512_set1_pd(1.0 / 5040.0), r, _mm512_set1_pd(1.0 / 720.0));
-    q = _mm512_fmadd_pd(q, r, _mm512_set1_pd(1.0 / 120.0));
-    q = _mm512_fmadd_pd(q, r, _mm512_set1_pd(1.0 / 24.0));
-    q = _mm512_fmadd_pd(q, r, _mm512_set1_pd(1.0 / 6.0));
-    q = _mm512_fmadd_pd(q, r, _mm512_set1_pd(0.5));
-    __m512d p = _mm512_fmadd_pd(r2, q, r);
-    __m512d t = _mm512_permutex2var_pd(T0, ki, T1);
-    __mmask8 ok = _mm512_cmp_pd_mask(d, _mm512_setzero_pd(), _CMP_LT_OQ);
-    ok = _mm512_mask_cmp_pd_mask(ok, d, _mm512_set1_pd(-708.0), _CMP_GE_OQ);
-    __m512d e = _mm512_maskz_fmadd_pd(ok, t, p, t);
-    return _mm512_scalef_pd(e, _mm512_mul_pd(kd, _mm512_set1_pd(0.0625)));
-}
-
-AI4 void x4_two_sum(__m512d *hi, __m512d *lo, __m512d s) {
-    __m512d t = _mm512_add_pd(*hi, s), bv = _mm512_sub_pd(t, *hi);
-    __m512d err = _mm512_add_pd(_mm512_sub_pd(*hi, _mm512_sub_pd(t, bv)), _mm512_sub_pd(s, bv));
-    *hi = t;
-    *lo = _mm512_add_pd(*lo, err);
 }
 
 /* pass 2 (see above) of a float32 row: R (without the n_max - 1) as *rh + *rl,
