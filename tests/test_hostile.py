@@ -460,6 +460,59 @@ def test_early_sigint_is_no_traceback(delay):
     assert rc in (-signal.SIGINT, 130, 0), (rc, err)
 
 
+_DROPPED = """
+import builtins, sys, weakref
+import smx_cli.cli as c
+from smx_cli.errors import Terminated
+phase, kind = sys.argv[1], {"int": KeyboardInterrupt, "term": Terminated}[sys.argv[2]]
+
+class Obj:
+    pass
+
+def boom(ref):
+    raise kind   # raised in a weakref callback: Python can only print and drop it
+
+def drop():
+    o = Obj()
+    r = weakref.ref(o, boom)
+    del o
+
+if phase == "import":   # while the commands load (before smx's own handlers)
+    real = builtins.__import__
+    def imp(name, *a, **k):
+        if name == "smx_cli.cli.app":
+            builtins.__import__ = real
+            drop()
+        return real(name, *a, **k)
+    builtins.__import__ = imp
+else:                   # while a command runs (smx's handlers installed)
+    import smx_cli.cli.app as app
+    real_streams = app._standard_streams
+    def streams():
+        drop()
+        real_streams()
+    app._standard_streams = streams
+sys.argv = ["smx", "softmax", sys.argv[3]]
+c.main()
+"""
+
+
+@pytest.mark.parametrize("phase, kind, rc, said", [
+    ("import", "int", 130, "smx: interrupted"), ("run", "int", 130, "smx: interrupted"),
+    ("run", "term", 143, "smx: terminated")])
+def test_signal_dropped_in_a_weakref_callback_still_stops(phase, kind, rc, said):
+    """A Ctrl-C (or SIGTERM) whose exception is raised inside a weakref callback (as
+    importlib's module-lock cleanup: the rare race of test_early_sigint_is_no_traceback)
+    used to print "Exception ignored in ..." with a traceback, and the command ran on to
+    exit 0. It now stops it as any other signal does."""
+    r = subprocess.run([sys.executable, "-c", _DROPPED, phase, kind, SEEDS],
+                       capture_output=True, env=env(), timeout=120)
+    err = r.stderr.decode()
+    assert "Exception ignored" not in err and "Traceback" not in err, err
+    assert err.strip() == said and r.returncode == rc, (r.returncode, err)
+    assert r.stdout == b""
+
+
 def test_sigint_then_sigterm_mid_write_is_quiet(big_npy, tmp_path):  # noqa: F811
     """A second signal during shutdown used to print 'Exception ignored in
     threading._shutdown' with a traceback."""

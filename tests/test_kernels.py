@@ -3,7 +3,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from smx_cli.core import kernels
+from smx_cli.core import kernels, native
 from smx_cli.core.precision import FORMATS, format_of, ulp_error
 from smx_cli.core.reference import exact_softmax
 from smx_cli.core.softmax import _accurate_block, compute, log_softmax, softmax
@@ -98,6 +98,27 @@ def test_fast_mode_stated_ulp_bound(dtype):
         gl = compute(x, "log", fast=True).values.astype(np.float64)
         ref = lp.astype(np.float64)
         assert (np.abs(gl - ref) / np.maximum(np.abs(ref), 1) / fmt.eps <= bound).all()
+
+
+@pytest.mark.parametrize("dtype", (np.float32, np.float64))
+def test_fast_mode_stated_bound_with_temperature_numpy_engine(dtype):
+    """FAST_ULP_NOTE: 2 + k|x - max|/T + log2(C) ulps with k = 3 at T != 1 (the shift,
+    the rounded 1/T and the product each err by |q| u); k = 2 fails on these rows."""
+    rng = np.random.default_rng(3)
+    fmt = format_of(np.dtype(dtype))
+    for t in (0.3, 0.7, 1 / 3, 0.1, 3.7):
+        x = rng.normal(0, 5, (50, 2000)).astype(dtype)
+        xd = x.astype(np.float64)
+        p, lp = exact_softmax(xd, temperature=t)
+        bound = 2 + 3 * (xd.max(1, keepdims=True) - xd) / t + np.log2(x.shape[1])
+        with native.numpy_engine():
+            got = compute(x, fast=True, temperature=t)
+            gl = compute(x, "log", fast=True, temperature=t).values.astype(np.float64)
+        assert got.engine == "numpy"
+        normal = np.abs(p.astype(np.float64)) >= fmt.smallest_normal
+        assert (ulp_error(got.values, p, fmt) <= bound)[normal].all(), t
+        ref = lp.astype(np.float64)
+        assert (np.abs(gl - ref) / np.maximum(np.abs(ref), 1) / fmt.eps <= bound).all(), t
 
 
 def test_fast_api_and_arguments():

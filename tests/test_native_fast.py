@@ -7,7 +7,7 @@ float32 exp. Bounds are the ones native_fast.py states:
 
 * fast probabilities: float32 4 + k|q| ulps, float64 8 + k|q|, float16
   0.5 + (4 + k|q|) 2**-13, bfloat16 0.5 + (4 + k|q|) 2**-16 (q = (x - max)/T,
-  k = 1 at T = 1, else 2), for exact values that are normal numbers;
+  k = 1 at T = 1, else 3), for exact values that are normal numbers;
 * fast log-probabilities: (5 + k(|q| + ln C)) eps32/eps64 max(|logp|, 1),
   plus 0.5 ulp of the format for 16-bit outputs;
 * online: 0.5 + 2**-20 ulp for 16/32-bit formats, 1.5 ulp for float64.
@@ -120,7 +120,7 @@ def fast_bounds(x, dt, t):
     """The stated fast-mode bounds per entry: (prob in ulps, log in units of eps32/64)."""
     xb = x.astype(np.float64)
     q = (xb.max(axis=1, keepdims=True) - xb) / t
-    k = 1.0 if t == 1.0 else 2.0
+    k = 1.0 if t == 1.0 else 3.0
     c = x.shape[1]
     if dt == np.float64 or dt == np.float32:
         prob = (8.0 if dt == np.float64 else 4.0) + k * q
@@ -242,7 +242,9 @@ def test_fast_within_stated_bounds_every_isa(isa, dt):
     rng = np.random.default_rng(21)
     with _isa(isa):
         for x in adversarial_rows(rng, dt):
-            for t in (1.0, 0.7, 7.0):
+            # 0.3: T's own rounding to float32 shows (k = 2 fails); 16-bit rows skip it
+            # (their log-probabilities leave the format's range at that temperature)
+            for t in (1.0, 0.7, 7.0) + ((0.3,) if dt in (np.float32, np.float64) else ()):
                 check_fast(x, t)
 
 

@@ -12,6 +12,7 @@ import warnings
 
 import click
 
+from smx_cli.cli import redeliver
 from smx_cli.errors import (EXIT_BAD_DATA, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED,
                             SmxError, StdoutClosed, Terminated)
 
@@ -160,6 +161,25 @@ def _later(signum, frame):  # noqa: ARG001 - signal handler signature
     """Ignored while cleaning up; :func:`_exit` ends the process right after."""
 
 
+def _unraisable(unraisable, default=sys.unraisablehook) -> None:
+    """``sys.unraisablehook`` while a command runs: the KeyboardInterrupt or
+    Terminated that :func:`_on_signal` raised inside a weakref callback or a
+    ``__del__`` (where Python prints "Exception ignored in ..." and drops it)
+    is delivered again a moment later (:func:`smx_cli.cli.redeliver`), with
+    the handler re-armed (the swallowed raise had already switched it to
+    :func:`_later`)."""
+    kind = unraisable.exc_type
+    if kind is None or not issubclass(kind, (KeyboardInterrupt, Terminated)):
+        default(unraisable)
+        return
+    sig = signal.SIGTERM if issubclass(kind, Terminated) else signal.SIGINT
+    try:
+        signal.signal(sig, _on_signal)
+    except (ValueError, OSError):  # not the main thread
+        pass
+    redeliver(lambda signum, frame: _on_signal(sig, frame))
+
+
 def _exit_now(signum, frame):  # noqa: ARG001 - signal handler signature
     os._exit(128 + signum)
 
@@ -269,6 +289,7 @@ def _run() -> int:
             signal.signal(sig, _on_signal)
     except (ValueError, OSError):  # not the main thread: leave the default
         pass
+    sys.unraisablehook = _unraisable
     _standard_streams()
     if not sys.warnoptions and not os.environ.get("SMX_DEBUG"):
         # numpy's floating-point warnings (e.g. casting a signalling NaN) are

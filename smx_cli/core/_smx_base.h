@@ -80,6 +80,23 @@ static const double LOG_UNDER[4] = {
 
 #define SPLITTER 134217729.0 /* 2^27 + 1 */
 
+typedef struct { double hi, lo; } dd_t;
+
+AI void dd_add(dd_t *a, double b) {  /* TwoSum into a double-double */
+    double s = a->hi + b, bv = s - a->hi;
+    double e = (a->hi - (s - bv)) + (b - bv);
+    a->hi = s;
+    a->lo += e;
+}
+
+/* the n lane double-doubles t[] merged into one float64 (TwoSum of the hi
+ * words, the lo words summed plainly: their own error is O(n u^2)) */
+AI double dd_total(const dd_t *t, int n) {
+    dd_t s = {0.0, 0.0};
+    for (int l = 0; l < n; l++) { dd_add(&s, t[l].hi); s.lo += t[l].lo; }
+    return s.hi + s.lo;
+}
+
 /* a*b - p exactly (p = fl(a*b)); FMA when USE_FMA, else Dekker/Veltkamp */
 AI double prod_err(double a, double b, double p, const int USE_FMA) {
     if (USE_FMA) return fma(a, b, -p);
@@ -241,6 +258,8 @@ AI void shifted(double xv, double m, double t, double *q, double *c, const int H
 
 typedef struct { double hi, lo, dot; } sums_t;
 
+#define DOT_BLK 4
+
 /* sum of exp(z_j) over j in [j0, j1) (hi + lo pair parts, to be combined),
  * grid 1.5 * 2^g; optionally stores the terms (ph, pl) and the dot
  * sum e_j * (-z_j) (entropy) */
@@ -249,7 +268,8 @@ AI void exp_sum(const void *x, Py_ssize_t j0, Py_ssize_t j1, double m, double t,
                 double *ph, double *pl, sums_t *acc_out, const int DT, const int HAS_T,
                 const int USE_FMA, const int STORE, const int DOT) {
     double ah[LANES], al[LANES], ad[LANES];
-    for (int l = 0; l < LANES; l++) { ah[l] = 0.0; al[l] = 0.0; ad[l] = 0.0; }
+    dd_t dt[LANES];  /* the dot: lanes restarted every DOT_BLK terms, block sums TwoSum'd */
+    for (int l = 0; l < LANES; l++) { ah[l] = 0.0; al[l] = 0.0; ad[l] = 0.0; dt[l].hi = dt[l].lo = 0.0; }
     Py_ssize_t j = j0;
 #define EXP_BODY(J, L)                                                         \
     {                                                                          \
@@ -269,6 +289,13 @@ AI void exp_sum(const void *x, Py_ssize_t j0, Py_ssize_t j1, double m, double t,
         al[L] += (eh - g) + el;                                                \
         if (DOT) ad[L] += (eh > 0.0) ? (eh + el) * -q : 0.0; /* el: x - m error */ \
     }
+    if (DOT) {
+        for (; j + DOT_BLK * LANES <= j1; j += DOT_BLK * LANES) {
+            for (Py_ssize_t i = 0; i < DOT_BLK * LANES; i += LANES)
+                for (int l = 0; l < LANES; l++) EXP_BODY(j + i + l, l)
+            for (int l = 0; l < LANES; l++) { dd_add(&dt[l], ad[l]); ad[l] = 0.0; }
+        }
+    }
     for (; j + LANES <= j1; j += LANES)
         for (int l = 0; l < LANES; l++) EXP_BODY(j + l, l)
     for (; j < j1; j++) EXP_BODY(j, 0)
@@ -276,8 +303,9 @@ AI void exp_sum(const void *x, Py_ssize_t j0, Py_ssize_t j1, double m, double t,
     for (int l = 0; l < LANES; l++) {
         acc_out->hi += ah[l];
         acc_out->lo += al[l];
-        acc_out->dot += ad[l];
+        dd_add(&dt[l], ad[l]);
     }
+    if (DOT) acc_out->dot += dd_total(dt, LANES);
 }
 
 /* grid 1.5 * 2^g such that C terms below 2^e_top sum exactly on it */
@@ -361,14 +389,6 @@ AI void rest_lse(const void *x, Py_ssize_t C, Py_ssize_t k, double m, double t, 
  */
 #define BLK 64
 
-typedef struct { double hi, lo; } dd_t;
-
-AI void dd_add(dd_t *a, double b) {  /* TwoSum into a double-double */
-    double s = a->hi + b, bv = s - a->hi;
-    double e = (a->hi - (s - bv)) + (b - bv);
-    a->hi = s;
-    a->lo += e;
-}
 
 
 

@@ -10,7 +10,9 @@
  * float16 / bfloat16 rows are widened to float32 into a row buffer (F16C on
  * the AVX2 / AVX-512 variants), computed in it and rounded once to the format
  * (vcvtps2ph, round to nearest even). Error budget (u = unit roundoff of the
- * working format, 2^-24 or 2^-53; k = 1 without temperature, 2 with):
+ * working format, 2^-24 or 2^-53; k = 1 without temperature; with one, 2 in
+ * float64 (the division's rounding) and 3 in float32 arithmetic, where T is
+ * rounded to float32 too; stated as 3 for both):
  *   - shift: |fl(q) - q| <= k |q| u, which exp turns into a relative error of
  *     k |q| u (the plain max-shift's defining cost);
  *   - exp: Cody-Waite reduction (ln 2 split so k ln2_hi is exact), Taylor

@@ -4,6 +4,8 @@
  * blocked exp sum built from them (lowp_exp_sum_w), used by the softmax
  * kernels (_smx_softmax.h), the VJPs (_smx_vjp.h) and the online kernel
  * (_smx_fast.c); exp1 / row_max in _smx_base.h stay for the cross-entropy.
+ * On the AVX-512 variant the softmax / log-softmax rows run lowp_x4_row (at
+ * the end: intrinsics, the exp of _smx_x4exp.h, the sum kept in registers).
  * Included once per module (_smx_softmax.h, _smx_fast.c); not a public header. */
 #ifndef SMX_LOWP_H
 #define SMX_LOWP_H
@@ -198,26 +200,39 @@ AI int64_t store_w(void *o, Py_ssize_t j0, Py_ssize_t n, const double *v, double
  * is subnormal in the output is < 2^-126 and gets an absolute error below
  * 2^-170, far under 2^-20 of its spacing 2^-149). u = 2^-53. Let q_j be the
  * exact (x_j - m)/t; only q_j >= -88 - ln C matter (the others give outputs
- * below 2^-126, or their sum is < C e^-88 relative to S >= 1).
+ * below 2^-126, or their sum is < C e^-88 relative to S >= 1). Two paths:
+ * the portable loops (lowp_exp_sum_w below; the baseline and AVX2 variants)
+ * and the AVX-512 rows (lowp_x4_row, further below; the AVX-512 variant).
  *  - q = fl(x - m) [ / t ]: |error| <= |q| u (|q| 2u with t), so exp(q) is
  *    off by <= 88 * 2u = 2^-45.5 relatively (2^-46.5 without t) for outputs
  *    >= 2^-126, and the sum S by <= 2^-46.6 (the e^q-weighted mean of |q|
  *    is < 41 for C < 2^40);
- *  - exp1w: <= 2^-50 (2^-50.2, above), in each term and so in S;
- *  - S = sum of the exp terms: plain float64 sums in LANES lane accumulators
- *    restarted every BLK_W terms (<= (BLK_W - 1) u < 2^-48 each), the block
- *    sums added as double-doubles (TwoSum), so <= 2^-48 + 2u in all;
+ *  - exp, in each term and so in S: E = 2^-50 (exp1w, 2^-50.2, above) on
+ *    the portable path; E = 2^-46.97 on the AVX-512 rows (x4_exp_deg of
+ *    degree 5, _smx_x4exp.h: 2^-47 for the polynomial + 1.07 u);
+ *  - S = sum of the exp terms: portable: plain float64 sums in LANES lane
+ *    accumulators restarted every BLK_W terms (<= (BLK_W - 1) u < 2^-48
+ *    each), the block sums added as double-doubles (TwoSum): <= 2^-48 + 2u
+ *    in all. AVX-512: 4-term trees (2u, the terms are >= 0) added to 8 lane
+ *    double-doubles by TwoSum (exact; the lo words' own sums, of N < 2^26
+ *    errors each <= u of the lane sum for C < 2^31, are off by <= N^2 u^2 <=
+ *    2^-54), merged by dd_add, one last rounding: <= 3u + 2^-54 < 2^-51.1;
  *  - probabilities: e * fl(1 / S): 2 roundings, 2u.
- *    Total: 2^-45.5 + 2^-50 + (2^-46.6 + 2^-50 + 2^-48 + 2^-52) + 2^-52
- *    = 2^-44.6 < 2^-44.
+ *    Total, portable: 2^-45.5 + 2^-50 + (2^-46.6 + 2^-50 + 2^-48 + 2^-52)
+ *    + 2^-52 < 2^-44.6 < 2^-44;
+ *    AVX-512: 2^-45.5 + 2^-46.97 + (2^-46.6 + 2^-46.97 + 2^-51.1) + 2^-52
+ *    < 2^-44.34 < 2^-44.
  *  - log-probabilities: out = q - L, L = log1p(R), R = (n_max - 1) + sum of
  *    the terms with q < 0 (n_max entries equal the maximum): both q <= 0 and
  *    -L <= 0, so the subtraction does not cancel and the relative error is at
  *    most max(err q, err L) + u. err L <= err R + err log1p (glibc: 1 ulp)
  *    since R / ((1 + R) log1p(R)) <= 1, and err R <= 2^-45.3 (terms at
- *    q >= -109 when R >= 2^-126) + 2^-50 + 2^-48 + 2u: < 2^-44.7 in all.
+ *    q >= -109 when R >= 2^-126) + E + the sum's error: portable 2^-45.3 +
+ *    2^-50 + 2^-48 + 2u < 2^-45.0, AVX-512 2^-45.3 + 2^-46.97 + 2^-51.1
+ *    < 2^-44.88; with log1p's 2u and the final u: < 2^-44.8 in all.
  * float16 loads and stores through F16C are exact / one correct rounding
- * (f16c_load, f16c_store), so they change nothing above.
+ * (f16c_load, f16c_store; the AVX-512 rows' x4_ld, x4_st), so they change
+ * nothing above. Both paths: exp(q) = 0 for q < -708 and q = -inf.
  */
 #define BLK_W 32
 #define CH_W (BLK_W * LANES)
@@ -282,5 +297,228 @@ AI int64_t count_neginf(const void *x, Py_ssize_t C, const int DT) {
     }
     return n;
 }
+
+/* ------------------------------------------------------------------------ */
+/* the 16/32-bit softmax rows with AVX-512 intrinsics (x86-64-v4 only)       */
+
+#if SMX_X86
+#include "_smx_x4exp.h"
+
+/* the exp's degree (5, in the budget above; -DX4_DEG=7 builds the
+ * cross-entropy's, for timing comparisons only) */
+#ifndef X4_DEG
+#define X4_DEG 5
+#endif
+
+/* the AVX-512 rows take C < X4_MAX_C (the lo words' sum below) */
+#define X4_MAX_C ((Py_ssize_t)1 << 31)
+
+/* x[j..j+8) of a 16/32-bit row as float64 (exact: vcvtps2pd of the float32,
+ * of vcvtph2ps's float32 for float16, of the bits shifted up 16 for
+ * bfloat16); without FULL, lanes outside act read -inf */
+AI4 __m512d x4_ld(const void *x, Py_ssize_t j, __mmask8 act, const int DT, const int FULL) {
+    if (DT == DT_F32) {
+        const float *p = (const float *)x + j;
+        __m256 f = FULL ? _mm256_loadu_ps(p)
+                        : _mm256_mask_loadu_ps(_mm256_set1_ps(-INFINITY), act, p);
+        return _mm512_cvtps_pd(f);
+    }
+    const uint16_t *p = (const uint16_t *)x + j;
+    const short ninf = (short)(DT == DT_F16 ? 0xfc00 : 0xff80);
+    __m128i h = FULL ? _mm_loadu_si128((const __m128i *)p)
+                     : _mm_mask_loadu_epi16(_mm_set1_epi16(ninf), act, p);
+    __m256 f = DT == DT_F16 ? _mm256_cvtph_ps(h)
+                            : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    return _mm512_cvtps_pd(f);
+}
+
+/* q = (x - m) [/ t], as the portable loop */
+AI4 __m512d x4_q(__m512d xv, __m512d mv, __m512d tv, const int HAS_T) {
+    __m512d q = _mm512_sub_pd(xv, mv);
+    return HAS_T ? _mm512_div_pd(q, tv) : q;
+}
+
+/* v rounded once to the format and stored at o[j..j+8) (without FULL: the
+ * lanes of act only); returns the lanes of act whose stored value is +-0.
+ * float32: vcvtpd2ps. float16: f64_to_f32_odd on the bits, then vcvtpd2ps
+ * (exact) and vcvtps2ph, as f16c_store. bfloat16: f64_to_bf16 on 64-bit
+ * lanes, the lanes outside [2^-126, 2^128) in magnitude (zeros, subnormals,
+ * infinities, NaN) by its other branches. NEG: v <= 0 and the value is
+ * stored with its sign bit set (q - L = +0 becomes -0.0, as the portable
+ * loop's -(L - q)). */
+AI4 __mmask8 x4_st(void *o, Py_ssize_t j, __m512d v, __mmask8 act, const int DT, const int FULL,
+                   const int NEG) {
+    if (DT == DT_F32) {
+        __m256 f = _mm512_cvtpd_ps(v);
+        if (NEG) f = _mm256_or_ps(f, _mm256_set1_ps(-0.0f));
+        float *p = (float *)o + j;
+        if (FULL) _mm256_storeu_ps(p, f);
+        else _mm256_mask_storeu_ps(p, act, f);
+        return _mm256_mask_cmp_ps_mask(act, f, _mm256_setzero_ps(), _CMP_EQ_OQ);
+    }
+    __m512i u = _mm512_castpd_si512(v);
+    __m128i h;
+    if (DT == DT_F16) {
+        const __m512i M = _mm512_set1_epi64((1ll << 29) - 1);
+        /* NEG: the sign bit added to b here (no carry into it: b < 2^30) */
+        __m512i b = _mm512_add_epi64(_mm512_and_si512(u, M),
+                                     NEG ? _mm512_set1_epi64(((1ll << 29) - 1) | INT64_MIN) : M);
+        /* (u & ~M) | (b & (M + 1)): b < 2^30 */
+        __m512i odd = _mm512_ternarylogic_epi64(u, b, _mm512_set1_epi64(~((1ll << 29) - 1)), 0xA8);
+        h = _mm256_cvtps_ph(_mm512_cvtpd_ps(_mm512_castsi512_pd(odd)), _MM_FROUND_TO_NEAREST_INT);
+    } else {
+        __m512i a = NEG ? _mm512_and_si512(u, _mm512_set1_epi64(INT64_MAX)) : u;
+        __m512i reb = _mm512_sub_epi64(a, _mm512_set1_epi64((int64_t)(1023 - 127) << 52));
+        __m512i odd = _mm512_and_si512(_mm512_srli_epi64(reb, 45), _mm512_set1_epi64(1));
+        __m512i r = _mm512_srli_epi64(
+            _mm512_add_epi64(_mm512_add_epi64(reb, _mm512_set1_epi64((1ll << 44) - 1)), odd), 45);
+        __mmask8 sp = _mm512_cmp_epu64_mask(_mm512_sub_epi64(reb, _mm512_set1_epi64(1ll << 52)),
+                                            _mm512_set1_epi64(254ll << 52), _MM_CMPINT_NLT);
+        if (sp) {
+            __m512d ax = _mm512_castsi512_pd(a);
+            __m512i sub = _mm512_sub_epi64(
+                _mm512_castpd_si512(_mm512_add_pd(ax, _mm512_set1_pd(0x1p-81))),
+                _mm512_castpd_si512(_mm512_set1_pd(0x1p-81)));
+            r = _mm512_mask_blend_epi64(_mm512_cmp_pd_mask(ax, _mm512_set1_pd(0x1p-126), _CMP_LT_OQ),
+                                        r, sub);
+            r = _mm512_mask_blend_epi64(_mm512_cmp_pd_mask(ax, _mm512_set1_pd(0x1p128), _CMP_GE_OQ),
+                                        r, _mm512_set1_epi64(0x7f80));
+            r = _mm512_mask_blend_epi64(_mm512_cmp_pd_mask(v, v, _CMP_UNORD_Q), r,
+                                        _mm512_set1_epi64(0x7fc0));
+        }
+        if (NEG) r = _mm512_or_si512(r, _mm512_set1_epi64(0x8000));
+        h = _mm512_cvtepi64_epi16(r);
+    }
+    uint16_t *p = (uint16_t *)o + j;
+    if (FULL) _mm_storeu_si128((__m128i *)p, h);
+    else _mm_mask_storeu_epi16(p, act, h);
+    return _mm_mask_testn_epi16_mask(act, h, _mm_set1_epi16(0x7fff));
+}
+
+/* lowp_exp_sum_w with AVX-512 (budget above): e = exp(q) by x4_exp_deg
+ * (DEG 5; 0 for q < -708 and q = -inf), stored to ph (STORE); MASK: the
+ * terms with q = 0 left out and counted in *n0. The sum: 4-term trees added
+ * to 8 lane double-doubles by TwoSum, the lanes merged by dd_add. */
+AI4 double x4_exp_sum(const void *x, Py_ssize_t C, double m, double t, double *ph, int64_t *n0,
+                      const int DT, const int HAS_T, const int STORE, const int MASK) {
+    const __m512d mv = _mm512_set1_pd(m), tv = _mm512_set1_pd(t);
+    const __m512d lim = _mm512_set1_pd(-708.0), zero = _mm512_setzero_pd();
+    __m512d hi = zero, lo = zero;
+    __m512i c0 = _mm512_setzero_si512();  /* per-lane counts of q = 0 */
+#define X4_E(E, J, ACT, FULL)                                                   \
+    {                                                                           \
+        __m512d q = x4_q(x4_ld(x, (J), (ACT), DT, (FULL)), mv, tv, HAS_T);      \
+        __mmask8 ok = _mm512_cmp_pd_mask(q, lim, _CMP_GE_OQ);                   \
+        if (MASK) {                                                             \
+            __mmask8 z0 = _mm512_cmp_pd_mask(q, zero, _CMP_EQ_OQ);              \
+            c0 = _mm512_mask_sub_epi64(c0, z0, c0, _mm512_set1_epi64(-1));      \
+            ok = _kandn_mask8(z0, ok);                                          \
+        }                                                                       \
+        E = x4_exp_deg(q, ok, X4_DEG);                                          \
+        if (STORE && (FULL)) _mm512_storeu_pd(ph + (J), E);                     \
+        else if (STORE) _mm512_mask_storeu_pd(ph + (J), (ACT), E);              \
+    }
+    Py_ssize_t j = 0;
+    for (; j + 32 <= C; j += 32) {
+        __m512d e0, e1, e2, e3;
+        X4_E(e0, j, 0xff, 1) X4_E(e1, j + 8, 0xff, 1)
+        X4_E(e2, j + 16, 0xff, 1) X4_E(e3, j + 24, 0xff, 1)
+        x4_two_sum(&hi, &lo, _mm512_add_pd(_mm512_add_pd(e0, e1), _mm512_add_pd(e2, e3)));
+    }
+    for (; j < C; j += 8) {
+        Py_ssize_t n = C - j < 8 ? C - j : 8;
+        __mmask8 act = (__mmask8)((1u << n) - 1u);
+        __m512d e;
+        X4_E(e, j, act, 0)
+        x4_two_sum(&hi, &lo, e);
+    }
+#undef X4_E
+    double h8[8], l8[8];
+    _mm512_storeu_pd(h8, hi);
+    _mm512_storeu_pd(l8, lo);
+    dd_t s = {0.0, 0.0};
+    for (int l = 0; l < 8; l++) { dd_add(&s, h8[l]); s.lo += l8[l]; }
+    if (n0) *n0 = _mm512_reduce_add_epi64(c0);
+    return s.hi + s.lo;
+}
+
+/* probabilities: the terms in ph times inv, stored; returns the count of
+ * stored zeros */
+AI4 int64_t x4_prob_t(const void *x, void *o, Py_ssize_t C, double m, double t, double *ph,
+                      const int DT, const int HAS_T) {
+    double inv = 1.0 / x4_exp_sum(x, C, m, t, ph, NULL, DT, HAS_T, 1, 0);
+    const __m512d iv = _mm512_set1_pd(inv);
+    const __m512i one = _mm512_set1_epi64(-1);
+    __m512i z = _mm512_setzero_si512();  /* per-lane counts (negated) of stored zeros */
+    Py_ssize_t j = 0;
+#define X4_P(J, ACT, FULL)                                                      \
+    {                                                                           \
+        __m512d v = _mm512_mul_pd(FULL ? _mm512_loadu_pd(ph + (J))              \
+                                       : _mm512_maskz_loadu_pd((ACT), ph + (J)), iv); \
+        z = _mm512_mask_add_epi64(z, x4_st(o, (J), v, (ACT), DT, (FULL), 0), z, one); \
+    }
+    for (; j + 32 <= C; j += 32) {
+        X4_P(j, 0xff, 1) X4_P(j + 8, 0xff, 1) X4_P(j + 16, 0xff, 1) X4_P(j + 24, 0xff, 1)
+    }
+    for (; j < C; j += 8) {
+        Py_ssize_t n = C - j < 8 ? C - j : 8;
+        X4_P(j, (__mmask8)((1u << n) - 1u), 0)
+    }
+#undef X4_P
+    return -_mm512_reduce_add_epi64(z);
+}
+
+/* log-probabilities q - L, L = log1p((n_max - 1) + sum of the terms with
+ * q < 0); returns the count of those below LOG_UNDER (-inf entries included) */
+AI4 int64_t x4_log_t(const void *x, void *o, Py_ssize_t C, double m, double t, const int DT,
+                     const int HAS_T) {
+    int64_t n0;
+    double rest = x4_exp_sum(x, C, m, t, NULL, &n0, DT, HAS_T, 0, 1);
+    double L = log1p((double)(n0 - 1) + rest);
+    const __m512d mv = _mm512_set1_pd(m), tv = _mm512_set1_pd(t), Lv = _mm512_set1_pd(L);
+    const __m512d lim = _mm512_set1_pd(LOG_UNDER[DT]);
+    const __m512i one = _mm512_set1_epi64(-1);
+    __m512i z = _mm512_setzero_si512();  /* per-lane counts (negated) of w < LOG_UNDER */
+    /* w = q - L <= 0, stored with the sign set (x4_st NEG) */
+#define X4_W(J, ACT, FULL)                                                      \
+    {                                                                           \
+        __m512d q = x4_q(x4_ld(x, (J), (ACT), DT, (FULL)), mv, tv, HAS_T);      \
+        __m512d w = _mm512_sub_pd(q, Lv);                                       \
+        z = _mm512_mask_add_epi64(z, _mm512_mask_cmp_pd_mask((ACT), w, lim, _CMP_LT_OQ), z, one); \
+        x4_st(o, (J), w, (ACT), DT, (FULL), 1);                                 \
+    }
+    Py_ssize_t j = 0;
+    for (; j + 32 <= C; j += 32) {
+        X4_W(j, 0xff, 1) X4_W(j + 8, 0xff, 1) X4_W(j + 16, 0xff, 1) X4_W(j + 24, 0xff, 1)
+    }
+    for (; j < C; j += 8) {
+        Py_ssize_t n = C - j < 8 ? C - j : 8;
+        X4_W(j, (__mmask8)((1u << n) - 1u), 0)
+    }
+#undef X4_W
+    return -_mm512_reduce_add_epi64(z);
+}
+
+/* one 16/32-bit row, kind 0 (softmax: ph holds C doubles of scratch) or 1
+ * (log-softmax): the outputs, and the count lowp_row_prob / lowp_row_log
+ * correct for the -inf entries; C < X4_MAX_C, a finite maximum m */
+SMX_V4 __attribute__((noinline, unused)) static int64_t
+lowp_x4_row(const void *x, void *o, Py_ssize_t C, double m, double t, double *ph, int dt,
+            int has_t, int kind) {
+#define X4_ROW(DT)                                                              \
+    if (kind == 0) return has_t ? x4_prob_t(x, o, C, m, t, ph, DT, 1)           \
+                                : x4_prob_t(x, o, C, m, t, ph, DT, 0);          \
+    return has_t ? x4_log_t(x, o, C, m, t, DT, 1) : x4_log_t(x, o, C, m, t, DT, 0);
+    switch (dt) {
+    case DT_F16: X4_ROW(DT_F16)
+    case DT_BF16: X4_ROW(DT_BF16)
+    default: X4_ROW(DT_F32)
+    }
+#undef X4_ROW
+}
+#define HAVE_X4_ROWS 1
+#else
+#define HAVE_X4_ROWS 0
+#endif
 
 #endif

@@ -132,6 +132,14 @@ AI void softmax_row_log(const sm_args *A, const void *x, void *o, double m, Py_s
 AI void lowp_row_prob(const sm_args *A, const void *x, void *o, double m, stats_t *S,
                       const int DT, const int HAS_T, const int USE_FMA) {
     Py_ssize_t C = A->C;
+#if HAVE_X4_ROWS
+    if (g_isa == ISA_AVX512 && C < X4_MAX_C) {  /* the AVX-512 variant: intrinsics */
+        int64_t zx = lowp_x4_row(x, o, C, m, A->t, A->ph, DT, HAS_T, 0);
+        if (zx) zx -= count_neginf(x, C, DT);
+        S->exp_underflow += zx;
+        return;
+    }
+#endif
     double *ph = A->ph;
     double sum = lowp_exp_sum_w(x, C, m, A->t, ph, NULL, NULL, DT, HAS_T, USE_FMA, 1, 0);
     double inv = 1.0 / sum;
@@ -148,6 +156,14 @@ AI void lowp_row_log(const sm_args *A, const void *x, void *o, double m, stats_t
                      const int DT, const int HAS_T, const int USE_FMA) {
     Py_ssize_t C = A->C;
     double t = A->t;
+#if HAVE_X4_ROWS
+    if (g_isa == ISA_AVX512 && C < X4_MAX_C) {  /* the AVX-512 variant: intrinsics */
+        int64_t zx = lowp_x4_row(x, o, C, m, t, NULL, DT, HAS_T, 1);
+        if (zx) zx -= count_neginf(x, C, DT);
+        S->exp_underflow += zx;
+        return;
+    }
+#endif
     int64_t n0;
     double rest = lowp_exp_sum_w(x, C, m, t, NULL, &n0, NULL, DT, HAS_T, USE_FMA, 0, 1);
     double L = log1p((double)(n0 - 1) + rest);

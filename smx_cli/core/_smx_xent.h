@@ -29,14 +29,13 @@ typedef struct {
  * first index of the maximum and the count of entries above x_y (top-5).
  * d = x - m keeps its rounding error c (TwoSum) folded as e (1 + c); the terms
  * (exp1: <= 1.1 ulp with FMA) are summed in LANES lanes restarted every XBLK
- * terms (<= (XBLK - 1) u) with double-double block totals. */
+ * terms (<= (XBLK - 1) u) with double-double block totals; the dot likewise. */
 #define XBLK 4
 AI void lowp_xent_sweep(const void *x, Py_ssize_t C, double m, double xy, double *rh, double *rl,
                         double *dot, double *m2, Py_ssize_t *kfirst, int64_t *above,
                         const int DT, const int USE_FMA) {
-    dd_t tot[LANES];
-    double dsum[LANES];
-    for (int l = 0; l < LANES; l++) { tot[l].hi = tot[l].lo = 0.0; dsum[l] = 0.0; }
+    dd_t tot[LANES], dtot[LANES];
+    for (int l = 0; l < LANES; l++) tot[l].hi = tot[l].lo = dtot[l].hi = dtot[l].lo = 0.0;
     int64_t n0 = 0, ab = 0, k2 = order_key((int64_t)asu64(-INFINITY)), kf = C;
     double eb[XBLK * LANES], db[XBLK * LANES];
     for (Py_ssize_t jb = 0; jb < C; jb += XBLK * LANES) {
@@ -59,21 +58,20 @@ AI void lowp_xent_sweep(const void *x, Py_ssize_t C, double m, double xy, double
             int64_t kk = z ? (int64_t)(jb + j) : (int64_t)C;
             kf = kk < kf ? kk : kf;
         }
-        double acc[LANES];
-        for (int l = 0; l < LANES; l++) acc[l] = 0.0;
+        double acc[LANES], dacc[LANES];
+        for (int l = 0; l < LANES; l++) acc[l] = dacc[l] = 0.0;
         Py_ssize_t j = 0;
         for (; j + LANES <= n; j += LANES)
-            for (int l = 0; l < LANES; l++) { acc[l] += eb[j + l]; dsum[l] += db[j + l]; }
-        for (; j < n; j++) { acc[0] += eb[j]; dsum[0] += db[j]; }
-        for (int l = 0; l < LANES; l++) dd_add(&tot[l], acc[l]);
+            for (int l = 0; l < LANES; l++) { acc[l] += eb[j + l]; dacc[l] += db[j + l]; }
+        for (; j < n; j++) { acc[0] += eb[j]; dacc[0] += db[j]; }
+        for (int l = 0; l < LANES; l++) { dd_add(&tot[l], acc[l]); dd_add(&dtot[l], dacc[l]); }
     }
     dd_t sm = {(double)(n0 - 1), 0.0};
-    double ds = 0.0;
-    for (int l = 0; l < LANES; l++) { dd_add(&sm, tot[l].hi); sm.lo += tot[l].lo; ds += dsum[l]; }
+    for (int l = 0; l < LANES; l++) { dd_add(&sm, tot[l].hi); sm.lo += tot[l].lo; }
     double hi = sm.hi + sm.lo;
     *rl = sm.lo - (hi - sm.hi);
     *rh = hi;
-    *dot = ds;
+    *dot = dd_total(dtot, LANES);
     *m2 = n0 > 1 ? m : asf64((uint64_t)order_key(k2));
     *kfirst = kf;
     *above = ab;
@@ -121,22 +119,28 @@ AI void xent_finish(const xe_args *A, Py_ssize_t r, const void *x, double m, dou
         /* sum_c w_c (-logp_c) = L W + sum_c w_c (-z_c), every term >= 0 */
         double sm = sm_given;
         if (!HAVE_SM) {
-            double acc[LANES];
-            for (int l = 0; l < LANES; l++) acc[l] = 0.0;
-            Py_ssize_t j = 0;
-            for (; j + LANES <= C; j += LANES)
-                for (int l = 0; l < LANES; l++) {
-                    double wc = w ? w[j + l] : 1.0;
-                    double nz = m - ld(x, j + l, DT);
-                    acc[l] += wc > 0.0 ? wc * nz : 0.0;
+            /* lanes restarted every XBLK terms, block sums into double-doubles */
+            dd_t tot[LANES];
+            for (int l = 0; l < LANES; l++) tot[l].hi = tot[l].lo = 0.0;
+            for (Py_ssize_t jb = 0; jb < C; jb += XBLK * LANES) {
+                Py_ssize_t je = C - jb < XBLK * LANES ? C : jb + XBLK * LANES;
+                double acc[LANES];
+                for (int l = 0; l < LANES; l++) acc[l] = 0.0;
+                Py_ssize_t j = jb;
+                for (; j + LANES <= je; j += LANES)
+                    for (int l = 0; l < LANES; l++) {
+                        double wc = w ? w[j + l] : 1.0;
+                        double nz = m - ld(x, j + l, DT);
+                        acc[l] += wc > 0.0 ? wc * nz : 0.0;
+                    }
+                for (; j < je; j++) {
+                    double wc = w ? w[j] : 1.0;
+                    double nz = m - ld(x, j, DT);
+                    acc[0] += wc > 0.0 ? wc * nz : 0.0;
                 }
-            sm = 0.0;
-            for (; j < C; j++) {
-                double wc = w ? w[j] : 1.0;
-                double nz = m - ld(x, j, DT);
-                sm += wc > 0.0 ? wc * nz : 0.0;
+                for (int l = 0; l < LANES; l++) dd_add(&tot[l], acc[l]);
             }
-            for (int l = 0; l < LANES; l++) sm += acc[l];
+            sm = dd_total(tot, LANES);
         }
         double smooth = (lh + ll) * A->wsum + sm;
         double nll_part = (wy > 0.0) ? (1.0 - eps) * (wy * -lpy) : 0.0;
@@ -228,13 +232,18 @@ VARIANTS(xent_rows_kernel, (const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int6
  *    (xent_finish: L + |x_y - m| with the shift's TwoSum error kept, no
  *    cancellation, one rounding) within 3.6 u, under the 6 ulp stated (an ulp
  *    of float64 is >= u relative).
- *  The entropy dot and the smoothing sum are plain lane sums, as on the
- *  portable path.
+ *  The entropy dot sum e (-d) and the smoothing sum sum w+ (-d) are summed the
+ *  same way (4 terms per lane, then TwoSum into lane double-doubles), as on
+ *  the portable path (lowp_xent_sweep, xent_finish, exp_sum's DOT): their
+ *  rounding error does not grow with C. Entropy H = L + D / (1 + R'), R' = R
+ *  without the other maxima' count, first order: the exp errors (1.07 u per
+ *  term) enter D and R alike (<= 2.2 u of H), D's products and blocks 4 u,
+ *  R's 2 u, the quotient 2 u, the final sum u: <= 12 u worst case; stated 8
+ *  ulp (measured <= 0.9 ulp on rows of 131072 classes where the plain lane
+ *  sums had drifted by 67 ulp: tests/test_xent_native_wide.py).
  */
 #if SMX_X86
-#include <immintrin.h>
-
-#define AI4 SMX_V4 static inline __attribute__((always_inline))
+#include "_smx_x4exp.h"  /* x4_exp (exp(d) in 1.07 u, above), x4_two_sum, AI4 */
 
 typedef struct {
     float m, m2;
@@ -312,62 +321,30 @@ AI4 void x4_pass1(const float *x, Py_ssize_t C, float xy, x4_pass1_t *o) {
     o->exact = bx < 0x7f800000u && (bn == 0xffffffffu || small >= big * 0x1p-28f);
 }
 
-/* exp(d) for -708 <= d < 0, else 0 (see above) */
-AI4 __m512d x4_exp(__m512d d) {
-    const __m512d T0 = _mm512_setr_pd(0x1.0000000000000p+0, 0x1.0b5586cf9890fp+0,
-                                      0x1.172b83c7d517bp+0, 0x1.2387a6e756238p+0,
-                                      0x1.306fe0a31b715p+0, 0x1.3dea64c123422p+0,
-                                      0x1.4bfdad5362a27p+0, 0x1.5ab07dd485429p+0);
-    const __m512d T1 = _mm512_setr_pd(0x1.6a09e667f3bcdp+0, 0x1.7a11473eb0187p+0,
-                                      0x1.8ace5422aa0dbp+0, 0x1.9c49182a3f090p+0,
-                                      0x1.ae89f995ad3adp+0, 0x1.c199bdd85529cp+0,
-                                      0x1.d5818dcfba487p+0, 0x1.ea4afa2a490dap+0);
-    const __m512d sh = _mm512_set1_pd(SHIFT);
-    __m512d kd = _mm512_fmadd_pd(d, _mm512_set1_pd(0x1.71547652b82fep+4), sh);
-    __m512i ki = _mm512_castpd_si512(kd);       /* low 4 bits: k mod 16 */
-    kd = _mm512_sub_pd(kd, sh);
-    __m512d r = _mm512_fnmadd_pd(kd, _mm512_set1_pd(0x1.62e42fefa4000p-5), d);  /* exact */
-    r = _mm512_fnmadd_pd(kd, _mm512_set1_pd(-0x1.8432a1b0e2634p-47), r);
-    __m512d r2 = _mm512_mul_pd(r, r);
-    __m512d q = _mm512_fmadd_pd(_mm512_set1_pd(1.0 / 5040.0), r, _mm512_set1_pd(1.0 / 720.0));
-    q = _mm512_fmadd_pd(q, r, _mm512_set1_pd(1.0 / 120.0));
-    q = _mm512_fmadd_pd(q, r, _mm512_set1_pd(1.0 / 24.0));
-    q = _mm512_fmadd_pd(q, r, _mm512_set1_pd(1.0 / 6.0));
-    q = _mm512_fmadd_pd(q, r, _mm512_set1_pd(0.5));
-    __m512d p = _mm512_fmadd_pd(r2, q, r);
-    __m512d t = _mm512_permutex2var_pd(T0, ki, T1);
-    __mmask8 ok = _mm512_cmp_pd_mask(d, _mm512_setzero_pd(), _CMP_LT_OQ);
-    ok = _mm512_mask_cmp_pd_mask(ok, d, _mm512_set1_pd(-708.0), _CMP_GE_OQ);
-    __m512d e = _mm512_maskz_fmadd_pd(ok, t, p, t);
-    return _mm512_scalef_pd(e, _mm512_mul_pd(kd, _mm512_set1_pd(0.0625)));
-}
-
-AI4 void x4_two_sum(__m512d *hi, __m512d *lo, __m512d s) {
-    __m512d t = _mm512_add_pd(*hi, s), bv = _mm512_sub_pd(t, *hi);
-    __m512d err = _mm512_add_pd(_mm512_sub_pd(*hi, _mm512_sub_pd(t, bv)), _mm512_sub_pd(s, bv));
-    *hi = t;
-    *lo = _mm512_add_pd(*lo, err);
-}
-
 /* pass 2 (see above) of a float32 row: R (without the n_max - 1) as *rh + *rl,
  * the dot sum e (-d) and, with SM, the smoothing sum sum w+ (-d) (wp NULL: w = 1) */
 AI4 void x4_pass2(const float *x, Py_ssize_t C, double m, const double *wp, double *rh,
                   double *rl, double *dot, double *ssum, const int SM) {
-    const __m512d mv = _mm512_set1_pd(m);
-    __m512d hi = _mm512_setzero_pd(), lo = hi, dt = hi, sm = hi;
+    const __m512d mv = _mm512_set1_pd(m), zero = _mm512_setzero_pd();
+    __m512d hi = zero, lo = zero, dh = zero, dl = zero, sh = zero, sl = zero;
     Py_ssize_t j = 0;
 #define X4_D(J) _mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(x + (J))), mv)
 #define X4_SM(D, J)                                                            \
     if (SM) sm = wp ? _mm512_fnmadd_pd(_mm512_loadu_pd(wp + (J)), (D), sm) : _mm512_sub_pd(sm, (D));
+    /* the dot and smoothing sums: 4 terms per lane (<= 3 u), then TwoSum into
+     * lane double-doubles, like R (plain lane sums over C/8 terms drifted by
+     * 67 ulp of the entropy on flat rows of 131072 classes) */
     for (; j + 32 <= C; j += 32) {
         __m512d d0 = X4_D(j), d1 = X4_D(j + 8), d2 = X4_D(j + 16), d3 = X4_D(j + 24);
         __m512d e0 = x4_exp(d0), e1 = x4_exp(d1), e2 = x4_exp(d2), e3 = x4_exp(d3);
-        dt = _mm512_fnmadd_pd(e0, d0, dt);
+        __m512d dt = _mm512_mul_pd(e0, _mm512_sub_pd(zero, d0)), sm = zero;
         dt = _mm512_fnmadd_pd(e1, d1, dt);
         dt = _mm512_fnmadd_pd(e2, d2, dt);
         dt = _mm512_fnmadd_pd(e3, d3, dt);
         X4_SM(d0, j) X4_SM(d1, j + 8) X4_SM(d2, j + 16) X4_SM(d3, j + 24)
         x4_two_sum(&hi, &lo, _mm512_add_pd(_mm512_add_pd(e0, e1), _mm512_add_pd(e2, e3)));
+        x4_two_sum(&dh, &dl, dt);
+        if (SM) x4_two_sum(&sh, &sl, sm);
     }
     for (; j < C; j += 8) {
         Py_ssize_t n = C - j < 8 ? C - j : 8;
@@ -376,26 +353,33 @@ AI4 void x4_pass2(const float *x, Py_ssize_t C, double m, const double *wp, doub
         __m512d d = _mm512_sub_pd(
             _mm512_cvtps_pd(_mm256_mask_loadu_ps(_mm256_set1_ps((float)m), act, x + j)), mv);
         __m512d e = x4_exp(d);
-        dt = _mm512_fnmadd_pd(e, d, dt);
-        if (SM) sm = wp ? _mm512_fnmadd_pd(_mm512_maskz_loadu_pd(act, wp + j), d, sm)
-                        : _mm512_sub_pd(sm, d);
+        x4_two_sum(&dh, &dl, _mm512_mul_pd(e, _mm512_sub_pd(zero, d)));
+        if (SM) x4_two_sum(&sh, &sl, wp ? _mm512_mul_pd(_mm512_maskz_loadu_pd(act, wp + j),
+                                                        _mm512_sub_pd(zero, d))
+                                        : _mm512_sub_pd(zero, d));
         x4_two_sum(&hi, &lo, e);
     }
 #undef X4_D
 #undef X4_SM
-    double h[8], l8[8], dd8[8], s8[8];
+    double h[8], l8[8], h2[8], l2[8], h3[8], l3[8];
     _mm512_storeu_pd(h, hi);
     _mm512_storeu_pd(l8, lo);
-    _mm512_storeu_pd(dd8, dt);
-    _mm512_storeu_pd(s8, sm);
-    dd_t s = {0.0, 0.0};
-    double ds = 0.0, ss = 0.0;
-    for (int l = 0; l < 8; l++) { dd_add(&s, h[l]); s.lo += l8[l]; ds += dd8[l]; ss += s8[l]; }
+    _mm512_storeu_pd(h2, dh);
+    _mm512_storeu_pd(l2, dl);
+    _mm512_storeu_pd(h3, sh);
+    _mm512_storeu_pd(l3, sl);
+    dd_t s = {0.0, 0.0}, dd[8], ss[8];
+    for (int l = 0; l < 8; l++) {
+        dd_add(&s, h[l]);
+        s.lo += l8[l];
+        dd[l].hi = h2[l]; dd[l].lo = l2[l];
+        ss[l].hi = h3[l]; ss[l].lo = l3[l];
+    }
     double t = s.hi + s.lo;
     *rl = s.lo - (t - s.hi);
     *rh = t;
-    *dot = ds;
-    *ssum = ss;
+    *dot = dd_total(dd, 8);
+    *ssum = dd_total(ss, 8);
 }
 
 AI4 void xent_rows_x4_t(const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb,
@@ -536,14 +520,11 @@ AI void xp_sweep(const xp_args *A, const void *x, const void *t, double m, doubl
     const double *w = A->weight;
     double *ebuf = A->eb;
     double k1 = 1.0 - A->eps, k0 = A->eps / (double)C;
-    dd_t tot[5][LANES];
-    double dsum[LANES];
-    for (int l = 0; l < LANES; l++) {
-        for (int q = 0; q < 5; q++) tot[q][l].hi = tot[q][l].lo = 0.0;
-        dsum[l] = 0.0;
-    }
+    dd_t tot[6][LANES];
+    for (int l = 0; l < LANES; l++)
+        for (int q = 0; q < 6; q++) tot[q][l].hi = tot[q][l].lo = 0.0;
     int64_t n0 = 0, ab = 0, bad = 0, ia = 0, it = 0, k2 = order_key((int64_t)asu64(-INFINITY)), kf = C;
-    double bufs[5][XBLK * LANES], db[XBLK * LANES];
+    double bufs[6][XBLK * LANES];
     for (Py_ssize_t jb = 0; jb < C; jb += XBLK * LANES) {
         Py_ssize_t n = C - jb < XBLK * LANES ? C - jb : XBLK * LANES;
         const char *xb = (const char *)x + (size_t)jb * ITEMSIZE[DT];
@@ -558,7 +539,7 @@ AI void xp_sweep(const xp_args *A, const void *x, const void *t, double m, doubl
             ebuf[jb + j] = e;
             double es = z ? 0.0 : e;
             bufs[0][j] = es;
-            db[j] = es > 0.0 ? es * -d : 0.0;
+            bufs[5][j] = es > 0.0 ? es * -d : 0.0;
             double tv = ldt(tb, j, T64);
             double a = FMA_(k1, tv, k0, 0);
             if (HAS_W) a *= w[jb + j];
@@ -579,7 +560,7 @@ AI void xp_sweep(const xp_args *A, const void *x, const void *t, double m, doubl
             int64_t kk = z ? (int64_t)(jb + j) : (int64_t)C;
             kf = kk < kf ? kk : kf;
         }
-        for (int q = 0; q < 5; q++) {
+        for (int q = 0; q < 6; q++) {
             double acc[LANES];
             for (int l = 0; l < LANES; l++) acc[l] = 0.0;
             Py_ssize_t j = 0;
@@ -588,10 +569,6 @@ AI void xp_sweep(const xp_args *A, const void *x, const void *t, double m, doubl
             for (; j < n; j++) acc[0] += bufs[q][j];
             for (int l = 0; l < LANES; l++) dd_add(&tot[q][l], acc[l]);
         }
-        Py_ssize_t j = 0;
-        for (; j + LANES <= n; j += LANES)
-            for (int l = 0; l < LANES; l++) dsum[l] += db[j + l];
-        for (; j < n; j++) dsum[0] += db[j];
     }
     dd_t *outs[5] = {&S->r, &S->a, &S->da, &S->st, &S->dt};
     for (int q = 0; q < 5; q++) {
@@ -601,9 +578,7 @@ AI void xp_sweep(const xp_args *A, const void *x, const void *t, double m, doubl
         outs[q]->lo = s.lo - (hi - s.hi);
         outs[q]->hi = hi;
     }
-    double ds = 0.0;
-    for (int l = 0; l < LANES; l++) ds += dsum[l];
-    S->dot = ds;
+    S->dot = dd_total(tot[5], LANES);
     S->n0 = n0;
     S->above = ab;
     S->kfirst = kf;
@@ -737,8 +712,8 @@ AI4 void x4_prob_sweep(const xp_args *A, const float *x, const void *t, double m
     const __m512d mv = _mm512_set1_pd(m), k1 = _mm512_set1_pd(1.0 - A->eps),
                   k0 = _mm512_set1_pd(A->eps / (double)C), zero = _mm512_setzero_pd(),
                   onev = _mm512_set1_pd(1.0);
-    __m512d hi[5], lo[5], acc[5], dt = zero;
-    for (int q = 0; q < 5; q++) hi[q] = lo[q] = acc[q] = zero;
+    __m512d hi[6], lo[6], acc[6];
+    for (int q = 0; q < 6; q++) hi[q] = lo[q] = acc[q] = zero;
     __mmask8 bad = 0;
     int nacc = 0;
     int64_t n0 = 0;
@@ -758,14 +733,14 @@ AI4 void x4_prob_sweep(const xp_args *A, const float *x, const void *t, double m
         if (HAS_W) a = _mm512_mul_pd(a, _mm512_maskz_loadu_pd(act, w + j));
         a = _mm512_maskz_mov_pd(act, a);
         __m512d nz = _mm512_sub_pd(zero, d);
-        dt = _mm512_fmadd_pd(e, nz, dt);
+        acc[5] = _mm512_fmadd_pd(e, nz, acc[5]);
         acc[0] = _mm512_add_pd(acc[0], e);
         acc[1] = _mm512_add_pd(acc[1], a);
         acc[2] = _mm512_fmadd_pd(a, nz, acc[2]);
         acc[3] = _mm512_add_pd(acc[3], tv);
         acc[4] = _mm512_fmadd_pd(tv, nz, acc[4]);
         if (++nacc == 4 || j + 8 >= C) {  /* 4 terms per lane, then into the double-doubles */
-            for (int q = 0; q < 5; q++) { x4_two_sum(&hi[q], &lo[q], acc[q]); acc[q] = zero; }
+            for (int q = 0; q < 6; q++) { x4_two_sum(&hi[q], &lo[q], acc[q]); acc[q] = zero; }
             nacc = 0;
         }
     }
@@ -780,11 +755,14 @@ AI4 void x4_prob_sweep(const xp_args *A, const float *x, const void *t, double m
         outs[q]->lo = sq.lo - (th - sq.hi);
         outs[q]->hi = th;
     }
-    double dd8[8];
-    _mm512_storeu_pd(dd8, dt);
-    double ds = 0.0;
-    for (int l = 0; l < 8; l++) ds += dd8[l];
-    S->dot = ds;
+    {
+        double h[8], l8[8];
+        dd_t dd[8];
+        _mm512_storeu_pd(h, hi[5]);
+        _mm512_storeu_pd(l8, lo[5]);
+        for (int l = 0; l < 8; l++) { dd[l].hi = h[l]; dd[l].lo = l8[l]; }
+        S->dot = dd_total(dd, 8);
+    }
     S->bad = bad != 0;
     S->n0 = n0;
     S->inf_a = S->inf_t = 0;  /* exact rows have no -inf */

@@ -57,9 +57,9 @@ _SHIFT0_MAX = 600.0
 
 FAST_ULP_NOTE = (
     "fast mode: max-shifted exp and sum in the input format (float16/bfloat16 "
-    "in float32, rounded once); error <= 2 + |x - max|/T + log2(C) ulps on the "
+    "in float32, rounded once); error <= 2 + k|x - max|/T + log2(C) ulps on the "
     "numpy engine (measured), <= 4 + k|x - max|/T on the compiled one (float32; "
-    "float64 8 + k|x - max|/T; k = 1, or 2 with a temperature; derived), the "
+    "float64 8 + k|x - max|/T; derived); k = 1, or 3 with a temperature, the "
     "shift's rounding growing with the distance from the row's maximum; the log "
     "of the dominant entry only to absolute accuracy")
 

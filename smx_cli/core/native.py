@@ -20,13 +20,15 @@ instruction-set variant the CPU runs):
   0.5 ulp + 2**-20 ulp (correctly rounded except within a 2**-20-ulp band
   around rounding midpoints); softmax and log-softmax. The float64 value
   before the rounding needs only a relative error below 2**-44, so these
-  formats take a single-word path (error budget in _smx_base.h): x - m in
+  formats take a single-word path (error budget in _smx_lowp.h): x - m in
   float64 (error <= |x - m| 2**-53), a Cody-Waite exp with one 2**k scale
-  (<= 2**-50), row sums in lane accumulators restarted every 64 terms with
-  double-double block totals (<= 2**-47), one reciprocal and one product
-  (2 roundings); log-softmax is (x - m) - log1p(R), R the sum of the non-max
-  terms plus the number of other maxima, two non-positive terms that never
-  cancel. Total below 2**-44.4. Measured: 0.5000.
+  (portable variants: degree-10 minimax, <= 2**-50.2; AVX-512: a 16-entry
+  2**(j/16) table and a degree-5 minimax, <= 2**-46.9), row sums in lane
+  accumulators restarted every 32 (AVX-512: 4) terms with double-double block
+  totals, one reciprocal and one product (2 roundings); log-softmax is
+  (x - m) - log1p(R), R the sum of the non-max terms plus the number of other
+  maxima, two non-positive terms that never cancel. Total below 2**-44.34.
+  Measured: 0.5000.
 * float64 softmax and log-softmax: <= 1.5 ulp for every entry whose exact
   value is a normal number (log-softmax: the dominant entry keeps its
   relative accuracy, computed as -log1p(sum_{i != max} e_i)). Measured:
@@ -36,8 +38,10 @@ instruction-set variant the CPU runs):
   (their single-word sweep: exp <= 1.1 ulp with FMA, x - m's rounding error
   kept by TwoSum, lane sums restarted every 4 terms; the bound is asserted on
   every instruction set, the baseline one evaluating exp without FMA);
-  with weights and smoothing <= 16 ulp (the smoothing sum over classes is a
-  plain SIMD sum of non-negative terms); entropy within 8 ulp.
+  with weights and smoothing <= 16 ulp; entropy within 8 ulp (the smoothing
+  sum and the entropy's dot sum over classes are summed like R, in lanes
+  restarted every 4 terms with double-double totals, so their error does not
+  grow with C: tested at C = 131072).
 * VJPs of softmax and log-softmax (:func:`vjp_rows`): float64 within 8 ulp
   of (|out_j| + p_j G / T), G = <|g|, p> or sum |g|; 16/32-bit within 2**-43
   of that, rounded once.

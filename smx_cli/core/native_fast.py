@@ -11,8 +11,9 @@ Fast mode (:func:`fast_rows`), the plain max-shift in the input's own
 arithmetic (float16 / bfloat16 in float32, rounded once), stated bounds
 (derived in _smx_fast.c, asserted by ``tests/test_native_fast.py`` against the
 long double / mpmath reference on adversarial rows in the four formats, on
-every CPU variant), with q = (x - max) / T and k = 1 at temperature 1, 2
-otherwise (the rounding of the division):
+every CPU variant), with q = (x - max) / T and k = 1 at temperature 1, 3
+otherwise (the rounding of the division, and in float32 arithmetic that of T
+itself; float64 needs only 2):
 
 * probabilities, for entries whose exact value is a normal number:
   float32 within 4 + k |q| ulps, float64 within 8 + k |q| ulps, float16 within

@@ -402,7 +402,10 @@ def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
         lse = np.log1p(rest)
         d_y = d[rows, yy]
         lp_y = np.where(yy == k, -lse, d_y - lse)
-        dot = np.einsum("ij,ij->i", e, d)
+        top5_row = np.count_nonzero(d > d_y[:, None], axis=1) < k5
+        # sum_c e_c d_c by numpy's pairwise sum (error O(log C) u; einsum's running
+        # sum drifted by ~C u on flat rows of LM widths), d overwritten: last use
+        dot = np.multiply(e, d, out=d).sum(axis=1)
         bad = ~np.isfinite(m) | ~np.isfinite(dot) | ~np.isfinite(rest)
         sl = slice(s0, s1)
         wy = np.where(ign, 0.0, w[yy] if w is not None else 1.0)
@@ -417,7 +420,7 @@ def evaluate(x2: np.ndarray, target, *, weight=None, ignore_index: int = -100,
         entropy[sl] = lse - dot / (1.0 + rest)
         if n_classes > 1:
             margin[sl] = np.where(ign, np.nan, np.where(yy == k, -np.log(e.max(axis=1)), d_y))
-        top5[sl] = (np.count_nonzero(d > d_y[:, None], axis=1) < k5) & ~ign
+        top5[sl] = top5_row & ~ign
         residual[sl] = np.where(wy > 0, om, np.nan)
         has_nan[sl] = False
         if bad.any():
