@@ -432,10 +432,10 @@ AI4 void x4_pass2(const float *x, Py_ssize_t C, double m, const double *wp, doub
 /* the steps the two-pass row loops share (AVX-512 and AVX2): a 16-bit row
  * widened into fbuf (exactly), a row failing the exactness check swept by the
  * portable lowp_xent_sweep, and a row's outputs from its two passes */
-AI const float *xr_widen(const xe_args *A, const char *x, const int DT) {
+AI const float *xr_widen(const char *x, Py_ssize_t C, float *fbuf, const int DT) {
     if (DT == DT_F32) return (const float *)x;
-    for (Py_ssize_t j = 0; j < A->C; j++) A->fbuf[j] = (float)ld(x, j, DT);  /* exact */
-    return A->fbuf;
+    for (Py_ssize_t j = 0; j < C; j++) fbuf[j] = (float)ld(x, j, DT);  /* exact */
+    return fbuf;
 }
 
 AI void xr_inexact(const xe_args *A, Py_ssize_t r, const char *x, double m, float xy,
@@ -472,7 +472,7 @@ AI4 void xent_rows_x4_t(const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t 
     size_t isz = (size_t)ITEMSIZE[DT];
     for (Py_ssize_t r = r0; r < r1; r++) {
         const char *x = (const char *)A->x + (size_t)r * C * isz;
-        const float *xf = xr_widen(A, x, DT);
+        const float *xf = xr_widen(x, C, A->fbuf, DT);
         int64_t y = A->target[r];
         float xy = y == A->ignore_index ? INFINITY : xf[y];
         x4_pass1_t P;
@@ -522,8 +522,12 @@ SMX_V4 static void xent_rows_x4(const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, 
  * (stated 6 ulp); the entropy's worst case grows by 2 x 0.09 u (12.2 u;
  * stated 8 ulp, measured as above); the smoothing sum has no exp in it.
  * The degree-10 minimax of exp1w (_smx_lowp.h, 2^-50.2 = 7 u per term) would
- * take R to 9 u and break the 6 ulp stated for the loss; a 16-entry table by
- * _mm256_i64gather_pd measured slower than the 4-entry permutes here.
+ * take R to 9 u and break the 6 ulp stated for the loss. x4_exp's 16-entry
+ * table by _mm256_i64gather_pd (degree 7, 1.07 u) measured 5% faster on Zen 4
+ * (1024 x 32000 float32: 44 vs 47 ms, one thread), which has AVX-512 and does
+ * not run this path; gathers are microcoded and several times slower on Zen 2
+ * / Zen 3, which do, while the permutes and the blend are single cheap
+ * instructions everywhere.
  */
 #if SMX_X86
 #define AI3 SMX_V3 static inline __attribute__((always_inline))
@@ -685,7 +689,7 @@ AI3 void xent_rows_x3_t(const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t 
     size_t isz = (size_t)ITEMSIZE[DT];
     for (Py_ssize_t r = r0; r < r1; r++) {
         const char *x = (const char *)A->x + (size_t)r * C * isz;
-        const float *xf = xr_widen(A, x, DT);
+        const float *xf = xr_widen(x, C, A->fbuf, DT);
         int64_t y = A->target[r];
         float xy = y == A->ignore_index ? INFINITY : xf[y];
         x4_pass1_t P;
@@ -979,6 +983,23 @@ AI4 __m512d x4_load_t(const void *t, Py_ssize_t j, __mmask8 act, const int T64) 
     return _mm512_cvtps_pd(_mm256_maskz_loadu_ps(act, (const float *)t + j));
 }
 
+/* the probability-target sweeps' lane double-doubles (AVX-512: 8 lanes, AVX2:
+ * 4; sum q of lane l at h[q nl + l] + lo[q nl + l]) merged into S: R, sum a,
+ * sum a (m - x), sum t, sum t (m - x) renormalised, the entropy dot */
+AI void xp_lanes_merge(const double *h, const double *lo, int nl, xp_sums *S) {
+    dd_t *outs[5] = {&S->r, &S->a, &S->da, &S->st, &S->dt};
+    for (int q = 0; q < 5; q++) {
+        dd_t sq = {0.0, 0.0};
+        for (int l = 0; l < nl; l++) { dd_add(&sq, h[q * nl + l]); sq.lo += lo[q * nl + l]; }
+        double th = sq.hi + sq.lo;
+        outs[q]->lo = sq.lo - (th - sq.hi);
+        outs[q]->hi = th;
+    }
+    dd_t dd[8];
+    for (int l = 0; l < nl; l++) { dd[l].hi = h[5 * nl + l]; dd[l].lo = lo[5 * nl + l]; }
+    S->dot = dd_total(dd, nl);
+}
+
 AI4 void x4_prob_sweep(const xp_args *A, const float *x, const void *t, double m, xp_sums *S,
                        const int T64, const int HAS_W) {
     Py_ssize_t C = A->C;
@@ -1019,25 +1040,12 @@ AI4 void x4_prob_sweep(const xp_args *A, const float *x, const void *t, double m
             nacc = 0;
         }
     }
-    dd_t *outs[5] = {&S->r, &S->a, &S->da, &S->st, &S->dt};
-    for (int q = 0; q < 5; q++) {
-        double h[8], l8[8];
-        _mm512_storeu_pd(h, hi[q]);
-        _mm512_storeu_pd(l8, lo[q]);
-        dd_t sq = {0.0, 0.0};
-        for (int l = 0; l < 8; l++) { dd_add(&sq, h[l]); sq.lo += l8[l]; }
-        double th = sq.hi + sq.lo;
-        outs[q]->lo = sq.lo - (th - sq.hi);
-        outs[q]->hi = th;
+    double h[6 * 8], l8[6 * 8];
+    for (int q = 0; q < 6; q++) {
+        _mm512_storeu_pd(h + 8 * q, hi[q]);
+        _mm512_storeu_pd(l8 + 8 * q, lo[q]);
     }
-    {
-        double h[8], l8[8];
-        dd_t dd[8];
-        _mm512_storeu_pd(h, hi[5]);
-        _mm512_storeu_pd(l8, lo[5]);
-        for (int l = 0; l < 8; l++) { dd[l].hi = h[l]; dd[l].lo = l8[l]; }
-        S->dot = dd_total(dd, 8);
-    }
+    xp_lanes_merge(h, l8, 8, S);
     S->bad = bad != 0;
     S->n0 = n0;
     S->inf_a = S->inf_t = 0;  /* exact rows have no -inf */
@@ -1050,11 +1058,7 @@ AI4 void xp_rows_x4_tt(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *
     for (Py_ssize_t r = r0; r < r1; r++) {
         const char *x = (const char *)A->x + (size_t)r * C * isz;
         const char *t = (const char *)A->t + (size_t)r * C * tsz;
-        const float *xf = (const float *)x;
-        if (DT != DT_F32) {
-            for (Py_ssize_t j = 0; j < C; j++) A->fbuf[j] = (float)ld(x, j, DT);  /* exact */
-            xf = A->fbuf;
-        }
+        const float *xf = xr_widen(x, C, A->fbuf, DT);
         Py_ssize_t y = target_argmax(t, C, T64);
         A->true_class[r] = y;
         x4_pass1_t P;
@@ -1119,10 +1123,120 @@ SMX_V4 static void xp_rows_x4(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, in
 }
 #endif
 
-/* the AVX-512 rows when that variant runs (16/32-bit logits, C < 2^31 - 16) */
+#if SMX_X86
+/* The AVX2 sweep of a 16/32-bit row with probability targets: x4_prob_sweep
+ * over 4 float64 lanes with x3_exp (1.16 u per term where x4_exp has 1.07 u:
+ * L's share of the 16 u budget above moves by < 0.3 u), after x3_pass1. */
+AI3 void x3_prob_sweep(const xp_args *A, const float *x, const void *t, double m, xp_sums *S,
+                       const int T64, const int HAS_W) {
+    Py_ssize_t C = A->C;
+    const double *w = A->weight;
+    double *ebuf = A->eb;
+    const __m256d mv = _mm256_set1_pd(m), k1 = _mm256_set1_pd(1.0 - A->eps),
+                  k0 = _mm256_set1_pd(A->eps / (double)C), zero = _mm256_setzero_pd(),
+                  onev = _mm256_set1_pd(1.0);
+    __m256d hi[6], lo[6], acc[6];
+    for (int q = 0; q < 6; q++) hi[q] = lo[q] = acc[q] = zero;
+    int bad = 0, nacc = 0;
+    int64_t n0 = 0;
+    for (Py_ssize_t j = 0; j < C; j += 4) {
+        Py_ssize_t n = C - j < 4 ? C - j : 4;
+        __m128i act = _mm_cmplt_epi32(_mm_setr_epi32(0, 1, 2, 3), _mm_set1_epi32((int)n));
+        __m256i act64 = _mm256_cvtepi32_epi64(act);
+        int actb = (1 << n) - 1;
+        /* absent lanes read m and t = 0: they add nothing */
+        __m256d d = _mm256_sub_pd(
+            _mm256_cvtps_pd(_mm_blendv_ps(_mm_set1_ps((float)m), _mm_maskload_ps(x + j, act),
+                                          _mm_castsi128_ps(act))), mv);
+        __m256d e = x3_exp(d);
+        __m256d top = _mm256_cmp_pd(d, zero, _CMP_EQ_OQ);
+        n0 += __builtin_popcount((unsigned)(_mm256_movemask_pd(top) & actb));
+        _mm256_maskstore_pd(ebuf + j, act64, _mm256_blendv_pd(e, onev, top));
+        __m256d tv = T64 ? _mm256_maskload_pd((const double *)t + j, act64)
+                         : _mm256_cvtps_pd(_mm_maskload_ps((const float *)t + j, act));
+        bad |= _mm256_movemask_pd(_mm256_cmp_pd(tv, zero, _CMP_NGE_UQ)) & actb;  /* t < 0, NaN */
+        __m256d a = _mm256_add_pd(_mm256_mul_pd(k1, tv), k0);
+        if (HAS_W) a = _mm256_mul_pd(a, _mm256_maskload_pd(w + j, act64));
+        a = _mm256_and_pd(a, _mm256_castsi256_pd(act64));
+        __m256d nz = _mm256_sub_pd(zero, d);
+        acc[5] = _mm256_fmadd_pd(e, nz, acc[5]);
+        acc[0] = _mm256_add_pd(acc[0], e);
+        acc[1] = _mm256_add_pd(acc[1], a);
+        acc[2] = _mm256_fmadd_pd(a, nz, acc[2]);
+        acc[3] = _mm256_add_pd(acc[3], tv);
+        acc[4] = _mm256_fmadd_pd(tv, nz, acc[4]);
+        if (++nacc == 4 || j + 4 >= C) {  /* 4 terms per lane, then into the double-doubles */
+            for (int q = 0; q < 6; q++) { x3_two_sum(&hi[q], &lo[q], acc[q]); acc[q] = zero; }
+            nacc = 0;
+        }
+    }
+    double h[6 * 4], l4[6 * 4];
+    for (int q = 0; q < 6; q++) {
+        _mm256_storeu_pd(h + 4 * q, hi[q]);
+        _mm256_storeu_pd(l4 + 4 * q, lo[q]);
+    }
+    xp_lanes_merge(h, l4, 4, S);
+    S->bad = bad != 0;
+    S->n0 = n0;
+    S->inf_a = S->inf_t = 0;  /* exact rows have no -inf */
+}
+
+AI3 void xp_rows_x3_tt(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb,
+                       const int DT, const int T64, const int HAS_W) {
+    Py_ssize_t C = A->C;
+    size_t isz = (size_t)ITEMSIZE[DT], tsz = T64 ? 8 : 4;
+    for (Py_ssize_t r = r0; r < r1; r++) {
+        const char *x = (const char *)A->x + (size_t)r * C * isz;
+        const char *t = (const char *)A->t + (size_t)r * C * tsz;
+        const float *xf = xr_widen(x, C, A->fbuf, DT);
+        Py_ssize_t y = target_argmax(t, C, T64);
+        A->true_class[r] = y;
+        x4_pass1_t P;
+        x3_pass1(xf, C, xf[y], &P);
+        if (P.special) { xp_hand_back(A, r, t, nfb, T64); continue; }
+        double m = (double)P.m, xy = (double)xf[y];
+        xp_sums S;
+        if (P.exact) {
+            x3_prob_sweep(A, xf, t, m, &S, T64, HAS_W);
+            S.kfirst = P.k;
+            S.above = P.above;
+            S.m2 = (double)P.m2;
+        } else {
+            xp_sweep(A, x, t, m, xy, &S, DT, T64, HAS_W, 1);
+        }
+        A->tsum[r] = S.bad ? NAN : S.st.hi + S.st.lo;
+        if (S.bad) { A->fallback[r] = 1; (*nfb)++; continue; }
+        A->fallback[r] = 0;
+        xp_finish(A, r, x, t, m, y, xy, &S, DT, T64, HAS_W, 1);
+    }
+}
+
+SMX_V3 static void xp_rows_x3(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb,
+                              int dt) {
+#define X3_TT(D)                                                               \
+    if (A->t64) {                                                              \
+        if (A->weight) xp_rows_x3_tt(A, r0, r1, nfb, D, 1, 1);                 \
+        else xp_rows_x3_tt(A, r0, r1, nfb, D, 1, 0);                           \
+    } else {                                                                   \
+        if (A->weight) xp_rows_x3_tt(A, r0, r1, nfb, D, 0, 1);                 \
+        else xp_rows_x3_tt(A, r0, r1, nfb, D, 0, 0);                           \
+    }
+    switch (dt) {
+    case DT_F16: X3_TT(DT_F16) break;
+    case DT_BF16: X3_TT(DT_BF16) break;
+    case DT_F32: X3_TT(DT_F32) break;
+    default: xp_rows_kernel_v3(A, r0, r1, nfb, dt); break;
+    }
+#undef X3_TT
+}
+#endif
+
+/* the two-pass rows when the AVX-512 or AVX2 variant runs (16/32-bit logits,
+ * C < 2^31 - 16) */
 static void xp_rows_run(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, int dt) {
 #if SMX_X86
     if (g_isa == ISA_AVX512 && A->C < INT32_MAX - 16) { xp_rows_x4(A, r0, r1, nfb, dt); return; }
+    if (g_isa == ISA_AVX2 && A->C < INT32_MAX - 16) { xp_rows_x3(A, r0, r1, nfb, dt); return; }
 #endif
     xp_rows_kernel(A, r0, r1, nfb, dt);
 }
