@@ -234,8 +234,12 @@ def test_probability_targets_on_every_variant(name, dt, tdt):
         t[0] = 0.0
         t[0, -1] = 1.0                   # all mass on the dominant entry
         w = rng.uniform(0, 2, c)
+        if c in (5, 17):                 # no weights: the kernels' own w = 1 path, tails included
+            w = None
         with isa(name):
             res = native.xent_prob_rows(x, t, weight=w, label_smoothing=0.1)
+        if w is None:
+            w = np.ones(c)
         assert not res["fallback"].any()
         for i in range(len(x)):
             row = x[i].astype(np.float64)

@@ -756,7 +756,7 @@ typedef struct {
     double *loss, *nll, *logp_true, *p_true, *margin, *entropy, *residual;
     int64_t *argmax, *true_class;
     uint8_t *top5, *fallback;
-    double *eb;             /* scratch, C doubles */
+    double *eb;             /* scratch, C (+ 4) doubles */
     double *tsum;           /* sum_c t_c of each row; NaN if a target is negative or NaN */
     float *fbuf;            /* scratch, C floats: a 16-bit row widened (AVX-512 path) */
 } xp_args;
@@ -1151,7 +1151,8 @@ AI3 void x3_prob_sweep(const xp_args *A, const float *x, const void *t, double m
         __m256d e = x3_exp(d);
         __m256d top = _mm256_cmp_pd(d, zero, _CMP_EQ_OQ);
         n0 += __builtin_popcount((unsigned)(_mm256_movemask_pd(top) & actb));
-        _mm256_maskstore_pd(ebuf + j, act64, _mm256_blendv_pd(e, onev, top));
+        /* a full store (eb has 4 doubles to spare): vmaskmovpd stores are slow on AMD */
+        _mm256_storeu_pd(ebuf + j, _mm256_blendv_pd(e, onev, top));
         __m256d tv = T64 ? _mm256_maskload_pd((const double *)t + j, act64)
                          : _mm256_cvtps_pd(_mm_maskload_ps((const float *)t + j, act));
         bad |= _mm256_movemask_pd(_mm256_cmp_pd(tv, zero, _CMP_NGE_UQ)) & actb;  /* t < 0, NaN */
@@ -1440,7 +1441,8 @@ static PyObject *py_xent_prob(PyObject *self, PyObject *args) {
     for (int i = 0; ok && i < 12; i++) {
         if (get_buf(outs[i], &bufs[nb], 1, n * sizes[i], "output") < 0) ok = 0; else nb++;
     }
-    double *eb = ok ? (double *)malloc(sizeof(double) * (size_t)c) : NULL;
+    /* eb: 4 doubles to spare for the AVX2 sweep's full-vector stores */
+    double *eb = ok ? (double *)malloc(sizeof(double) * ((size_t)c + 4)) : NULL;
     float *fb = ok ? (float *)malloc(sizeof(float) * (size_t)c) : NULL;
     if (ok && (!eb || !fb)) { ok = 0; free(eb); free(fb); PyErr_NoMemory(); }
     if (!ok) { for (int i = 0; i < nb; i++) PyBuffer_Release(&bufs[i]); return NULL; }
