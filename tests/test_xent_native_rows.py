@@ -1,7 +1,7 @@
 """native.xent_rows (class indices) on every CPU variant against a 50-digit mpmath reference.
 
-The AVX-512 variant runs 16/32-bit rows through its own two-pass kernel (a float32
-max/argmax/top-5 pass, then a table-driven float64 exp; _smx_xent.h), the other variants
+The AVX-512 and AVX2 variants run 16/32-bit rows through their two-pass kernels (a float32
+max/argmax/top-5 pass, then a table-driven float64 exp; _smx_xent.h), the baseline variant
 and float64 logits through the portable sweep: each is held to the bounds native.xent_rows
 states (loss within 6 ulp of float64 for 16/32-bit logits, 2 ulp for float64), with exact
 argmax, top-5 and tie handling, on rows chosen to hit the kernel's edges: widths around its
@@ -129,7 +129,7 @@ def test_loss_and_outputs_on_every_variant(name, dt, c):
         check(native.xent_rows(x, y), x, y, None, 0.0, bound)
 
 
-@pytest.mark.parametrize("name", ["baseline", "avx512"])
+@pytest.mark.parametrize("name", ["baseline", "avx2", "avx512"])
 @pytest.mark.parametrize("dt", [np.dtype(np.float32), np.dtype(np.float16)], ids=str)
 def test_smoothing_and_weights_on_every_variant(name, dt):
     if name not in isas():
@@ -144,6 +144,42 @@ def test_smoothing_and_weights_on_every_variant(name, dt):
     with isa(name):
         res = native.xent_rows(x, y, weight=w, label_smoothing=0.1)
     check(res, x, y, w, 0.1, SMOOTH_ULPS)
+
+
+def lane_ties(dt, c, rng):
+    """Rows with a tie for the maximum in two different lanes (8-lane AVX2 and 16-lane AVX-512
+    pass 1: the later position in the lower lane), and their labels on the later tie."""
+    x = rng.standard_normal((4, c)) * 3.0
+    y = np.zeros(4, dtype=np.int64)
+    for i, (a, b) in enumerate([(7, 9), (15, 17), (6, 13), (c - 1, 1)]):
+        a, b = min(a, c - 1), min(b, c - 1)
+        x[i, a] = x[i, b] = x[i].max() + 2.0
+        y[i] = max(a, b)
+    return x.astype(dt), y
+
+
+@pytest.mark.parametrize("name", ["baseline", "avx2", "avx512"])
+@pytest.mark.parametrize("dt", [np.dtype(np.float32), BF16], ids=str)
+def test_every_width_to_40_on_every_variant(name, dt):
+    """Widths 1..40: every tail of the two-pass kernels' blocks (pass 1: 8 or 16 float32 lanes;
+    pass 2: 4 or 8 float64 lanes, 16 or 32 terms per step), plain and with smoothing + weights,
+    ties for the maximum across lanes."""
+    if name not in isas():
+        pytest.skip(f"this CPU has no {name}")
+    for c in range(1, 41):
+        rng = np.random.default_rng(1000 + c)
+        x, y = rows(dt, c, rng)
+        xt, yt = lane_ties(dt, c, rng)
+        x, y = np.concatenate([x, xt]), np.concatenate([y, yt])
+        with isa(name):
+            check(native.xent_rows(x, y), x, y, None, 0.0, LOSS_ULPS["lowp"])
+        keep = np.isfinite(x.astype(np.float64)).all(axis=1)
+        x, y = x[keep], y[keep]
+        w = rng.uniform(0, 2, c)
+        w[::3] = 0.0
+        with isa(name):
+            res = native.xent_rows(x, y, weight=w, label_smoothing=0.1)
+        check(res, x, y, w, 0.1, SMOOTH_ULPS)
 
 
 def test_wide_random_rows_against_the_reference():
@@ -191,14 +227,19 @@ def test_probability_targets_on_every_variant(name, dt, tdt):
     if name not in isas():
         pytest.skip(f"this CPU has no {name}")
     rng = np.random.default_rng(dt.itemsize + 3)
-    for c in (3, 17, 40):
+    # 16/32-bit rows: block tails of the 4- and 8-lane sweeps too
+    for c in (3, 17, 40) if dt == np.float64 else (1, 3, 5, 16, 17, 40):
         x, _ = rows(dt, c, rng)
         t = rng.dirichlet(np.full(c, 0.4), len(x)).astype(tdt)
         t[0] = 0.0
         t[0, -1] = 1.0                   # all mass on the dominant entry
         w = rng.uniform(0, 2, c)
+        if c in (5, 17):                 # no weights: the kernels' own w = 1 path, tails included
+            w = None
         with isa(name):
             res = native.xent_prob_rows(x, t, weight=w, label_smoothing=0.1)
+        if w is None:
+            w = np.ones(c)
         assert not res["fallback"].any()
         for i in range(len(x)):
             row = x[i].astype(np.float64)

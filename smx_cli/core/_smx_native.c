@@ -14,8 +14,9 @@
  *     degree-10 minimax exp, blocked lane sums; its error budget is written
  *     there), rows of <= 16 columns in blocks of rows flattened so the loops
  *     vectorise across rows; their cross-entropy (_smx_xent.h) takes two
- *     passes on AVX-512 (a float32 max/top-5 pass, then a table-driven
- *     float64 exp; budget in its comment) and one sweep elsewhere
+ *     passes on AVX-512 and AVX2 (a float32 max/top-5 pass, then a
+ *     table-driven float64 exp; budget in its comment) and one sweep on the
+ *     baseline
  *     (lowp_xent_sweep; probability targets: xp_sweep). The rest of this
  *     list is the float64 path (and logsumexp):
  *   - d = fl(x - m) and its exact rounding error (TwoSum) are kept, so

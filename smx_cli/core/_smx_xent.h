@@ -161,7 +161,7 @@ AI void xent_finish(const xe_args *A, Py_ssize_t r, const void *x, double m, dou
     } else A->margin[r] = zy;
 }
 
-/* the portable row loop (every variant but AVX-512, and float64 logits on it) */
+/* the portable row loop (the baseline variant, and float64 logits on every variant) */
 AI void xent_rows_t(const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, const int DT,
                     const int USE_FMA) {
     Py_ssize_t C = A->C;
@@ -252,6 +252,38 @@ typedef struct {
     int special, exact;
 } x4_pass1_t;
 
+/* the scalar end of pass 1 (AVX-512: 16 lanes, AVX2: 8): the lanes' maxima,
+ * second maxima, first positions of their maxima, counts above x_y and the
+ * largest / smallest non-zero |x| bits (stored as bits - 1) merged into o */
+AI void p1_merge(const float *fm1, const float *fm2, const int32_t *ip, const int32_t *ia,
+                 const uint32_t *ux, const uint32_t *un, int nl, x4_pass1_t *o) {
+    float m = -INFINITY, s2 = -INFINITY;
+    uint32_t bx = 0, bn = 0xffffffffu;
+    int64_t ab = 0;
+    for (int l = 0; l < nl; l++) {
+        m = fm1[l] > m ? fm1[l] : m;
+        s2 = fm2[l] > s2 ? fm2[l] : s2;
+        bx = ux[l] > bx ? ux[l] : bx;
+        bn = un[l] < bn ? un[l] : bn;
+        ab += ia[l];
+    }
+    int32_t k = INT32_MAX, nm = 0;
+    for (int l = 0; l < nl; l++) {
+        if (fm1[l] == m) { nm++; k = ip[l] < k ? ip[l] : k; }
+        else s2 = fm1[l] > s2 ? fm1[l] : s2;
+    }
+    o->m = m;
+    o->m2 = nm > 1 ? m : s2;
+    o->k = k;
+    o->above = ab;
+    o->special = bx > 0x7f800000u || !(m > -INFINITY && m < INFINITY);
+    float big, small;
+    uint32_t sb = bn + 1u;
+    memcpy(&big, &bx, 4);
+    memcpy(&small, &sb, 4);
+    o->exact = bx < 0x7f800000u && (bn == 0xffffffffu || small >= big * 0x1p-28f);
+}
+
 #define X4_P1_BODY(V, ACT)                                                     \
     {                                                                          \
         __mmask16 gt = _mm512_cmp_ps_mask((V), m1, _CMP_GT_OQ);                \
@@ -294,31 +326,7 @@ AI4 void x4_pass1(const float *x, Py_ssize_t C, float xy, x4_pass1_t *o) {
     _mm512_storeu_si512(ia, above);
     _mm512_storeu_si512(ux, amax);
     _mm512_storeu_si512(un, amin);
-    float m = -INFINITY, s2 = -INFINITY;
-    uint32_t bx = 0, bn = 0xffffffffu;
-    int64_t ab = 0;
-    for (int l = 0; l < 16; l++) {
-        m = fm1[l] > m ? fm1[l] : m;
-        s2 = fm2[l] > s2 ? fm2[l] : s2;
-        bx = ux[l] > bx ? ux[l] : bx;
-        bn = un[l] < bn ? un[l] : bn;
-        ab += ia[l];
-    }
-    int32_t k = INT32_MAX, nm = 0;
-    for (int l = 0; l < 16; l++) {
-        if (fm1[l] == m) { nm++; k = ip[l] < k ? ip[l] : k; }
-        else s2 = fm1[l] > s2 ? fm1[l] : s2;
-    }
-    o->m = m;
-    o->m2 = nm > 1 ? m : s2;
-    o->k = k;
-    o->above = ab;
-    o->special = bx > 0x7f800000u || !(m > -INFINITY && m < INFINITY);
-    float big, small;
-    uint32_t sb = bn + 1u;
-    memcpy(&big, &bx, 4);
-    memcpy(&small, &sb, 4);
-    o->exact = bx < 0x7f800000u && (bn == 0xffffffffu || small >= big * 0x1p-28f);
+    p1_merge(fm1, fm2, ip, ia, ux, un, 16, o);
 }
 
 /* pass 2 (see above) of a float32 row: R (without the n_max - 1) as *rh + *rl,
@@ -382,48 +390,61 @@ AI4 void x4_pass2(const float *x, Py_ssize_t C, double m, const double *wp, doub
     *ssum = dd_total(ss, 8);
 }
 
+/* the steps the two-pass row loops share (AVX-512 and AVX2): a 16-bit row
+ * widened into fbuf (exactly), a row failing the exactness check swept by the
+ * portable lowp_xent_sweep, and a row's outputs from its two passes */
+AI const float *xr_widen(const char *x, Py_ssize_t C, float *fbuf, const int DT) {
+    if (DT == DT_F32) return (const float *)x;
+    for (Py_ssize_t j = 0; j < C; j++) fbuf[j] = (float)ld(x, j, DT);  /* exact */
+    return fbuf;
+}
+
+AI void xr_inexact(const xe_args *A, Py_ssize_t r, const char *x, double m, float xy,
+                   const int DT) {
+    double shi, slo, lh, ll, dot, m2;
+    Py_ssize_t k;
+    int64_t above;
+    lowp_xent_sweep(x, A->C, m, (double)xy, &shi, &slo, &dot, &m2, &k, &above, DT, 1);
+    log1p_dd(shi, slo, &lh, &ll);
+    xent_finish(A, r, x, m, m2, k, lh, ll, shi, dot, above, 0.0, 0, DT, 1);
+}
+
+AI void xr_finish(const xe_args *A, Py_ssize_t r, const char *x, const float *xf,
+                  const x4_pass1_t *P, double rh, double rl, double dot, double ssum,
+                  const int DT) {
+    double lh, ll;
+    if (P->m2 == P->m) {  /* a tie for the maximum: R gets n_max - 1 */
+        int64_t n0 = 0;
+        for (Py_ssize_t j = 0; j < A->C; j++) n0 += xf[j] == P->m;
+        dd_t R = {(double)(n0 - 1), 0.0};
+        dd_add(&R, rh);
+        R.lo += rl;
+        rh = R.hi + R.lo;
+        rl = R.lo - (rh - R.hi);
+    }
+    log1p_dd(rh, rl, &lh, &ll);
+    xent_finish(A, r, x, (double)P->m, (double)P->m2, P->k, lh, ll, rh, dot, P->above, ssum, 1,
+                DT, 1);
+}
+
 AI4 void xent_rows_x4_t(const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb,
                         const int DT) {
     Py_ssize_t C = A->C;
     size_t isz = (size_t)ITEMSIZE[DT];
-    int sm = A->eps > 0.0;
     for (Py_ssize_t r = r0; r < r1; r++) {
         const char *x = (const char *)A->x + (size_t)r * C * isz;
-        const float *xf = (const float *)x;
-        if (DT != DT_F32) {
-            for (Py_ssize_t j = 0; j < C; j++) A->fbuf[j] = (float)ld(x, j, DT);  /* exact */
-            xf = A->fbuf;
-        }
+        const float *xf = xr_widen(x, C, A->fbuf, DT);
         int64_t y = A->target[r];
         float xy = y == A->ignore_index ? INFINITY : xf[y];
         x4_pass1_t P;
         x4_pass1(xf, C, xy, &P);
         if (P.special) { A->fallback[r] = 1; (*nfb)++; continue; }
         A->fallback[r] = 0;
-        double m = (double)P.m, lh, ll, shi, dot;
-        if (!P.exact) {
-            double slo, m2;
-            Py_ssize_t k;
-            int64_t above;
-            lowp_xent_sweep(x, C, m, (double)xy, &shi, &slo, &dot, &m2, &k, &above, DT, 1);
-            log1p_dd(shi, slo, &lh, &ll);
-            xent_finish(A, r, x, m, m2, k, lh, ll, shi, dot, above, 0.0, 0, DT, 1);
-            continue;
-        }
-        double rh, rl, ssum = 0.0;
-        if (sm) x4_pass2(xf, C, m, A->wpos, &rh, &rl, &dot, &ssum, 1);
-        else x4_pass2(xf, C, m, NULL, &rh, &rl, &dot, &ssum, 0);
-        if (P.m2 == P.m) {  /* a tie for the maximum: R gets n_max - 1 */
-            int64_t n0 = 0;
-            for (Py_ssize_t j = 0; j < C; j++) n0 += xf[j] == P.m;
-            dd_t R = {(double)(n0 - 1), 0.0};
-            dd_add(&R, rh);
-            R.lo += rl;
-            rh = R.hi + R.lo;
-            rl = R.lo - (rh - R.hi);
-        }
-        log1p_dd(rh, rl, &lh, &ll);
-        xent_finish(A, r, x, m, (double)P.m2, P.k, lh, ll, rh, dot, P.above, ssum, 1, DT, 1);
+        if (!P.exact) { xr_inexact(A, r, x, (double)P.m, xy, DT); continue; }
+        double rh, rl, dot, ssum = 0.0;
+        if (A->eps > 0.0) x4_pass2(xf, C, (double)P.m, A->wpos, &rh, &rl, &dot, &ssum, 1);
+        else x4_pass2(xf, C, (double)P.m, NULL, &rh, &rl, &dot, &ssum, 0);
+        xr_finish(A, r, x, xf, &P, rh, rl, dot, ssum, DT);
     }
 }
 
@@ -438,10 +459,229 @@ SMX_V4 static void xent_rows_x4(const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, 
 }
 #endif
 
-/* the AVX-512 rows when that variant runs (16/32-bit logits, C < 2^31 - 16) */
+/* ------------------------------------------------------------------------ */
+/* cross-entropy with class indices, 16/32-bit logits, AVX2 (x86-64-v3)      */
+/*
+ * The AVX-512 kernel's two passes (comment above) on 256-bit vectors, for the
+ * CPUs without AVX-512: pass 1 over 8 float32 lanes (the same maxima, first
+ * argmax, second maximum, top-5 count, NaN and exactness check; the lanes
+ * merged by p1_merge), pass 2 over 4 float64 lanes with the same sums (R as
+ * lane double-doubles, the dot and smoothing sums 4 terms per lane then
+ * TwoSum). Rows failing the check take lowp_xent_sweep, as there.
+ * AVX2 has no 16-double permute (vpermt2pd) and no vscalefpd, so the exp
+ * differs (x3_exp): exp(d) = 2^(k/4) exp(r), k = rint(4 d / ln 2), r = d -
+ * k CHI - k CLO with CHI = ln2/4 to 39 bits (k CHI exact for |k| < 2^14, d -
+ * k CHI exact by Sterbenz): |r| <= ln2/8 = 0.0867, r's error <= u |r| + 2^-86
+ * < 0.087 u; exp(r) = 1 + p, p = r + r^2 Q(r), Q the Taylor polynomial to
+ * r^10/10! (truncation r^11/11! < 2^-64, 0.001 u), |p| <= 0.091 so p's
+ * roundings (the last FMA 0.5 u of p, Q's a few u of r^2 Q <= 0.004) cost
+ * <= 0.07 u of exp(r) >= 0.917; T = 2^(j/4) rounded (0.5 u) from a 4-entry
+ * table (two in-lane permutes and a blend), scaled by 2^floor(k/4) on its
+ * exponent bits (exact: exp(d) >= 2^-1021.5 for d >= -708, no subnormal);
+ * T + T p in one FMA (0.5 u). In all <= 1.16 u per term (AVX-512: 1.07 u).
+ * So R is within 3.2 u, L within 3.2 u + O(u^2) and the loss within 3.7 u
+ * (stated 6 ulp); the entropy's worst case grows by 2 x 0.09 u (12.2 u;
+ * stated 8 ulp, measured as above); the smoothing sum has no exp in it.
+ * The degree-10 minimax of exp1w (_smx_lowp.h, 2^-50.2 = 7 u per term) would
+ * take R to 9 u and break the 6 ulp stated for the loss. x4_exp's 16-entry
+ * table by _mm256_i64gather_pd (degree 7, 1.07 u) measured 5% faster on Zen 4
+ * (1024 x 32000 float32: 44 vs 47 ms, one thread), which has AVX-512 and does
+ * not run this path; gathers are microcoded and several times slower on Zen 2
+ * / Zen 3, which do, while the permutes and the blend are single cheap
+ * instructions everywhere.
+ */
+#if SMX_X86
+#define AI3 SMX_V3 static inline __attribute__((always_inline))
+
+#define X3_P1_BODY(V, ACT)                                                     \
+    {                                                                          \
+        __m256 gt = _mm256_cmp_ps((V), m1, _CMP_GT_OQ);                        \
+        __m256 lo = _mm256_blendv_ps((V), m1, gt); /* min(m1, v) */             \
+        m1 = _mm256_blendv_ps(m1, (V), gt);                                    \
+        pos = _mm256_blendv_epi8(pos, idx, _mm256_castps_si256(gt));           \
+        m2 = _mm256_max_ps(lo, m2); /* a NaN lo leaves m2 */                   \
+        above = _mm256_sub_epi32(                                              \
+            above, _mm256_castps_si256(_mm256_cmp_ps((V), xyv, _CMP_GT_OQ)));  \
+        __m256i bits = _mm256_and_si256(_mm256_castps_si256(V), absm);         \
+        amax = _mm256_max_epu32(amax, _mm256_and_si256(bits, (ACT)));          \
+        amin = _mm256_min_epu32(                                               \
+            amin, _mm256_or_si256(_mm256_sub_epi32(bits, one),                 \
+                                  _mm256_xor_si256((ACT), ones)));             \
+        idx = _mm256_add_epi32(idx, eight);                                    \
+    }
+
+/* pass 1 of a float32 row over 8 lanes (x4_pass1's outputs), C < 2^31 - 16 */
+AI3 void x3_pass1(const float *x, Py_ssize_t C, float xy, x4_pass1_t *o) {
+    __m256 m1 = _mm256_set1_ps(-INFINITY), m2 = m1, xyv = _mm256_set1_ps(xy);
+    __m256i pos = _mm256_set1_epi32(INT32_MAX);
+    __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i eight = _mm256_set1_epi32(8), one = _mm256_set1_epi32(1);
+    const __m256i absm = _mm256_set1_epi32(0x7fffffff), ones = _mm256_set1_epi32(-1);
+    __m256i above = _mm256_setzero_si256(), amax = above, amin = ones;
+    Py_ssize_t j = 0;
+    for (; j + 8 <= C; j += 8) {
+        __m256 v = _mm256_loadu_ps(x + j);
+        X3_P1_BODY(v, ones)
+    }
+    if (j < C) {  /* absent lanes read -inf and are left out of the |x| range */
+        __m256i act = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(C - j)),
+                                         _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        __m256 v = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), _mm256_maskload_ps(x + j, act),
+                                    _mm256_castsi256_ps(act));
+        X3_P1_BODY(v, act)
+    }
+    float fm1[8], fm2[8];
+    int32_t ip[8], ia[8];
+    uint32_t ux[8], un[8];
+    _mm256_storeu_ps(fm1, m1);
+    _mm256_storeu_ps(fm2, m2);
+    _mm256_storeu_si256((__m256i *)ip, pos);
+    _mm256_storeu_si256((__m256i *)ia, above);
+    _mm256_storeu_si256((__m256i *)ux, amax);
+    _mm256_storeu_si256((__m256i *)un, amin);
+    p1_merge(fm1, fm2, ip, ia, ux, un, 8, o);
+}
+
+/* exp(d) for -708 <= d < 0, else 0, over 4 lanes (see above) */
+AI3 __m256d x3_exp(__m256d d) {
+    /* 2^(j/4), j = 0..3: A = (T0, T1) and B = (T2, T3) in both 128-bit halves */
+    const __m256d TA = _mm256_setr_pd(0x1.0000000000000p+0, 0x1.306fe0a31b715p+0,
+                                      0x1.0000000000000p+0, 0x1.306fe0a31b715p+0);
+    const __m256d TB = _mm256_setr_pd(0x1.6a09e667f3bcdp+0, 0x1.ae89f995ad3adp+0,
+                                      0x1.6a09e667f3bcdp+0, 0x1.ae89f995ad3adp+0);
+    const __m256d sh = _mm256_set1_pd(SHIFT);
+    __m256d kd = _mm256_fmadd_pd(d, _mm256_set1_pd(0x1.71547652b82fep+2), sh);
+    __m256i ki = _mm256_castpd_si256(kd);       /* SHIFT's bits + k */
+    kd = _mm256_sub_pd(kd, sh);
+    __m256d r = _mm256_fnmadd_pd(kd, _mm256_set1_pd(0x1.62e42fefa4000p-3), d);  /* exact */
+    r = _mm256_fnmadd_pd(kd, _mm256_set1_pd(-0x1.8432a1b0e2634p-45), r);
+    __m256d r2 = _mm256_mul_pd(r, r);
+    __m256d q = _mm256_fmadd_pd(_mm256_set1_pd(1.0 / 3628800.0), r,
+                                _mm256_set1_pd(1.0 / 362880.0));
+    q = _mm256_fmadd_pd(q, r, _mm256_set1_pd(1.0 / 40320.0));
+    q = _mm256_fmadd_pd(q, r, _mm256_set1_pd(1.0 / 5040.0));
+    q = _mm256_fmadd_pd(q, r, _mm256_set1_pd(1.0 / 720.0));
+    q = _mm256_fmadd_pd(q, r, _mm256_set1_pd(1.0 / 120.0));
+    q = _mm256_fmadd_pd(q, r, _mm256_set1_pd(1.0 / 24.0));
+    q = _mm256_fmadd_pd(q, r, _mm256_set1_pd(1.0 / 6.0));
+    q = _mm256_fmadd_pd(q, r, _mm256_set1_pd(0.5));
+    __m256d p = _mm256_fmadd_pd(r2, q, r);
+    /* T: bit 0 of k picks within a half (vpermilpd reads bit 1), bit 1 the table */
+    __m256i sel = _mm256_slli_epi64(ki, 1);
+    __m256d t = _mm256_blendv_pd(_mm256_permutevar_pd(TA, sel), _mm256_permutevar_pd(TB, sel),
+                                 _mm256_castsi256_pd(_mm256_slli_epi64(ki, 62)));
+    /* times 2^floor(k/4) on the exponent: (SHIFT's bits + k) >> 2 = SHIFT's bits / 4
+     * + floor(k/4), and SHIFT's bits / 4 << 52 vanishes mod 2^64 */
+    t = _mm256_castsi256_pd(_mm256_add_epi64(_mm256_castpd_si256(t),
+                                             _mm256_slli_epi64(_mm256_srli_epi64(ki, 2), 52)));
+    __m256d ok = _mm256_and_pd(_mm256_cmp_pd(d, _mm256_setzero_pd(), _CMP_LT_OQ),
+                               _mm256_cmp_pd(d, _mm256_set1_pd(-708.0), _CMP_GE_OQ));
+    return _mm256_and_pd(ok, _mm256_fmadd_pd(t, p, t));
+}
+
+AI3 void x3_two_sum(__m256d *hi, __m256d *lo, __m256d s) {
+    __m256d t = _mm256_add_pd(*hi, s), bv = _mm256_sub_pd(t, *hi);
+    __m256d err = _mm256_add_pd(_mm256_sub_pd(*hi, _mm256_sub_pd(t, bv)), _mm256_sub_pd(s, bv));
+    *hi = t;
+    *lo = _mm256_add_pd(*lo, err);
+}
+
+/* pass 2 of a float32 row over 4 lanes (x4_pass2's outputs and sums) */
+AI3 void x3_pass2(const float *x, Py_ssize_t C, double m, const double *wp, double *rh,
+                  double *rl, double *dot, double *ssum, const int SM) {
+    const __m256d mv = _mm256_set1_pd(m), zero = _mm256_setzero_pd();
+    __m256d hi = zero, lo = zero, dh = zero, dl = zero, sh = zero, sl = zero;
+    Py_ssize_t j = 0;
+#define X3_D(J) _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + (J))), mv)
+#define X3_SM(D, J)                                                            \
+    if (SM) sm = wp ? _mm256_fnmadd_pd(_mm256_loadu_pd(wp + (J)), (D), sm) : _mm256_sub_pd(sm, (D));
+    for (; j + 16 <= C; j += 16) {  /* 4 terms per lane, then TwoSum (as x4_pass2) */
+        __m256d d0 = X3_D(j), d1 = X3_D(j + 4), d2 = X3_D(j + 8), d3 = X3_D(j + 12);
+        __m256d e0 = x3_exp(d0), e1 = x3_exp(d1), e2 = x3_exp(d2), e3 = x3_exp(d3);
+        __m256d dt = _mm256_mul_pd(e0, _mm256_sub_pd(zero, d0)), sm = zero;
+        dt = _mm256_fnmadd_pd(e1, d1, dt);
+        dt = _mm256_fnmadd_pd(e2, d2, dt);
+        dt = _mm256_fnmadd_pd(e3, d3, dt);
+        X3_SM(d0, j) X3_SM(d1, j + 4) X3_SM(d2, j + 8) X3_SM(d3, j + 12)
+        x3_two_sum(&hi, &lo, _mm256_add_pd(_mm256_add_pd(e0, e1), _mm256_add_pd(e2, e3)));
+        x3_two_sum(&dh, &dl, dt);
+        if (SM) x3_two_sum(&sh, &sl, sm);
+    }
+    for (; j < C; j += 4) {
+        __m128i act = _mm_cmplt_epi32(_mm_setr_epi32(0, 1, 2, 3),
+                                      _mm_set1_epi32((int)(C - j < 4 ? C - j : 4)));
+        /* absent lanes read m: d = 0 adds nothing anywhere */
+        __m256d d = _mm256_sub_pd(
+            _mm256_cvtps_pd(_mm_blendv_ps(_mm_set1_ps((float)m), _mm_maskload_ps(x + j, act),
+                                          _mm_castsi128_ps(act))), mv);
+        __m256d e = x3_exp(d), nd = _mm256_sub_pd(zero, d);
+        x3_two_sum(&dh, &dl, _mm256_mul_pd(e, nd));
+        if (SM) x3_two_sum(&sh, &sl, wp ? _mm256_mul_pd(_mm256_maskload_pd(
+                                                            wp + j, _mm256_cvtepi32_epi64(act)), nd)
+                                        : nd);
+        x3_two_sum(&hi, &lo, e);
+    }
+#undef X3_D
+#undef X3_SM
+    double h[4], l4[4], h2[4], l2[4], h3[4], l3[4];
+    _mm256_storeu_pd(h, hi);
+    _mm256_storeu_pd(l4, lo);
+    _mm256_storeu_pd(h2, dh);
+    _mm256_storeu_pd(l2, dl);
+    _mm256_storeu_pd(h3, sh);
+    _mm256_storeu_pd(l3, sl);
+    dd_t s = {0.0, 0.0}, dd[4], ss[4];
+    for (int l = 0; l < 4; l++) {
+        dd_add(&s, h[l]);
+        s.lo += l4[l];
+        dd[l].hi = h2[l]; dd[l].lo = l2[l];
+        ss[l].hi = h3[l]; ss[l].lo = l3[l];
+    }
+    double t = s.hi + s.lo;
+    *rl = s.lo - (t - s.hi);
+    *rh = t;
+    *dot = dd_total(dd, 4);
+    *ssum = dd_total(ss, 4);
+}
+
+AI3 void xent_rows_x3_t(const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb,
+                        const int DT) {
+    Py_ssize_t C = A->C;
+    size_t isz = (size_t)ITEMSIZE[DT];
+    for (Py_ssize_t r = r0; r < r1; r++) {
+        const char *x = (const char *)A->x + (size_t)r * C * isz;
+        const float *xf = xr_widen(x, C, A->fbuf, DT);
+        int64_t y = A->target[r];
+        float xy = y == A->ignore_index ? INFINITY : xf[y];
+        x4_pass1_t P;
+        x3_pass1(xf, C, xy, &P);
+        if (P.special) { A->fallback[r] = 1; (*nfb)++; continue; }
+        A->fallback[r] = 0;
+        if (!P.exact) { xr_inexact(A, r, x, (double)P.m, xy, DT); continue; }
+        double rh, rl, dot, ssum = 0.0;
+        if (A->eps > 0.0) x3_pass2(xf, C, (double)P.m, A->wpos, &rh, &rl, &dot, &ssum, 1);
+        else x3_pass2(xf, C, (double)P.m, NULL, &rh, &rl, &dot, &ssum, 0);
+        xr_finish(A, r, x, xf, &P, rh, rl, dot, ssum, DT);
+    }
+}
+
+SMX_V3 static void xent_rows_x3(const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb,
+                                int dt) {
+    switch (dt) {
+    case DT_F16: xent_rows_x3_t(A, r0, r1, nfb, DT_F16); break;
+    case DT_BF16: xent_rows_x3_t(A, r0, r1, nfb, DT_BF16); break;
+    case DT_F32: xent_rows_x3_t(A, r0, r1, nfb, DT_F32); break;
+    default: xent_rows_kernel_v3(A, r0, r1, nfb, dt); break;
+    }
+}
+#endif
+
+/* the two-pass rows when the AVX-512 or AVX2 variant runs (16/32-bit logits,
+ * C < 2^31 - 16) */
 static void xent_rows_run(const xe_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, int dt) {
 #if SMX_X86
     if (g_isa == ISA_AVX512 && A->C < INT32_MAX - 16) { xent_rows_x4(A, r0, r1, nfb, dt); return; }
+    if (g_isa == ISA_AVX2 && A->C < INT32_MAX - 16) { xent_rows_x3(A, r0, r1, nfb, dt); return; }
 #endif
     xent_rows_kernel(A, r0, r1, nfb, dt);
 }
@@ -477,7 +717,7 @@ typedef struct {
     double *loss, *nll, *logp_true, *p_true, *margin, *entropy, *residual;
     int64_t *argmax, *true_class;
     uint8_t *top5, *fallback;
-    double *eb;             /* scratch, C doubles */
+    double *eb;             /* scratch, C (+ 4) doubles */
     double *tsum;           /* sum_c t_c of each row; NaN if a target is negative or NaN */
     float *fbuf;            /* scratch, C floats: a 16-bit row widened (AVX-512 path) */
 } xp_args;
@@ -704,6 +944,23 @@ AI4 __m512d x4_load_t(const void *t, Py_ssize_t j, __mmask8 act, const int T64) 
     return _mm512_cvtps_pd(_mm256_maskz_loadu_ps(act, (const float *)t + j));
 }
 
+/* the probability-target sweeps' lane double-doubles (AVX-512: 8 lanes, AVX2:
+ * 4; sum q of lane l at h[q nl + l] + lo[q nl + l]) merged into S: R, sum a,
+ * sum a (m - x), sum t, sum t (m - x) renormalised, the entropy dot */
+AI void xp_lanes_merge(const double *h, const double *lo, int nl, xp_sums *S) {
+    dd_t *outs[5] = {&S->r, &S->a, &S->da, &S->st, &S->dt};
+    for (int q = 0; q < 5; q++) {
+        dd_t sq = {0.0, 0.0};
+        for (int l = 0; l < nl; l++) { dd_add(&sq, h[q * nl + l]); sq.lo += lo[q * nl + l]; }
+        double th = sq.hi + sq.lo;
+        outs[q]->lo = sq.lo - (th - sq.hi);
+        outs[q]->hi = th;
+    }
+    dd_t dd[8];
+    for (int l = 0; l < nl; l++) { dd[l].hi = h[5 * nl + l]; dd[l].lo = lo[5 * nl + l]; }
+    S->dot = dd_total(dd, nl);
+}
+
 AI4 void x4_prob_sweep(const xp_args *A, const float *x, const void *t, double m, xp_sums *S,
                        const int T64, const int HAS_W) {
     Py_ssize_t C = A->C;
@@ -744,25 +1001,12 @@ AI4 void x4_prob_sweep(const xp_args *A, const float *x, const void *t, double m
             nacc = 0;
         }
     }
-    dd_t *outs[5] = {&S->r, &S->a, &S->da, &S->st, &S->dt};
-    for (int q = 0; q < 5; q++) {
-        double h[8], l8[8];
-        _mm512_storeu_pd(h, hi[q]);
-        _mm512_storeu_pd(l8, lo[q]);
-        dd_t sq = {0.0, 0.0};
-        for (int l = 0; l < 8; l++) { dd_add(&sq, h[l]); sq.lo += l8[l]; }
-        double th = sq.hi + sq.lo;
-        outs[q]->lo = sq.lo - (th - sq.hi);
-        outs[q]->hi = th;
+    double h[6 * 8], l8[6 * 8];
+    for (int q = 0; q < 6; q++) {
+        _mm512_storeu_pd(h + 8 * q, hi[q]);
+        _mm512_storeu_pd(l8 + 8 * q, lo[q]);
     }
-    {
-        double h[8], l8[8];
-        dd_t dd[8];
-        _mm512_storeu_pd(h, hi[5]);
-        _mm512_storeu_pd(l8, lo[5]);
-        for (int l = 0; l < 8; l++) { dd[l].hi = h[l]; dd[l].lo = l8[l]; }
-        S->dot = dd_total(dd, 8);
-    }
+    xp_lanes_merge(h, l8, 8, S);
     S->bad = bad != 0;
     S->n0 = n0;
     S->inf_a = S->inf_t = 0;  /* exact rows have no -inf */
@@ -775,11 +1019,7 @@ AI4 void xp_rows_x4_tt(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *
     for (Py_ssize_t r = r0; r < r1; r++) {
         const char *x = (const char *)A->x + (size_t)r * C * isz;
         const char *t = (const char *)A->t + (size_t)r * C * tsz;
-        const float *xf = (const float *)x;
-        if (DT != DT_F32) {
-            for (Py_ssize_t j = 0; j < C; j++) A->fbuf[j] = (float)ld(x, j, DT);  /* exact */
-            xf = A->fbuf;
-        }
+        const float *xf = xr_widen(x, C, A->fbuf, DT);
         Py_ssize_t y = target_argmax(t, C, T64);
         A->true_class[r] = y;
         x4_pass1_t P;
@@ -844,10 +1084,121 @@ SMX_V4 static void xp_rows_x4(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, in
 }
 #endif
 
-/* the AVX-512 rows when that variant runs (16/32-bit logits, C < 2^31 - 16) */
+#if SMX_X86
+/* The AVX2 sweep of a 16/32-bit row with probability targets: x4_prob_sweep
+ * over 4 float64 lanes with x3_exp (1.16 u per term where x4_exp has 1.07 u:
+ * L's share of the 16 u budget above moves by < 0.3 u), after x3_pass1. */
+AI3 void x3_prob_sweep(const xp_args *A, const float *x, const void *t, double m, xp_sums *S,
+                       const int T64, const int HAS_W) {
+    Py_ssize_t C = A->C;
+    const double *w = A->weight;
+    double *ebuf = A->eb;
+    const __m256d mv = _mm256_set1_pd(m), k1 = _mm256_set1_pd(1.0 - A->eps),
+                  k0 = _mm256_set1_pd(A->eps / (double)C), zero = _mm256_setzero_pd(),
+                  onev = _mm256_set1_pd(1.0);
+    __m256d hi[6], lo[6], acc[6];
+    for (int q = 0; q < 6; q++) hi[q] = lo[q] = acc[q] = zero;
+    int bad = 0, nacc = 0;
+    int64_t n0 = 0;
+    for (Py_ssize_t j = 0; j < C; j += 4) {
+        Py_ssize_t n = C - j < 4 ? C - j : 4;
+        __m128i act = _mm_cmplt_epi32(_mm_setr_epi32(0, 1, 2, 3), _mm_set1_epi32((int)n));
+        __m256i act64 = _mm256_cvtepi32_epi64(act);
+        int actb = (1 << n) - 1;
+        /* absent lanes read m and t = 0: they add nothing */
+        __m256d d = _mm256_sub_pd(
+            _mm256_cvtps_pd(_mm_blendv_ps(_mm_set1_ps((float)m), _mm_maskload_ps(x + j, act),
+                                          _mm_castsi128_ps(act))), mv);
+        __m256d e = x3_exp(d);
+        __m256d top = _mm256_cmp_pd(d, zero, _CMP_EQ_OQ);
+        n0 += __builtin_popcount((unsigned)(_mm256_movemask_pd(top) & actb));
+        /* a full store (eb has 4 doubles to spare): vmaskmovpd stores are slow on AMD */
+        _mm256_storeu_pd(ebuf + j, _mm256_blendv_pd(e, onev, top));
+        __m256d tv = T64 ? _mm256_maskload_pd((const double *)t + j, act64)
+                         : _mm256_cvtps_pd(_mm_maskload_ps((const float *)t + j, act));
+        bad |= _mm256_movemask_pd(_mm256_cmp_pd(tv, zero, _CMP_NGE_UQ)) & actb;  /* t < 0, NaN */
+        __m256d a = _mm256_add_pd(_mm256_mul_pd(k1, tv), k0);
+        if (HAS_W) a = _mm256_mul_pd(a, _mm256_maskload_pd(w + j, act64));
+        a = _mm256_and_pd(a, _mm256_castsi256_pd(act64));
+        __m256d nz = _mm256_sub_pd(zero, d);
+        acc[5] = _mm256_fmadd_pd(e, nz, acc[5]);
+        acc[0] = _mm256_add_pd(acc[0], e);
+        acc[1] = _mm256_add_pd(acc[1], a);
+        acc[2] = _mm256_fmadd_pd(a, nz, acc[2]);
+        acc[3] = _mm256_add_pd(acc[3], tv);
+        acc[4] = _mm256_fmadd_pd(tv, nz, acc[4]);
+        if (++nacc == 4 || j + 4 >= C) {  /* 4 terms per lane, then into the double-doubles */
+            for (int q = 0; q < 6; q++) { x3_two_sum(&hi[q], &lo[q], acc[q]); acc[q] = zero; }
+            nacc = 0;
+        }
+    }
+    double h[6 * 4], l4[6 * 4];
+    for (int q = 0; q < 6; q++) {
+        _mm256_storeu_pd(h + 4 * q, hi[q]);
+        _mm256_storeu_pd(l4 + 4 * q, lo[q]);
+    }
+    xp_lanes_merge(h, l4, 4, S);
+    S->bad = bad != 0;
+    S->n0 = n0;
+    S->inf_a = S->inf_t = 0;  /* exact rows have no -inf */
+}
+
+AI3 void xp_rows_x3_tt(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb,
+                       const int DT, const int T64, const int HAS_W) {
+    Py_ssize_t C = A->C;
+    size_t isz = (size_t)ITEMSIZE[DT], tsz = T64 ? 8 : 4;
+    for (Py_ssize_t r = r0; r < r1; r++) {
+        const char *x = (const char *)A->x + (size_t)r * C * isz;
+        const char *t = (const char *)A->t + (size_t)r * C * tsz;
+        const float *xf = xr_widen(x, C, A->fbuf, DT);
+        Py_ssize_t y = target_argmax(t, C, T64);
+        A->true_class[r] = y;
+        x4_pass1_t P;
+        x3_pass1(xf, C, xf[y], &P);
+        if (P.special) { xp_hand_back(A, r, t, nfb, T64); continue; }
+        double m = (double)P.m, xy = (double)xf[y];
+        xp_sums S;
+        if (P.exact) {
+            x3_prob_sweep(A, xf, t, m, &S, T64, HAS_W);
+            S.kfirst = P.k;
+            S.above = P.above;
+            S.m2 = (double)P.m2;
+        } else {
+            xp_sweep(A, x, t, m, xy, &S, DT, T64, HAS_W, 1);
+        }
+        A->tsum[r] = S.bad ? NAN : S.st.hi + S.st.lo;
+        if (S.bad) { A->fallback[r] = 1; (*nfb)++; continue; }
+        A->fallback[r] = 0;
+        xp_finish(A, r, x, t, m, y, xy, &S, DT, T64, HAS_W, 1);
+    }
+}
+
+SMX_V3 static void xp_rows_x3(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb,
+                              int dt) {
+#define X3_TT(D)                                                               \
+    if (A->t64) {                                                              \
+        if (A->weight) xp_rows_x3_tt(A, r0, r1, nfb, D, 1, 1);                 \
+        else xp_rows_x3_tt(A, r0, r1, nfb, D, 1, 0);                           \
+    } else {                                                                   \
+        if (A->weight) xp_rows_x3_tt(A, r0, r1, nfb, D, 0, 1);                 \
+        else xp_rows_x3_tt(A, r0, r1, nfb, D, 0, 0);                           \
+    }
+    switch (dt) {
+    case DT_F16: X3_TT(DT_F16) break;
+    case DT_BF16: X3_TT(DT_BF16) break;
+    case DT_F32: X3_TT(DT_F32) break;
+    default: xp_rows_kernel_v3(A, r0, r1, nfb, dt); break;
+    }
+#undef X3_TT
+}
+#endif
+
+/* the two-pass rows when the AVX-512 or AVX2 variant runs (16/32-bit logits,
+ * C < 2^31 - 16) */
 static void xp_rows_run(const xp_args *A, Py_ssize_t r0, Py_ssize_t r1, int64_t *nfb, int dt) {
 #if SMX_X86
     if (g_isa == ISA_AVX512 && A->C < INT32_MAX - 16) { xp_rows_x4(A, r0, r1, nfb, dt); return; }
+    if (g_isa == ISA_AVX2 && A->C < INT32_MAX - 16) { xp_rows_x3(A, r0, r1, nfb, dt); return; }
 #endif
     xp_rows_kernel(A, r0, r1, nfb, dt);
 }
@@ -1051,7 +1402,8 @@ static PyObject *py_xent_prob(PyObject *self, PyObject *args) {
     for (int i = 0; ok && i < 12; i++) {
         if (get_buf(outs[i], &bufs[nb], 1, n * sizes[i], "output") < 0) ok = 0; else nb++;
     }
-    double *eb = ok ? (double *)malloc(sizeof(double) * (size_t)c) : NULL;
+    /* eb: 4 doubles to spare for the AVX2 sweep's full-vector stores */
+    double *eb = ok ? (double *)malloc(sizeof(double) * ((size_t)c + 4)) : NULL;
     float *fb = ok ? (float *)malloc(sizeof(float) * (size_t)c) : NULL;
     if (ok && (!eb || !fb)) { ok = 0; free(eb); free(fb); PyErr_NoMemory(); }
     if (!ok) { for (int i = 0; i < nb; i++) PyBuffer_Release(&bufs[i]); return NULL; }
