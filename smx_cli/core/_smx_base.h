@@ -133,11 +133,15 @@ AI double expq(double r, const int USE_FMA) {
 }
 
 /* exp(x) * 2^K = *hi + *lo, relative error ~0.15 u of the pair; x = -inf or
- * below -1000 gives 0, x >= 710 gives inf, NaN propagates. Branch-free.
- * K in [0, 1000] scales exactly (tiny terms keep their lo word out of the
- * subnormal range). */
+ * below -1000 gives 0 whatever K is, x >= 710 gives inf, NaN propagates.
+ * Branch-free. K in [0, 1000] scales exactly (tiny terms keep their lo word
+ * out of the subnormal range); callers scale by 2^K only when the row's top
+ * term is >= e^-745, against which terms below e^-1000 are negligible (and
+ * zero, not e^-1000 2^K, so a huge correction c of such a term, e.g. 1e284 for
+ * (x - m)/t ~ -3e300, cannot be multiplied into the sum). */
 AI void exp_hl_scaled(double x, int64_t K, double *hi, double *lo, const int USE_FMA) {
-    x = x < -1000.0 ? -1000.0 : x;
+    const int gone = x < -1000.0;
+    x = gone ? -1000.0 : x;
     x = x > 710.0 ? 710.0 : x;
     double kd = x * LOG2E + SHIFT;
     uint64_t ki = asu64(kd);
@@ -156,8 +160,8 @@ AI void exp_hl_scaled(double x, int64_t K, double *hi, double *lo, const int USE
     int64_t k2 = k - k1;
     double s1 = asf64((uint64_t)(k1 + 1023) << 52);
     double s2 = asf64((uint64_t)(k2 + 1023) << 52);
-    *hi = (ph * s1) * s2;   /* the first product is exact, the second rounds once */
-    *lo = (pl * s1) * s2;
+    *hi = gone ? 0.0 : (ph * s1) * s2;   /* the first product is exact, the second rounds once */
+    *lo = gone ? 0.0 : (pl * s1) * s2;
 }
 
 AI void exp_hl(double x, double *hi, double *lo, const int USE_FMA) {
@@ -337,13 +341,18 @@ AI void rest_lse(const void *x, Py_ssize_t C, Py_ssize_t k, double m, double t, 
     }
     *m2_out = m2;
     if (!(m2 > -INFINITY)) return;
-    double top = exp(HAS_T ? (m2 - m) / t : (m2 - m));
-    if (!(top > 0.0)) return;
+    /* terms below e^-1000 are 0 (exp_hl_scaled): L < C e^-1000 rounds to 0 */
+    double z2 = HAS_T ? (m2 - m) / t : (m2 - m);
+    if (!(z2 >= -1000.0)) return;
+    /* rows whose terms are all tiny are summed scaled by an exact 2^K, with K
+     * from z2 itself: exp(z2) underflows to 0 below -745.13, where C such
+     * terms still make L = C e^z2 many subnormal spacings */
     int e;
-    frexp(top, &e);
+    if (z2 < -700.0) e = (int)floor(z2 * LOG2E) + 1;   /* 2^(e-1) <= e^z2 < 2^e, about */
+    else frexp(exp(z2), &e);
     int64_t K = e < -900 ? (int64_t)(-e) : 0;     /* scale tiny terms up exactly */
     if (K > 1000) K = 1000;
-    double sigma = grid_sigma(ldexp(top, (int)K), C);
+    double sigma = grid_sigma(exp(z2 + (double)K * LN2HI), C);  /* e^z2 2^K, near enough for a grid */
     sums_t s = {0.0, 0.0, 0.0};
     exp_sum(x, 0, k, m, t, sigma, K, NULL, NULL, &s, DT, HAS_T, USE_FMA, 0, DOT);
     exp_sum(x, k + 1, C, m, t, sigma, K, NULL, NULL, &s, DT, HAS_T, USE_FMA, 0, DOT);

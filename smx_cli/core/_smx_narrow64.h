@@ -49,13 +49,12 @@
  *    the same or one less; the grid argument holds for either). K = -e when
  *    e < -900 (<= 1000): terms scaled by an exact 2^K keep their lo words out
  *    of the subnormal range; S is scaled back by 2^-K (one rounding, as
- *    ldexp). Rows whose m2 term underflows libm's exp (z2 < -745.13, where
- *    rest_lse sets L = 0) are summed too: their L is then subnormal and
- *    within a subnormal spacing.
- *  - terms with q < -1000 are left out of S (as the max's own): exp_hl_scaled
- *    clamps them to e^-1000 2^K < 2^-442, negligible against the top term,
- *    but with a temperature their c reaches ~1e284 (q ~ -1e300) and hi c
- *    would swamp S.
+ *    ldexp). Rows whose m2 term underflows libm's exp (z2 < -745.13) are
+ *    summed too (as in rest_lse): their L is then subnormal and within a
+ *    subnormal spacing.
+ *  - terms with q < -1000 are 0 in exp_hl_scaled whatever K is (negligible
+ *    against the top term; with a temperature their c reaches ~1e284 and
+ *    hi c would swamp S).
  *  - L = log1p_dd_v(S): rest_lse's log1p_dd with its libm log1p replaced by
  *    a vectorisable one (comment there); |L - log1p(S)| within log1p_dd's
  *    error (~0.1-0.5 u of L, the Newton step's evaluation), so out_k keeps
@@ -272,12 +271,9 @@ AI void narrow64_t(const sm_args *A, Py_ssize_t r0, Py_ssize_t r1, stats_t *S, c
                     bt[i] = c;
                     exp_hl_scaled(q, kk[r], &eh, &el, USE_FMA);
                     el += eh * c;
-                    /* the max's own term is not in S; nor are terms of q < -1000,
-                     * which exp_hl_scaled clamps to e^-1000 2^K: below 2^-442,
-                     * negligible against the top term, but their c (up to
-                     * 2^-52 |q|, ~1e284 for q ~ -1e300 with a temperature)
-                     * would make eh c huge */
-                    int drop = ((double)j == kd[r]) | (q < -1000.0);
+                    /* the max's own term is not in S (exp_hl_scaled gives 0
+                     * for q < -1000 whatever K is) */
+                    int drop = (double)j == kd[r];
                     eh = drop ? 0.0 : eh;
                     el = drop ? 0.0 : el;
                     double g = (eh + sg[r]) - sg[r];

@@ -886,10 +886,16 @@ AI void xp_finish(const xp_args *A, Py_ssize_t r, const char *x, const char *t, 
     A->entropy[r] = L + dot / (1.0 + shi);
     /* loss = sum a (m - x) + L sum a; nll the same with a = t */
     double asum = S->a.hi + S->a.lo, tsum = S->st.hi + S->st.lo;
-    A->loss[r] = S->inf_a ? INFINITY
-                         : (S->da.hi + (S->da.lo + FMA_(lh, asum, ll * asum, USE_FMA))) + 0.0;
-    A->nll[r] = S->inf_t ? INFINITY
-                        : (S->dt.hi + (S->dt.lo + FMA_(lh, tsum, ll * tsum, USE_FMA))) + 0.0;
+    /* the terms a (m - x) are >= 0 (targets checked: S->bad counts negative or
+     * NaN ones), so a NaN sum is a product or partial sum that overflowed
+     * (inf - inf in the double-double's error terms): the loss is +inf */
+    int ovf_a = !S->bad && !(S->da.hi == S->da.hi), ovf_t = !S->bad && !(S->dt.hi == S->dt.hi);
+    A->loss[r] = S->inf_a || ovf_a
+                     ? INFINITY
+                     : (S->da.hi + (S->da.lo + FMA_(lh, asum, ll * asum, USE_FMA))) + 0.0;
+    A->nll[r] = S->inf_t || ovf_t
+                    ? INFINITY
+                    : (S->dt.hi + (S->dt.lo + FMA_(lh, tsum, ll * tsum, USE_FMA))) + 0.0;
     A->residual[r] = asum > 0.0 ? xp_residual(A, t, 1.0 / (1.0 + shi), 1.0 / asum, T64, HAS_W)
                                 : NAN;
     double q, c;

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from smx_cli.core import kernels, native, native_fast
-from smx_cli.core.eft import split_sum, two_prod, two_sum
+from smx_cli.core.eft import split_sum, split_sum_long, top_exponent, two_prod, two_sum
 from smx_cli.core.precision import BFLOAT16, Format, result_format
 from smx_cli.core.result import SoftmaxResult
 
@@ -29,6 +29,10 @@ from smx_cli.core.result import SoftmaxResult
 BLOCK_ELEMENTS = 1 << 18
 # column block width of the online normaliser
 ONLINE_BLOCK = 1024
+# fdlibm's ln 2 = LN2HI + LN2LO, LN2HI with 32 significant bits (K * LN2HI exact)
+_LN2HI = 6.93147180369123816490e-01
+_LN2LO = 1.90821492927058770002e-10
+_LOG2E = 1.4426950408889634
 _LONG = np.longdouble if np.finfo(np.longdouble).nmant >= 63 else np.float64
 
 def row_blocks(n_rows: int, n_cols: int):
@@ -143,7 +147,15 @@ def _accurate_block(xb: np.ndarray, t: float, kind: str, masked: str, compensate
         k = np.argmax(q, axis=1)
         rows = np.arange(len(k))
         e[rows, k] = 0.0
-        lse = np.log1p(total(e))
+        if c is None:
+            s = total(e)
+        else:
+            # the grid of the split sum relative to the largest non-max term:
+            # with a dominant maximum the rest is tiny, and -L = -log1p(rest)
+            # is the dominant entry's log-probability, relative-accurate
+            s = split_sum_long(e, 1, top_exponent(e, 1)).astype(np.float64)
+            _rescale_tiny_rows(s, q, c, k)
+        lse = np.log1p(s)
         q -= lse
         if c is not None:
             q += c
@@ -152,6 +164,41 @@ def _accurate_block(xb: np.ndarray, t: float, kind: str, masked: str, compensate
     if bad.any():
         _special_rows(out, xb, m, bad, kind, masked)
     return out
+
+
+def _rescale_tiny_rows(s: np.ndarray, q: np.ndarray, c: np.ndarray, k: np.ndarray) -> None:
+    """Re-sum, in place in ``s``, the rows whose non-max terms sum below 2**-900.
+
+    exp(q) loses bits below -708 and underflows to 0 below -745.13, yet C such
+    terms make L = log1p(S) ~ S worth many subnormal spacings (and -L is the
+    dominant log-probability). Those rows are summed again as
+    exp(q + K ln 2) (1 + err + c), K = floor(-q2 log2 e) - 1 from the largest
+    non-max term q2, so the largest term is in [1/4, 1/2]; q + K LN2HI + K LN2LO
+    is formed with two TwoSums (K LN2HI is exact, fdlibm's split of ln 2; the
+    product K LN2LO errs by ~2**-75), err their errors, and the sum
+    is scaled back by an exact 2**-K, rounded once (ldexp). Terms below
+    e^-1000 are negligible against e^q2 and rows with q2 < -1000 keep L = 0
+    (exact L < C e^-1000 rounds to 0).
+    """
+    tiny = np.flatnonzero(s[:, 0] < 2.0 ** -900)
+    if tiny.size == 0:
+        return
+    qi = q[tiny]
+    qi[np.arange(tiny.size), k[tiny]] = -np.inf
+    q2 = qi.max(axis=1)
+    keep = q2 >= -1000.0          # drops rows of no other finite term (and NaN rows)
+    if not keep.any():
+        return
+    tiny, qi = tiny[keep], qi[keep]
+    K = np.floor(-q2[keep] * _LOG2E)[:, None] - 1.0
+    hi, err = two_sum(qi, K * _LN2HI)
+    hi, err2 = two_sum(hi, K * _LN2LO)   # K LN2LO ~ 2e-7: first order, not a correction
+    err += err2
+    err += c[tiny]
+    e = np.exp(hi)
+    np.copyto(err, 0.0, where=~np.isfinite(err))   # -inf entries
+    e += e * err
+    s[tiny, 0] = np.ldexp(exact_row_sum(e)[:, 0], -K[:, 0].astype(np.int64))
 
 
 def online_block(xb: np.ndarray, t: float, masked: str, compensate: bool) -> np.ndarray:

@@ -141,6 +141,22 @@ def split_sum(e: np.ndarray, extra: np.ndarray | None = None):
     return fast_two_sum(s_hi, s_lo)
 
 
+def top_exponent(e: np.ndarray, ax: int) -> np.ndarray:
+    """Per row (along ``ax``, keepdims) an exponent g with every term below 2**g.
+
+    The grid of :func:`split_sum_long` relative to the row's largest term, so
+    a row of tiny terms (log-softmax's rest beside a dominant maximum) sums to
+    a few tenths of an ulp of *its* size, not of 1. Rows of zeros get 0; g
+    is at least -1000 (the grid stays a normal number).
+
+    Examples
+    --------
+    >>> top_exponent(np.array([[0.75, 0.25], [0.0, 0.0], [2.0**-60, 0.0]]), 1).ravel()
+    array([  0,   0, -59], dtype=int32)
+    """
+    return np.maximum(np.frexp(np.max(e, axis=ax, keepdims=True))[1], -1000)
+
+
 def split_sum_long(e: np.ndarray, ax: int, scale_exp, work=None) -> np.ndarray:
     """Row sums (along ``ax``) of non-negative terms below 2**scale_exp, as long double.
 

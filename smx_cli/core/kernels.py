@@ -46,7 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from smx_cli.core.eft import fast_two_sum_into, split_sum_long, two_sum_into
+from smx_cli.core.eft import fast_two_sum_into, split_sum_long, top_exponent, two_sum_into
 
 # elements per block: 256 KB of float64 per work buffer
 BLOCK_ELEMENTS = 1 << 15
@@ -244,7 +244,10 @@ def f64_block(xb: np.ndarray, ob: np.ndarray, ax: int, kind: str) -> np.ndarray:
     # sum of e split error-free (every term <= 1: the grid of 2**1), plus
     # the tiny corrections' plain sum, in long double
     h_sum = np.sum(h, axis=ax, keepdims=True).astype(np.longdouble)
-    total = split_sum_long(e, ax, 1, work('hi', shape)) + h_sum
+    # log-softmax: the grid relative to the largest non-max term (a dominant
+    # maximum leaves a tiny rest, whose log1p is the maximum's log-probability)
+    grid = 1 if kind == "prob" else top_exponent(e, ax)
+    total = split_sum_long(e, ax, grid, work('hi', shape)) + h_sum
     if kind == "prob":
         # p = e(1 + err) / (S_hi (1 + rho)) = q + q (err - rho), q = fl(e / S_hi):
         # a division, not a multiply by 1/S, so one column gives exactly 1 and
@@ -262,6 +265,9 @@ def f64_block(xb: np.ndarray, ob: np.ndarray, ax: int, kind: str) -> np.ndarray:
         c -= lse
         ob += c
         np.put_along_axis(ob, k, -lse, ax)
+        # rows of a tiny rest (their terms below ~e^-620, where exp loses
+        # bits) go to the plain kernel, which sums them scaled
+        bad = bad | (total < 2.0 ** -900)
     return (bad | ~np.isfinite(total)).reshape(-1)
 
 
