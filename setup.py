@@ -70,6 +70,7 @@ if os.environ.get("SMX_NO_NATIVE", "") not in ("1", "true", "yes"):
         depends=["smx_cli/core/_smx_common.h", "smx_cli/core/_smx_dispatch.h", "smx_cli/core/_smx_base.h",
                  "smx_cli/core/_smx_softmax.h", "smx_cli/core/_smx_lowp.h",
                  "smx_cli/core/_smx_narrow64.h", "smx_cli/core/_smx_x4exp.h",
+                 "smx_cli/core/_smx_f64x4.h",
                  "smx_cli/core/_smx_xent.h",
                  "smx_cli/core/_smx_vjp.h"],
         extra_compile_args=_flags(),

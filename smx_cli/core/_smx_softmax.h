@@ -6,6 +6,7 @@
 #define SMX_SOFTMAX_H
 
 #include "_smx_lowp.h"
+#include "_smx_f64x4.h"
 
 /* ------------------------------------------------------------------------ */
 /* softmax / log-softmax over rows [r0, r1)                                  */
@@ -64,6 +65,13 @@ AI void softmax_row_prob(const sm_args *A, const void *x, void *o, double m, sta
                          const int DT, const int HAS_T, const int USE_FMA) {
     Py_ssize_t C = A->C;
     double *ph = A->ph, *pl = A->pl;
+#if HAVE_F64X4_ROWS
+    if (DT == DT_F64 && g_isa == ISA_AVX512) {  /* the AVX-512 variant: intrinsics */
+        S->exp_underflow += f64x4_row((const double *)x, (double *)o, C, m, 0, A->t, ph, pl,
+                                      HAS_T, 0);
+        return;
+    }
+#endif
     double sigma = grid_sigma(1.0, C);
     sums_t s = {0.0, 0.0, 0.0};
     exp_sum(x, 0, C, m, A->t, sigma, 0, ph, pl, &s, DT, HAS_T, USE_FMA, 1, 0);
@@ -97,6 +105,13 @@ AI void softmax_row_log(const sm_args *A, const void *x, void *o, double m, Py_s
                         stats_t *S, const int DT, const int HAS_T, const int USE_FMA) {
     Py_ssize_t C = A->C;
     double t = A->t;
+#if HAVE_F64X4_ROWS
+    if (DT == DT_F64 && g_isa == ISA_AVX512) {  /* the AVX-512 variant: intrinsics */
+        S->exp_underflow += f64x4_row((const double *)x, (double *)o, C, m, k, t, NULL, NULL,
+                                      HAS_T, 1);
+        return;
+    }
+#endif
     double lh, ll, m2;
     rest_lse(x, C, k, m, t, &lh, &ll, &m2, NULL, NULL, DT, HAS_T, USE_FMA, 0);
     double lim = LOG_UNDER[DT];

@@ -1,0 +1,265 @@
+/* _smx_f64x4.h: float64 softmax / log-softmax rows with AVX-512 intrinsics
+ * (the x86-64-v4 variant only: callers check g_isa == ISA_AVX512, as for
+ * lowp_x4_row). The same arithmetic as the portable per-row path
+ * (softmax_row_prob / softmax_row_log, exp_sum and rest_lse in _smx_base.h),
+ * which stays the reference and the baseline / AVX2 path, with a shorter exp:
+ * Included once, by _smx_softmax.h; not a public header.
+ *
+ * exp as hi + lo (f64x4_exp_hl): exp(d) 2^K = 2^floor(k/16) (Th + Tl)(1 + p)
+ * with k = rint(16 d / ln 2) (kd = k/16 from the 1.5 2^48 shift, the low 4
+ * bits of its word are k mod 16, as x4_exp_deg in _smx_x4exp.h);
+ *  - r = (d - kd LN2H) - kd LN2L, LN2H = ln 2 rounded, LN2L the next 53 bits:
+ *    the first FMA is exact (kd LN2H is a multiple of 2^-57, and so is d when
+ *    |d| >= 2^-5, else k = 0; |d - kd LN2H| < 2^-5 fits 52 bits), the second
+ *    rounds once: |r| <= ln2/32 + 2^-40 < 0.0217, error <= 2^-59 (0.016 u,
+ *    u = 2^-53), LN2H + LN2L = ln 2 within 2^-110 (times |kd| <= 1443);
+ *  - p = r + w, w = r^2 Q(r), Q the Taylor polynomial 1/2! .. 1/7! (Horner,
+ *    the coefficients are 1/n! rounded): truncation r^8/8! < 2^-59.5
+ *    (0.012 u); w < 2^-11.9 with a few u of its own error (< 2^-63);
+ *  - T = 2^(j/16) as Th + Tl (Th rounded, Tl the rest rounded: T to 2^-107;
+ *    the table is re-derived from mpmath in tests/test_native_f64_x4.py);
+ *  - P = Th r + (Th w + Tl (1 + p)) by three FMAs, one rounding that counts:
+ *    |P| < 0.045, <= 2^-58 (0.031 u); hi = Th + P, lo = (Th - hi) + P is
+ *    Fast2Sum (|Th| >= 1 > |P|): exact. Then lo += hi c (c: the rounding
+ *    error of q = fl(x - m) [/t], exp(q + c) = exp(q)(1 + c) within c^2 <
+ *    2^-87) and both words are scaled by 2^(floor(kd) + K) (vscalefpd: exact
+ *    for normal results, subnormal ones rounded once, as exp_hl_scaled).
+ *  Relative error of hi + lo: 0.016 + 0.012 + 0.031 + < 0.01 u < 0.07 u,
+ *  against ~0.15 u for exp_hl_scaled's degree-13 Taylor: the 1.5 ulp budget
+ *  of the per-row path (softmax_row_prob) holds with room. d below -1000
+ *  gives 0 (both words), as exp_hl_scaled; d never exceeds 0 here.
+ *
+ * The rest is the per-row path's: the row sum split on the grid 1.5 2^g (the
+ * grid parts exact in any order, so 8 lanes change nothing), the corrected
+ * division out = q + ((h - q S_hi) + p_lo - q S_lo) / S_hi with the last
+ * division a product by 1/S_hi (the correction is < 2 ulp of q, so the
+ * relative error u of 1/S_hi costs < 2^-51 ulp of out) and h - q S_hi by one
+ * FMA (its rounding, if any, is u of the correction: nothing), rounded once
+ * by the final FMA; log-softmax (q - L_hi) + (c - L_lo) with L from log1p_dd.
+ * Tails are masked loads (inactive lanes read -inf: exp 0, c 0, stores
+ * masked). Underflow counts: softmax counts stored zeros and subtracts the
+ * -inf entries (counted in the exp pass), log-softmax counts v < LOG_UNDER on
+ * lanes whose x > -inf: the portable path's counts.
+ */
+#ifndef SMX_F64X4_H
+#define SMX_F64X4_H
+
+#if SMX_X86
+
+/* 2^(j/16) = F64X4_TH[j] + F64X4_TL[j] */
+static const double F64X4_TH[16] = {0x1.0000000000000p+0, 0x1.0b5586cf9890fp+0, 0x1.172b83c7d517bp+0,
+    0x1.2387a6e756238p+0, 0x1.306fe0a31b715p+0, 0x1.3dea64c123422p+0, 0x1.4bfdad5362a27p+0,
+    0x1.5ab07dd485429p+0,
+    0x1.6a09e667f3bcdp+0, 0x1.7a11473eb0187p+0, 0x1.8ace5422aa0dbp+0,
+    0x1.9c49182a3f090p+0, 0x1.ae89f995ad3adp+0, 0x1.c199bdd85529cp+0, 0x1.d5818dcfba487p+0,
+    0x1.ea4afa2a490dap+0};
+static const double F64X4_TL[16] = {0.0, 0x1.8a62e4adc610bp-54, -0x1.19041b9d78a76p-55, 0x1.9b07eb6c70573p-54,
+    0x1.6f46ad23182e4p-55, 0x1.ada0911f09ebcp-55, 0x1.d4397afec42e2p-56, 0x1.6324c054647adp-54,
+    -0x1.bdd3413b26456p-54, -0x1.41577ee04992fp-55, 0x1.6e9f156864b27p-54,
+    0x1.c7c46b071f2bep-56, 0x1.7a1cd345dcc81p-54, 0x1.11065895048ddp-55,
+    0x1.2ed02d75b3707p-55, -0x1.e9c23179c2893p-54};
+#define F64X4_LN2H 0x1.62e42fefa39efp-1
+#define F64X4_LN2L 0x1.abc9e3b39803fp-56
+
+/* exp(d) 2^K as *hi + *lo (budget above), d <= 0 or -inf (-inf and d < -1000
+ * give 0); c folded into lo. kK = K as a double (0 <= K <= 1000). */
+AI4 void f64x4_exp_hl(__m512d d, __m512d c, __m512d kK, __m512d *hi, __m512d *lo) {
+    const __m512d TH0 = _mm512_loadu_pd(F64X4_TH), TH1 = _mm512_loadu_pd(F64X4_TH + 8);
+    const __m512d TL0 = _mm512_loadu_pd(F64X4_TL), TL1 = _mm512_loadu_pd(F64X4_TL + 8);
+    const __m512d sh = _mm512_set1_pd(0x1.8p48);  /* its ulp is 1/16 */
+    __mmask8 ok = _mm512_cmp_pd_mask(d, _mm512_set1_pd(-1000.0), _CMP_GE_OQ);
+    d = _mm512_max_pd(d, _mm512_set1_pd(-1000.0));
+    __m512d kd = _mm512_fmadd_pd(d, _mm512_set1_pd(LOG2E), sh);
+    __m512i ki = _mm512_castpd_si512(kd);        /* low 4 bits: k mod 16 */
+    kd = _mm512_sub_pd(kd, sh);                  /* k/16, exact */
+    __m512d r = _mm512_fnmadd_pd(kd, _mm512_set1_pd(F64X4_LN2H), d);  /* exact */
+    r = _mm512_fnmadd_pd(kd, _mm512_set1_pd(F64X4_LN2L), r);
+    __m512d q = _mm512_fmadd_pd(_mm512_set1_pd(1.0 / 5040.0), r, _mm512_set1_pd(1.0 / 720.0));
+    q = _mm512_fmadd_pd(q, r, _mm512_set1_pd(1.0 / 120.0));
+    q = _mm512_fmadd_pd(q, r, _mm512_set1_pd(1.0 / 24.0));
+    q = _mm512_fmadd_pd(q, r, _mm512_set1_pd(1.0 / 6.0));
+    q = _mm512_fmadd_pd(q, r, _mm512_set1_pd(0.5));
+    __m512d w = _mm512_mul_pd(_mm512_mul_pd(r, r), q);
+    __m512d p = _mm512_add_pd(r, w);
+    __m512d th = _mm512_permutex2var_pd(TH0, ki, TH1);
+    __m512d tl = _mm512_permutex2var_pd(TL0, ki, TL1);
+    __m512d P = _mm512_fmadd_pd(th, w, _mm512_fmadd_pd(tl, p, tl));
+    P = _mm512_fmadd_pd(th, r, P);
+    __m512d h = _mm512_add_pd(th, P);
+    __m512d l = _mm512_add_pd(_mm512_sub_pd(th, h), P);  /* Fast2Sum */
+    l = _mm512_fmadd_pd(h, c, l);
+    __m512d sc = _mm512_add_pd(kd, kK);
+    *hi = _mm512_maskz_scalef_pd(ok, h, sc);
+    *lo = _mm512_maskz_scalef_pd(ok, l, sc);
+}
+
+/* q = fl(x - m) [/ t] and its rounding error c (0 where not finite), as shifted() */
+AI4 void f64x4_shift(__m512d xv, __m512d mv, __m512d tv, __m512d tinv, __m512d *q, __m512d *c,
+                     const int HAS_T) {
+    __m512d d = _mm512_sub_pd(xv, mv);
+    __m512d bv = _mm512_sub_pd(d, xv);
+    __m512d e = _mm512_add_pd(_mm512_sub_pd(xv, _mm512_sub_pd(d, bv)),
+                              _mm512_sub_pd(_mm512_sub_pd(_mm512_setzero_pd(), mv), bv));
+    if (HAS_T) {
+        __m512d qq = _mm512_div_pd(d, tv);
+        __m512d rem = _mm512_fnmadd_pd(qq, tv, d);  /* d - qq t, exact */
+        e = _mm512_mul_pd(_mm512_add_pd(rem, e), tinv);
+        d = qq;
+    }
+    *q = d;
+    __mmask8 fin = _mm512_cmp_pd_mask(_mm512_sub_pd(e, e), _mm512_setzero_pd(), _CMP_EQ_OQ);
+    *c = _mm512_maskz_mov_pd(fin, e);
+}
+
+AI4 __m512d f64x4_ld(const double *x, Py_ssize_t j, __mmask8 act, const int FULL) {
+    return FULL ? _mm512_loadu_pd(x + j)
+                : _mm512_mask_loadu_pd(_mm512_set1_pd(-INFINITY), act, x + j);
+}
+
+/* sum of exp(z_j) 2^K over [j0, j1) on the grid sigma into *ah, *al (8
+ * lanes); STORE: the pairs to ph, pl and the count of -inf entries to *ninf */
+AI4 void f64x4_exp_sum(const double *x, Py_ssize_t j0, Py_ssize_t j1, double m, double t,
+                       double sigma, int64_t K, double *ph, double *pl, __m512d *ah, __m512d *al,
+                       int64_t *ninf, const int HAS_T, const int STORE) {
+    const __m512d mv = _mm512_set1_pd(m), tv = _mm512_set1_pd(t), ti = _mm512_set1_pd(1.0 / t);
+    const __m512d sg = _mm512_set1_pd(sigma), kK = _mm512_set1_pd((double)K);
+    const __m512d ninfv = _mm512_set1_pd(-INFINITY);
+    __m512d a0 = *ah, b0 = *al;
+    int64_t ni = 0;
+#define F64X4_E(J, ACT, FULL)                                                   \
+    {                                                                           \
+        __m512d xv = f64x4_ld(x, (J), (ACT), (FULL)), q, c, eh, el;             \
+        f64x4_shift(xv, mv, tv, ti, &q, &c, HAS_T);                             \
+        f64x4_exp_hl(q, c, kK, &eh, &el);                                       \
+        if (STORE) {                                                            \
+            if (FULL) { _mm512_storeu_pd(ph + (J), eh); _mm512_storeu_pd(pl + (J), el); } \
+            else { _mm512_mask_storeu_pd(ph + (J), (ACT), eh);                  \
+                   _mm512_mask_storeu_pd(pl + (J), (ACT), el); }                \
+            ni += __builtin_popcount(_mm512_mask_cmp_pd_mask((ACT), xv, ninfv, _CMP_EQ_OQ)); \
+        }                                                                       \
+        __m512d g = _mm512_sub_pd(_mm512_add_pd(eh, sg), sg);                   \
+        a0 = _mm512_add_pd(a0, g);                                              \
+        b0 = _mm512_add_pd(b0, _mm512_add_pd(_mm512_sub_pd(eh, g), el));       \
+    }
+    Py_ssize_t j = j0;
+    for (; j + 8 <= j1; j += 8) F64X4_E(j, 0xff, 1)
+    if (j < j1) {
+        __mmask8 act = (__mmask8)((1u << (j1 - j)) - 1u);
+        F64X4_E(j, act, 0)
+    }
+#undef F64X4_E
+    *ah = a0;
+    *al = b0;
+    if (STORE) *ninf += ni;
+}
+
+/* the lanes' grid parts (exact in any order) and remainders as S_hi + S_lo */
+AI4 void f64x4_total(__m512d ah, __m512d al, double *shi, double *slo) {
+    double h = _mm512_reduce_add_pd(ah);  /* exact: multiples of the grid's ulp */
+    double l = _mm512_reduce_add_pd(al);
+    double s = h + l, bb = s - h;
+    *slo = (h - (s - bb)) + (l - bb);     /* TwoSum: h may be 0 */
+    *shi = s;
+}
+
+/* softmax of one float64 row with a finite maximum m: the outputs, returns
+ * the underflow count (as softmax_row_prob) */
+AI4 int64_t f64x4_prob_t(const double *x, double *o, Py_ssize_t C, double m, double t,
+                         double *ph, double *pl, const int HAS_T) {
+    __m512d ah = _mm512_setzero_pd(), al = _mm512_setzero_pd();
+    int64_t ninf = 0;
+    f64x4_exp_sum(x, 0, C, m, t, grid_sigma(1.0, C), 0, ph, pl, &ah, &al, &ninf, HAS_T, 1);
+    double shi, slo;
+    f64x4_total(ah, al, &shi, &slo);
+    const __m512d iv = _mm512_set1_pd(1.0 / shi), sh = _mm512_set1_pd(shi),
+                  sl = _mm512_set1_pd(slo);
+    int64_t z = 0;
+#define F64X4_P(J, ACT, FULL)                                                   \
+    {                                                                           \
+        __m512d h = FULL ? _mm512_loadu_pd(ph + (J)) : _mm512_maskz_loadu_pd((ACT), ph + (J)); \
+        __m512d l = FULL ? _mm512_loadu_pd(pl + (J)) : _mm512_maskz_loadu_pd((ACT), pl + (J)); \
+        __m512d q = _mm512_mul_pd(h, iv);                                       \
+        __m512d rr = _mm512_fnmadd_pd(q, sh, h);   /* h - q S_hi */             \
+        __m512d tt = _mm512_fnmadd_pd(q, sl, _mm512_add_pd(rr, l));             \
+        __m512d v = _mm512_fmadd_pd(tt, iv, q);                                 \
+        if (FULL) _mm512_storeu_pd(o + (J), v);                                 \
+        else _mm512_mask_storeu_pd(o + (J), (ACT), v);                          \
+        z += __builtin_popcount(_mm512_mask_cmp_pd_mask((ACT), v, _mm512_setzero_pd(), _CMP_EQ_OQ)); \
+    }
+    Py_ssize_t j = 0;
+    for (; j + 8 <= C; j += 8) F64X4_P(j, 0xff, 1)
+    if (j < C) F64X4_P(j, (__mmask8)((1u << (C - j)) - 1u), 0)
+#undef F64X4_P
+    return z - ninf;
+}
+
+/* log-softmax of one float64 row with a finite maximum m at k (first index):
+ * rest_lse's L, then the outputs; returns the underflow count (as
+ * softmax_row_log) */
+AI4 int64_t f64x4_log_t(const double *x, double *o, Py_ssize_t C, double m, Py_ssize_t k,
+                        double t, const int HAS_T) {
+    double lh = 0.0, ll = 0.0, m2 = -INFINITY;
+    if (C > 1) {
+        double a = row_max(x, 0, k, NULL, DT_F64), b = row_max(x, k + 1, C, NULL, DT_F64);
+        m2 = a > b ? a : b;
+    }
+    double z2 = HAS_T ? (m2 - m) / t : (m2 - m);
+    if (m2 > -INFINITY && z2 >= -1000.0) {
+        /* as rest_lse: the grid scaled to the largest term, tiny rows by 2^K */
+        int e;
+        if (z2 < -700.0) e = (int)floor(z2 * LOG2E) + 1;
+        else frexp(exp(z2), &e);
+        int64_t K = e < -900 ? (int64_t)(-e) : 0;
+        if (K > 1000) K = 1000;
+        double sigma = grid_sigma(exp(z2 + (double)K * LN2HI), C);
+        __m512d ah = _mm512_setzero_pd(), al = _mm512_setzero_pd();
+        f64x4_exp_sum(x, 0, k, m, t, sigma, K, NULL, NULL, &ah, &al, NULL, HAS_T, 0);
+        f64x4_exp_sum(x, k + 1, C, m, t, sigma, K, NULL, NULL, &ah, &al, NULL, HAS_T, 0);
+        double shi, slo;
+        f64x4_total(ah, al, &shi, &slo);
+        if (K) { shi = ldexp(shi, (int)-K); slo = ldexp(slo, (int)-K); }
+        log1p_dd(shi, slo, &lh, &ll);
+    }
+    const __m512d mv = _mm512_set1_pd(m), tv = _mm512_set1_pd(t), ti = _mm512_set1_pd(1.0 / t);
+    const __m512d lhv = _mm512_set1_pd(lh), nlh = _mm512_set1_pd(-lh), llv = _mm512_set1_pd(ll);
+    const __m512d lim = _mm512_set1_pd(LOG_UNDER[DT_F64]), ninfv = _mm512_set1_pd(-INFINITY);
+    int64_t z = 0;
+#define F64X4_L(J, ACT, FULL)                                                   \
+    {                                                                           \
+        __m512d xv = f64x4_ld(x, (J), (ACT), (FULL)), q, c;                     \
+        f64x4_shift(xv, mv, tv, ti, &q, &c, HAS_T);                             \
+        __m512d s = _mm512_sub_pd(q, lhv);                                      \
+        __m512d bv = _mm512_sub_pd(s, q);                                       \
+        __m512d e1 = _mm512_add_pd(_mm512_sub_pd(q, _mm512_sub_pd(s, bv)), _mm512_sub_pd(nlh, bv)); \
+        __m512d v = _mm512_add_pd(s, _mm512_sub_pd(_mm512_add_pd(e1, c), llv)); \
+        __mmask8 qi = _mm512_cmp_pd_mask(q, ninfv, _CMP_EQ_OQ);                 \
+        v = _mm512_mask_mov_pd(v, qi, ninfv);                                   \
+        if (FULL) _mm512_storeu_pd(o + (J), v);                                 \
+        else _mm512_mask_storeu_pd(o + (J), (ACT), v);                          \
+        __mmask8 fx = _mm512_mask_cmp_pd_mask((ACT), xv, ninfv, _CMP_NEQ_OQ);   \
+        z += __builtin_popcount(_mm512_mask_cmp_pd_mask(fx, v, lim, _CMP_LT_OQ)); \
+    }
+    Py_ssize_t j = 0;
+    for (; j + 8 <= C; j += 8) F64X4_L(j, 0xff, 1)
+    if (j < C) F64X4_L(j, (__mmask8)((1u << (C - j)) - 1u), 0)
+#undef F64X4_L
+    o[k] = -(lh + ll);
+    return z;
+}
+
+/* one float64 row (finite maximum m; k its first index for kind 1; ph, pl
+ * C doubles of scratch each for kind 0): the outputs, returns the underflow
+ * count */
+SMX_V4 __attribute__((noinline, unused)) static int64_t
+f64x4_row(const double *x, double *o, Py_ssize_t C, double m, Py_ssize_t k, double t, double *ph,
+          double *pl, int has_t, int kind) {
+    if (kind == 0) return has_t ? f64x4_prob_t(x, o, C, m, t, ph, pl, 1)
+                                : f64x4_prob_t(x, o, C, m, t, ph, pl, 0);
+    return has_t ? f64x4_log_t(x, o, C, m, k, t, 1) : f64x4_log_t(x, o, C, m, k, t, 0);
+}
+#define HAVE_F64X4_ROWS 1
+#else
+#define HAVE_F64X4_ROWS 0
+#endif
+
+#endif
