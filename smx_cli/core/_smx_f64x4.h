@@ -125,7 +125,8 @@ AI4 void f64x4_exp_sum(const double *x, Py_ssize_t j0, Py_ssize_t j1, double m, 
     const __m512d sg = _mm512_set1_pd(sigma), kK = _mm512_set1_pd((double)K);
     const __m512d ninfv = _mm512_set1_pd(-INFINITY);
     __m512d a0 = *ah, b0 = *al;
-    int64_t ni = 0;
+    __m512i ni = _mm512_setzero_si512();  /* per-lane counts (negated) of -inf entries */
+    const __m512i one = _mm512_set1_epi64(-1);
 #define F64X4_E(J, ACT, FULL)                                                   \
     {                                                                           \
         __m512d xv = f64x4_ld(x, (J), (ACT), (FULL)), q, c, eh, el;             \
@@ -135,7 +136,8 @@ AI4 void f64x4_exp_sum(const double *x, Py_ssize_t j0, Py_ssize_t j1, double m, 
             if (FULL) { _mm512_storeu_pd(ph + (J), eh); _mm512_storeu_pd(pl + (J), el); } \
             else { _mm512_mask_storeu_pd(ph + (J), (ACT), eh);                  \
                    _mm512_mask_storeu_pd(pl + (J), (ACT), el); }                \
-            ni += __builtin_popcount(_mm512_mask_cmp_pd_mask((ACT), xv, ninfv, _CMP_EQ_OQ)); \
+            ni = _mm512_mask_add_epi64(ni, _mm512_mask_cmp_pd_mask((ACT), xv, ninfv, _CMP_EQ_OQ), \
+                                       ni, one);                                \
         }                                                                       \
         __m512d g = _mm512_sub_pd(_mm512_add_pd(eh, sg), sg);                   \
         a0 = _mm512_add_pd(a0, g);                                              \
@@ -150,7 +152,7 @@ AI4 void f64x4_exp_sum(const double *x, Py_ssize_t j0, Py_ssize_t j1, double m, 
 #undef F64X4_E
     *ah = a0;
     *al = b0;
-    if (STORE) *ninf += ni;
+    if (STORE) *ninf -= _mm512_reduce_add_epi64(ni);
 }
 
 /* the lanes' grid parts (exact in any order) and remainders as S_hi + S_lo */
@@ -173,7 +175,8 @@ AI4 int64_t f64x4_prob_t(const double *x, double *o, Py_ssize_t C, double m, dou
     f64x4_total(ah, al, &shi, &slo);
     const __m512d iv = _mm512_set1_pd(1.0 / shi), sh = _mm512_set1_pd(shi),
                   sl = _mm512_set1_pd(slo);
-    int64_t z = 0;
+    const __m512i one = _mm512_set1_epi64(-1);
+    __m512i z = _mm512_setzero_si512();  /* per-lane counts (negated) of stored zeros */
 #define F64X4_P(J, ACT, FULL)                                                   \
     {                                                                           \
         __m512d h = FULL ? _mm512_loadu_pd(ph + (J)) : _mm512_maskz_loadu_pd((ACT), ph + (J)); \
@@ -184,25 +187,63 @@ AI4 int64_t f64x4_prob_t(const double *x, double *o, Py_ssize_t C, double m, dou
         __m512d v = _mm512_fmadd_pd(tt, iv, q);                                 \
         if (FULL) _mm512_storeu_pd(o + (J), v);                                 \
         else _mm512_mask_storeu_pd(o + (J), (ACT), v);                          \
-        z += __builtin_popcount(_mm512_mask_cmp_pd_mask((ACT), v, _mm512_setzero_pd(), _CMP_EQ_OQ)); \
+        z = _mm512_mask_add_epi64(z, _mm512_mask_cmp_pd_mask((ACT), v, _mm512_setzero_pd(), \
+                                                             _CMP_EQ_OQ), z, one); \
     }
     Py_ssize_t j = 0;
     for (; j + 8 <= C; j += 8) F64X4_P(j, 0xff, 1)
     if (j < C) F64X4_P(j, (__mmask8)((1u << (C - j)) - 1u), 0)
 #undef F64X4_P
-    return z - ninf;
+    return -_mm512_reduce_add_epi64(z) - ninf;
 }
 
-/* log-softmax of one float64 row with a finite maximum m at k (first index):
- * rest_lse's L, then the outputs; returns the underflow count (as
+/* one pass over a float64 row: its maximum *m, the first index *k of it,
+ * the largest entry other than that one *m2 (= *m for ties) and whether a
+ * NaN is present (then the rest is meaningless). Per lane: the running
+ * maximum (replaced only by a strictly larger entry, so the lane keeps its
+ * first occurrence, its index beside it) and the running second
+ * max(m2, min(m1, v)); the lanes merged at the end. The maximum is compared
+ * as a value: -0 and +0 are equal (first_index's x == m) and the maximum's
+ * sign of zero may differ from row_max's, which changes no output (x - m is
+ * then +-0, exp 1; log-softmax overwrites the entry k). */
+AI4 void f64x4_top2(const double *x, Py_ssize_t C, double *m, Py_ssize_t *k, double *m2,
+                    int *has_nan) {
+    const __m512d ninfv = _mm512_set1_pd(-INFINITY);
+    __m512d m1v = ninfv, m2v = ninfv;
+    __m512i iv = _mm512_set1_epi64(INT64_MAX), jv = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m512i eight = _mm512_set1_epi64(8);
+    __mmask8 nan = 0;
+    Py_ssize_t j = 0;
+#define F64X4_T2(ACT, FULL)                                                     \
+    {                                                                           \
+        __m512d v = f64x4_ld(x, j, (ACT), (FULL));                              \
+        __mmask8 gt = _mm512_cmp_pd_mask(v, m1v, _CMP_GT_OQ);                   \
+        nan |= _mm512_cmp_pd_mask(v, v, _CMP_UNORD_Q);                          \
+        m2v = _mm512_max_pd(m2v, _mm512_min_pd(m1v, v));                        \
+        m1v = _mm512_mask_mov_pd(m1v, gt, v);                                   \
+        iv = _mm512_mask_mov_epi64(iv, gt, jv);                                 \
+        jv = _mm512_add_epi64(jv, eight);                                       \
+    }
+    for (; j + 8 <= C; j += 8) F64X4_T2(0xff, 1)
+    if (j < C) F64X4_T2((__mmask8)((1u << (C - j)) - 1u), 0)
+#undef F64X4_T2
+    *has_nan = nan != 0;
+    double mm = _mm512_reduce_max_pd(m1v);
+    __mmask8 at = _mm512_cmp_pd_mask(m1v, _mm512_set1_pd(mm), _CMP_EQ_OQ);
+    int64_t kk = _mm512_mask_reduce_min_epi64(at, iv);
+    /* the lane holding k gives its second; the other lanes their maximum */
+    __mmask8 kl = _mm512_cmp_epi64_mask(iv, _mm512_set1_epi64(kk), _MM_CMPINT_EQ);
+    *m2 = _mm512_reduce_max_pd(_mm512_mask_mov_pd(m1v, kl, m2v));
+    *m = mm;
+    *k = mm > -INFINITY ? (Py_ssize_t)kk : 0;
+}
+
+/* log-softmax of one float64 row with a finite maximum m at k (first index),
+ * m2 the largest other entry: rest_lse's L, then the outputs; returns the underflow count (as
  * softmax_row_log) */
 AI4 int64_t f64x4_log_t(const double *x, double *o, Py_ssize_t C, double m, Py_ssize_t k,
-                        double t, const int HAS_T) {
-    double lh = 0.0, ll = 0.0, m2 = -INFINITY;
-    if (C > 1) {
-        double a = row_max(x, 0, k, NULL, DT_F64), b = row_max(x, k + 1, C, NULL, DT_F64);
-        m2 = a > b ? a : b;
-    }
+                        double m2, double t, const int HAS_T) {
+    double lh = 0.0, ll = 0.0;
     double z2 = HAS_T ? (m2 - m) / t : (m2 - m);
     if (m2 > -INFINITY && z2 >= -1000.0) {
         /* as rest_lse: the grid scaled to the largest term, tiny rows by 2^K */
@@ -223,7 +264,8 @@ AI4 int64_t f64x4_log_t(const double *x, double *o, Py_ssize_t C, double m, Py_s
     const __m512d mv = _mm512_set1_pd(m), tv = _mm512_set1_pd(t), ti = _mm512_set1_pd(1.0 / t);
     const __m512d lhv = _mm512_set1_pd(lh), nlh = _mm512_set1_pd(-lh), llv = _mm512_set1_pd(ll);
     const __m512d lim = _mm512_set1_pd(LOG_UNDER[DT_F64]), ninfv = _mm512_set1_pd(-INFINITY);
-    int64_t z = 0;
+    const __m512i one = _mm512_set1_epi64(-1);
+    __m512i z = _mm512_setzero_si512();  /* per-lane counts (negated) of v < LOG_UNDER */
 #define F64X4_L(J, ACT, FULL)                                                   \
     {                                                                           \
         __m512d xv = f64x4_ld(x, (J), (ACT), (FULL)), q, c;                     \
@@ -237,25 +279,36 @@ AI4 int64_t f64x4_log_t(const double *x, double *o, Py_ssize_t C, double m, Py_s
         if (FULL) _mm512_storeu_pd(o + (J), v);                                 \
         else _mm512_mask_storeu_pd(o + (J), (ACT), v);                          \
         __mmask8 fx = _mm512_mask_cmp_pd_mask((ACT), xv, ninfv, _CMP_NEQ_OQ);   \
-        z += __builtin_popcount(_mm512_mask_cmp_pd_mask(fx, v, lim, _CMP_LT_OQ)); \
+        z = _mm512_mask_add_epi64(z, _mm512_mask_cmp_pd_mask(fx, v, lim, _CMP_LT_OQ), z, one); \
     }
     Py_ssize_t j = 0;
     for (; j + 8 <= C; j += 8) F64X4_L(j, 0xff, 1)
     if (j < C) F64X4_L(j, (__mmask8)((1u << (C - j)) - 1u), 0)
 #undef F64X4_L
     o[k] = -(lh + ll);
-    return z;
+    return -_mm512_reduce_add_epi64(z);
 }
 
-/* one float64 row (finite maximum m; k its first index for kind 1; ph, pl
- * C doubles of scratch each for kind 0): the outputs, returns the underflow
- * count */
+/* softmax of one float64 row (finite maximum m; ph, pl C doubles of scratch
+ * each): the outputs, returns the underflow count */
 SMX_V4 __attribute__((noinline, unused)) static int64_t
-f64x4_row(const double *x, double *o, Py_ssize_t C, double m, Py_ssize_t k, double t, double *ph,
-          double *pl, int has_t, int kind) {
-    if (kind == 0) return has_t ? f64x4_prob_t(x, o, C, m, t, ph, pl, 1)
-                                : f64x4_prob_t(x, o, C, m, t, ph, pl, 0);
-    return has_t ? f64x4_log_t(x, o, C, m, k, t, 1) : f64x4_log_t(x, o, C, m, k, t, 0);
+f64x4_row_prob(const double *x, double *o, Py_ssize_t C, double m, double t, double *ph,
+               double *pl, int has_t) {
+    return has_t ? f64x4_prob_t(x, o, C, m, t, ph, pl, 1) : f64x4_prob_t(x, o, C, m, t, ph, pl, 0);
+}
+
+/* log-softmax of one float64 row: f64x4_top2, then (when the row is not
+ * special: *special = 1, nothing written) the outputs; the maximum and its
+ * first index to *m, *k; returns the underflow count */
+SMX_V4 __attribute__((noinline, unused)) static int64_t
+f64x4_row_log(const double *x, double *o, Py_ssize_t C, double t, int has_t, double *m,
+              Py_ssize_t *k, int *special) {
+    double m2;
+    int has_nan;
+    f64x4_top2(x, C, m, k, &m2, &has_nan);
+    *special = has_nan || !(*m - *m == 0.0);
+    if (*special) return 0;
+    return has_t ? f64x4_log_t(x, o, C, *m, *k, m2, t, 1) : f64x4_log_t(x, o, C, *m, *k, m2, t, 0);
 }
 #define HAVE_F64X4_ROWS 1
 #else

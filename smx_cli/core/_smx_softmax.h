@@ -67,8 +67,8 @@ AI void softmax_row_prob(const sm_args *A, const void *x, void *o, double m, sta
     double *ph = A->ph, *pl = A->pl;
 #if HAVE_F64X4_ROWS
     if (DT == DT_F64 && g_isa == ISA_AVX512) {  /* the AVX-512 variant: intrinsics */
-        S->exp_underflow += f64x4_row((const double *)x, (double *)o, C, m, 0, A->t, ph, pl,
-                                      HAS_T, 0);
+        S->exp_underflow += f64x4_row_prob((const double *)x, (double *)o, C, m, A->t, ph, pl,
+                                           HAS_T);
         return;
     }
 #endif
@@ -105,13 +105,6 @@ AI void softmax_row_log(const sm_args *A, const void *x, void *o, double m, Py_s
                         stats_t *S, const int DT, const int HAS_T, const int USE_FMA) {
     Py_ssize_t C = A->C;
     double t = A->t;
-#if HAVE_F64X4_ROWS
-    if (DT == DT_F64 && g_isa == ISA_AVX512) {  /* the AVX-512 variant: intrinsics */
-        S->exp_underflow += f64x4_row((const double *)x, (double *)o, C, m, k, t, NULL, NULL,
-                                      HAS_T, 1);
-        return;
-    }
-#endif
     double lh, ll, m2;
     rest_lse(x, C, k, m, t, &lh, &ll, &m2, NULL, NULL, DT, HAS_T, USE_FMA, 0);
     double lim = LOG_UNDER[DT];
@@ -309,6 +302,29 @@ AI void softmax_rows_t(const sm_args *A, Py_ssize_t r0, Py_ssize_t r1, stats_t *
         return;
     }
     if (DT == DT_F64 && C <= (A->kind ? NARROW64_LOG_C : NARROW64_C) && g_narrow64) { narrow64_rows(A, r0, r1, S, HAS_T, USE_FMA); return; }
+#if HAVE_F64X4_ROWS
+    if (DT == DT_F64 && A->kind == 1 && g_isa == ISA_AVX512) {
+        /* the AVX-512 variant: one pass for the maximum, its index and the
+         * second maximum, then the intrinsics row (_smx_f64x4.h) */
+        for (Py_ssize_t r = r0; r < r1; r++) {
+            const double *x = (const double *)A->x + (size_t)r * C;
+            double *o = (double *)A->out + (size_t)r * C;
+            double m;
+            Py_ssize_t k;
+            int sp;
+            int64_t z = f64x4_row_log(x, o, C, A->t, HAS_T, &m, &k, &sp);
+            if (sp) {
+                int has_nan;
+                m = row_max(x, 0, C, &has_nan, DT);
+                special_row(A, x, o, m, has_nan, r, S, DT);
+                continue;
+            }
+            S->exp_underflow += z;
+            if (A->argmax) A->argmax[r] = k;
+        }
+        return;
+    }
+#endif
     for (Py_ssize_t r = r0; r < r1; r++) {
         const char *x = (const char *)A->x + (size_t)r * C * isz;
         char *o = (char *)A->out + (size_t)r * C * isz;
