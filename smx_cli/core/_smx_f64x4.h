@@ -1,8 +1,19 @@
 /* _smx_f64x4.h: float64 softmax / log-softmax rows with AVX-512 intrinsics
  * (the x86-64-v4 variant only: callers check g_isa == ISA_AVX512, as for
- * lowp_x4_row). The same arithmetic as the portable per-row path
- * (softmax_row_prob / softmax_row_log, exp_sum and rest_lse in _smx_base.h),
- * which stays the reference and the baseline / AVX2 path, with a shorter exp:
+ * lowp_x4_row). The arithmetic of the portable per-row path
+ * (softmax_row_prob / softmax_row_log, exp_sum and rest_lse in _smx_base.h,
+ * which stays the reference and the baseline / AVX2 path) with a shorter exp
+ * (below), on 8 lanes with masked tails:
+ *  - softmax: the maximum (row_max, before the call), one pass for exp as a
+ *    pair, its grid-split sum and the pairs stored to scratch, one pass for
+ *    the corrected divisions;
+ *  - log-softmax: one pass for the maximum, its first index and the second
+ *    maximum (f64x4_top2, where the per-row path takes row_max, first_index
+ *    and two more row_max), one pass for the rest's sum, log1p_dd, one pass
+ *    for the outputs.
+ * Measured (1 thread, 1024 x 32000, loaded machine): 64 ms softmax and 66 ms
+ * log-softmax where the gcc-vectorised per-row path on the same variant took
+ * 118 and 117 ms (torch out=: 53 and 63 ms).
  * Included once, by _smx_softmax.h; not a public header.
  *
  * exp as hi + lo (f64x4_exp_hl): exp(d) 2^K = 2^floor(k/16) (Th + Tl)(1 + p)

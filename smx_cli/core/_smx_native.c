@@ -40,6 +40,7 @@
  *
  * Layout: _smx_base.h (shared numerics), _smx_lowp.h (the 16/32-bit softmax
  * path's exp and sums), _smx_softmax.h (softmax, log-softmax, logsumexp),
+ * _smx_f64x4.h (float64 softmax / log-softmax rows with AVX-512 intrinsics),
  * _smx_narrow64.h (float64 rows of <= 16 / 32 columns, vectorised across rows),
  * _smx_xent.h (cross-entropy and its gradient), _smx_vjp.h (VJPs), each with its
  * Python glue, all included here as one translation unit; this file holds the

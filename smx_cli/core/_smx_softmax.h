@@ -1,5 +1,9 @@
 /* _smx_softmax.h: softmax, log-softmax (float64 pair path, 16/32-bit
  * single-word path, narrow rows) and logsumexp, with their Python glue.
+ * float64 rows wider than the narrow path's run softmax_row_prob /
+ * softmax_row_log (gcc-vectorised through the variants), except on the
+ * AVX-512 variant, where they run the intrinsics rows of _smx_f64x4.h (same
+ * arithmetic, a table-driven exp; log-softmax's maxima in one pass).
  * Included once, by _smx_native.c (one translation unit, so every kernel
  * inlines into each CPU variant); not a public header. */
 #ifndef SMX_SOFTMAX_H
