@@ -14,12 +14,12 @@ absolute error of one subnormal spacing (the bounds are for normal results).
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
 
 from smx_cli.core import native
+from native_isa import isa as _isa, isas as _isas
 
 if not native.available():  # pragma: no cover - depends on the build
     print(f"test_native: the native extension is not built: {native.why_unavailable()}")
@@ -298,22 +298,6 @@ def test_threads_give_identical_results():
     native.softmax_rows(x, a, threads=1)
     native.softmax_rows(x, b, threads=3)
     np.testing.assert_array_equal(a, b)
-
-
-def _isas():
-    """The instruction-set variants this CPU can run (baseline first)."""
-    best = native._ext.isa()
-    names = ["baseline", "avx2", "avx512"]
-    return names[:names.index(best) + 1]
-
-
-@contextmanager
-def _isa(name):
-    old = native._ext.set_isa(name)
-    try:
-        yield
-    finally:
-        native._ext.set_isa(old)
 
 
 @pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])

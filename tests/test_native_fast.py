@@ -14,13 +14,13 @@ float32 exp. Bounds are the ones native_fast.py states:
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import numpy as np
 import pytest
 
 from smx_cli.core import native, native_fast
 from smx_cli.core.softmax import compute, softmax
+import native_isa
+from native_isa import NAMES as ISAS
 
 if not native_fast.available():  # pragma: no cover - depends on the build
     pytest.skip(f"fast extension not built ({native_fast.why_unavailable()})",
@@ -38,21 +38,6 @@ FMT = {np.dtype(np.float16): (10, -14), BF16: (7, -126), np.dtype(np.float32): (
        np.dtype(np.float64): (52, -1022)}
 ONLINE_LOWP = 0.5 + 2.0 ** -20
 ONLINE_F64 = 1.5
-ISAS = ("baseline", "avx2", "avx512")
-
-
-def _isas():
-    best = native_fast._ext.isa()
-    return ISAS[:ISAS.index(best) + 1]
-
-
-@contextmanager
-def _isa(name):
-    old = native_fast.set_isa(name)
-    try:
-        yield
-    finally:
-        native_fast.set_isa(old)
 
 
 @pytest.fixture(autouse=True)
@@ -237,10 +222,10 @@ def test_round16_matches_numpy_and_ml_dtypes():
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dt", DTYPES, ids=str)
 def test_fast_within_stated_bounds_every_isa(isa, dt):
-    if isa not in _isas():
+    if isa not in native_isa.isas(native_fast._ext):
         pytest.skip(f"this CPU has no {isa}")
     rng = np.random.default_rng(21)
-    with _isa(isa):
+    with native_isa.isa(isa, native_fast._ext):
         for x in adversarial_rows(rng, dt):
             # 0.3: T's own rounding to float32 shows (k = 2 fails); 16-bit rows skip it
             # (their log-probabilities leave the format's range at that temperature)
@@ -350,10 +335,10 @@ def check_online(x, t=1.0, block=1024):
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dt", DTYPES, ids=str)
 def test_online_within_native_bounds_every_isa(isa, dt):
-    if isa not in _isas():
+    if isa not in native_isa.isas(native_fast._ext):
         pytest.skip(f"this CPU has no {isa}")
     rng = np.random.default_rng(8)
-    with _isa(isa):
+    with native_isa.isa(isa, native_fast._ext):
         for x in adversarial_rows(rng, dt):
             for t in (1.0, 0.3, 7.0):
                 check_online(x, t)

@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 
 from smx_cli.core import native
+from native_isa import isa as _isa, isas as _isas
 
 if not native.available():  # pragma: no cover - depends on the build
     pytest.skip(f"native extension not built ({native.why_unavailable()})", allow_module_level=True)
@@ -37,7 +38,7 @@ import mpmath  # noqa: E402
 F64_BOUND = 1.5  # README "Accuracy": float64 softmax and log-softmax on the compiled core
 HEADER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       "smx_cli", "core", "_smx_narrow64.h")
-ISAS = ("baseline", "avx2", "avx512")
+
 NAMES = ("exp_overflow", "exp_underflow", "nan_entries", "nan_rows", "masked_rows", "posinf_rows")
 
 
@@ -53,20 +54,6 @@ def _thresholds() -> tuple[int, int]:
 NC, NLC = _thresholds()
 # both sides of both thresholds, and the small widths
 WIDTHS = sorted({1, 2, 3, 10, NC, NC + 1, NLC, NLC + 1})
-
-
-def _isas():
-    best = native._ext.isa()
-    return ISAS[:ISAS.index(best) + 1]
-
-
-@contextmanager
-def _isa(name):
-    old = native._ext.set_isa(name)
-    try:
-        yield
-    finally:
-        native._ext.set_isa(old)
 
 
 @contextmanager

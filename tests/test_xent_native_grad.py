@@ -11,7 +11,6 @@ reduction, and the rows handed back (NaN, +-inf) identical on both engines.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 
 import ml_dtypes
 import mpmath as mp
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 
 from smx_cli.core import native
+from native_isa import isa, isas
 from smx_cli.core.xent import evaluate
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="the extension is not built")
@@ -28,20 +28,6 @@ DTYPES = [np.dtype(np.float16), BF16, np.dtype(np.float32), np.dtype(np.float64)
 U = 2.0**-53
 BOUND = 16 * U
 TINY = 2.0**-1070
-
-
-@contextmanager
-def isa(name):
-    old = native._ext.set_isa(name)
-    try:
-        yield
-    finally:
-        native._ext.set_isa(old)
-
-
-def isas():
-    names = ["baseline", "avx2", "avx512"]
-    return names[:names.index(native._ext.isa()) + 1]
 
 
 def coefficients(c, y=None, t=None, w=None, eps=0.0, ignore_index=-100):

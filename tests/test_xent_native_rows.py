@@ -11,7 +11,6 @@ zeros, ignored samples, label smoothing with weights.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 
 import ml_dtypes
 import mpmath as mp
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 
 from smx_cli.core import native
+from native_isa import isa, isas
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="the extension is not built")
 
@@ -26,20 +26,6 @@ BF16 = np.dtype(ml_dtypes.bfloat16)
 DTYPES = [np.dtype(np.float16), BF16, np.dtype(np.float32), np.dtype(np.float64)]
 LOSS_ULPS = {"lowp": 6.0, "f64": 2.0}  # native.xent_rows' docstring
 SMOOTH_ULPS = 16.0
-
-
-def isas():
-    names = ["baseline", "avx2", "avx512"]
-    return names[:names.index(native._ext.isa()) + 1] if native.available() else []
-
-
-@contextmanager
-def isa(name):
-    old = native._ext.set_isa(name)
-    try:
-        yield
-    finally:
-        native._ext.set_isa(old)
 
 
 def ulps(got, exact) -> float:

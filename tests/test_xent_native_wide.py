@@ -11,33 +11,19 @@ a 30-digit mpmath reference, on every CPU variant this machine has, in float32 a
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 
 import mpmath as mp
 import numpy as np
 import pytest
 
 from smx_cli.core import native
+from native_isa import isa, isas
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="the extension is not built")
 
 C = 131072
 ENTROPY_ULPS = 8.0   # native.xent_rows' docstring
 SMOOTH_ULPS = 16.0   # xent_rows with smoothing; xent_prob_rows' loss
-
-
-def isas():
-    names = ["baseline", "avx2", "avx512"]
-    return names[:names.index(native._ext.isa()) + 1]
-
-
-@contextmanager
-def isa(name):
-    old = native._ext.set_isa(name)
-    try:
-        yield
-    finally:
-        native._ext.set_isa(old)
 
 
 def ulps(got: float, exact) -> float:
