@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import os
 import re
-from contextlib import contextmanager
-
 import numpy as np
 import pytest
+from native_isa import isa as _isa
 
 from smx_cli.core import native
 
@@ -42,15 +41,6 @@ HEADER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
                       "smx_cli", "core", "_smx_f64x4.h")
 WIDTHS = list(range(1, 41)) + [64, 65, 1000, 4097]
 LIM = -744.44007192138126  # LOG_UNDER of float64: ln 2**-1075
-
-
-@contextmanager
-def _isa(name):
-    old = native._ext.set_isa(name)
-    try:
-        yield
-    finally:
-        native._ext.set_isa(old)
 
 
 @pytest.fixture(autouse=True)
