@@ -20,8 +20,9 @@
  * with k = rint(16 d / ln 2) (kd = k/16 from the 1.5 2^48 shift, the low 4
  * bits of its word are k mod 16, as x4_exp_deg in _smx_x4exp.h);
  *  - r = (d - kd LN2H) - kd LN2L, LN2H = ln 2 rounded, LN2L the next 53 bits:
- *    the first FMA is exact (kd LN2H is a multiple of 2^-57, and so is d when
- *    |d| >= 2^-5, else k = 0; |d - kd LN2H| < 2^-5 fits 52 bits), the second
+ *    the first FMA is exact (k = 0 unless |d| > ln2/32 > 2^-6, where d is a
+ *    multiple of 2^-58, and kd LN2H is one of 2^-57: their difference, below
+ *    2^-5 in magnitude, fits 53 bits), the second
  *    rounds once: |r| <= ln2/32 + 2^-40 < 0.0217, error <= 2^-59 (0.016 u,
  *    u = 2^-53), LN2H + LN2L = ln 2 within 2^-110 (times |kd| <= 1443);
  *  - p = r + w, w = r^2 Q(r), Q the Taylor polynomial 1/2! .. 1/7! (Horner,
