@@ -234,13 +234,8 @@ class Accumulator:
             c = self.counts
             c["zero"] += zeros
             c["subnormal"] += sub
-            if self.kind == "logprob" and y.dtype == np.float64:
-                # float64 log-probabilities: numpy's exp and the split sum
-                yc = y if n_clean == n else y[unclean == 0]
-                self._sums(np.exp(yc), np.ones(len(yc), dtype=bool))
-            else:
-                c["off"] += off
-                self.max_err = max(self.max_err, max_err)
+            c["off"] += off
+            self.max_err = max(self.max_err, max_err)
             self.vmin = min(self.vmin, vmin)
             self.vmax = max(self.vmax, vmax)
             self.argmax = counts if self.argmax is None else self.argmax + counts
