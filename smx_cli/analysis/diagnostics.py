@@ -4,6 +4,7 @@ No printing here: :mod:`smx_cli.render.tables` turns these dataclasses into tabl
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -171,14 +172,22 @@ class Accumulator:
         step = max(1, _DIAG_BLOCK // max(width, 1))
         pieces = [(s0, min(s0 + step, n)) for s0 in range(0, n, step)]
         summaries = [None] * len(pieces)
+        hists: dict[int, np.ndarray] = {}
         if len(pieces) > 1 and self._native_ok(x2, values):
-            # the compiled pass on the pieces in parallel (it releases the GIL);
-            # the counts are then added in row order, as one piece at a time would
-            summaries = kernels.map_threads(
-                lambda p: self._summarize(x2[p[0]:p[1]], values[p[0]:p[1]]), pieces)
+            # the compiled pass on the pieces in parallel (it releases the GIL),
+            # each worker thread adding argmax counts to its own histogram; the
+            # other counts are then added in row order, as one piece at a time would
+            def run(p):
+                hist = hists.get(threading.get_ident())
+                if hist is None:
+                    hist = hists[threading.get_ident()] = np.zeros(width, dtype=np.int64)
+                return self._summarize(x2[p[0]:p[1]], values[p[0]:p[1]], hist)
+            summaries = kernels.map_threads(run, pieces)
         with np.errstate(all="ignore"):
             for (s0, s1), summary in zip(pieces, summaries):
                 self._add(x2[s0:s1], values[s0:s1], summary)
+        for hist in hists.values():
+            self._hist(width)[:] += hist
 
     def _add(self, x: np.ndarray, y: np.ndarray, summary=None) -> None:
         n, width = y.shape
@@ -208,18 +217,24 @@ class Accumulator:
                     or not (x.flags.c_contiguous and y.flags.c_contiguous)
                     or native.engine() == "numpy")
 
-    def _summarize(self, x: np.ndarray, y: np.ndarray):
-        """The compiled pass over rows (no state touched: it may run on any thread)."""
+    def _hist(self, width: int) -> np.ndarray:
+        """The argmax histogram (created on first use)."""
+        if self.argmax is None:
+            self.argmax = np.zeros(width, dtype=np.int64)
+        return self.argmax
+
+    def _summarize(self, x: np.ndarray, y: np.ndarray, hist: np.ndarray):
+        """The compiled pass over rows; the clean rows' argmax counts are added to
+        ``hist`` (no other state touched: it may run on any thread that owns ``hist``)."""
         n, width = y.shape
         tiny = self.fmt.smallest_normal
         logprob = self.kind == "logprob"
-        counts = np.zeros(width, dtype=np.int64)
         unclean = np.empty(n, dtype=np.uint8)
         totals = _smx_diag.summarize(
             x, _DIAG_CODES[x.dtype], y, _DIAG_CODES[y.dtype], n, width, int(logprob),
-            float(np.log(tiny)) if logprob else tiny, SUM_TOLERANCE * self.fmt.eps, counts,
+            float(np.log(tiny)) if logprob else tiny, SUM_TOLERANCE * self.fmt.eps, hist,
             unclean)
-        return totals, counts, unclean
+        return totals, unclean
 
     def _add_native(self, x: np.ndarray, y: np.ndarray, base: int, summary=None) -> bool:
         """The clean rows' counts from the compiled pass; the other rows go to
@@ -227,8 +242,8 @@ class Accumulator:
         if summary is None:
             if not self._native_ok(x, y):
                 return False
-            summary = self._summarize(x, y)
-        (zeros, sub, off, max_err, vmin, vmax, n_clean), counts, unclean = summary
+            summary = self._summarize(x, y, self._hist(y.shape[1]))
+        (zeros, sub, off, max_err, vmin, vmax, n_clean), unclean = summary
         n = y.shape[0]
         if n_clean:
             c = self.counts
@@ -238,7 +253,6 @@ class Accumulator:
             self.max_err = max(self.max_err, max_err)
             self.vmin = min(self.vmin, vmin)
             self.vmax = max(self.vmax, vmax)
-            self.argmax = counts if self.argmax is None else self.argmax + counts
         if n_clean < n:
             bad = unclean != 0
             self._add_special(x[bad], y[bad], base + np.flatnonzero(bad))
