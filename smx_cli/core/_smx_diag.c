@@ -897,7 +897,42 @@ static PyObject *py_top_p(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* isa() -> the variant in use; set_isa(name) -> the previous one (tests pin
+ * "baseline", "avx2" or "avx512" to check each copy; only ones this CPU runs) */
+static const char *ISA_NAMES[3] = {"baseline", "avx2", "avx512"};
+static int g_isa = 0, g_isa_max = 0;
+
+static void use_isa(int k) {
+    g_isa = k;
+    g_rows = rows_base;
+    g_topp = topp_base;
+#if SMX_X86
+    if (k == 2) { g_rows = rows_v4; g_topp = topp_v4; }
+    else if (k == 1) { g_rows = rows_v3; g_topp = topp_v3; }
+#endif
+}
+
+static PyObject *py_isa(PyObject *self, PyObject *args) {
+    return PyUnicode_FromString(ISA_NAMES[g_isa]);
+}
+
+static PyObject *py_set_isa(PyObject *self, PyObject *args) {
+    const char *name;
+    if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
+    for (int k = 0; k <= g_isa_max; k++) {
+        if (strcmp(name, ISA_NAMES[k]) == 0) {
+            const char *old = ISA_NAMES[g_isa];
+            use_isa(k);
+            return PyUnicode_FromString(old);
+        }
+    }
+    PyErr_Format(PyExc_ValueError, "isa %s is not available on this CPU", name);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
+    {"isa", py_isa, METH_NOARGS, "isa() -> the CPU variant in use"},
+    {"set_isa", py_set_isa, METH_VARARGS, "set_isa(name) -> the previous variant (for tests)"},
     {"top_p", py_top_p, METH_VARARGS, "top_p(x, dt, n, c, p, out) -> None (top-p sizes of rows)"},
     {"summarize", py_summarize, METH_VARARGS,
      "summarize(x, xdt, y, ydt, n, c, kind, tiny, tol, counts, unclean) -> totals of clean rows"},
@@ -910,8 +945,9 @@ static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_smx_diag",
 PyMODINIT_FUNC PyInit__smx_diag(void) {
 #if SMX_X86
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("x86-64-v4")) { g_rows = rows_v4; g_topp = topp_v4; }
-    else if (__builtin_cpu_supports("x86-64-v3")) { g_rows = rows_v3; g_topp = topp_v3; }
+    if (__builtin_cpu_supports("x86-64-v4")) g_isa_max = 2;
+    else if (__builtin_cpu_supports("x86-64-v3")) g_isa_max = 1;
 #endif
+    use_isa(g_isa_max);
     return PyModule_Create(&moddef);
 }
