@@ -1,21 +1,33 @@
 /* _smx_diag: the diagnostics panel's counts in one pass over a block of rows
- * (module smx_cli.core._smx_diag; wrapper smx_cli/analysis/diag_native.py).
+ * (module smx_cli.core._smx_diag; caller smx_cli/analysis/diagnostics.py,
+ * Accumulator._summarize).
  *
  * What smx_cli.analysis.diagnostics.Accumulator._add_clean counts with ~6 numpy
  * passes (row sums, zeros, subnormals, argmax, min, max), in one read of the
  * values and one of the logits, for the rows whose logits and values are all
  * finite ("clean" rows; the caller sends the rest to the careful numpy path).
+ * It runs after the kernel, over what the kernel wrote: its cost is the read
+ * of x and y (bench/native.py --diag puts it beside the kernel's).
  *
- *   - probabilities: the row sum in float64 with TwoSum per lane (error ~2 u of
- *     the sum, far below the 4 eps the panel tolerates), |sum - 1|;
- *   - log-probabilities: 16/32-bit ones also |sum(exp) - 1| (a short exp in
- *     float64, relative error < 2^-31, far below 4 eps of those formats);
- *     float64 ones leave the sum to numpy's exp and the split sum;
- *   - the top-p size of language-model rows (top_p, below);
+ *   - logits: only whether a row is all finite, in the row's own format (16-bit
+ *     ones by their exponent bits, no conversion);
+ *   - 16/32-bit results: compared in float32 (zero, subnormal, min, max,
+ *     argmax), summed plainly in float64 (error <= C 2^-53 of the sum, far below
+ *     the 4 eps >= 2^-21 the panel tolerates); log-probabilities sum a short
+ *     exp (exp_small, relative error < 2^-31; AVX-512: _smx_x4exp.h's table
+ *     exp, < 2^-46.99);
+ *   - float64 results: TwoSum per lane (error ~2 u of the sum, the tolerance is
+ *     4 eps = 8 u); log-probabilities sum exp(y) as hi + lo (exp_acc_v: ~1 u
+ *     per term; AVX-512: x4_exp_lo, < 0.06 u), so |sum - 1| is accurate to a
+ *     few 2^-53 where numpy's exp and split sum were used before;
  *   - argmax: the first index of the row maximum, as numpy.argmax (each lane
  *     keeps the index of its first maximum; the smallest of those holding the
- *     row maximum wins).
+ *     row maximum wins);
+ *   - the top-p size of language-model rows (top_p, below).
  *
+ * Three copies, picked at import (set_isa pins one for the tests): baseline and
+ * AVX2 from the same vector-extension code (4 float64 / 8 float32 lanes), and an
+ * AVX-512 one with intrinsics (16 float32 / 8 float64 lanes, masked tails).
  * CPython C API and the buffer protocol only; the GIL is released in the loop.
  * Same build flags as _smx_native (-ffp-contract=off keeps TwoSum exact).
  */
