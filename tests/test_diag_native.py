@@ -226,3 +226,28 @@ def test_the_argmax_histogram_is_taken_once_per_row_across_threads():
     x[5] = -np.inf
     d = diagnose(x, compute(x), top_classes=3000)
     assert sum(n for _, n in d.argmax_counts) == 699
+
+
+@pytest.mark.parametrize("isa", _diag_isas())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("variant", ["stable", "log"])
+def test_logits_read_only_where_needed_when_the_kernel_saw_no_nan(isa, dtype, variant):
+    """No NaN / +inf logit in the block (the kernel's count is 0): the pass reads
+    the logits only of rows with a 0 probability. -inf entries, fully masked rows
+    given zeros, underflowed entries and a temperature still count as numpy does."""
+    if native.engine() == "numpy":
+        pytest.skip("the numpy engine is forced: only the numpy counts run")
+    from native_isa import isa as pin
+    rng = np.random.default_rng(12)
+    with pin(isa, diagnostics._smx_diag):
+        for width in WIDTHS:
+            x = hostile_rows(dtype, width, rng)
+            x[4, width // 2] = -np.inf                   # no NaN / +inf rows now
+            x[5, width - 1] = -np.inf
+            for masked, t in (("zeros", 1.0), ("nan", 0.7)):
+                res = compute(x, variant, temperature=t, masked=masked)
+                want_trusted = masked == "zeros"  # under "nan" the masked row is NaN
+                assert (res.stats.nonfinite_input_rows == 0) == want_trusted
+                got = _compare(x, res)
+                assert got["inputs"]["neg_inf"] == int(np.isneginf(
+                    np.asarray(x, np.float64)).sum())

@@ -168,6 +168,9 @@ class Accumulator:
         """Count one block of rows (cut into cache-sized pieces; memory stays small)."""
         if stats is not None:
             self.stats.add(stats)
+        # the compiled kernel made these values and saw no NaN / +inf logit: the
+        # compiled pass reads the logits only of rows holding a 0 probability
+        xcheck = int(stats is not None and stats.nonfinite_input_rows == 0)
         x2 = np.asarray(x2)
         values = np.asarray(values)
         n = values.shape[0]
@@ -188,21 +191,21 @@ class Accumulator:
                 hist = hists.get(threading.get_ident())
                 if hist is None:
                     hist = hists[threading.get_ident()] = np.zeros(width, dtype=np.int64)
-                return self._summarize(x2[p[0]:p[1]], values[p[0]:p[1]], hist)
+                return self._summarize(x2[p[0]:p[1]], values[p[0]:p[1]], hist, xcheck)
             summaries = kernels.map_threads(run, pieces)
         with np.errstate(all="ignore"):
             for (s0, s1), summary in zip(pieces, summaries):
-                self._add(x2[s0:s1], values[s0:s1], summary)
+                self._add(x2[s0:s1], values[s0:s1], summary, xcheck)
         for hist in hists.values():
             self._hist(width)[:] += hist
 
-    def _add(self, x: np.ndarray, y: np.ndarray, summary=None) -> None:
+    def _add(self, x: np.ndarray, y: np.ndarray, summary=None, xcheck: int = 0) -> None:
         n, width = y.shape
         base = self.rows
         self.rows += n
         if not width:
             return
-        if self._add_native(x, y, base, summary):
+        if self._add_native(x, y, base, summary, xcheck):
             return
         # rows whose logits and results are all finite (nearly all of them) need
         # only a few passes in their own dtype; the rest get the careful count
@@ -230,9 +233,11 @@ class Accumulator:
             self.argmax = np.zeros(width, dtype=np.int64)
         return self.argmax
 
-    def _summarize(self, x: np.ndarray, y: np.ndarray, hist: np.ndarray):
+    def _summarize(self, x: np.ndarray, y: np.ndarray, hist: np.ndarray, xcheck: int = 0):
         """The compiled pass over rows; the clean rows' argmax counts are added to
-        ``hist`` (no other state touched: it may run on any thread that owns ``hist``)."""
+        ``hist`` (no other state touched: it may run on any thread that owns ``hist``).
+        ``xcheck`` 1: the kernel that made ``y`` from ``x`` saw no NaN / +inf logit,
+        so only rows of probabilities holding a 0 need their logits read."""
         n, width = y.shape
         tiny = self.fmt.smallest_normal
         logprob = self.kind == "logprob"
@@ -240,16 +245,17 @@ class Accumulator:
         totals = _smx_diag.summarize(
             x, _DIAG_CODES[x.dtype], y, _DIAG_CODES[y.dtype], n, width, int(logprob),
             float(np.log(tiny)) if logprob else tiny, SUM_TOLERANCE * self.fmt.eps, hist,
-            unclean)
+            unclean, xcheck)
         return totals, unclean
 
-    def _add_native(self, x: np.ndarray, y: np.ndarray, base: int, summary=None) -> bool:
+    def _add_native(self, x: np.ndarray, y: np.ndarray, base: int, summary=None,
+                    xcheck: int = 0) -> bool:
         """The clean rows' counts from the compiled pass; the other rows go to
         :meth:`_add_special`. False (nothing counted) when it does not apply."""
         if summary is None:
             if not self._native_ok(x, y):
                 return False
-            summary = self._summarize(x, y, self._hist(y.shape[1]))
+            summary = self._summarize(x, y, self._hist(y.shape[1]), xcheck)
         (zeros, sub, off, max_err, vmin, vmax, n_clean), unclean = summary
         n = y.shape[0]
         if n_clean:
@@ -425,6 +431,5 @@ def diagnose(x2: np.ndarray, result: SoftmaxResult, top_classes: int = 5,
     """
     acc = Accumulator(result.variant, result.fmt, result.kind, result.emulated, sparse,
                       result.temperature, result.engine)
-    acc.stats.add(result.stats)
-    acc.add(x2, result.values)
+    acc.add(x2, result.values, result.stats)
     return acc.result(top_classes)

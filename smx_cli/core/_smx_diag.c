@@ -91,6 +91,11 @@ typedef struct {
     double tol;            /* |sum - 1| above this is "off" */
     int64_t *counts;       /* argmax histogram, c entries (accumulated) */
     uint8_t *unclean;      /* n flags out */
+    int xcheck;            /* 0: every row's logits are checked; 1: the caller knows no
+                              logit is NaN or +inf (the kernel counted them) and y came
+                              from x: a -inf logit then gives y = 0 (prob) or -inf
+                              (logprob), so only rows of probabilities holding a 0 are
+                              checked (log-probabilities never: -inf is not finite) */
 } diag_args;
 
 /* 8 float32 lanes (32 bytes: one AVX2 register, two SSE2 ones) for 16/32-bit
@@ -270,7 +275,7 @@ AI void rows_narrow(const diag_args *A, totals_t *T, const int XDT, const int YD
         const char *x = (const char *)A->x + (size_t)r * c * xs;
         const char *y = (const char *)A->y + (size_t)r * c * ys;
         A->unclean[r] = 1;
-        if (!finite_row(x, c, XDT)) continue;
+        if (!A->xcheck && !finite_row(x, c, XDT)) continue;
         row_t R = {0, 0, -1, 0.0, 0.0, INFINITY, -INFINITY};
         int bad = 0;
         for (Py_ssize_t s0 = 0; s0 < c && !bad; s0 += SEG) {
@@ -336,7 +341,8 @@ AI void rows_narrow(const diag_args *A, totals_t *T, const int XDT, const int YD
             R.mn = tmn < R.mn ? tmn : R.mn;
             if (smx > R.mx) { R.mx = smx; R.arg = k; }   /* ties: the earlier segment's */
         }
-        if (!bad) row_done(A, T, r, &R, 1);
+        if (bad || (A->xcheck && R.zeros && !finite_row(x, c, XDT))) continue;
+        row_done(A, T, r, &R, 1);
     }
 }
 
@@ -350,7 +356,7 @@ AI void rows_wide(const diag_args *A, totals_t *T, const int XDT, const int KIND
         const char *x = (const char *)A->x + (size_t)r * c * xs;
         const double *y = (const double *)A->y + (size_t)r * c;
         A->unclean[r] = 1;
-        if (!finite_row(x, c, XDT)) continue;
+        if (!A->xcheck && !finite_row(x, c, XDT)) continue;
         v4d sh = splat(0.0), sl = splat(0.0), mn = splat(INFINITY), mx = splat(-INFINITY);
         v4d fin = splat(0.0);
         v4l z = {0}, sub = {0};
@@ -416,6 +422,7 @@ AI void rows_wide(const diag_args *A, totals_t *T, const int XDT, const int KIND
             if (c >= LANES && mx[l] == rmax && arg[l] < k) k = arg[l];
         R.arg = k;
         R.mx = rmax;
+        if (A->xcheck && R.zeros && !finite_row(x, c, XDT)) continue;
         row_done(A, T, r, &R, 1);
     }
 }
@@ -647,11 +654,11 @@ AI4 void rows_x4(const diag_args *A, totals_t *T, const int XDT, const int YDT, 
         const char *x = (const char *)A->x + (size_t)r * c * xs;
         const char *y = (const char *)A->y + (size_t)r * c * ys;
         A->unclean[r] = 1;
-        if (!finite_row(x, c, XDT)) continue;
+        if (!A->xcheck && !finite_row(x, c, XDT)) continue;
         row_t R;
         int ok = YDT == DT_F64 ? x4_row_wide((const double *)y, c, KIND, A->tiny, &R)
                                : x4_row_narrow(y, c, YDT, KIND, tinyf, &R);
-        if (ok) row_done(A, T, r, &R, 1);
+        if (ok && !(A->xcheck && R.zeros && !finite_row(x, c, XDT))) row_done(A, T, r, &R, 1);
     }
 }
 
@@ -845,15 +852,17 @@ static rows_fn g_rows = rows_base;
 typedef void (*topp_fn)(const topp_args *, int);
 static topp_fn g_topp = topp_base;
 
-/* summarize(x, xdt, y, ydt, n, c, kind, tiny, tol, counts, unclean)
- *   -> (zeros, subnormal, off, max_err, vmin, vmax, clean_rows) over the clean rows */
+/* summarize(x, xdt, y, ydt, n, c, kind, tiny, tol, counts, unclean[, xcheck])
+ *   -> (zeros, subnormal, off, max_err, vmin, vmax, clean_rows) over the clean rows
+ *   (xcheck 1: only rows of probabilities holding a 0 have their logits read;
+ *   see diag_args) */
 static PyObject *py_summarize(PyObject *self, PyObject *args) {
     PyObject *xo, *yo, *co, *uo;
-    int xdt, ydt, kind;
+    int xdt, ydt, kind, xcheck = 0;
     Py_ssize_t n, c;
     double tiny, tol;
-    if (!PyArg_ParseTuple(args, "OiOinniddOO", &xo, &xdt, &yo, &ydt, &n, &c, &kind, &tiny, &tol,
-                          &co, &uo))
+    if (!PyArg_ParseTuple(args, "OiOinniddOO|i", &xo, &xdt, &yo, &ydt, &n, &c, &kind, &tiny, &tol,
+                          &co, &uo, &xcheck))
         return NULL;
     if (xdt < 0 || xdt > 3 || ydt < 0 || ydt > 3 || n < 0 || c < 1 || (kind != 0 && kind != 1)) {
         PyErr_SetString(PyExc_ValueError, "bad dtype code, shape or kind");
@@ -864,7 +873,8 @@ static PyObject *py_summarize(PyObject *self, PyObject *args) {
     if (get_buf(yo, &yb, 0, n * c * ITEMSIZE[ydt], "y") < 0) goto fail_x;
     if (get_buf(co, &cb, 1, c * 8, "counts") < 0) goto fail_y;
     if (get_buf(uo, &ub, 1, n, "unclean") < 0) goto fail_c;
-    diag_args A = {xb.buf, yb.buf, n, c, kind, tiny, tol, (int64_t *)cb.buf, (uint8_t *)ub.buf};
+    diag_args A = {xb.buf, yb.buf, n, c, kind, tiny, tol, (int64_t *)cb.buf, (uint8_t *)ub.buf,
+                   xcheck};
     totals_t T = {0, 0, 0, 0, 0.0, INFINITY, -INFINITY};
     Py_BEGIN_ALLOW_THREADS
     g_rows(&A, &T, xdt, ydt);
@@ -947,7 +957,8 @@ static PyMethodDef methods[] = {
     {"set_isa", py_set_isa, METH_VARARGS, "set_isa(name) -> the previous variant (for tests)"},
     {"top_p", py_top_p, METH_VARARGS, "top_p(x, dt, n, c, p, out) -> None (top-p sizes of rows)"},
     {"summarize", py_summarize, METH_VARARGS,
-     "summarize(x, xdt, y, ydt, n, c, kind, tiny, tol, counts, unclean) -> totals of clean rows"},
+     "summarize(x, xdt, y, ydt, n, c, kind, tiny, tol, counts, unclean[, xcheck]) -> totals of "
+     "clean rows"},
     {NULL, NULL, 0, NULL},
 };
 
