@@ -267,7 +267,8 @@ static float f32_threshold(double L) {
  * err by <= C 2^-53 of the sum, far below the tolerance 4 eps >= 2^-21.
  * Rows are read in segments of < 2^30 entries so lane counts and indices fit
  * 32 bits. KIND 0 probabilities, 1 log-probabilities (exp_small per entry). */
-AI void rows_narrow(const diag_args *A, totals_t *T, const int XDT, const int YDT, const int KIND) {
+AI void rows_narrow(const diag_args *A, totals_t *T0, const int XDT, const int YDT, const int KIND) {
+    totals_t L = *T0, *T = &L;   /* the totals in registers, not through a pointer */
     const Py_ssize_t c = A->c, SEG = (Py_ssize_t)1 << 30;
     const size_t xs = (size_t)ITEMSIZE[XDT], ys = (size_t)ITEMSIZE[YDT];
     const float tiny = KIND == 0 ? (float)A->tiny : f32_threshold(A->tiny);
@@ -344,11 +345,13 @@ AI void rows_narrow(const diag_args *A, totals_t *T, const int XDT, const int YD
         if (bad || (A->xcheck && R.zeros && !finite_row(x, c, XDT))) continue;
         row_done(A, T, r, &R, 1);
     }
+    *T0 = L;
 }
 
 /* float64 results on 4 float64 lanes, the sum with TwoSum per lane (error ~2 u
  * of the sum, far below the tolerance 4 eps); log-probabilities sum exp_acc */
-AI void rows_wide(const diag_args *A, totals_t *T, const int XDT, const int KIND) {
+AI void rows_wide(const diag_args *A, totals_t *T0, const int XDT, const int KIND) {
+    totals_t L = *T0, *T = &L;   /* the totals in registers, not through a pointer */
     const Py_ssize_t c = A->c;
     const size_t xs = (size_t)ITEMSIZE[XDT];
     const double tiny = A->tiny;
@@ -425,6 +428,7 @@ AI void rows_wide(const diag_args *A, totals_t *T, const int XDT, const int KIND
         if (A->xcheck && R.zeros && !finite_row(x, c, XDT)) continue;
         row_done(A, T, r, &R, 1);
     }
+    *T0 = L;
 }
 
 AI void rows_k(const diag_args *A, totals_t *T, const int XDT, const int YDT) {
@@ -625,13 +629,23 @@ AI4 int x4_row_wide(const double *y, Py_ssize_t c, const int KIND, double tinyd,
         at = _mm512_add_epi64(at, eight);
     }
     if (bad) return 0;
-    double bh[8], bl[8];
-    _mm512_storeu_pd(bh, sh);
-    _mm512_storeu_pd(bl, sl);
-    double hi = xh, lo = xl;
-    for (int l = 0; l < 8; l++) {
-        double t = hi + bh[l], bv = t - hi;
-        lo += ((hi - (t - bv)) + (bh[l] - bv)) + bl[l];
+    /* the lanes' (sh, sl) folded by TwoSum in three steps (halves, quarters,
+     * pairs: every lane ends with the total), then the rare scalar part */
+    __m512d h2 = _mm512_shuffle_f64x2(sh, sh, 0x4e), l2 = _mm512_shuffle_f64x2(sl, sl, 0x4e);
+    sl = _mm512_add_pd(sl, l2);
+    x4_two_sum(&sh, &sl, h2);
+    h2 = _mm512_shuffle_f64x2(sh, sh, 0xb1);
+    l2 = _mm512_shuffle_f64x2(sl, sl, 0xb1);
+    sl = _mm512_add_pd(sl, l2);
+    x4_two_sum(&sh, &sl, h2);
+    h2 = _mm512_permute_pd(sh, 0x55);
+    l2 = _mm512_permute_pd(sl, 0x55);
+    sl = _mm512_add_pd(sl, l2);
+    x4_two_sum(&sh, &sl, h2);
+    double hi = _mm512_cvtsd_f64(sh), lo = _mm512_cvtsd_f64(sl) + xl;
+    if (xh != 0.0) {
+        double t = hi + xh, bv = t - hi;
+        lo += (hi - (t - bv)) + (xh - bv);
         hi = t;
     }
     double rmax = _mm512_reduce_max_pd(mx);
@@ -646,7 +660,8 @@ AI4 int x4_row_wide(const double *y, Py_ssize_t c, const int KIND, double tinyd,
     return 1;
 }
 
-AI4 void rows_x4(const diag_args *A, totals_t *T, const int XDT, const int YDT, const int KIND) {
+AI4 void rows_x4(const diag_args *A, totals_t *T0, const int XDT, const int YDT, const int KIND) {
+    totals_t L = *T0, *T = &L;   /* the totals in registers, not through a pointer */
     const Py_ssize_t c = A->c;
     const size_t xs = (size_t)ITEMSIZE[XDT], ys = (size_t)ITEMSIZE[YDT];
     const float tinyf = KIND == 0 ? (float)A->tiny : f32_threshold(A->tiny);
@@ -660,6 +675,7 @@ AI4 void rows_x4(const diag_args *A, totals_t *T, const int XDT, const int YDT, 
                                : x4_row_narrow(y, c, YDT, KIND, tinyf, &R);
         if (ok && !(A->xcheck && R.zeros && !finite_row(x, c, XDT))) row_done(A, T, r, &R, 1);
     }
+    *T0 = L;
 }
 
 AI4 void rows_x4_k(const diag_args *A, totals_t *T, const int XDT, const int YDT) {
