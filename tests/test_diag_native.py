@@ -278,3 +278,23 @@ def test_float64_log_probability_sums_against_mpmath(isa):
                 exact = abs(mpmath.fsum(mpmath.exp(mpmath.mpf(float(v))) for v in y[0]) - 1)
                 got = diagnose(x, res).max_sum_error
                 assert abs(got - float(exact)) <= bound, (width, scale, got, float(exact))
+
+
+@pytest.mark.parametrize("isa", _diag_isas())
+@pytest.mark.parametrize("width", [31744, 1000, 37])
+def test_every_float16_value_is_loaded_exactly(isa, width):
+    """All 31744 non-negative finite float16 values as probabilities (rows of
+    ``width``): their float64 sums are exact (multiples of 2^-24 below 2^29), so
+    max |sum - 1|, min, max, zeros and subnormals equal numpy's exactly."""
+    if native.engine() == "numpy":
+        pytest.skip("the numpy engine is forced")
+    from native_isa import isa as pin
+    v = np.arange(0x7c00, dtype=np.uint16).view(np.float16)
+    v = np.concatenate([v, np.zeros(-len(v) % width, np.float16)]).reshape(-1, width)
+    x = np.zeros(v.shape, np.float16)
+    res = dataclasses.replace(compute(x), values=v)
+    with pin(isa, diagnostics._smx_diag):
+        got = fields(diagnose(x, res))
+    with native.numpy_engine():
+        want = fields(diagnose(x, res))
+    assert got == want and got["subnormal"] == 1023

@@ -114,11 +114,18 @@ AI v8f ld8(const void *p, Py_ssize_t j, const int DT) {
     memcpy(&h, (const uint16_t *)p + j, 16);
     v8u u = __builtin_convertvector(h, v8u);
     if (DT == DT_BF16) return (v8f)(u << 16);
-    v8u sign = (u & 0x8000u) << 16, a = u & 0x7fffu;   /* float16, as f16_to_f32 */
-    v8f v = (v8f)(a << 13) * 0x1p112f;
+    /* float16 (exact): normals by rebiasing the exponent in the integer bits,
+     * subnormals as their integer mantissa times 2^-24, inf / NaN by their bits.
+     * (f16_to_f32's scaling of a float32 subnormal by 2^112 is exact too, but a
+     * subnormal operand costs a microcode assist per vector: softmax outputs of
+     * wide rows are mostly float16 subnormals) */
+    v8u sign = (u & 0x8000u) << 16, a = u & 0x7fffu;
+    v8u normal = (a << 13) + 0x38000000u;
+    v8f tiny = __builtin_convertvector((v8i)a, v8f) * 0x1p-24f;
     v8u special = 0x7f800000u | (a & 0x3ffu) << 13;
-    v8u big = (v8u)(a >= 0x7c00u);
-    return (v8f)(((special & big) | ((v8u)v & ~big)) | sign);
+    v8u big = (v8u)(a >= 0x7c00u), small = (v8u)(a < 0x400u);
+    v8u bits = (special & big) | ((v8u)tiny & small) | (normal & ~(big | small));
+    return (v8f)(bits | sign);
 }
 
 AI v4d lo4(v8f v) { return __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3), v4d); }
