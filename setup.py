@@ -81,7 +81,7 @@ if os.environ.get("SMX_NO_NATIVE", "") not in ("1", "true", "yes"):
     ext_modules.append(Extension(
         "smx_cli.core._smx_diag",
         sources=["smx_cli/core/_smx_diag.c"],
-        depends=["smx_cli/core/_smx_common.h"],
+        depends=["smx_cli/core/_smx_common.h", "smx_cli/core/_smx_x4exp.h"],
         extra_compile_args=_flags(),
         libraries=[] if sys.platform == "win32" else ["m"],
         optional=True,

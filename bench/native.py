@@ -6,6 +6,7 @@ Run from the repository root after building the extension in place
     python bench/native.py              # the issue's shapes (needs ~6 GB of RAM)
     python bench/native.py --quick      # 1024-row wide case, fewer repeats
     python bench/native.py --repeat 7 --wide-rows 4096
+    python bench/native.py --diag       # the diagnostics panel's cost beside the kernel's
 
 Each cell is the median of ``--repeat`` runs taken side by side in one process.
 Two clocks:
@@ -17,6 +18,11 @@ Two clocks:
 * cpu1: ``time.process_time`` of the same call with ONE thread (native
   threads=1, torch.set_num_threads(1)) writing into a preallocated output
   (torch ``out=``): the per-core cost, stable on a noisy machine.
+
+``--diag`` prints instead, per shape, format and kind, the kernel's cpu1 time
+(``native.softmax_rows``, one thread) beside the diagnostics panel's
+(``diagnose(x, compute(x))`` on one thread: what ``smx softmax`` adds to the
+kernel) and their ratio.
 
 Ratios are native / other (< 1: native is faster). float16 and bfloat16 rows
 (``--dtypes``) run on the compiled core's single-word path like float32; torch
@@ -120,6 +126,38 @@ def bench_softmax(shape, dtype, kind, repeat, with_numpy, with_scipy):
     return r
 
 
+def bench_diag(shape, dtype, kind, repeat):
+    """cpu1 of the kernel and of the diagnostics panel over its result."""
+    from smx_cli.analysis.diagnostics import diagnose
+    from smx_cli.core import kernels
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(shape) * 3).astype(dtype)
+    out = np.empty_like(x)
+    res = _compute(x, "stable" if kind == "prob" else "log")
+    kernel = median_time(lambda: native.softmax_rows(x, out, kind=kind, threads=1), repeat,
+                         time.process_time)
+    saved = kernels.default_threads
+    kernels.default_threads = lambda: 1  # the panel's pieces on one thread
+    try:
+        panel = median_time(lambda: diagnose(x, res), repeat, time.process_time)
+    finally:
+        kernels.default_threads = saved
+    return kernel, panel
+
+
+def print_diag(shapes, dtypes, repeat):
+    print("| case | kernel cpu1 ms | panel cpu1 ms | panel/kernel |")
+    print("|---|---|---|---|")
+    for shape in shapes:
+        for dtype in dtypes:
+            for kind in ("prob", "logprob"):
+                kernel, panel = bench_diag(shape, dtype, kind, repeat)
+                name = f"{'softmax' if kind == 'prob' else 'log_softmax'} " \
+                       f"{np.dtype(dtype).name} {shape[0]}x{shape[1]}"
+                print(f"| {name} | {fmt_ms(kernel)} | {fmt_ms(panel)} | "
+                      f"{panel / kernel:.0%} |", flush=True)
+
+
 def bench_xent(shape, dtype, repeat):
     rng = np.random.default_rng(1)
     x = (rng.standard_normal(shape) * 3).astype(dtype)
@@ -206,6 +244,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only-vjp", action="store_true", help="only the VJP table")
     ap.add_argument("--only-softmax", action="store_true",
                     help="only the softmax / log-softmax table (no cross-entropy, no VJP)")
+    ap.add_argument("--diag", action="store_true",
+                    help="only the diagnostics panel's cpu1 cost beside the kernel's")
     ap.add_argument("--shapes", default=None,
                     help="comma-separated NxC softmax shapes instead of the issue's, e.g. "
                          "100000x10,100000x32")
@@ -221,6 +261,9 @@ def main(argv=None) -> int:
     print(f"engine {native.engine()}, {os.cpu_count()} CPUs, torch "
           f"{torch.__version__ if torch else 'missing'}, medians of {args.repeat}, "
           f"load average {os.getloadavg()[0]:.1f}\n")
+    if args.diag:
+        print_diag(shapes, [_dtype(d) for d in args.dtypes.split(",")], args.repeat)
+        return 0
     if args.only_vjp:
         for d in args.vjp_dtypes.split(","):
             print_vjp((args.wide_rows, 32000), d, args.repeat)

@@ -1,21 +1,33 @@
 /* _smx_diag: the diagnostics panel's counts in one pass over a block of rows
- * (module smx_cli.core._smx_diag; wrapper smx_cli/analysis/diag_native.py).
+ * (module smx_cli.core._smx_diag; caller smx_cli/analysis/diagnostics.py,
+ * Accumulator._summarize).
  *
  * What smx_cli.analysis.diagnostics.Accumulator._add_clean counts with ~6 numpy
  * passes (row sums, zeros, subnormals, argmax, min, max), in one read of the
  * values and one of the logits, for the rows whose logits and values are all
  * finite ("clean" rows; the caller sends the rest to the careful numpy path).
+ * It runs after the kernel, over what the kernel wrote: its cost is the read
+ * of x and y (bench/native.py --diag puts it beside the kernel's).
  *
- *   - probabilities: the row sum in float64 with TwoSum per lane (error ~2 u of
- *     the sum, far below the 4 eps the panel tolerates), |sum - 1|;
- *   - log-probabilities: 16/32-bit ones also |sum(exp) - 1| (a short exp in
- *     float64, relative error < 2^-31, far below 4 eps of those formats);
- *     float64 ones leave the sum to numpy's exp and the split sum;
- *   - the top-p size of language-model rows (top_p, below);
+ *   - logits: only whether a row is all finite, in the row's own format (16-bit
+ *     ones by their exponent bits, no conversion);
+ *   - 16/32-bit results: compared in float32 (zero, subnormal, min, max,
+ *     argmax), summed plainly in float64 (error <= C 2^-53 of the sum, far below
+ *     the 4 eps >= 2^-21 the panel tolerates); log-probabilities sum a short
+ *     exp (exp_small, relative error < 2^-31; AVX-512: _smx_x4exp.h's table
+ *     exp, < 2^-46.99);
+ *   - float64 results: TwoSum per lane (error ~2 u of the sum, the tolerance is
+ *     4 eps = 8 u); log-probabilities sum exp(y) as hi + lo (exp_acc_v: ~1 u
+ *     per term; AVX-512: x4_exp_lo, < 0.06 u), so |sum - 1| is accurate to a
+ *     few 2^-53 where numpy's exp and split sum were used before;
  *   - argmax: the first index of the row maximum, as numpy.argmax (each lane
  *     keeps the index of its first maximum; the smallest of those holding the
- *     row maximum wins).
+ *     row maximum wins);
+ *   - the top-p size of language-model rows (top_p, below).
  *
+ * Three copies, picked at import (set_isa pins one for the tests): baseline and
+ * AVX2 from the same vector-extension code (4 float64 / 8 float32 lanes), and an
+ * AVX-512 one with intrinsics (16 float32 / 8 float64 lanes, masked tails).
  * CPython C API and the buffer protocol only; the GIL is released in the loop.
  * Same build flags as _smx_native (-ffp-contract=off keeps TwoSum exact).
  */
@@ -79,12 +91,73 @@ typedef struct {
     double tol;            /* |sum - 1| above this is "off" */
     int64_t *counts;       /* argmax histogram, c entries (accumulated) */
     uint8_t *unclean;      /* n flags out */
+    int xcheck;            /* 0: every row's logits are checked; 1: the caller knows no
+                              logit is NaN or +inf (the kernel counted them) and y came
+                              from x: a -inf logit then gives y = 0 (prob) or -inf
+                              (logprob), so only rows of probabilities holding a 0 are
+                              checked (log-probabilities never: -inf is not finite) */
 } diag_args;
 
-/* all finite: a sum of (v - v) is NaN exactly when some v is NaN or +-inf */
+/* 8 float32 lanes (32 bytes: one AVX2 register, two SSE2 ones) for 16/32-bit
+ * rows, 16 uint16 lanes for the finiteness of 16-bit logits */
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+typedef uint32_t v8u __attribute__((vector_size(32)));
+typedef uint16_t v8h __attribute__((vector_size(16)));
+typedef uint16_t v16h __attribute__((vector_size(32)));
+
+AI v8f sel8(v8i m, v8f a, v8f b) { return (v8f)((m & (v8i)a) | (~m & (v8i)b)); }
+
+AI v8f ld8(const void *p, Py_ssize_t j, const int DT) {
+    if (DT == DT_F32) { v8f f; memcpy(&f, (const float *)p + j, 32); return f; }
+    v8h h;
+    memcpy(&h, (const uint16_t *)p + j, 16);
+    v8u u = __builtin_convertvector(h, v8u);
+    if (DT == DT_BF16) return (v8f)(u << 16);
+    /* float16 (exact): normals by rebiasing the exponent in the integer bits,
+     * subnormals as their integer mantissa times 2^-24, inf / NaN by their bits.
+     * (f16_to_f32's scaling of a float32 subnormal by 2^112 is exact too, but a
+     * subnormal operand costs a microcode assist per vector: softmax outputs of
+     * wide rows are mostly float16 subnormals) */
+    v8u sign = (u & 0x8000u) << 16, a = u & 0x7fffu;
+    v8u normal = (a << 13) + 0x38000000u;
+    v8f tiny = __builtin_convertvector((v8i)a, v8f) * 0x1p-24f;
+    v8u special = 0x7f800000u | (a & 0x3ffu) << 13;
+    v8u big = (v8u)(a >= 0x7c00u), small = (v8u)(a < 0x400u);
+    v8u bits = (special & big) | ((v8u)tiny & small) | (normal & ~(big | small));
+    return (v8f)(bits | sign);
+}
+
+AI v4d lo4(v8f v) { return __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3), v4d); }
+AI v4d hi4(v8f v) { return __builtin_convertvector(__builtin_shufflevector(v, v, 4, 5, 6, 7), v4d); }
+
+/* all finite: in the row's own format. 16-bit: no entry has an all-ones
+ * exponent field (inf or NaN); 32/64-bit: a sum of (v - v) is NaN exactly
+ * when some v is NaN or +-inf */
 AI int finite_row(const void *p, Py_ssize_t c, const int DT) {
-    v4d acc = splat(0.0);
     Py_ssize_t j = 0;
+    if (DT == DT_F16 || DT == DT_BF16) {
+        const uint16_t e = DT == DT_F16 ? 0x7c00u : 0x7f80u;
+        const uint16_t *h = (const uint16_t *)p;
+        v16h bad = {0};
+        for (; j + 16 <= c; j += 16) {
+            v16h u; memcpy(&u, h + j, 32);
+            bad |= (v16h)((u & e) == e);
+        }
+        int b = 0;
+        for (; j < c; j++) b |= (h[j] & e) == e;
+        for (int l = 0; l < 16; l++) b |= bad[l] != 0;
+        return !b;
+    }
+    if (DT == DT_F32) {
+        v8f acc = {0};
+        for (; j + 8 <= c; j += 8) { v8f v = ld8(p, j, DT); acc += v - v; }
+        float t = 0.0f;
+        for (; j < c; j++) { float v = ((const float *)p)[j]; t += v - v; }
+        for (int l = 0; l < 8; l++) t += acc[l];
+        return t == 0.0f;
+    }
+    v4d acc = splat(0.0);
     for (; j + LANES <= c; j += LANES) { v4d v = ldv(p, j, DT); acc += v - v; }
     double t = 0.0;
     for (; j < c; j++) { double v = ld(p, j, DT); t += v - v; }
@@ -96,7 +169,7 @@ AI int finite_row(const void *p, Py_ssize_t c, const int DT) {
  * Taylor polynomial to r^8/8! by Estrin's scheme: truncation 2^-31.7 relative
  * for |r| <= ln2/2, checked against mpmath; a few u of rounding): ample for the
  * |sum - 1| check of 16/32-bit log-probabilities (tolerance 4 eps of the format
- * >= 2^-21) and for the max |sum - 1| the panel prints (4 significant digits);
+ * >= 2^-21) and for the max |sum - 1| the panel prints (3 significant digits);
  * below -708 it returns 0 */
 AI double exp_small(double v) {
     double vc = v < -708.0 ? -708.0 : v;
@@ -129,100 +202,251 @@ AI v4d exp_small_v(v4d v) {
     return sel(v < -708.0, splat(0.0), p * (v4d)bits);
 }
 
-/* KIND 0: probabilities; 1: log-probabilities (sum of exp only when LSUM) */
-AI void rows_t(const diag_args *A, totals_t *T, const int XDT, const int YDT, const int KIND) {
-    Py_ssize_t c = A->c;
-    size_t xs = (size_t)ITEMSIZE[XDT], ys = (size_t)ITEMSIZE[YDT];
-    /* float64 probabilities need a compensated sum; 16/32-bit ones and the
-     * exp of 16/32-bit log-probabilities are summed plainly in float64 */
-    const int TWO_SUM = KIND == 0 && YDT == DT_F64;
-    const int SUM = KIND == 0 || YDT != DT_F64;
+/* exp(v) of float64 log-probabilities as an unevaluated sum hi + lo, for the
+ * |sum - 1| check at 4 eps of float64: Cody-Waite with fdlibm's ln2 split
+ * (ln2_hi has 32 bits: k ln2_hi is exact), expm1(r) = r + r^2 q(r) to r^13/13!
+ * (truncation < 2^-57 relative for |r| <= ln2/2), then 1 + expm1(r) split by
+ * Fast2Sum (|expm1(r)| < 1) so that its rounding is kept in lo. Relative error
+ * of hi + lo: the rounding of r (<= 2^-54 |r| absolute) and of expm1(r) (a few
+ * 2^-53 |expm1(r)| ... ~2^-54), well under one unit of the sum's last place;
+ * below -708 both are 0 (such terms are < 2^-1021: nothing to |sum - 1|) */
+AI void exp_acc_v(v4d v, v4d *hi, v4d *lo) {
+    v4d vc = sel(v < -708.0, splat(-708.0), v);
+    vc = sel(vc > 709.0, splat(709.0), vc);
+    v4d kd = vc * 0x1.71547652b82fep0 + 0x1.8p52;
+    v4l ki = (v4l)kd;
+    kd -= 0x1.8p52;
+    v4d r = (vc - kd * 0x1.62e42feep-1) - kd * 0x1.a39ef35793c76p-33;
+    v4d r2 = r * r, r4 = r2 * r2, r8 = r4 * r4;
+    /* q(r) = 1/2! + r/3! + ... + r^11/13!, by Estrin's scheme */
+    v4d a0 = r * (1.0 / 6.0) + 1.0 / 2.0, a1 = r * (1.0 / 120.0) + 1.0 / 24.0;
+    v4d a2 = r * (1.0 / 5040.0) + 1.0 / 720.0, a3 = r * (1.0 / 362880.0) + 1.0 / 40320.0;
+    v4d a4 = r * (1.0 / 39916800.0) + 1.0 / 3628800.0;
+    v4d a5 = r * (1.0 / 6227020800.0) + 1.0 / 479001600.0;
+    v4d q = (a0 + a1 * r2) + (a2 + a3 * r2) * r4 + (a4 + a5 * r2) * r8;
+    v4d m = r + r2 * q;                      /* expm1(r) */
+    v4d h = 1.0 + m;
+    v4d l = (1.0 - h) + m;                   /* Fast2Sum: exact, |m| < 1 */
+    v4l bits = (ki - (int64_t)0x4338000000000000ll + 1023) << 52;
+    v4l tiny = v < -708.0;
+    *hi = sel(tiny, splat(0.0), h * (v4d)bits);
+    *lo = sel(tiny, splat(0.0), l * (v4d)bits);
+}
+
+AI void exp_acc(double v, double *hi, double *lo) {
+    v4d h, l;
+    exp_acc_v(splat(v), &h, &l);
+    *hi = h[0];
+    *lo = l[0];
+}
+
+/* the row's counts, added to the totals once the row is known clean */
+typedef struct {
+    int64_t zeros, sub, arg;
+    double hi, lo, mn, mx;
+} row_t;
+
+AI void row_done(const diag_args *A, totals_t *T, Py_ssize_t r, const row_t *R, int sum) {
+    A->unclean[r] = 0;
+    T->clean_rows++;
+    T->zeros += R->zeros;
+    T->subnormal += R->sub;
+    if (sum) {
+        double err = fabs((R->hi - 1.0) + R->lo);   /* hi - 1 is exact near 1 (Sterbenz) */
+        T->off += err > A->tol;
+        T->max_err = err > T->max_err ? err : T->max_err;
+    }
+    T->vmin = R->mn < T->vmin ? R->mn : T->vmin;
+    T->vmax = R->mx > T->vmax ? R->mx : T->vmax;
+    A->counts[R->arg >= 0 && R->arg < A->c ? R->arg : 0]++;
+}
+
+/* the smallest float32 t with (v < t) == (v < L) for every float32 v: the
+ * numpy count compares float32 values with the float64 log of tiny */
+static float f32_threshold(double L) {
+    float t = (float)L;
+    if ((double)t < L) t = nextafterf(t, INFINITY);
+    return t;
+}
+
+/* 16/32-bit results: compared in float32 (they are float32 numbers) on 8
+ * lanes; sums in float64, plainly: C terms of <= 2^-24 relative rounding each
+ * err by <= C 2^-53 of the sum, far below the tolerance 4 eps >= 2^-21.
+ * Rows are read in segments of < 2^30 entries so lane counts and indices fit
+ * 32 bits. KIND 0 probabilities, 1 log-probabilities (exp_small per entry). */
+AI void rows_narrow(const diag_args *A, totals_t *T0, const int XDT, const int YDT, const int KIND) {
+    totals_t L = *T0, *T = &L;   /* the totals in registers, not through a pointer */
+    const Py_ssize_t c = A->c, SEG = (Py_ssize_t)1 << 30;
+    const size_t xs = (size_t)ITEMSIZE[XDT], ys = (size_t)ITEMSIZE[YDT];
+    const float tiny = KIND == 0 ? (float)A->tiny : f32_threshold(A->tiny);
     for (Py_ssize_t r = 0; r < A->n; r++) {
         const char *x = (const char *)A->x + (size_t)r * c * xs;
         const char *y = (const char *)A->y + (size_t)r * c * ys;
         A->unclean[r] = 1;
-        if (!finite_row(x, c, XDT)) continue;
-        /* y's finiteness is checked in the same pass (fin: a sum of v - v);
-         * nothing is added to the totals before it is known */
+        if (!A->xcheck && !finite_row(x, c, XDT)) continue;
+        row_t R = {0, 0, -1, 0.0, 0.0, INFINITY, -INFINITY};
+        int bad = 0;
+        for (Py_ssize_t s0 = 0; s0 < c && !bad; s0 += SEG) {
+            const Py_ssize_t s1 = c - s0 < SEG ? c : s0 + SEG;
+            v4d sh = splat(0.0);
+            v8f fin = {0}, mn = (v8f){0} + INFINITY;
+            v8f mx = -mn;
+            v8i z = {0}, sub = {0};          /* comparisons give -1 per true lane */
+            v8i at = {0, 1, 2, 3, 4, 5, 6, 7}, arg = at;
+            Py_ssize_t j = s0;
+            for (; j + 8 <= s1; j += 8) {
+                v8f v = ld8(y, j, YDT);
+                fin += v - v;
+                if (KIND == 0) {
+                    v8i zero = v == 0.0f;
+                    z += zero;
+                    sub += (v < tiny) & ~zero;
+                    sh += lo4(v) + hi4(v);
+                } else {
+                    sub += v < tiny;
+                    sh += exp_small_v(lo4(v)) + exp_small_v(hi4(v));
+                }
+                mn = sel8(v < mn, v, mn);
+                v8i up = v > mx;
+                mx = sel8(up, v, mx);
+                arg = (up & at) | (~up & arg);
+                at += 8;
+            }
+            double th = 0.0;
+            float tfin = 0.0f, tmn = INFINITY, tmx = -INFINITY;
+            int64_t targ = -1;
+            for (; j < s1; j++) {   /* the last entries, one at a time */
+                float v = (float)ld(y, j, YDT);
+                tfin += v - v;
+                if (KIND == 0) {
+                    R.zeros += v == 0.0f;
+                    R.sub += (v < tiny) & (v != 0.0f);
+                    th += v;
+                } else {
+                    R.sub += v < tiny;
+                    th += exp_small(v);
+                }
+                tmn = v < tmn ? v : tmn;
+                targ = v > tmx ? j : targ;
+                tmx = v > tmx ? v : tmx;
+            }
+            for (int l = 0; l < 8; l++) tfin += fin[l];
+            if (tfin != 0.0f) { bad = 1; break; }   /* NaN or inf in y: not a clean row */
+            for (int l = 0; l < 4; l++) th += sh[l];
+            R.hi += th;
+            float smx = -INFINITY;
+            for (int l = 0; l < 8; l++) {
+                R.zeros -= z[l];
+                R.sub -= sub[l];
+                tmn = mn[l] < tmn ? mn[l] : tmn;
+                smx = mx[l] > smx ? mx[l] : smx;
+            }
+            smx = tmx > smx ? tmx : smx;
+            /* the segment's first maximum: the smallest index holding it */
+            int64_t k = tmx == smx ? targ : s1;
+            for (int l = 0; l < 8; l++)
+                if (mx[l] == smx && s0 + arg[l] < k) k = s0 + arg[l];
+            R.mn = tmn < R.mn ? tmn : R.mn;
+            if (smx > R.mx) { R.mx = smx; R.arg = k; }   /* ties: the earlier segment's */
+        }
+        if (bad || (A->xcheck && R.zeros && !finite_row(x, c, XDT))) continue;
+        row_done(A, T, r, &R, 1);
+    }
+    *T0 = L;
+}
+
+/* float64 results on 4 float64 lanes, the sum with TwoSum per lane (error ~2 u
+ * of the sum, far below the tolerance 4 eps); log-probabilities sum exp_acc */
+AI void rows_wide(const diag_args *A, totals_t *T0, const int XDT, const int KIND) {
+    totals_t L = *T0, *T = &L;   /* the totals in registers, not through a pointer */
+    const Py_ssize_t c = A->c;
+    const size_t xs = (size_t)ITEMSIZE[XDT];
+    const double tiny = A->tiny;
+    for (Py_ssize_t r = 0; r < A->n; r++) {
+        const char *x = (const char *)A->x + (size_t)r * c * xs;
+        const double *y = (const double *)A->y + (size_t)r * c;
+        A->unclean[r] = 1;
+        if (!A->xcheck && !finite_row(x, c, XDT)) continue;
         v4d sh = splat(0.0), sl = splat(0.0), mn = splat(INFINITY), mx = splat(-INFINITY);
         v4d fin = splat(0.0);
-        v4l z = {0}, sub = {0};   /* comparisons give -1 per true lane: subtracted */
+        v4l z = {0}, sub = {0};
         v4l at = {0, 1, 2, 3}, arg = {0, 1, 2, 3}; /* each lane's first maximum */
-        const double tiny = A->tiny;
         Py_ssize_t j = 0;
         for (; j + LANES <= c; j += LANES) {
-            v4d v = ldv(y, j, YDT);
+            v4d v; memcpy(&v, y + j, 32);
             fin += v - v;
+            v4d p, pl = splat(0.0);
             if (KIND == 0) {
-                z -= (v == 0.0);
-                sub -= (v > 0.0) & (v < tiny);
+                v4l zero = v == 0.0;
+                z += zero;
+                sub += (v < tiny) & ~zero;
+                p = v;
             } else {
-                sub -= (v < tiny);
+                sub += v < tiny;
+                exp_acc_v(v, &p, &pl);
             }
-            v4d p = KIND == 0 ? v : (SUM ? exp_small_v(v) : splat(0.0));
-            if (TWO_SUM) {
-                v4d t = sh + p, bv = t - sh;
-                sl += (sh - (t - bv)) + (p - bv); /* TwoSum error */
-                sh = t;
-            } else if (SUM) {
-                sh += p;
-            }
+            v4d t = sh + p, bv = t - sh;
+            sl += ((sh - (t - bv)) + (p - bv)) + pl; /* TwoSum error */
+            sh = t;
             mn = sel(v < mn, v, mn);
             v4l up = v > mx;
             mx = sel(up, v, mx);
             arg = (up & at) | (~up & arg);
             at += LANES;
         }
-        int64_t zt = 0, subt = 0, targ = -1;
-        double th = 0.0, tl = 0.0, tmn = INFINITY, tmx = -INFINITY;
+        row_t R = {0, 0, -1, 0.0, 0.0, INFINITY, -INFINITY};
         double tfin = 0.0;
         for (; j < c; j++) {   /* the last c % 4 entries, one at a time */
-            double v = ld(y, j, YDT);
+            double v = y[j], p, pl = 0.0;
             tfin += v - v;
-            if (KIND == 0) { zt += v == 0.0; subt += (v > 0.0) & (v < tiny); }
-            else subt += v < tiny;
-            double p = KIND == 0 ? v : (SUM ? exp_small(v) : 0.0);
-            double t = th + p, bv = t - th;
-            tl += (th - (t - bv)) + (p - bv);
-            th = t;
-            tmn = v < tmn ? v : tmn;
-            targ = v > tmx ? j : targ;
-            tmx = v > tmx ? v : tmx;
+            if (KIND == 0) {
+                R.zeros += v == 0.0;
+                R.sub += (v < tiny) & (v != 0.0);
+                p = v;
+            } else {
+                R.sub += v < tiny;
+                exp_acc(v, &p, &pl);
+            }
+            double t = R.hi + p, bv = t - R.hi;
+            R.lo += ((R.hi - (t - bv)) + (p - bv)) + pl;
+            R.hi = t;
+            R.mn = v < R.mn ? v : R.mn;
+            R.arg = v > R.mx ? j : R.arg;
+            R.mx = v > R.mx ? v : R.mx;
         }
         for (int l = 0; l < LANES; l++) tfin += fin[l];
         if (tfin != 0.0) continue;   /* NaN or inf in y: not a clean row */
-        A->unclean[r] = 0;
-        T->clean_rows++;
-        T->zeros += zt;
-        T->subnormal += subt;
-        double hi = th, lo = tl, rmin = tmn, rmax = tmx;
+        double tmx = R.mx, rmax = R.mx;
         for (int l = 0; l < LANES; l++) {
-            double s = hi + sh[l], bv = s - hi;
-            lo += ((hi - (s - bv)) + (sh[l] - bv)) + sl[l];
-            hi = s;
-            rmin = mn[l] < rmin ? mn[l] : rmin;
+            double s = R.hi + sh[l], bv = s - R.hi;
+            R.lo += ((R.hi - (s - bv)) + (sh[l] - bv)) + sl[l];
+            R.hi = s;
+            R.mn = mn[l] < R.mn ? mn[l] : R.mn;
             rmax = mx[l] > rmax ? mx[l] : rmax;
-            T->zeros += z[l];
-            T->subnormal += sub[l];
+            R.zeros -= z[l];
+            R.sub -= sub[l];
         }
-        if (SUM) {
-            double err = fabs((hi - 1.0) + lo);
-            T->off += err > A->tol;
-            T->max_err = err > T->max_err ? err : T->max_err;
-        }
-        T->vmin = rmin < T->vmin ? rmin : T->vmin;
-        T->vmax = rmax > T->vmax ? rmax : T->vmax;
         /* the first maximum: the smallest index holding rmax */
-        int64_t k = rmax == tmx ? targ : c;
+        int64_t k = rmax == tmx ? R.arg : c;
         for (int l = 0; l < LANES; l++)
             if (c >= LANES && mx[l] == rmax && arg[l] < k) k = arg[l];
-        A->counts[k >= 0 && k < c ? k : 0]++;
+        R.arg = k;
+        R.mx = rmax;
+        if (A->xcheck && R.zeros && !finite_row(x, c, XDT)) continue;
+        row_done(A, T, r, &R, 1);
     }
+    *T0 = L;
 }
 
 AI void rows_k(const diag_args *A, totals_t *T, const int XDT, const int YDT) {
-    if (A->kind == 0) rows_t(A, T, XDT, YDT, 0);
-    else rows_t(A, T, XDT, YDT, 1);
+    if (YDT == DT_F64) {
+        if (A->kind == 0) rows_wide(A, T, XDT, 0);
+        else rows_wide(A, T, XDT, 1);
+    } else if (A->kind == 0) {
+        rows_narrow(A, T, XDT, YDT, 0);
+    } else {
+        rows_narrow(A, T, XDT, YDT, 1);
+    }
 }
 
 #define YSWITCH(XDT)                                                \
@@ -241,6 +465,249 @@ AI void rows_any(const diag_args *A, totals_t *T, int xdt, int ydt) {
     default: YSWITCH(DT_F64) break;
     }
 }
+
+/* ------------------------------------------------------------------------ */
+/* the AVX-512 copy of the row pass (x86-64-v4 only): 16 float32 lanes for
+ * 16/32-bit results (masked loads also take the row's last c % 16 entries),
+ * 8 float64 lanes for float64 ones, and _smx_x4exp.h's table exp: of degree 5
+ * (error < 2^-46.99 relative) for 16/32-bit log-probabilities, of degree 7
+ * with the rounding of its last step and of its table kept apart (x4_exp_lo)
+ * for float64 ones */
+#if SMX_X86
+#ifndef SMX_V4
+#define SMX_V4 __attribute__((target("arch=x86-64-v4,prefer-vector-width=512")))
+#endif
+#include "_smx_x4exp.h"
+
+/* exp(d) = hi + lo on the lanes of ok (-708 <= d <= 0), 0 elsewhere: x4_exp_deg
+ * of degree 7, with lo = the rounding error of its fma t + t p (exact by
+ * Sterbenz and one fma) plus TLO (1 + p), TLO[j] = 2^(j/16) - T[j] (mpmath):
+ * hi + lo errs by r's error and p's truncation and roundings, <= 0.06 u */
+AI4 __m512d x4_exp_lo(__m512d d, __mmask8 ok, __m512d *lo) {
+    const __m512d T0 = _mm512_setr_pd(0x1.0000000000000p+0, 0x1.0b5586cf9890fp+0,
+                                      0x1.172b83c7d517bp+0, 0x1.2387a6e756238p+0,
+                                      0x1.306fe0a31b715p+0, 0x1.3dea64c123422p+0,
+                                      0x1.4bfdad5362a27p+0, 0x1.5ab07dd485429p+0);
+    const __m512d T1 = _mm512_setr_pd(0x1.6a09e667f3bcdp+0, 0x1.7a11473eb0187p+0,
+                                      0x1.8ace5422aa0dbp+0, 0x1.9c49182a3f090p+0,
+                                      0x1.ae89f995ad3adp+0, 0x1.c199bdd85529cp+0,
+                                      0x1.d5818dcfba487p+0, 0x1.ea4afa2a490dap+0);
+    const __m512d L0 = _mm512_setr_pd(0.0, 0x1.8a62e4adc610bp-54, -0x1.19041b9d78a76p-55,
+                                      0x1.9b07eb6c70573p-54, 0x1.6f46ad23182e4p-55,
+                                      0x1.ada0911f09ebcp-55, 0x1.d4397afec42e2p-56,
+                                      0x1.6324c054647adp-54);
+    const __m512d L1 = _mm512_setr_pd(-0x1.bdd3413b26456p-54, -0x1.41577ee04992fp-55,
+                                      0x1.6e9f156864b27p-54, 0x1.c7c46b071f2bep-56,
+                                      0x1.7a1cd345dcc81p-54, 0x1.11065895048ddp-55,
+                                      0x1.2ed02d75b3707p-55, -0x1.e9c23179c2893p-54);
+    const __m512d sh = _mm512_set1_pd(0x1.8p48);
+    __m512d kd = _mm512_fmadd_pd(d, _mm512_set1_pd(0x1.71547652b82fep+0), sh);
+    __m512i ki = _mm512_castpd_si512(kd);
+    kd = _mm512_sub_pd(kd, sh);
+    __m512d r = _mm512_fnmadd_pd(kd, _mm512_set1_pd(0x1.62e42fefa4000p-1), d);
+    r = _mm512_fnmadd_pd(kd, _mm512_set1_pd(-0x1.8432a1b0e2634p-43), r);
+    __m512d r2 = _mm512_mul_pd(r, r);
+    __m512d q = _mm512_fmadd_pd(_mm512_set1_pd(1.0 / 5040.0), r, _mm512_set1_pd(1.0 / 720.0));
+    q = _mm512_fmadd_pd(q, r, _mm512_set1_pd(1.0 / 120.0));
+    q = _mm512_fmadd_pd(q, r, _mm512_set1_pd(1.0 / 24.0));
+    q = _mm512_fmadd_pd(q, r, _mm512_set1_pd(1.0 / 6.0));
+    q = _mm512_fmadd_pd(q, r, _mm512_set1_pd(0.5));
+    __m512d p = _mm512_fmadd_pd(r2, q, r);
+    __m512d t = _mm512_permutex2var_pd(T0, ki, T1);
+    __m512d tl = _mm512_permutex2var_pd(L0, ki, L1);
+    __m512d e = _mm512_maskz_fmadd_pd(ok, t, p, t);
+    __m512d err = _mm512_fmadd_pd(t, p, _mm512_sub_pd(t, e));
+    __m512d l = _mm512_maskz_add_pd(ok, err, _mm512_fmadd_pd(tl, p, tl));
+    *lo = _mm512_scalef_pd(l, kd);
+    return _mm512_scalef_pd(e, kd);
+}
+
+AI4 __m512 x4_ld16(const void *p, Py_ssize_t j, __mmask16 m, const int DT) {
+    if (DT == DT_F32) return _mm512_maskz_loadu_ps(m, (const float *)p + j);
+    __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)p + j);
+    if (DT == DT_BF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    return _mm512_cvtph_ps(h);
+}
+
+/* a 16/32-bit row's pass on 16 lanes; 0 if some value is NaN or inf. Lane
+ * indices in 32 bits: rows of c < 2^31 only. */
+AI4 int x4_row_narrow(const void *y, Py_ssize_t c, const int YDT, const int KIND, float tinyf,
+                      row_t *R) {
+    const __m512 zero = _mm512_setzero_ps(), tiny = _mm512_set1_ps(tinyf);
+    const __m512d dzero = _mm512_setzero_pd();
+    __m512 mn = _mm512_set1_ps(INFINITY), mx = _mm512_set1_ps(-INFINITY);
+    __m512i at = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    __m512i arg = at;
+    const __m512i sixteen = _mm512_set1_epi32(16);
+    __m512d s = dzero;
+    double xs = 0.0;
+    int64_t zeros = 0, sub = 0;
+    __mmask16 bad = 0;
+    for (Py_ssize_t j = 0; j < c; j += 16) {
+        __mmask16 m = c - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (c - j)) - 1u);
+        __m512 v = x4_ld16(y, j, m, YDT);
+        bad |= m & ~_mm512_cmp_ps_mask(_mm512_sub_ps(v, v), zero, _CMP_EQ_OQ);
+        __m512d dl = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+        __m512d dh = _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1));
+        if (KIND == 0) {
+            __mmask16 zk = _mm512_mask_cmp_ps_mask(m, v, zero, _CMP_EQ_OQ);
+            __mmask16 sk = _mm512_mask_cmp_ps_mask(m & ~zk, v, tiny, _CMP_LT_OQ);
+            zeros += __builtin_popcount(zk);
+            sub += __builtin_popcount(sk);
+            s = _mm512_add_pd(s, _mm512_add_pd(dl, dh));   /* masked-off lanes are 0 */
+        } else {
+            sub += __builtin_popcount(_mm512_mask_cmp_ps_mask(m, v, tiny, _CMP_LT_OQ));
+            __mmask16 pos = _mm512_mask_cmp_ps_mask(m, v, zero, _CMP_GT_OQ);
+            __mmask16 ok = _mm512_mask_cmp_ps_mask(m & ~pos, v, _mm512_set1_ps(-708.0f),
+                                                   _CMP_GE_OQ);
+            s = _mm512_add_pd(s, _mm512_add_pd(x4_exp_deg(dl, (__mmask8)ok, 5),
+                                               x4_exp_deg(dh, (__mmask8)(ok >> 8), 5)));
+            if (pos) {   /* log-probabilities above 0 (not from a softmax): one at a time */
+                float buf[16];
+                _mm512_storeu_ps(buf, v);
+                for (int l = 0; l < 16; l++)
+                    if (pos >> l & 1) xs += exp_small(buf[l]);
+            }
+        }
+        mn = _mm512_mask_min_ps(mn, m, mn, v);
+        __mmask16 up = _mm512_mask_cmp_ps_mask(m, v, mx, _CMP_GT_OQ);
+        mx = _mm512_mask_mov_ps(mx, up, v);
+        arg = _mm512_mask_mov_epi32(arg, up, at);
+        at = _mm512_add_epi32(at, sixteen);
+    }
+    if (bad) return 0;
+    float rmax = _mm512_reduce_max_ps(mx);
+    __mmask16 top = _mm512_cmp_ps_mask(mx, _mm512_set1_ps(rmax), _CMP_EQ_OQ);
+    R->zeros = zeros;
+    R->sub = sub;
+    R->hi = _mm512_reduce_add_pd(s) + xs;
+    R->lo = 0.0;
+    R->mn = _mm512_reduce_min_ps(mn);
+    R->mx = rmax;
+    R->arg = _mm512_mask_reduce_min_epi32(top, arg);   /* the first maximum */
+    return 1;
+}
+
+/* a float64 row's pass on 8 lanes, the sum by TwoSum per lane; 0 if some
+ * value is NaN or inf */
+AI4 int x4_row_wide(const double *y, Py_ssize_t c, const int KIND, double tinyd, row_t *R) {
+    const __m512d zero = _mm512_setzero_pd(), tiny = _mm512_set1_pd(tinyd);
+    __m512d mn = _mm512_set1_pd(INFINITY), mx = _mm512_set1_pd(-INFINITY);
+    __m512i at = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7), arg = at;
+    const __m512i eight = _mm512_set1_epi64(8);
+    __m512d sh = zero, sl = zero;
+    double xh = 0.0, xl = 0.0;
+    int64_t zeros = 0, sub = 0;
+    __mmask8 bad = 0;
+    for (Py_ssize_t j = 0; j < c; j += 8) {
+        __mmask8 m = c - j >= 8 ? (__mmask8)0xff : (__mmask8)((1u << (c - j)) - 1u);
+        __m512d v = _mm512_maskz_loadu_pd(m, y + j);
+        bad |= m & ~_mm512_cmp_pd_mask(_mm512_sub_pd(v, v), zero, _CMP_EQ_OQ);
+        if (KIND == 0) {
+            __mmask8 zk = _mm512_mask_cmp_pd_mask(m, v, zero, _CMP_EQ_OQ);
+            zeros += __builtin_popcount(zk);
+            sub += __builtin_popcount(_mm512_mask_cmp_pd_mask(m & ~zk, v, tiny, _CMP_LT_OQ));
+            x4_two_sum(&sh, &sl, v);
+        } else {
+            sub += __builtin_popcount(_mm512_mask_cmp_pd_mask(m, v, tiny, _CMP_LT_OQ));
+            __mmask8 pos = _mm512_mask_cmp_pd_mask(m, v, zero, _CMP_GT_OQ);
+            __mmask8 ok = _mm512_mask_cmp_pd_mask(m & ~pos, v, _mm512_set1_pd(-708.0), _CMP_GE_OQ);
+            __m512d el;
+            __m512d e = x4_exp_lo(v, ok, &el);
+            x4_two_sum(&sh, &sl, e);
+            sl = _mm512_add_pd(sl, el);
+            if (pos) {   /* log-probabilities above 0 (not from a softmax): one at a time */
+                double buf[8];
+                _mm512_storeu_pd(buf, v);
+                for (int l = 0; l < 8; l++) {
+                    if (!(pos >> l & 1)) continue;
+                    double h, lo2;
+                    exp_acc(buf[l], &h, &lo2);
+                    double t = xh + h, bv = t - xh;
+                    xl += ((xh - (t - bv)) + (h - bv)) + lo2;
+                    xh = t;
+                }
+            }
+        }
+        mn = _mm512_mask_min_pd(mn, m, mn, v);
+        __mmask8 up = _mm512_mask_cmp_pd_mask(m, v, mx, _CMP_GT_OQ);
+        mx = _mm512_mask_mov_pd(mx, up, v);
+        arg = _mm512_mask_mov_epi64(arg, up, at);
+        at = _mm512_add_epi64(at, eight);
+    }
+    if (bad) return 0;
+    /* the lanes' (sh, sl) folded by TwoSum in three steps (halves, quarters,
+     * pairs: every lane ends with the total), then the rare scalar part */
+    __m512d h2 = _mm512_shuffle_f64x2(sh, sh, 0x4e), l2 = _mm512_shuffle_f64x2(sl, sl, 0x4e);
+    sl = _mm512_add_pd(sl, l2);
+    x4_two_sum(&sh, &sl, h2);
+    h2 = _mm512_shuffle_f64x2(sh, sh, 0xb1);
+    l2 = _mm512_shuffle_f64x2(sl, sl, 0xb1);
+    sl = _mm512_add_pd(sl, l2);
+    x4_two_sum(&sh, &sl, h2);
+    h2 = _mm512_permute_pd(sh, 0x55);
+    l2 = _mm512_permute_pd(sl, 0x55);
+    sl = _mm512_add_pd(sl, l2);
+    x4_two_sum(&sh, &sl, h2);
+    double hi = _mm512_cvtsd_f64(sh), lo = _mm512_cvtsd_f64(sl) + xl;
+    if (xh != 0.0) {
+        double t = hi + xh, bv = t - hi;
+        lo += (hi - (t - bv)) + (xh - bv);
+        hi = t;
+    }
+    double rmax = _mm512_reduce_max_pd(mx);
+    __mmask8 top = _mm512_cmp_pd_mask(mx, _mm512_set1_pd(rmax), _CMP_EQ_OQ);
+    R->zeros = zeros;
+    R->sub = sub;
+    R->hi = hi;
+    R->lo = lo;
+    R->mn = _mm512_reduce_min_pd(mn);
+    R->mx = rmax;
+    R->arg = _mm512_mask_reduce_min_epi64(top, arg);
+    return 1;
+}
+
+AI4 void rows_x4(const diag_args *A, totals_t *T0, const int XDT, const int YDT, const int KIND) {
+    totals_t L = *T0, *T = &L;   /* the totals in registers, not through a pointer */
+    const Py_ssize_t c = A->c;
+    const size_t xs = (size_t)ITEMSIZE[XDT], ys = (size_t)ITEMSIZE[YDT];
+    const float tinyf = KIND == 0 ? (float)A->tiny : f32_threshold(A->tiny);
+    for (Py_ssize_t r = 0; r < A->n; r++) {
+        const char *x = (const char *)A->x + (size_t)r * c * xs;
+        const char *y = (const char *)A->y + (size_t)r * c * ys;
+        A->unclean[r] = 1;
+        if (!A->xcheck && !finite_row(x, c, XDT)) continue;
+        row_t R;
+        int ok = YDT == DT_F64 ? x4_row_wide((const double *)y, c, KIND, A->tiny, &R)
+                               : x4_row_narrow(y, c, YDT, KIND, tinyf, &R);
+        if (ok && !(A->xcheck && R.zeros && !finite_row(x, c, XDT))) row_done(A, T, r, &R, 1);
+    }
+    *T0 = L;
+}
+
+AI4 void rows_x4_k(const diag_args *A, totals_t *T, const int XDT, const int YDT) {
+    if (A->c >= ((Py_ssize_t)1 << 30)) rows_k(A, T, XDT, YDT);   /* 32-bit lane indices */
+    else if (A->kind == 0) rows_x4(A, T, XDT, YDT, 0);
+    else rows_x4(A, T, XDT, YDT, 1);
+}
+
+#define YSWITCH4(XDT)                                               \
+    switch (ydt) {                                                  \
+    case DT_F16: rows_x4_k(A, T, XDT, DT_F16); break;               \
+    case DT_BF16: rows_x4_k(A, T, XDT, DT_BF16); break;             \
+    case DT_F32: rows_x4_k(A, T, XDT, DT_F32); break;               \
+    default: rows_x4_k(A, T, XDT, DT_F64); break;                   \
+    }
+
+AI4 void rows_any_x4(const diag_args *A, totals_t *T, int xdt, int ydt) {
+    switch (xdt) {
+    case DT_F16: YSWITCH4(DT_F16) break;
+    case DT_BF16: YSWITCH4(DT_BF16) break;
+    case DT_F32: YSWITCH4(DT_F32) break;
+    default: YSWITCH4(DT_F64) break;
+    }
+}
+#endif
 
 /* ------------------------------------------------------------------------ */
 /* top-p size: how many of a row's most likely classes hold mass p           */
@@ -302,26 +769,6 @@ static Py_ssize_t top_sum_count(double *v, Py_ssize_t k_n, double target) {
  * below -87 (terms < 2^-125: the sum Z >= 1 does not see them and they are
  * far below t0); relative error a few float32 ulps plus |d| 2^-24 from the
  * shift. The sums and the selection in float64. */
-typedef float v8f __attribute__((vector_size(32)));
-typedef int32_t v8i __attribute__((vector_size(32)));
-typedef uint32_t v8u __attribute__((vector_size(32)));
-typedef uint16_t v8h __attribute__((vector_size(16)));
-
-AI v8f sel8(v8i m, v8f a, v8f b) { return (v8f)((m & (v8i)a) | (~m & (v8i)b)); }
-
-AI v8f ld8(const void *p, Py_ssize_t j, const int DT) {
-    if (DT == DT_F32) { v8f f; memcpy(&f, (const float *)p + j, 32); return f; }
-    v8h h;
-    memcpy(&h, (const uint16_t *)p + j, 16);
-    v8u u = __builtin_convertvector(h, v8u);
-    if (DT == DT_BF16) return (v8f)(u << 16);
-    v8u sign = (u & 0x8000u) << 16, a = u & 0x7fffu;   /* float16, as f16_to_f32 */
-    v8f v = (v8f)(a << 13) * 0x1p112f;
-    v8u special = 0x7f800000u | (a & 0x3ffu) << 13;
-    v8u big = (v8u)(a >= 0x7c00u);
-    return (v8f)(((special & big) | ((v8u)v & ~big)) | sign);
-}
-
 AI v8f exp8(v8f d) {
     v8i under = d < -87.0f;
     v8f dc = sel8(under, (v8f){0}, d);
@@ -411,8 +858,8 @@ AI void topp_any(const topp_args *A, int dt) {
 /* run-time dispatch by hand, one copy per instruction set (gcc 12's
  * target_clones hits an internal compiler error on this body) */
 #if SMX_X86
-__attribute__((target("arch=x86-64-v4")))
-static void rows_v4(const diag_args *A, totals_t *T, int xdt, int ydt) { rows_any(A, T, xdt, ydt); }
+SMX_V4
+static void rows_v4(const diag_args *A, totals_t *T, int xdt, int ydt) { rows_any_x4(A, T, xdt, ydt); }
 __attribute__((target("arch=x86-64-v3")))
 static void rows_v3(const diag_args *A, totals_t *T, int xdt, int ydt) { rows_any(A, T, xdt, ydt); }
 __attribute__((target("arch=x86-64-v4")))
@@ -428,16 +875,17 @@ static rows_fn g_rows = rows_base;
 typedef void (*topp_fn)(const topp_args *, int);
 static topp_fn g_topp = topp_base;
 
-/* summarize(x, xdt, y, ydt, n, c, kind, tiny, tol, counts, unclean)
+/* summarize(x, xdt, y, ydt, n, c, kind, tiny, tol, counts, unclean[, xcheck])
  *   -> (zeros, subnormal, off, max_err, vmin, vmax, clean_rows) over the clean rows
- *   (off and max_err are 0 for float64 log-probabilities: not summed here) */
+ *   (xcheck 1: only rows of probabilities holding a 0 have their logits read;
+ *   see diag_args) */
 static PyObject *py_summarize(PyObject *self, PyObject *args) {
     PyObject *xo, *yo, *co, *uo;
-    int xdt, ydt, kind;
+    int xdt, ydt, kind, xcheck = 0;
     Py_ssize_t n, c;
     double tiny, tol;
-    if (!PyArg_ParseTuple(args, "OiOinniddOO", &xo, &xdt, &yo, &ydt, &n, &c, &kind, &tiny, &tol,
-                          &co, &uo))
+    if (!PyArg_ParseTuple(args, "OiOinniddOO|i", &xo, &xdt, &yo, &ydt, &n, &c, &kind, &tiny, &tol,
+                          &co, &uo, &xcheck))
         return NULL;
     if (xdt < 0 || xdt > 3 || ydt < 0 || ydt > 3 || n < 0 || c < 1 || (kind != 0 && kind != 1)) {
         PyErr_SetString(PyExc_ValueError, "bad dtype code, shape or kind");
@@ -448,7 +896,8 @@ static PyObject *py_summarize(PyObject *self, PyObject *args) {
     if (get_buf(yo, &yb, 0, n * c * ITEMSIZE[ydt], "y") < 0) goto fail_x;
     if (get_buf(co, &cb, 1, c * 8, "counts") < 0) goto fail_y;
     if (get_buf(uo, &ub, 1, n, "unclean") < 0) goto fail_c;
-    diag_args A = {xb.buf, yb.buf, n, c, kind, tiny, tol, (int64_t *)cb.buf, (uint8_t *)ub.buf};
+    diag_args A = {xb.buf, yb.buf, n, c, kind, tiny, tol, (int64_t *)cb.buf, (uint8_t *)ub.buf,
+                   xcheck};
     totals_t T = {0, 0, 0, 0, 0.0, INFINITY, -INFINITY};
     Py_BEGIN_ALLOW_THREADS
     g_rows(&A, &T, xdt, ydt);
@@ -493,10 +942,46 @@ static PyObject *py_top_p(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* isa() -> the variant in use; set_isa(name) -> the previous one (tests pin
+ * "baseline", "avx2" or "avx512" to check each copy; only ones this CPU runs) */
+static const char *ISA_NAMES[3] = {"baseline", "avx2", "avx512"};
+static int g_isa = 0, g_isa_max = 0;
+
+static void use_isa(int k) {
+    g_isa = k;
+    g_rows = rows_base;
+    g_topp = topp_base;
+#if SMX_X86
+    if (k == 2) { g_rows = rows_v4; g_topp = topp_v4; }
+    else if (k == 1) { g_rows = rows_v3; g_topp = topp_v3; }
+#endif
+}
+
+static PyObject *py_isa(PyObject *self, PyObject *args) {
+    return PyUnicode_FromString(ISA_NAMES[g_isa]);
+}
+
+static PyObject *py_set_isa(PyObject *self, PyObject *args) {
+    const char *name;
+    if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
+    for (int k = 0; k <= g_isa_max; k++) {
+        if (strcmp(name, ISA_NAMES[k]) == 0) {
+            const char *old = ISA_NAMES[g_isa];
+            use_isa(k);
+            return PyUnicode_FromString(old);
+        }
+    }
+    PyErr_Format(PyExc_ValueError, "isa %s is not available on this CPU", name);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
+    {"isa", py_isa, METH_NOARGS, "isa() -> the CPU variant in use"},
+    {"set_isa", py_set_isa, METH_VARARGS, "set_isa(name) -> the previous variant (for tests)"},
     {"top_p", py_top_p, METH_VARARGS, "top_p(x, dt, n, c, p, out) -> None (top-p sizes of rows)"},
     {"summarize", py_summarize, METH_VARARGS,
-     "summarize(x, xdt, y, ydt, n, c, kind, tiny, tol, counts, unclean) -> totals of clean rows"},
+     "summarize(x, xdt, y, ydt, n, c, kind, tiny, tol, counts, unclean[, xcheck]) -> totals of "
+     "clean rows"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -506,8 +991,9 @@ static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_smx_diag",
 PyMODINIT_FUNC PyInit__smx_diag(void) {
 #if SMX_X86
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("x86-64-v4")) { g_rows = rows_v4; g_topp = topp_v4; }
-    else if (__builtin_cpu_supports("x86-64-v3")) { g_rows = rows_v3; g_topp = topp_v3; }
+    if (__builtin_cpu_supports("x86-64-v4")) g_isa_max = 2;
+    else if (__builtin_cpu_supports("x86-64-v3")) g_isa_max = 1;
 #endif
+    use_isa(g_isa_max);
     return PyModule_Create(&moddef);
 }

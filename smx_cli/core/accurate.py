@@ -23,7 +23,7 @@ import numpy as np
 from smx_cli.core import kernels, native, native_fast
 from smx_cli.core.eft import split_sum, split_sum_long, top_exponent, two_prod, two_sum
 from smx_cli.core.precision import BFLOAT16, Format, result_format
-from smx_cli.core.result import SoftmaxResult
+from smx_cli.core.result import KernelStats, SoftmaxResult
 
 # rows of about 256k elements (2 MB of float64) keep a block in cache
 BLOCK_ELEMENTS = 1 << 18
@@ -308,9 +308,11 @@ def accurate(x2: np.ndarray, spec, t: float, masked: str, threads: int | None = 
         return SoftmaxResult(out, kind, fmt, False, spec.name, t, engine=engine)
     if use_native:
         # the compiled core: the same special rows, tighter bounds (see native.py)
-        native.softmax_rows(np.ascontiguousarray(x2), out, kind=kind, temperature=t,
-                            masked=masked, threads=threads)
-        return SoftmaxResult(out, kind, fmt, False, spec.name, t, engine=engine)
+        st = native.softmax_rows(np.ascontiguousarray(x2), out, kind=kind, temperature=t,
+                                 masked=masked, threads=threads)
+        # rows with a NaN logit (or a masked row given NaN) and rows with a +inf one
+        stats = KernelStats(nonfinite_input_rows=st["nan_rows"] + st["posinf_rows"])
+        return SoftmaxResult(out, kind, fmt, False, spec.name, t, stats, engine=engine)
 
     def fix(rows):
         _plain_rows(x2, out, rows, spec.accurate, t, masked, fmt)

@@ -8,7 +8,11 @@ instruction set of the clone gcc's run-time dispatcher picked).
 Every function takes C-contiguous (N, C) rows of float16, bfloat16
 (``ml_dtypes.bfloat16``), float32 or float64 and writes into caller-provided
 outputs. Rows are split into contiguous blocks run on Python threads (the
-kernels release the GIL).
+kernels release the GIL). The counts :func:`softmax_rows` returns are only the
+kernel's own (overflow, underflow, NaN and masked rows); the diagnostics
+panel's (zeros, subnormals, |sum - 1|, argmax of the outputs) are taken by a
+separate compiled pass over x and y (``_smx_diag``, called by
+:mod:`smx_cli.analysis.diagnostics`), not fused into these kernels.
 
 Accuracy (documented bounds, asserted by ``tests/test_native.py`` against
 mpmath / the long double reference on adversarial rows -- spreads of

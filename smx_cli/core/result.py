@@ -28,16 +28,25 @@ class KernelStats:
         exp of a finite argument that came out as 0 in the working format.
     sum_overflow_rows : int
         Rows whose sum of exponentials became inf.
+    nonfinite_input_rows : int
+        Rows with a NaN or +inf logit (or a masked row given NaN) as the
+        compiled kernel counted them while computing the values; -1 when
+        nothing counted them. 0 lets the diagnostics skip reading the logits
+        of rows whose values show no -inf logit (no 0 probability).
     """
 
     exp_overflow: int = 0
     exp_underflow: int = 0
     sum_overflow_rows: int = 0
+    nonfinite_input_rows: int = -1
 
     def add(self, other: "KernelStats") -> None:
         self.exp_overflow += other.exp_overflow
         self.exp_underflow += other.exp_underflow
         self.sum_overflow_rows += other.sum_overflow_rows
+        unknown = self.nonfinite_input_rows < 0 or other.nonfinite_input_rows < 0
+        self.nonfinite_input_rows = (-1 if unknown else
+                                     self.nonfinite_input_rows + other.nonfinite_input_rows)
 
 
 @dataclass
