@@ -5,7 +5,7 @@ the AVX-512 variant, an intrinsics kernel with its own exp (a 16-entry
 2**(j/16) table as hi + lo words, a degree-7 Taylor polynomial, the result as
 an unevaluated pair). Held here to the README's float64 bound (1.5 ulp,
 softmax and log-softmax; the dominant log-probability relative to its own
-size) against mpmath at 40 digits -- never against smx -- at every width 1..40
+size) against mpmath at 50 digits -- never against smx -- at every width 1..40
 (the narrow path switched off by its test hook, so the kernel sees them) and
 64, 65, 1000, 4097 around the vector tails, with temperatures 0.3 and 7, and
 on adversarial rows (spreads of 1e300, values near exp's overflow and the
@@ -34,9 +34,10 @@ if native._ext.isa() != "avx512":  # pragma: no cover - depends on the CPU
     pytest.skip("the AVX-512 float64 rows need an AVX-512 CPU", allow_module_level=True)
 
 import mpmath  # noqa: E402
+from f64_rows import (  # noqa: E402
+    expected_argmax, expected_special, mp_softmax, run, special, ulps)
 
 F64_BOUND = 1.5  # README "Accuracy": float64 softmax and log-softmax on the compiled core
-DPS = 40
 HEADER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       "smx_cli", "core", "_smx_f64x4.h")
 WIDTHS = list(range(1, 41)) + [64, 65, 1000, 4097]
@@ -54,74 +55,7 @@ def _narrow_off():
         native._ext.set_narrow64(old)
 
 
-# ---------------------------------------------------------------------------
-# the exact reference (mpmath, 40 digits)
-
-
-def mp_softmax(row, t: float):
-    """Exact probabilities and log-probabilities (mpf) of a row with no NaN, no
-    +inf and a finite entry; -inf entries give 0 / -inf. The first maximum's
-    log-probability is -log1p(sum of the other terms): relative-accurate."""
-    with mpmath.workdps(DPS):
-        z = [None if v == -np.inf else mpmath.mpf(float(v)) / mpmath.mpf(t) for v in row]
-        m = max(v for v in z if v is not None)
-        k = next(j for j, v in enumerate(z) if v is not None and v == m)
-        rest = mpmath.fsum(mpmath.exp(v - m) for j, v in enumerate(z) if v is not None and j != k)
-        L = mpmath.log1p(rest)
-        lp = [mpmath.mpf("-inf") if v is None else (-L if j == k else (v - m) - L)
-              for j, v in enumerate(z)]
-        p = [mpmath.mpf(0) if v is None else mpmath.exp(v) for v in lp]
-    return p, lp
-
-
-def ulps(got: float, ex) -> float:
-    """|got - ex| in ulps of ex (subnormal spacing below 2**-1022); 0, -inf and
-    an exact value beyond the largest float (it rounds to -inf) must be matched
-    exactly."""
-    with mpmath.workdps(DPS):
-        if ex == 0 or mpmath.isinf(ex) or not np.isfinite(float(ex)):
-            return 0.0 if float(ex) == got else float("inf")
-        if not np.isfinite(got):
-            return float("inf")
-        e = max(int(mpmath.floor(mpmath.log(abs(ex), 2))), -1022)
-        return float(abs(mpmath.mpf(got) - ex) / mpmath.mpf(2) ** (e - 52))
-
-
-def run(x: np.ndarray, kind: str, t: float = 1.0, masked: str = "nan"):
-    out = np.empty_like(x)
-    am = np.full(len(x), -7, np.int64)
-    stats = native.softmax_rows(x, out, kind=kind, temperature=t, masked=masked, threads=1,
-                                argmax=am)
-    return out, stats, am
-
-
-def special(row) -> bool:
-    return bool(np.isnan(row).any() or (row == np.inf).any() or (row == -np.inf).all())
-
-
-def expected_special(row, kind: str, masked: str) -> np.ndarray:
-    """native.py's semantics: NaN anywhere -> NaN row; +inf entries share the
-    mass (others 0 / -inf); all -inf -> NaN, or 0 / -inf with masked='zeros'."""
-    C = len(row)
-    if np.isnan(row).any():
-        return np.full(C, np.nan)
-    if (row == np.inf).any():
-        n = int((row == np.inf).sum())
-        if kind == "prob":
-            return np.where(row == np.inf, 1.0 / n, 0.0)
-        return np.where(row == np.inf, -np.log(n) if n > 1 else 0.0, -np.inf)
-    if masked == "zeros":
-        return np.full(C, 0.0 if kind == "prob" else -np.inf)
-    return np.full(C, np.nan)
-
-
-def expected_argmax(x: np.ndarray) -> np.ndarray:
-    """numpy's argmax; the first NaN for a NaN row, 0 for an all -inf row."""
-    nan = np.isnan(x).any(axis=1)
-    am = np.argmax(np.where(np.isnan(x), -np.inf, x), axis=1)
-    am[nan] = np.argmax(np.isnan(x[nan]), axis=1)
-    return am
-
+# the exact reference (mpmath, 50 digits), ulps and special-row semantics: tests/f64_rows.py
 
 def check_rows(x: np.ndarray, t: float = 1.0, masked: str = "nan",
                kinds=("prob", "logprob")) -> dict:

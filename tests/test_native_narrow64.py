@@ -34,6 +34,8 @@ if not native.available():  # pragma: no cover - depends on the build
     pytest.skip(f"native extension not built ({native.why_unavailable()})", allow_module_level=True)
 
 import mpmath  # noqa: E402
+from f64_rows import (  # noqa: E402
+    expected_argmax, expected_special, mp_softmax, run, special, ulps)
 
 F64_BOUND = 1.5  # README "Accuracy": float64 softmax and log-softmax on the compiled core
 HEADER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -71,80 +73,7 @@ def narrow(kind: str, C: int) -> bool:
 
 
 # ---------------------------------------------------------------------------
-# the exact reference (mpmath, 50 digits)
-
-
-def mp_softmax(row, t: float):
-    """Exact probabilities and log-probabilities (mpf) of a row with no NaN, no
-    +inf and at least one finite entry; -inf entries give 0 / -inf.
-    The dominant entry's log-probability is -log1p(sum of the others' terms),
-    so it is relative-accurate however small."""
-    with mpmath.workdps(50):
-        z = [None if v == -np.inf else mpmath.mpf(float(v)) / mpmath.mpf(t) for v in row]
-        fin = [v for v in z if v is not None]
-        m = max(fin)
-        k = next(j for j, v in enumerate(z) if v is not None and v == m)
-        rest = mpmath.fsum(mpmath.exp(v - m) for j, v in enumerate(z) if v is not None and j != k)
-        L = mpmath.log1p(rest)
-        lp = [mpmath.mpf("-inf") if v is None else (v - m) - L for v in z]
-        p = [mpmath.mpf(0) if v is None else mpmath.exp(v) for v in lp]
-    return p, lp
-
-
-def ulps(got: float, ex) -> float:
-    """|got - ex| in ulps of ex (subnormal spacing below 2**-1022); an exact value
-    that rounds to +-inf (or is 0 / -inf) must be matched exactly."""
-    with mpmath.workdps(50):
-        if ex == 0 or mpmath.isinf(ex):
-            return 0.0 if float(ex) == got else float("inf")
-        rounded = float(ex)   # correctly rounded (inf beyond the largest float)
-        if not np.isfinite(rounded):
-            return 0.0 if got == rounded else float("inf")
-        if not np.isfinite(got):
-            return float("inf")
-        e = max(int(mpmath.floor(mpmath.log(abs(ex), 2))), -1022)
-        return float(abs(mpmath.mpf(got) - ex) / mpmath.mpf(2) ** (e - 52))
-
-
-# ---------------------------------------------------------------------------
-# running both paths
-
-
-def run(x: np.ndarray, kind: str, t: float = 1.0, masked: str = "nan", threads: int = 1):
-    out = np.empty_like(x)
-    am = np.full(len(x), -7, np.int64)
-    stats = native.softmax_rows(x, out, kind=kind, temperature=t, masked=masked,
-                                threads=threads, argmax=am)
-    return out, stats, am
-
-
-def special(row) -> bool:
-    return bool(np.isnan(row).any() or (row == np.inf).any() or (row == -np.inf).all())
-
-
-def expected_special(row, kind: str, masked: str) -> np.ndarray:
-    """The documented semantics (native.py): NaN anywhere -> NaN row; +inf entries
-    share the mass equally (others 0 / -inf); all -inf -> NaN, or 0 / -inf with
-    masked='zeros'."""
-    C = len(row)
-    if np.isnan(row).any():
-        return np.full(C, np.nan)
-    if (row == np.inf).any():
-        n = int((row == np.inf).sum())
-        if kind == "prob":
-            return np.where(row == np.inf, 1.0 / n, 0.0)
-        return np.where(row == np.inf, -np.log(n) if n > 1 else 0.0, -np.inf)
-    if masked == "zeros":
-        return np.full(C, 0.0 if kind == "prob" else -np.inf)
-    return np.full(C, np.nan)
-
-
-def expected_argmax(x: np.ndarray) -> np.ndarray:
-    """numpy's argmax; the first NaN for a NaN row (documented), 0 for all -inf."""
-    nan = np.isnan(x).any(axis=1)
-    am = np.argmax(np.where(np.isnan(x), -np.inf, x), axis=1)
-    am[nan] = np.argmax(np.isnan(x[nan]), axis=1)
-    return am
+# running both paths (the exact reference, ulps and special-row semantics: tests/f64_rows.py)
 
 
 def check_rows(x: np.ndarray, t: float = 1.0, masked: str = "nan", kinds=("prob", "logprob"),
