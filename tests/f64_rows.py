@@ -80,3 +80,40 @@ def expected_argmax(x: np.ndarray) -> np.ndarray:
     am = np.argmax(np.where(np.isnan(x), -np.inf, x), axis=1)
     am[nan] = np.argmax(np.isnan(x[nan]), axis=1)
     return am
+
+
+# ln 2**-1075: float64 log-probabilities below it are exp underflows (LOG_UNDER in the C core)
+LOG_UNDER = -744.44007192138126
+
+
+def check_output(x: np.ndarray, out: np.ndarray, stats: dict, kind: str, t: float, masked: str,
+                 ref: dict, bound: float) -> float:
+    """Assert one kind's float64 output of x: every entry of an ordinary row within
+    ``bound`` ulps of ``ref`` (row index -> mp_softmax(row, t)), the special rows'
+    documented values, and the kernel's counts recounted from x and the output.
+    Returns the worst error in ulps."""
+    w = 0.0
+    for i, row in enumerate(x):
+        if special(row):
+            np.testing.assert_array_equal(out[i], expected_special(row, kind, masked))
+            continue
+        exact = ref[i][0 if kind == "prob" else 1]
+        for j in range(len(row)):
+            e = ulps(float(out[i, j]), exact[j])
+            assert e <= bound, (
+                f"{kind} C={x.shape[1]} t={t}: {e:.3g} ulp at ({i}, {j}): row "
+                f"{row.tolist()[:6]}..., got {out[i, j]!r}, exact {mpmath.nstr(exact[j], 20)}")
+            w = max(w, e)
+    # the counts the kernel documents, recounted from its own output
+    fin = np.isfinite(x) & ~np.array([special(r) for r in x], dtype=bool)[:, None]
+    under = (out == 0.0) if kind == "prob" else (out < LOG_UNDER)
+    assert stats["exp_underflow"] == int(np.count_nonzero(under & fin))
+    assert stats["exp_overflow"] == 0
+    nan_rows = np.isnan(x).any(axis=1)
+    masked_rows = (x == -np.inf).all(axis=1)
+    assert stats["masked_rows"] == int(masked_rows.sum())
+    assert stats["posinf_rows"] == int(((x == np.inf).any(axis=1) & ~nan_rows).sum())
+    bad = nan_rows | (masked_rows if masked == "nan" else False)
+    assert stats["nan_rows"] == int(bad.sum())
+    assert stats["nan_entries"] == int(bad.sum()) * x.shape[1]
+    return w
