@@ -145,16 +145,17 @@ def dominant_rows(C: int) -> np.ndarray:
 
 
 def test_table_and_ln2_split_are_the_exact_values_rounded():
-    """F64X4_TH[j] = 2^(j/16) rounded, F64X4_TL[j] the remainder rounded, and
-    LN2H + LN2L = ln 2 to 2^-107, re-derived here from mpmath (the budget in the
-    header assumes these)."""
+    """X4_EXP16_HI[j] = 2^(j/16) rounded, X4_EXP16_LO[j] the remainder rounded
+    (the table in _smx_x4exp.h), and LN2H + LN2L = ln 2 to 2^-107, re-derived here
+    from mpmath (the budget in the header assumes these)."""
     src = open(HEADER).read()
+    table = open(os.path.join(os.path.dirname(HEADER), "_smx_x4exp.h")).read()
 
     def arr(name):
-        body = re.search(name + r"\[16\] = \{([^}]*)\}", src).group(1)
+        body = re.search(name + r"\[16\] = \{([^}]*)\}", table).group(1)
         return [float.fromhex(v.strip()) if "0x" in v else float(v) for v in body.split(",")]
 
-    th, tl = arr("F64X4_TH"), arr("F64X4_TL")
+    th, tl = arr("X4_EXP16_HI"), arr("X4_EXP16_LO")
     with mpmath.workdps(60):
         for j in range(16):
             v = mpmath.mpf(2) ** (mpmath.mpf(j) / 16)

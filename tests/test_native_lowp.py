@@ -47,22 +47,28 @@ def _coefficients() -> list[float]:
     return [float.fromhex(found[str(n)]) for n in range(2, 11)]
 
 
+def _poly_exp_error(coefficients, R):
+    """max |(1 + r + r^2 Q(r)) / exp(r) - 1| over |r| <= R (1501 points and three
+    more), Q(r) = sum coefficients[i] r^i, at the caller's mpmath precision."""
+    c = [mpmath.mpf(v) for v in coefficients]
+    pts = [-R + 2 * R * k / 1500 for k in range(1501)] + [mpmath.mpf(0), R / 3, -R / 7]
+    worst = mpmath.mpf(0)
+    for r in pts:
+        q = mpmath.mpf(0)
+        for a in reversed(c):
+            q = q * r + a
+        worst = max(worst, abs((1 + r + r * r * q) / mpmath.exp(r) - 1))
+    return worst
+
+
 def test_exp1w_polynomial_error():
     """max |(1 + r + r^2 Q(r)) / exp(r) - 1| over |r| <= ln2/2 + 2^-20, Q from the
     header's float64 coefficients, at 60 digits: <= 2^-50.5 (the budget takes
     2^-50.79 for it; any of C2..C6 off by 2^-30 relative fails)."""
     if not os.path.exists(HEADER):
         pytest.skip("source header not present (installed package)")
-    c = [mpmath.mpf(v) for v in _coefficients()]
     with mpmath.workdps(60):
-        R = mpmath.log(2) / 2 + mpmath.mpf(2) ** -20
-        pts = [-R + 2 * R * k / 1500 for k in range(1501)] + [mpmath.mpf(0), R / 3, -R / 7]
-        worst = mpmath.mpf(0)
-        for r in pts:
-            q = mpmath.mpf(0)
-            for a in reversed(c):
-                q = q * r + a
-            worst = max(worst, abs((1 + r + r * r * q) / mpmath.exp(r) - 1))
+        worst = _poly_exp_error(_coefficients(), mpmath.log(2) / 2 + mpmath.mpf(2) ** -20)
     assert worst <= mpmath.mpf(2) ** -50.5, float(mpmath.log(worst, 2))
 
 
@@ -156,12 +162,13 @@ def _x4_constants() -> dict:
     """the table, the reduction's constants and the degree-5 coefficients, as
     written in _smx_x4exp.h"""
     src = open(X4HEADER).read()
+    table = re.search(r"X4_EXP16_HI\[16\] = \{([^}]*)\}", src).group(1)
     body = src[src.index("AI4 __m512d x4_exp_deg("):src.index("__m512d r2 = ")]
     vals = [float.fromhex(h) for h in re.findall(_HEX, body)]
     found = dict(re.findall(r"#define X4E5_C(\d+) (" + _HEX + ")", src))
-    return {"table": vals[:16], "shift": vals[16], "inv_ln2": vals[17], "chi": vals[18],
-            "clo": vals[19], "poly": [float.fromhex(found[str(n)]) for n in range(2, 6)],
-            "rest": vals[20:]}
+    return {"table": [float.fromhex(h) for h in re.findall(_HEX, table)], "shift": vals[0],
+            "inv_ln2": vals[1], "chi": vals[2], "clo": vals[3],
+            "poly": [float.fromhex(found[str(n)]) for n in range(2, 6)], "rest": vals[4:]}
 
 
 def test_x4exp_table_and_reduction_constants():
@@ -190,16 +197,8 @@ def test_x4exp_polynomial_error():
     or C4 by 2^-26, fails)."""
     if not os.path.exists(X4HEADER):
         pytest.skip("source header not present (installed package)")
-    c = [mpmath.mpf(v) for v in _x4_constants()["poly"]]
     with mpmath.workdps(60):
-        R = mpmath.log(2) / 32 + mpmath.mpf(2) ** -20
-        pts = [-R + 2 * R * k / 1500 for k in range(1501)] + [mpmath.mpf(0), R / 3, -R / 7]
-        worst = mpmath.mpf(0)
-        for r in pts:
-            q = mpmath.mpf(0)
-            for a in reversed(c):
-                q = q * r + a
-            worst = max(worst, abs((1 + r + r * r * q) / mpmath.exp(r) - 1))
+        worst = _poly_exp_error(_x4_constants()["poly"], mpmath.log(2) / 32 + mpmath.mpf(2) ** -20)
     assert worst <= mpmath.mpf(2) ** -47, float(mpmath.log(worst, 2))
 
 

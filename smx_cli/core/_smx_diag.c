@@ -481,25 +481,11 @@ AI void rows_any(const diag_args *A, totals_t *T, int xdt, int ydt) {
 
 /* exp(d) = hi + lo on the lanes of ok (-708 <= d <= 0), 0 elsewhere: x4_exp_deg
  * of degree 7, with lo = the rounding error of its fma t + t p (exact by
- * Sterbenz and one fma) plus TLO (1 + p), TLO[j] = 2^(j/16) - T[j] (mpmath):
+ * Sterbenz and one fma) plus TLO (1 + p), TLO = X4_EXP16_LO (2^(j/16) - T[j]):
  * hi + lo errs by r's error and p's truncation and roundings, <= 0.06 u */
 AI4 __m512d x4_exp_lo(__m512d d, __mmask8 ok, __m512d *lo) {
-    const __m512d T0 = _mm512_setr_pd(0x1.0000000000000p+0, 0x1.0b5586cf9890fp+0,
-                                      0x1.172b83c7d517bp+0, 0x1.2387a6e756238p+0,
-                                      0x1.306fe0a31b715p+0, 0x1.3dea64c123422p+0,
-                                      0x1.4bfdad5362a27p+0, 0x1.5ab07dd485429p+0);
-    const __m512d T1 = _mm512_setr_pd(0x1.6a09e667f3bcdp+0, 0x1.7a11473eb0187p+0,
-                                      0x1.8ace5422aa0dbp+0, 0x1.9c49182a3f090p+0,
-                                      0x1.ae89f995ad3adp+0, 0x1.c199bdd85529cp+0,
-                                      0x1.d5818dcfba487p+0, 0x1.ea4afa2a490dap+0);
-    const __m512d L0 = _mm512_setr_pd(0.0, 0x1.8a62e4adc610bp-54, -0x1.19041b9d78a76p-55,
-                                      0x1.9b07eb6c70573p-54, 0x1.6f46ad23182e4p-55,
-                                      0x1.ada0911f09ebcp-55, 0x1.d4397afec42e2p-56,
-                                      0x1.6324c054647adp-54);
-    const __m512d L1 = _mm512_setr_pd(-0x1.bdd3413b26456p-54, -0x1.41577ee04992fp-55,
-                                      0x1.6e9f156864b27p-54, 0x1.c7c46b071f2bep-56,
-                                      0x1.7a1cd345dcc81p-54, 0x1.11065895048ddp-55,
-                                      0x1.2ed02d75b3707p-55, -0x1.e9c23179c2893p-54);
+    const __m512d T0 = _mm512_loadu_pd(X4_EXP16_HI), T1 = _mm512_loadu_pd(X4_EXP16_HI + 8);
+    const __m512d L0 = _mm512_loadu_pd(X4_EXP16_LO), L1 = _mm512_loadu_pd(X4_EXP16_LO + 8);
     const __m512d sh = _mm512_set1_pd(0x1.8p48);
     __m512d kd = _mm512_fmadd_pd(d, _mm512_set1_pd(0x1.71547652b82fep+0), sh);
     __m512i ki = _mm512_castpd_si512(kd);

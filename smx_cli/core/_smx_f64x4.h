@@ -28,8 +28,8 @@
  *  - p = r + w, w = r^2 Q(r), Q the Taylor polynomial 1/2! .. 1/7! (Horner,
  *    the coefficients are 1/n! rounded): truncation r^8/8! < 2^-59.5
  *    (0.012 u); w < 2^-11.9 with a few u of its own error (< 2^-63);
- *  - T = 2^(j/16) as Th + Tl (Th rounded, Tl the rest rounded: T to 2^-107;
- *    the table is re-derived from mpmath in tests/test_native_f64_x4.py);
+ *  - T = 2^(j/16) as Th + Tl (X4_EXP16_HI/LO in _smx_x4exp.h: Th rounded, Tl
+ *    the rest rounded, T to 2^-107);
  *  - P = Th r + (Th w + Tl (1 + p)) by three FMAs, one rounding that counts:
  *    |P| < 0.045, <= 2^-58 (0.031 u); hi = Th + P, lo = (Th - hi) + P is
  *    Fast2Sum (|Th| >= 1 > |P|): exact. Then lo += hi c (c: the rounding
@@ -58,26 +58,14 @@
 
 #if SMX_X86
 
-/* 2^(j/16) = F64X4_TH[j] + F64X4_TL[j] */
-static const double F64X4_TH[16] = {0x1.0000000000000p+0, 0x1.0b5586cf9890fp+0, 0x1.172b83c7d517bp+0,
-    0x1.2387a6e756238p+0, 0x1.306fe0a31b715p+0, 0x1.3dea64c123422p+0, 0x1.4bfdad5362a27p+0,
-    0x1.5ab07dd485429p+0,
-    0x1.6a09e667f3bcdp+0, 0x1.7a11473eb0187p+0, 0x1.8ace5422aa0dbp+0,
-    0x1.9c49182a3f090p+0, 0x1.ae89f995ad3adp+0, 0x1.c199bdd85529cp+0, 0x1.d5818dcfba487p+0,
-    0x1.ea4afa2a490dap+0};
-static const double F64X4_TL[16] = {0.0, 0x1.8a62e4adc610bp-54, -0x1.19041b9d78a76p-55, 0x1.9b07eb6c70573p-54,
-    0x1.6f46ad23182e4p-55, 0x1.ada0911f09ebcp-55, 0x1.d4397afec42e2p-56, 0x1.6324c054647adp-54,
-    -0x1.bdd3413b26456p-54, -0x1.41577ee04992fp-55, 0x1.6e9f156864b27p-54,
-    0x1.c7c46b071f2bep-56, 0x1.7a1cd345dcc81p-54, 0x1.11065895048ddp-55,
-    0x1.2ed02d75b3707p-55, -0x1.e9c23179c2893p-54};
 #define F64X4_LN2H 0x1.62e42fefa39efp-1
 #define F64X4_LN2L 0x1.abc9e3b39803fp-56
 
 /* exp(d) 2^K as *hi + *lo (budget above), d <= 0 or -inf (-inf and d < -1000
  * give 0); c folded into lo. kK = K as a double (0 <= K <= 1000). */
 AI4 void f64x4_exp_hl(__m512d d, __m512d c, __m512d kK, __m512d *hi, __m512d *lo) {
-    const __m512d TH0 = _mm512_loadu_pd(F64X4_TH), TH1 = _mm512_loadu_pd(F64X4_TH + 8);
-    const __m512d TL0 = _mm512_loadu_pd(F64X4_TL), TL1 = _mm512_loadu_pd(F64X4_TL + 8);
+    const __m512d TH0 = _mm512_loadu_pd(X4_EXP16_HI), TH1 = _mm512_loadu_pd(X4_EXP16_HI + 8);
+    const __m512d TL0 = _mm512_loadu_pd(X4_EXP16_LO), TL1 = _mm512_loadu_pd(X4_EXP16_LO + 8);
     const __m512d sh = _mm512_set1_pd(0x1.8p48);  /* its ulp is 1/16 */
     __mmask8 ok = _mm512_cmp_pd_mask(d, _mm512_set1_pd(-1000.0), _CMP_GE_OQ);
     d = _mm512_max_pd(d, _mm512_set1_pd(-1000.0));
